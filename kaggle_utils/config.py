@@ -1,0 +1,269 @@
+"""Configuration: dataclasses for each step, the solution's six models as named presets, overrides.
+
+The six presets of the solution differ in a handful of values, so each is written as a small delta
+of shared defaults. ``demo`` and ``smoke`` profiles are further deltas of the same presets: a tiny
+randomly initialised backbone and a few epochs, for CPU runs and tests.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import os
+from dataclasses import dataclass
+from types import SimpleNamespace
+from typing import Any
+
+from kaggle_utils.constants import PLANES, TTA_ANGLES
+
+
+class ConfigError(ValueError):
+    """A configuration key or value that does not exist or does not fit."""
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    """Deterministic preprocessing (cached as uint8 arrays); multipliers are the solution's crop geometry."""
+
+    img_size: int = 256
+    percentiles: tuple[float, float] = (1.0, 99.0)
+    t2_width_mult: float = 0.75  # half-width of a T2 crop, in median disc widths
+    t2_offset_mult: float = 0.5  # shift of the T2 crop centre towards the front, in crop half-widths
+    t2_height_mult: float = 1.3  # half-height of a T2 crop, in median level spacings
+    t1_width_mult: float = 1.25  # half-width of a T1 crop, in median level spacings (relative to width)
+    t1_height_mult: float = 1.0  # half-height of a T1 crop, in median level spacings
+    n_folds: int = 4
+    fold_seed: int = 42
+    num_workers: int = 2
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Settings shared by both stages."""
+
+    name: str
+    plane: str  # "t1" (Sagittal T1) or "t2" (Sagittal T2/STIR)
+    model: str  # "keypoint", "sagittal_1head" or "sagittal_3heads" (see models.MODELS)
+    n_frames: int
+    img_size: int
+    epochs: int
+    backbone: str = "hgnetv2_b5.ssld_stage2_ft_in1k"
+    pretrained: bool = True
+    weights_file: str = ""  # local pretrained backbone weights (.safetensors/.pth); Kaggle has no hub access
+    drop_path_rate: float = 0.2
+    fc_dropout: float = 0.05
+    batch_size: int = 32
+    lr: float = 1e-4
+    lr_min: float = 1e-6
+    weight_decay: float = 1e-4
+    grad_clip: float = 1.0
+    amp: bool = True  # fp16 with a grad scaler, bf16 where the card supports it; off on the CPU
+    channels_last: bool = True
+    grad_checkpointing: bool = False
+    num_workers: int = 4
+    seed: int = 42
+    eval_every: int = 0  # evaluate every N optimizer steps; 0 = once per epoch
+    fast_dev_run: bool = False  # one batch of train and val, one epoch
+    overfit_batch: bool = False  # train and validate on the same single batch
+    # augmentation
+    shift_limit: float = 0.15
+    vflip: bool = False
+    coarse_dropout: bool = False
+
+    @property
+    def stage(self) -> int:
+        return 1 if self.model == "keypoint" else 2
+
+    @property
+    def series_description(self) -> str:
+        return PLANES[self.plane]
+
+
+@dataclass(frozen=True)
+class Stage1Config(TrainConfig):
+    """Keypoint localiser: middle frames of a sagittal series -> 10 (x, y) points."""
+
+    name: str = "stage1_t2"
+    plane: str = "t2"
+    model: str = "keypoint"
+    n_frames: int = 8
+    img_size: int = 256
+    epochs: int = 60
+    shift_limit: float = 0.10
+
+
+@dataclass(frozen=True)
+class Stage2Config(TrainConfig):
+    """Per-level classifier: crop sequences -> severity of the conditions the plane shows."""
+
+    name: str = "sp1"
+    plane: str = "t2"
+    model: str = "sagittal_3heads"
+    condition: str = "all"  # "all" (25 labels, T2) or "foraminal" (10 labels, T1)
+    n_frames: int = 8
+    img_size: int = 128
+    epochs: int = 40
+    cutmix_p: float = 0.3
+    mixup_p: float = 0.3
+    mixup_alpha: float = 1.0
+    coarse_dropout: bool = True
+    vflip: bool = True
+
+
+@dataclass(frozen=True)
+class InferConfig:
+    """Inference: which stage-2 presets feed which condition, TTA and batching."""
+
+    tta_angles: tuple[float, ...] = TTA_ANGLES
+    batch_size: int = 8
+    spinal_presets: tuple[str, ...] = ("sp1", "sp2", "su")
+    subarticular_presets: tuple[str, ...] = ("su",)
+    foraminal_t1_presets: tuple[str, ...] = ("fo",)
+    foraminal_t2_presets: tuple[str, ...] = ("sp1", "sp2", "su")
+
+
+_STAGE1_T2 = Stage1Config()
+_STAGE2_T2 = Stage2Config()
+
+FULL_PRESETS: dict[str, TrainConfig] = {
+    "stage1_t1": dataclasses.replace(_STAGE1_T2, name="stage1_t1", plane="t1"),
+    "stage1_t2": _STAGE1_T2,
+    "fo": dataclasses.replace(
+        _STAGE2_T2,
+        name="fo",
+        plane="t1",
+        model="sagittal_1head",
+        condition="foraminal",
+        n_frames=24,
+        img_size=96,
+        epochs=32,
+        vflip=False,
+    ),
+    "sp1": _STAGE2_T2,
+    "sp2": dataclasses.replace(_STAGE2_T2, name="sp2", n_frames=5, img_size=256),
+    "su": dataclasses.replace(_STAGE2_T2, name="su", n_frames=24, img_size=96),
+}
+"""The solution's six configurations."""
+
+_CPU_DELTA: dict[str, Any] = dict(
+    backbone="resnet10t", pretrained=False, drop_path_rate=0.0, batch_size=8, lr=1e-3, num_workers=0
+)
+PROFILES: dict[str, dict[str, Any]] = {
+    "full": {},
+    # A CPU run of a few minutes: tiny backbone from scratch, small images, few epochs.
+    "demo": {**_CPU_DELTA, "epochs": 12},
+    # Seconds: the tests execute every notebook with this.
+    "smoke": {**_CPU_DELTA, "epochs": 1, "batch_size": 4},
+}
+"""Named deltas applied on top of every preset."""
+
+PROFILE_PRESET_DELTAS: dict[str, dict[str, dict[str, Any]]] = {
+    "demo": {
+        "stage1_t1": dict(img_size=128, epochs=30),
+        "stage1_t2": dict(img_size=128, epochs=30),
+        "fo": dict(img_size=64, n_frames=16),
+        "sp1": dict(img_size=64),
+        "sp2": dict(img_size=96),
+        "su": dict(img_size=64, n_frames=16),
+    },
+    "smoke": {
+        "stage1_t1": dict(img_size=64),
+        "stage1_t2": dict(img_size=64),
+        "fo": dict(img_size=32, n_frames=8),
+        "sp1": dict(img_size=32),
+        "sp2": dict(img_size=32),
+        "su": dict(img_size=32, n_frames=8),
+    },
+}
+"""Per-preset sizes of the small profiles (image size and frames dominate CPU time)."""
+
+
+def preset(name: str, profile: str = "full", overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """A preset by name, with a profile's deltas and then the caller's overrides applied and validated."""
+    cfg = FULL_PRESETS[_look_up(name, FULL_PRESETS, "preset")]
+    delta = {**PROFILES[_look_up(profile, PROFILES, "profile")], **PROFILE_PRESET_DELTAS.get(profile, {}).get(name, {})}
+    cfg = apply_overrides(cfg, delta)
+    return apply_overrides(cfg, overrides or {})
+
+
+def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
+    """A copy of the dataclass ``cfg`` with ``overrides`` applied.
+
+    Unknown keys raise a ``ConfigError`` that names the key and the nearest valid ones; string values
+    (from the environment or a command line) are cast to the type of the field's current value.
+    """
+    names = {f.name for f in dataclasses.fields(cfg)}
+    changes = {}
+    for key, value in overrides.items():
+        if key not in names:
+            near = difflib.get_close_matches(key, names, n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else f"; valid keys: {', '.join(sorted(names))}"
+            raise ConfigError(f"unknown {type(cfg).__name__} key {key!r}{hint}")
+        changes[key] = _cast(key, value, getattr(cfg, key))
+    return dataclasses.replace(cfg, **changes)
+
+
+def _cast(key: str, value: Any, current: Any) -> Any:
+    if not isinstance(value, str) or isinstance(current, str):
+        return tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
+    try:
+        if isinstance(current, bool):
+            if value.lower() not in ("true", "false", "1", "0"):
+                raise ValueError(value)
+            return value.lower() in ("true", "1")
+        if isinstance(current, (int, float)):
+            return type(current)(value)
+        return json.loads(value)
+    except ValueError as error:
+        raise ConfigError(f"{key}={value!r} does not fit the type of {current!r}") from error
+
+
+def _look_up(name: str, options: dict[str, Any], what: str) -> str:
+    if name in options:
+        return name
+    near = difflib.get_close_matches(name, options, n=3)
+    raise ConfigError(
+        f"unknown {what} {name!r}; {'did you mean ' + ', '.join(near) if near else 'choose from'}"
+        f" {'' if near else ', '.join(options)}".rstrip()
+    )
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """A JSON-ready dict of a config (what the checkpoint sidecar stores)."""
+    return {**dataclasses.asdict(cfg), "config_class": type(cfg).__name__}
+
+
+def from_dict(values: dict[str, Any]) -> Any:
+    """Rebuild a config from ``to_dict`` output (the checkpoint sidecar); unknown fields are an error."""
+    values = dict(values)
+    classes = {c.__name__: c for c in (Stage1Config, Stage2Config, PreprocessConfig, InferConfig)}
+    cls = classes[values.pop("config_class")]
+    return apply_overrides(cls(), values)
+
+
+def notebook_params(**defaults: Any) -> SimpleNamespace:
+    """A notebook's parameters: the defaults of its ``parameters`` cell, each overridable by an
+    environment variable of the same name (JSON for lists, dicts, numbers and booleans)."""
+    values = {}
+    for key, default in defaults.items():
+        raw = os.environ.get(key)
+        if raw is None or raw == "":
+            values[key] = default
+        elif isinstance(default, str) or default is None:
+            values[key] = raw
+        else:
+            try:
+                values[key] = json.loads(raw)
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"environment variable {key}={raw!r} is not valid JSON") from error
+    return SimpleNamespace(**values)
+
+
+def resolve_profile(profile: str) -> str:
+    """``auto`` means the solution's recipe on a GPU and the CPU demo elsewhere."""
+    if profile == "auto":
+        import torch
+
+        return "full" if torch.cuda.is_available() else "demo"
+    return _look_up(profile, PROFILES, "profile")

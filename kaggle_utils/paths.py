@@ -1,0 +1,136 @@
+"""Where things live: the competition folder, the working folder and every file name inside them.
+
+This is the only module that knows a path. Locally the folders come from arguments, then the
+``DATA_DIR`` / ``WORK_DIR`` environment variables, then the repository defaults (the synthetic demo
+data and a git-ignored ``work/``). On Kaggle the competition folder and our datasets are found by
+searching ``/kaggle/input``, because Kaggle has mounted them at more than one depth over time.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+KAGGLE_INPUT = Path("/kaggle/input")
+KAGGLE_WORKING = Path("/kaggle/working")
+COMPETITION_SLUG = "rsna-2024-lumbar-spine-degenerative-classification"
+
+DEFAULT_DATA_DIR = REPO_ROOT / "data" / "synthetic"
+DEFAULT_WORK_DIR = REPO_ROOT / "work"
+
+# File names of the competition layout (plus the two optional extras this project reads).
+TRAIN_CSV = "train.csv"
+TRAIN_SERIES_CSV = "train_series_descriptions.csv"
+TEST_SERIES_CSV = "test_series_descriptions.csv"
+TRAIN_COORDINATES_CSV = "train_label_coordinates.csv"
+SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
+COORDS_PRETRAIN_CSV = "coords_pretrain.csv"
+TEST_LABELS_CSV = "test_labels.csv"  # hidden test labels; only the synthetic data has them
+
+
+def is_kaggle() -> bool:
+    """True inside a Kaggle kernel (interactive, batch or the scoring re-run)."""
+    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ or KAGGLE_INPUT.is_dir()
+
+
+def find_under(root: Path, marker: str, max_depth: int = 3) -> Path | None:
+    """The shallowest folder under ``root`` (depth <= max_depth) that contains ``marker``.
+
+    A bounded glob per depth instead of a recursive walk: the competition folder holds hundreds of
+    thousands of DICOM files that a walk would visit.
+    """
+    for depth in range(max_depth + 1):
+        hits = sorted(root.glob("/".join(["*"] * depth + [marker])))
+        if hits:
+            return hits[0].parent
+    return None
+
+
+def find_competition_dir(root: Path = KAGGLE_INPUT) -> Path:
+    """The mounted competition folder, wherever Kaggle put it under ``root``."""
+    found = find_under(root, TEST_SERIES_CSV)
+    if found is None:
+        raise FileNotFoundError(f"no folder with {TEST_SERIES_CSV} under {root}: add the competition as a source")
+    return found
+
+
+def _from_env(value: str | os.PathLike | None, env_name: str, kaggle_default: Path | None, default: Path) -> Path:
+    if value:
+        return Path(value).expanduser().resolve()
+    if os.environ.get(env_name):
+        return Path(os.environ[env_name]).expanduser().resolve()
+    if kaggle_default is not None and is_kaggle():
+        return kaggle_default
+    return default
+
+
+@dataclass(frozen=True)
+class Paths:
+    """The input folder (competition layout) and the output folder, with every file name derived."""
+
+    data_dir: Path
+    work_dir: Path
+
+    @classmethod
+    def resolve(cls, data_dir: str | os.PathLike | None = None, work_dir: str | os.PathLike | None = None) -> Paths:
+        """Arguments win, then ``DATA_DIR`` / ``WORK_DIR``, then Kaggle's folders, then the repo defaults."""
+        kaggle_data = find_competition_dir() if is_kaggle() and not (data_dir or os.environ.get("DATA_DIR")) else None
+        return cls(
+            data_dir=_from_env(data_dir, "DATA_DIR", kaggle_data, DEFAULT_DATA_DIR),
+            work_dir=_from_env(work_dir, "WORK_DIR", KAGGLE_WORKING, DEFAULT_WORK_DIR),
+        )
+
+    # --- inputs -----------------------------------------------------------------------------
+    def data_file(self, name: str) -> Path:
+        """A file of the competition folder by its name (one of the ``*_CSV`` constants)."""
+        return self.data_dir / name
+
+    def images_dir(self, split: str) -> Path:
+        """``train_images`` or ``test_images``."""
+        return self.data_dir / f"{split}_images"
+
+    def series_dir(self, split: str, study_id: int, series_id: int) -> Path:
+        return self.images_dir(split) / str(study_id) / str(series_id)
+
+    # --- outputs ----------------------------------------------------------------------------
+    @property
+    def tables_dir(self) -> Path:
+        return self.work_dir / "tables"
+
+    def table(self, name: str) -> Path:
+        """A hand-off table of the pipeline (``series``, ``folds``, ``targets``, ``keypoints``, ...)."""
+        return self.tables_dir / f"{name}.csv"
+
+    def stage1_array(self, study_id: int, series_id: int) -> Path:
+        """Stage-1 volume: (256, 256, N) uint8, every slice of the series, left to right."""
+        return self.work_dir / "stage1" / str(study_id) / f"{series_id}.npy"
+
+    def stage2_array(self, study_id: int, series_id: int, root: str = "stage2") -> Path:
+        """Stage-2 crops (256, 256, 5, N) uint8; training crops use ``stage2``, inference crops ``infer/stage2``."""
+        return self.work_dir / root / str(study_id) / f"{series_id}.npy"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.work_dir / "models"
+
+    def checkpoint(self, preset: str, fold: int, seed: int) -> Path:
+        """Model weights ``models/{preset}-f{fold}-s{seed}.pt``; the JSON sidecar sits beside it."""
+        return self.models_dir / f"{preset}-f{fold}-s{seed}.pt"
+
+    @property
+    def oof_dir(self) -> Path:
+        return self.work_dir / "oof"
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.work_dir / "figures"
+
+    @property
+    def submission_csv(self) -> Path:
+        return self.work_dir / "submission.csv"
+
+    @property
+    def cv_json(self) -> Path:
+        return self.work_dir / "cv.json"

@@ -1,0 +1,55 @@
+"""Presets are deltas of shared defaults; overrides are validated with helpful errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from kaggle_utils import config
+
+
+def test_six_presets_follow_the_solution():
+    fo, sp1, sp2, su = (config.FULL_PRESETS[n] for n in ("fo", "sp1", "sp2", "su"))
+    assert (fo.plane, fo.n_frames, fo.img_size, fo.epochs, fo.condition) == ("t1", 24, 96, 32, "foraminal")
+    assert (sp1.n_frames, sp1.img_size, sp2.n_frames, sp2.img_size, su.n_frames, su.img_size) == (8, 128, 5, 256, 24, 96)
+    assert all(c.epochs == 40 and c.vflip and c.condition == "all" for c in (sp1, sp2, su))
+    for name in ("stage1_t1", "stage1_t2"):
+        s1 = config.FULL_PRESETS[name]
+        assert (s1.n_frames, s1.img_size, s1.epochs, s1.shift_limit, s1.stage) == (8, 256, 60, 0.10, 1)
+    for cfg in config.FULL_PRESETS.values():
+        assert (cfg.backbone, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.grad_clip) == (
+            "hgnetv2_b5.ssld_stage2_ft_in1k", 1e-4, 1e-4, 32, 1.0)
+
+
+def test_profiles_are_deltas_and_overrides_apply_last():
+    demo = config.preset("sp2", "demo", {"epochs": 3})
+    assert demo.backbone != config.FULL_PRESETS["sp2"].backbone and not demo.pretrained
+    assert demo.epochs == 3 and demo.n_frames == 5  # untouched fields keep the preset's value
+
+
+def test_unknown_key_names_the_key_and_suggests():
+    with pytest.raises(config.ConfigError, match="'epoch'.*epochs"):
+        config.preset("fo", overrides={"epoch": 2})
+    with pytest.raises(config.ConfigError, match="unknown preset 'sp3'"):
+        config.preset("sp3")
+
+
+def test_string_values_are_cast_to_the_field_type():
+    cfg = config.apply_overrides(config.FULL_PRESETS["fo"], {"epochs": "5", "amp": "false", "lr": "3e-4"})
+    assert (cfg.epochs, cfg.amp, cfg.lr) == (5, False, 3e-4)
+    with pytest.raises(config.ConfigError, match="epochs"):
+        config.apply_overrides(cfg, {"epochs": "many"})
+
+
+def test_sidecar_round_trip():
+    cfg = config.preset("su", "demo")
+    assert config.from_dict(config.to_dict(cfg)) == cfg
+
+
+def test_notebook_params_read_the_environment(monkeypatch):
+    monkeypatch.setenv("FOLDS", "[1, 2]")
+    monkeypatch.setenv("WORK_DIR", "/somewhere")
+    p = config.notebook_params(FOLDS=[0], WORK_DIR="", PROFILE="auto")
+    assert (p.FOLDS, p.WORK_DIR, p.PROFILE) == ([1, 2], "/somewhere", "auto")
+    monkeypatch.setenv("FOLDS", "[1,")
+    with pytest.raises(config.ConfigError, match="FOLDS"):
+        config.notebook_params(FOLDS=[0])

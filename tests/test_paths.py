@@ -1,0 +1,43 @@
+"""Paths resolve from arguments, the environment, Kaggle's mounts (searched, not assumed), then defaults."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from kaggle_utils import paths as P
+
+
+def test_arguments_then_environment_then_defaults(monkeypatch, tmp_path):
+    monkeypatch.delenv("DATA_DIR", raising=False)
+    monkeypatch.delenv("WORK_DIR", raising=False)
+    monkeypatch.delenv("KAGGLE_KERNEL_RUN_TYPE", raising=False)
+    monkeypatch.setattr(P, "KAGGLE_INPUT", tmp_path / "no-kaggle")
+    assert P.Paths.resolve() == P.Paths(P.DEFAULT_DATA_DIR, P.DEFAULT_WORK_DIR)
+    monkeypatch.setenv("WORK_DIR", str(tmp_path / "w"))
+    assert P.Paths.resolve().work_dir == tmp_path / "w"
+    assert P.Paths.resolve(work_dir=tmp_path / "x").work_dir == tmp_path / "x"
+
+
+@pytest.mark.parametrize("layout", ["rsna-2024-lumbar-spine-degenerative-classification",
+                                    "competitions/rsna-2024-lumbar-spine-degenerative-classification"])
+def test_competition_folder_is_found_at_any_mount_depth(tmp_path, layout):
+    folder = tmp_path / layout
+    folder.mkdir(parents=True)
+    (folder / P.TEST_SERIES_CSV).write_text("study_id,series_id,series_description\n")
+    (tmp_path / "other-dataset").mkdir()
+    assert P.find_competition_dir(tmp_path) == folder
+
+
+def test_missing_competition_folder_says_what_to_do(tmp_path):
+    with pytest.raises(FileNotFoundError, match="add the competition"):
+        P.find_competition_dir(tmp_path)
+
+
+def test_file_layout():
+    paths = P.Paths(Path("/d"), Path("/w"))
+    assert paths.stage1_array(1, 2) == Path("/w/stage1/1/2.npy")
+    assert paths.stage2_array(1, 2) == Path("/w/stage2/1/2.npy")
+    assert paths.checkpoint("fo", 3, 42) == Path("/w/models/fo-f3-s42.pt")
+    assert paths.series_dir("test", 1, 2) == Path("/d/test_images/1/2")
