@@ -1,0 +1,290 @@
+"""Batch augmentation on the GPU (or CPU) with kornia and a few tensor ops, and the stage-2 rotation TTA.
+
+Frames are channels: a batch is (B, C, H, W) float in [0, 1], C = frames (stage 1) or 5 levels x frames
+(stage 2). Every op draws its random parameters per sample and applies them to all channels, which is
+what the solution gets by calling albumentations once on the (H, W, C) stack of a sample.
+
+Where a few tensor lines are both closer to albumentations and faster than a kornia op, they are used
+instead: brightness/contrast (one multiply-add and a single clip), Gaussian noise (variance range),
+optical and grid distortion (one ``grid_sample`` each), single-pixel coarse dropout and the resize.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator, Sequence
+
+import kornia.augmentation as K
+import kornia.geometry.transform as KT
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kaggle_utils.config import TrainConfig
+
+BRIGHTNESS_LIMIT = 0.4  # additive, in [0, 1] units (albumentations brightness_by_max on uint8)
+CONTRAST_LIMIT = 0.25  # multiplicative
+ROTATE_LIMIT = 30.0  # degrees
+SCALE_RANGE = (0.75, 1.25)
+NOISE_VAR_RANGE = (3.0, 9.0)  # GaussNoise variance on the 0-255 scale
+DISTORT_LIMIT = 1.0
+GRID_STEPS = 5
+DROPOUT_HOLES = (50, 250)  # single-pixel holes per sample, inclusive
+RESIZE_MODE = "bicubic"
+# Training (LANCZOS4) and TTA (bicubic) resizes of the solution both go through cv2 without antialiasing;
+# one shared non-antialiased bicubic keeps train and test images alike.
+
+
+@contextlib.contextmanager
+def _float32(device: torch.device) -> Iterator[None]:
+    """Run augmentations in float32 even inside an autocast region (interpolation and clamps need it)."""
+    with torch.autocast(device_type=device.type, enabled=False):
+        yield
+
+
+def resize(images: torch.Tensor, size: int) -> torch.Tensor:
+    """Images (B, C, H, W) resized to (size, size) with clipped bicubic interpolation; unchanged if already so."""
+    if images.shape[-2:] == (size, size):
+        return images
+    return F.interpolate(images, size=(size, size), mode=RESIZE_MODE, align_corners=False).clamp_(0.0, 1.0)
+
+
+def _uniform(n: int, low: float, high: float, like: torch.Tensor) -> torch.Tensor:
+    """(n, 1, 1, 1) uniform draws on the device of ``like``, broadcastable over (C, H, W)."""
+    return torch.empty(n, 1, 1, 1, device=like.device).uniform_(low, high)
+
+
+def brightness_contrast(images: torch.Tensor) -> torch.Tensor:
+    """albumentations RandomBrightnessContrast(0.4, 0.25) on [0, 1] images: ``x * alpha + beta``, one clip."""
+    b = images.shape[0]
+    alpha = _uniform(b, 1 - CONTRAST_LIMIT, 1 + CONTRAST_LIMIT, images)
+    beta = _uniform(b, -BRIGHTNESS_LIMIT, BRIGHTNESS_LIMIT, images)
+    return (images * alpha + beta).clamp_(0.0, 1.0)
+
+
+class GaussianNoise(nn.Module):
+    """Additive per-pixel Gaussian noise whose variance is drawn per sample from ``NOISE_VAR_RANGE`` / 255**2."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        std = _uniform(images.shape[0], *NOISE_VAR_RANGE, images).sqrt_() / 255.0
+        return (images + torch.randn_like(images) * std).clamp_(0.0, 1.0)
+
+
+def _med3(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    return torch.maximum(torch.minimum(a, b), torch.minimum(torch.maximum(a, b), c))
+
+
+class MedianBlur3(nn.Module):
+    """Exact 3x3 median filter (replicated border, as cv2.medianBlur) from min/max of shifted views.
+
+    Sorting each vertical triple once and combining neighbouring columns (max of lows, median of middles,
+    min of highs) needs no 9x patch tensor, unlike kornia's median blur, which takes seconds per batch on
+    the CPU.
+    """
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        padded = F.pad(images, (1, 1, 1, 1), mode="replicate")
+        up, centre, down = padded[..., :-2, :], padded[..., 1:-1, :], padded[..., 2:, :]
+        low = torch.minimum(torch.minimum(up, centre), down)
+        high = torch.maximum(torch.maximum(up, centre), down)
+        mid = _med3(up, centre, down)
+
+        def columns(t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+            return t[..., :-2], t[..., 1:-1], t[..., 2:]
+
+        max_low = torch.maximum(torch.maximum(*columns(low)[:2]), columns(low)[2])
+        min_high = torch.minimum(torch.minimum(*columns(high)[:2]), columns(high)[2])
+        return _med3(max_low, _med3(*columns(mid)), min_high)
+
+
+def _remap(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    # Reflection with align_corners=True is cv2's BORDER_REFLECT_101, the albumentations default.
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=True)
+
+
+def _identity_grid(h: int, w: int, device: torch.device) -> torch.Tensor:
+    """(1, H, W, 2) sampling grid in normalised (x, y) coordinates."""
+    y, x = torch.meshgrid(
+        torch.linspace(-1, 1, h, device=device), torch.linspace(-1, 1, w, device=device), indexing="ij"
+    )
+    return torch.stack([x, y], dim=-1).unsqueeze(0)
+
+
+class OpticalDistortion(nn.Module):
+    """Radial barrel/pincushion distortion like albumentations OpticalDistortion(distort_limit).
+
+    cv2's undistort map with focal length = image size and coefficients k1 = k2 = k, k ~ U(-limit, limit):
+    the source of an output pixel at offset d from the centre is ``d * (1 + k r^2 + k r^4)``, r = d / size.
+    """
+
+    def __init__(self, limit: float = DISTORT_LIMIT) -> None:
+        super().__init__()
+        self.limit = limit
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = images.shape
+        grid = _identity_grid(h, w, images.device)
+        r2 = grid.square().sum(dim=-1, keepdim=True) / 4  # normalised half-width 1 -> r = 0.5
+        k = _uniform(b, -self.limit, self.limit, images)
+        return _remap(images, grid * (1 + k * r2 + k * r2.square()))
+
+
+class GridDistortion(nn.Module):
+    """Separable grid distortion like albumentations GridDistortion(num_steps, distort_limit, normalized=True).
+
+    Each axis is cut into ``steps`` equal output cells; cell i samples a source stretch proportional to
+    ``1 + U(-limit, limit)``, rescaled so that the source still spans the whole image.
+    """
+
+    def __init__(self, steps: int = GRID_STEPS, limit: float = DISTORT_LIMIT) -> None:
+        super().__init__()
+        self.steps, self.limit = steps, limit
+
+    def _axis(self, b: int, n: int, device: torch.device) -> torch.Tensor:
+        """(B, n) normalised source coordinates of the n output positions along one axis."""
+        stretch = 1 + torch.empty(b, self.steps, device=device).uniform_(-self.limit, self.limit)
+        knots = F.pad(stretch.cumsum(dim=1), (1, 0)) / stretch.sum(dim=1, keepdim=True)  # (B, steps + 1) in [0, 1]
+        t = torch.linspace(0, self.steps, n, device=device)
+        cell = t.long().clamp_(max=self.steps - 1)
+        src = knots[:, cell] + (t - cell) * (knots[:, cell + 1] - knots[:, cell])
+        return src * 2 - 1
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        b, _, h, w = images.shape
+        x = self._axis(b, w, images.device)[:, None, :].expand(b, h, w)
+        y = self._axis(b, h, images.device)[:, :, None].expand(b, h, w)
+        return _remap(images, torch.stack([x, y], dim=-1))
+
+
+class OneOf(nn.Module):
+    """Per sample: with probability ``p`` apply one of ``ops`` (drawn uniformly), otherwise nothing.
+
+    Each op runs once on the subset of samples that drew it, so the cost is that of one op on the chosen
+    samples. The ops must apply themselves unconditionally (kornia ops with ``p=1``).
+    """
+
+    def __init__(self, ops: Sequence[nn.Module], p: float) -> None:
+        super().__init__()
+        self.ops = nn.ModuleList(ops)
+        self.p = p
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        b = images.shape[0]
+        applied = torch.rand(b, device=images.device) < self.p
+        choice = torch.randint(len(self.ops), (b,), device=images.device)
+        out = None  # copied on first use: no copy when no sample drew an op
+        for i, op in enumerate(self.ops):
+            rows = (applied & (choice == i)).nonzero().squeeze(1)
+            if len(rows):
+                out = images.clone() if out is None else out
+                out.index_copy_(0, rows, op(images[rows]))
+        return images if out is None else out
+
+
+def blur_or_noise(p: float = 0.5) -> OneOf:
+    """albumentations OneOf([MotionBlur(3), MedianBlur(3), GaussianBlur(3), GaussNoise(3-9)], p)."""
+    return OneOf(
+        [
+            K.RandomMotionBlur(3, angle=(-90.0, 90.0), direction=(-1.0, 1.0), p=1.0),
+            MedianBlur3(),
+            K.RandomGaussianBlur((3, 3), sigma=(0.8, 0.8), p=1.0),  # cv2's sigma for a 3x3 kernel
+            GaussianNoise(),
+        ],
+        p,
+    )
+
+
+def random_affine(shift_limit: float) -> K.RandomAffine:
+    """albumentations ShiftScaleRotate(shift_limit, scale 0.25, rotate 30, linear, reflect-101), p = 1."""
+    return K.RandomAffine(
+        degrees=ROTATE_LIMIT,
+        translate=(shift_limit, shift_limit),
+        scale=SCALE_RANGE,
+        padding_mode="reflection",
+        align_corners=True,
+        p=1.0,
+    )
+
+
+def coarse_dropout(images: torch.Tensor, p: float = 0.5) -> torch.Tensor:
+    """Per sample with probability ``p``: zero 50-250 random single pixels, the same ones in every channel."""
+    b, _, h, w = images.shape
+    n_max = DROPOUT_HOLES[1]
+    n_holes = torch.randint(DROPOUT_HOLES[0], n_max + 1, (b, 1), device=images.device)
+    applied = torch.rand(b, 1, device=images.device) < p
+    used = applied & (torch.arange(n_max, device=images.device) < n_holes)  # (B, n_max)
+    # Unused draws point at a spare slot past the image, so duplicates cannot undo a hole.
+    pixels = torch.randint(h * w, (b, n_max), device=images.device).masked_fill_(~used, h * w)
+    holes = torch.zeros(b, h * w + 1, dtype=torch.bool, device=images.device).scatter_(1, pixels, True)
+    return images.masked_fill(holes[:, : h * w].view(b, 1, h, w), 0.0)
+
+
+class Stage1Augment(nn.Module):
+    """Stage-1 training augmentation of frames (B, C, H, W) and pixel keypoints (B, 10, 2) in (x, y).
+
+    Brightness/contrast, then a random affine that moves the keypoints with the image, then one of
+    blur/noise (p = 0.5), then a resize to ``cfg.img_size`` (keypoints scaled by the same factor).
+    The solution's optical/grid distortions are left out: kornia would warp the image but silently leave
+    the keypoints where they were, which would teach the localiser wrong targets.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.size = cfg.img_size
+        self.geometry = K.AugmentationSequential(random_affine(cfg.shift_limit), data_keys=["input", "keypoints"])
+        self.blur_or_noise = blur_or_noise()
+
+    def forward(self, images: torch.Tensor, keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with _float32(images.device):
+            images = brightness_contrast(images.float())
+            images, keypoints = self.geometry(images, keypoints.float())
+            images = self.blur_or_noise(images)
+            h, w = images.shape[-2:]
+            scale = keypoints.new_tensor([self.size / w, self.size / h])
+            return resize(images, self.size), keypoints * scale
+
+
+class Stage2Augment(nn.Module):
+    """Stage-2 training augmentation of stacked level crops (B, 5 * F, 256, 256) -> (B, 5 * F, S, S).
+
+    Vertical flip (p = 0.5, if ``cfg.vflip``), brightness/contrast, random affine, one of blur/noise
+    (p = 0.5), one of optical/grid distortion (p = 0.5), single-pixel coarse dropout (p = 0.5, if
+    ``cfg.coarse_dropout``) at full resolution, then the resize to ``cfg.img_size``.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.size = cfg.img_size
+        self.coarse_dropout = cfg.coarse_dropout
+        self.vflip = K.RandomVerticalFlip(p=0.5) if cfg.vflip else nn.Identity()
+        self.affine = random_affine(cfg.shift_limit)
+        self.blur_or_noise = blur_or_noise()
+        self.distortion = OneOf([OpticalDistortion(), GridDistortion()], p=0.5)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        with _float32(images.device):
+            images = brightness_contrast(self.vflip(images.float()))
+            images = self.distortion(self.blur_or_noise(self.affine(images)))
+            if self.coarse_dropout:
+                images = coarse_dropout(images)
+            return resize(images, self.size)
+
+
+def rotate_resize(images: torch.Tensor, angles: Sequence[float], size: int) -> torch.Tensor:
+    """Deterministic rotation TTA: (B, C, H, W) -> (B * len(angles), C, size, size), sample-major.
+
+    Each sample is rotated by every angle (degrees, counter-clockwise as cv2, about the centre, bilinear,
+    reflect-101 border) and resized bicubically. The whole batch is rotated one angle at a time, so only
+    one full-resolution copy exists at once (B x C x H x W floats, not len(angles) times that).
+    """
+    with _float32(images.device):
+        images = images.float()
+        views = [resize(_rotate(images, angle), size) for angle in angles]
+        return torch.stack(views, dim=1).flatten(0, 1)
+
+
+def _rotate(images: torch.Tensor, angle: float) -> torch.Tensor:
+    if angle == 0:  # the plain view stays exact
+        return images
+    theta = torch.full((images.shape[0],), float(angle), device=images.device)
+    return KT.rotate(images, theta, mode="bilinear", padding_mode="reflection", align_corners=True)

@@ -1,0 +1,38 @@
+"""Training losses: the severity-weighted soft cross-entropy of stage 2 and the L1 keypoint loss of stage 1."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from kaggle_utils.constants import IGNORE_INDEX, SEVERITIES, SEVERITY_WEIGHTS
+
+
+def weighted_soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Severity-weighted cross-entropy of 3-class rows with one-hot, soft (mixup) or ignored targets.
+
+    ``logits`` and ``target`` have shape (..., 3) and are flattened to rows. A row's weight is
+    ``SEVERITY_WEIGHTS`` of its dominant target class (ties go to the lower index, so a 50/50 mix of
+    Normal and Severe weighs 1); rows whose first entry is ``IGNORE_INDEX`` weigh 0. The per-row loss is
+    ``-sum(target * log_softmax(logits))``. As in the solution, the weighted sum is divided by the number of
+    rows **including** ignored ones, not by the sum of weights, so the loss scale follows the label-missing
+    rate.
+    """
+    n_classes = len(SEVERITIES)
+    logits = logits.reshape(-1, n_classes).float()
+    target = target.reshape(-1, n_classes).float()
+    ignored = target[:, 0] == IGNORE_INDEX
+    # Zero the ignored rows instead of multiplying -100 by a log-probability, which could give inf * 0 = NaN.
+    target = target.masked_fill(ignored.unsqueeze(1), 0.0)
+    # The solution takes the argmax after setting zeros to -inf; targets are non-negative, so a plain argmax
+    # (first maximum on ties) picks the same class.
+    weights = logits.new_tensor(SEVERITY_WEIGHTS)[target.argmax(dim=1)].masked_fill(ignored, 0.0)
+    # Zero-target entries contribute exactly 0 even where a log-probability is -inf.
+    terms = torch.where(target > 0, target * F.log_softmax(logits, dim=1), 0.0)
+    row_loss = -terms.sum(dim=1)
+    return (weights * row_loss).sum() / max(len(row_loss), 1)
+
+
+def keypoint_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Mean absolute error between predicted and true relative keypoints (any shapes with equal size)."""
+    return F.l1_loss(pred.float(), target.reshape(pred.shape).float())

@@ -1,0 +1,262 @@
+"""Networks of both stages: a timm backbone per frame, attention pooling over frames, small linear heads.
+
+Stage 1 (``KeypointNet``) pools the middle slices of a sagittal series and regresses the 10 disc keypoints.
+Stage 2 (``SagittalNet``) treats each of the 5 level crops of a study as an independent frame sequence,
+pools it with an attention-LSTM per condition family and classifies the severity of each condition row.
+During training it mixes sequences (cutmix in embedding space) and pooled embeddings (manifold mixup),
+and returns the targets mixed the same way.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import timm
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kaggle_utils.config import Stage2Config, TrainConfig
+from kaggle_utils.constants import (
+    CONDITIONS,
+    FORAMINAL_CONDITIONS,
+    IGNORE_INDEX,
+    N_KEYPOINTS,
+    SEVERITIES,
+    condition_family,
+)
+
+N_CLASSES = len(SEVERITIES)
+_CONDITION_ROWS: dict[str, tuple[str, ...]] = {"all": CONDITIONS, "foraminal": FORAMINAL_CONDITIONS}
+
+
+def condition_rows(condition: str) -> tuple[str, ...]:
+    """Condition names of the rows a stage-2 model predicts per level, in output order."""
+    if condition not in _CONDITION_ROWS:
+        raise ValueError(f"unknown condition {condition!r}; choose from {', '.join(_CONDITION_ROWS)}")
+    return _CONDITION_ROWS[condition]
+
+
+def left_right_pairs(condition: str) -> tuple[tuple[int, int], ...]:
+    """Row indices (left, right) of each sided condition: the rows a sequence flip swaps."""
+    return left_right_pairs_of(condition_rows(condition))
+
+
+def left_right_pairs_of(rows: Sequence[str]) -> tuple[tuple[int, int], ...]:
+    """Row indices (left, right) of each sided condition among ``rows``."""
+    rows = tuple(rows)
+    return tuple(
+        (i, rows.index(name.replace("left_", "right_", 1))) for i, name in enumerate(rows) if name.startswith("left_")
+    )
+
+
+def is_sided(condition: str) -> bool:
+    """Whether a condition has a side (left/right) rather than being central (spinal canal)."""
+    return condition.startswith(("left_", "right_"))
+
+
+def head_groups(condition: str) -> tuple[tuple[str, ...], ...]:
+    """Rows grouped by condition family, one group per head; groups are contiguous in row order."""
+    groups: dict[str, list[str]] = {}
+    for name in condition_rows(condition):
+        groups.setdefault(condition_family(name), []).append(name)
+    return tuple(tuple(rows) for rows in groups.values())
+
+
+def create_backbone(cfg: TrainConfig) -> nn.Module:
+    """A 1-channel timm feature extractor (pooled features, no classifier); width = ``model.num_features``."""
+    kwargs: dict = dict(in_chans=1, num_classes=0)
+    if cfg.drop_path_rate > 0:  # not every timm family takes the argument; zero means "leave it out"
+        kwargs["drop_path_rate"] = cfg.drop_path_rate
+    if cfg.weights_file:  # Kaggle kernels have no hub access: pretrained weights come from a local file
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=cfg.weights_file))
+    else:
+        kwargs["pretrained"] = cfg.pretrained
+    model = timm.create_model(cfg.backbone, **kwargs)
+    if cfg.grad_checkpointing:
+        model.set_grad_checkpointing(True)
+    return model
+
+
+class Attention(nn.Module):
+    """Attention pooling over frames: tanh-scored softmax weights, masked frames get none."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1))
+
+    def frame_weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Softmax weights (B, F) of features ``x`` (B, F, E) with ``mask`` (B, F) True on valid frames."""
+        scores = self.score(x).squeeze(-1).float()
+        # The most negative finite value rather than -inf: an all-masked row gives uniform weights, not NaN.
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+        return scores.softmax(dim=1).to(x.dtype)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return (self.frame_weights(x, mask).unsqueeze(-1) * x).sum(dim=1)
+
+
+class AttentionLSTM(nn.Module):
+    """Bidirectional LSTM over frames, mish+sigmoid+tanh, LayerNorm, then attention pooling.
+
+    ``dim`` must be even: each direction has ``dim // 2`` units so the output keeps the width.
+    Masked frames enter the LSTM as zero vectors (``zero_masked=True``), so their content cannot reach the
+    output. The solution feeds the backbone features of its black padding frames instead, which is also a
+    constant; ``zero_masked=False`` restores that behaviour exactly.
+    """
+
+    def __init__(self, dim: int, zero_masked: bool = True) -> None:
+        super().__init__()
+        if dim % 2:
+            raise ValueError(f"AttentionLSTM needs an even feature width, got {dim}")
+        self.zero_masked = zero_masked
+        self.lstm = nn.LSTM(dim, dim // 2, num_layers=1, batch_first=True, bidirectional=True)
+        self.norm = nn.LayerNorm(dim)
+        self.attention = Attention(dim)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        if self.zero_masked:
+            x = x.masked_fill(~mask.unsqueeze(-1), 0.0)
+        h, _ = self.lstm(x)
+        h = self.norm(F.mish(h) + torch.sigmoid(h) + torch.tanh(h))
+        return self.attention(h, mask)
+
+
+class KeypointNet(nn.Module):
+    """Stage 1: frames (B, F, 1, H, W) and mask (B, F) -> 10 relative (x, y) points (B, 10, 2) in [0, 1].
+
+    Points are ordered per level, the smaller-x point first (the dataset's target order).
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.backbone = create_backbone(cfg)
+        dim = self.backbone.num_features
+        self.dropout = nn.Dropout(cfg.fc_dropout)
+        self.attention = Attention(dim)
+        self.fc = nn.Linear(dim, 2 * N_KEYPOINTS)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, f = x.shape[:2]
+        features = self.dropout(self.backbone(x.flatten(0, 1)).view(b, f, -1))
+        return torch.sigmoid(self.fc(self.attention(features, mask))).view(b, N_KEYPOINTS, 2)
+
+
+def sequence_cutmix(
+    emb: torch.Tensor, mask: torch.Tensor, target: torch.Tensor, right_rows: torch.Tensor, p: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Cutmix of frame sequences: chosen rows take frames ``[F // 2:]`` (and their mask) from a partner.
+
+    ``emb`` (N, F, E), ``mask`` (N, F), ``target`` (N, R, 3), ``right_rows`` (R,) bool. Each row is chosen
+    with probability ``p``; partners come from one random permutation of all N rows (any study, any level,
+    possibly the row itself). The first half of the sequence stays tied to the left labels: a chosen row
+    keeps its own left and unsided rows and takes the partner's right rows.
+    Returns the mixed (emb, mask, target) and ``partner`` (N,), the row each output's second half came from.
+    """
+    n, f = mask.shape
+    chosen = torch.rand(n, device=emb.device) < p
+    perm = torch.randperm(n, device=emb.device)
+    partner = torch.where(chosen, perm, torch.arange(n, device=emb.device))
+    second_half = torch.arange(f, device=emb.device) >= f // 2
+    take = chosen[:, None] & second_half[None, :]  # (N, F)
+    emb = torch.where(take.unsqueeze(-1), emb[perm], emb)
+    mask = torch.where(take, mask[perm], mask)
+    take_rows = chosen[:, None] & right_rows.to(emb.device)[None, :]  # (N, R)
+    target = torch.where(take_rows.unsqueeze(-1), target[perm], target)
+    return emb, mask, target, partner
+
+
+def manifold_mixup(
+    pooled: Sequence[torch.Tensor], target: torch.Tensor, p: float, alpha: float
+) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """Mixup of pooled embeddings with the previous row (roll by 1), the same gamma and rows for every head.
+
+    ``pooled``: per head (N, E); ``target`` (N, R, 3). A row is mixed with probability ``p`` when neither it
+    nor its partner has an ignored label; one gamma ~ Beta(alpha, alpha) per batch weights the row itself.
+    """
+    labelled = (target != IGNORE_INDEX).flatten(1).all(dim=1)
+    mixed = labelled & labelled.roll(1, 0) & (torch.rand(target.shape[0], device=target.device) < p)
+    gamma = float(torch.distributions.Beta(alpha, alpha).sample())
+
+    def mix(x: torch.Tensor) -> torch.Tensor:
+        rows = mixed.view(-1, *([1] * (x.dim() - 1)))
+        return torch.where(rows, gamma * x + (1 - gamma) * x.roll(1, 0), x)
+
+    return [mix(x) for x in pooled], mix(target)
+
+
+class SagittalNet(nn.Module):
+    """Stage 2: level crop sequences (B, 5, F, 1, S, S) with mask (B, F) -> logits (B, 5, R, 3).
+
+    One head per condition family of ``cfg.condition``: "foraminal" (T1) has one head with rows
+    [left, right]; "all" (T2) has spinal [spinal], foraminal [left, right] and subarticular [left, right].
+    Each head has its own AttentionLSTM and linear layer; the backbone and one dropout are shared. The
+    levels are independent sequences sharing all weights. The spinal head sees the un-mixed sequence.
+
+    ``forward`` returns ``dict(logits=(B, 5, R, 3), target=(B, 5, R, 3) or None)``; in training mode with a
+    target, sequence cutmix and manifold mixup change the target accordingly.
+    """
+
+    def __init__(self, cfg: Stage2Config) -> None:
+        super().__init__()
+        self.rows = condition_rows(cfg.condition)
+        self.groups = head_groups(cfg.condition)
+        self.cutmix_p, self.mixup_p, self.mixup_alpha = cfg.cutmix_p, cfg.mixup_p, cfg.mixup_alpha
+        self.register_buffer("right_rows", torch.tensor([r.startswith("right_") for r in self.rows]), persistent=False)
+        self.backbone = create_backbone(cfg)
+        dim = self.backbone.num_features
+        self.dropout = nn.Dropout(cfg.fc_dropout)
+        self.families = tuple(condition_family(group[0]) for group in self.groups)
+        self.pools = nn.ModuleDict({family: AttentionLSTM(dim) for family in self.families})
+        self.fcs = nn.ModuleDict(
+            {
+                family: nn.Linear(dim, N_CLASSES * len(group))
+                for family, group in zip(self.families, self.groups, strict=True)
+            }
+        )
+
+    @property
+    def left_right_pairs(self) -> tuple[tuple[int, int], ...]:
+        return left_right_pairs_of(self.rows)
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, target: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor | None]:
+        b, n_levels, f = x.shape[:3]
+        emb = self.dropout(self.backbone(x.flatten(0, 2)).view(b * n_levels, f, -1))
+        mask = mask.repeat_interleave(n_levels, dim=0)  # study-major, level-minor like emb
+        rows = target.flatten(0, 1) if target is not None else None
+        mixing = self.training and rows is not None
+        mixed_emb, mixed_mask = emb, mask
+        if mixing and self.cutmix_p > 0:
+            mixed_emb, mixed_mask, rows, _ = sequence_cutmix(emb, mask, rows, self.right_rows, self.cutmix_p)
+        pooled = [
+            self.pools[family](mixed_emb, mixed_mask) if any(map(is_sided, group)) else self.pools[family](emb, mask)
+            for family, group in zip(self.families, self.groups, strict=True)
+        ]
+        if mixing and self.mixup_p > 0:
+            pooled, rows = manifold_mixup(pooled, rows, self.mixup_p, self.mixup_alpha)
+        logits = torch.cat(
+            [
+                self.fcs[family](self.dropout(p)).view(-1, len(group), N_CLASSES)
+                for family, group, p in zip(self.families, self.groups, pooled, strict=True)
+            ],
+            dim=1,
+        )
+        shape = (b, n_levels, len(self.rows), N_CLASSES)
+        return dict(logits=logits.view(shape), target=rows.view(shape) if rows is not None else None)
+
+
+MODELS: dict[str, type[nn.Module]] = {
+    "keypoint": KeypointNet,
+    "sagittal_1head": SagittalNet,
+    "sagittal_3heads": SagittalNet,
+}
+"""Model classes by the ``model`` name of a config."""
+
+
+def build_model(cfg: TrainConfig) -> nn.Module:
+    """The model a config names."""
+    if cfg.model not in MODELS:
+        raise ValueError(f"unknown model {cfg.model!r}; valid names: {', '.join(MODELS)}")
+    return MODELS[cfg.model](cfg)

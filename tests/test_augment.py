@@ -1,0 +1,122 @@
+"""Batch augmentation: keypoints follow the image, all channels of a sample share the geometry, TTA order."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kaggle_utils import augment, config
+from kaggle_utils.augment import (
+    GridDistortion,
+    MedianBlur3,
+    OpticalDistortion,
+    Stage1Augment,
+    Stage2Augment,
+    coarse_dropout,
+    rotate_resize,
+)
+
+
+def blobs(keypoints: torch.Tensor, size: int, sigma: float = 2.0) -> torch.Tensor:
+    """(B, N, size, size): channel k holds one Gaussian blob centred on keypoint k (pixel x, y)."""
+    grid = torch.arange(size, dtype=torch.float32)
+    dx = grid[None, None, None, :] - keypoints[..., 0, None, None]
+    dy = grid[None, None, :, None] - keypoints[..., 1, None, None]
+    return torch.exp(-(dx.square() + dy.square()) / (2 * sigma**2))
+
+
+def peaks_near(images: torch.Tensor, points: torch.Tensor, radius: int = 8) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, C, 2) pixel (x, y) and (B, C) value of each channel's maximum within ``radius`` of its point.
+
+    A window rather than the whole image: zooming out with reflection padding shows mirrored blob copies.
+    """
+    size = images.shape[-1]
+    where, value = torch.zeros_like(points), torch.zeros(points.shape[:2])
+    for b, c in torch.cartesian_prod(torch.arange(points.shape[0]), torch.arange(points.shape[1])).tolist():
+        x0, y0 = (int(v.round().clamp(radius, size - 1 - radius)) - radius for v in points[b, c])
+        window = images[b, c, y0 : y0 + 2 * radius + 1, x0 : x0 + 2 * radius + 1]
+        value[b, c], flat = window.max(), int(window.argmax())
+        where[b, c] = torch.tensor([x0 + flat % window.shape[1], y0 + flat // window.shape[1]], dtype=torch.float32)
+    return where, value
+
+
+@pytest.mark.parametrize("out_size", [128, 64])
+def test_stage1_keypoints_follow_the_image(out_size, monkeypatch):
+    # Brightness/contrast can clip a blob flat; the test is about geometry, so it is switched off here.
+    monkeypatch.setattr(augment, "brightness_contrast", lambda images: images)
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(config.FULL_PRESETS["stage1_t2"], img_size=out_size)
+    keypoints = 44 + 40 * torch.rand(6, 10, 2)  # central, so no blob leaves the 128-px image
+    images, moved = Stage1Augment(cfg)(blobs(keypoints, 128), keypoints)
+    assert images.shape == (6, 10, out_size, out_size) and moved.shape == (6, 10, 2)
+    assert not torch.allclose(moved * 128 / out_size, keypoints, atol=1.0)  # the geometry did change
+    where, value = peaks_near(images, moved)
+    assert (where - moved).norm(dim=-1).max() < 2.0 and value.min() > 0.5
+
+
+def test_stage2_channels_share_the_geometry_and_samples_differ():
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(config.FULL_PRESETS["sp1"], img_size=32)
+    aug = Stage2Augment(cfg)
+    aug.blur_or_noise.ops[3] = nn.Identity()  # noise is drawn per pixel and channel, on purpose
+    frame = torch.rand(1, 1, 64, 64)
+    out = aug(frame.expand(6, 10, 64, 64).contiguous())
+    assert out.shape == (6, 10, 32, 32) and out.dtype == torch.float32
+    assert ((out >= 0) & (out <= 1)).all()
+    assert torch.allclose(out, out[:, :1].expand_as(out), atol=1e-6)
+    assert not torch.allclose(out[0], out[1])  # parameters are drawn per sample
+
+
+def test_stage2_runs_under_autocast():
+    cfg = dataclasses.replace(config.FULL_PRESETS["sp1"], img_size=16)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = Stage2Augment(cfg)(torch.rand(2, 4, 32, 32))
+    assert out.shape == (2, 4, 16, 16) and out.dtype == torch.float32
+
+
+def test_distortions_with_zero_limit_are_the_identity():
+    images = torch.rand(2, 3, 20, 24)
+    assert torch.allclose(OpticalDistortion(limit=0.0)(images), images, atol=1e-5)
+    assert torch.allclose(GridDistortion(limit=0.0)(images), images, atol=1e-5)
+
+
+def test_grid_distortion_keeps_the_image_extent():
+    images = torch.rand(4, 2, 32, 32)
+    out = GridDistortion()(images)
+    corners = (..., [0, -1], [0, -1])
+    assert torch.allclose(out[corners], images[corners], atol=1e-4)
+
+
+def test_median_blur_matches_a_reference():
+    images = torch.rand(2, 3, 11, 13)
+    patches = F.unfold(F.pad(images, (1, 1, 1, 1), mode="replicate"), 3)  # (B, C * 9, H * W)
+    reference = patches.view(2, 3, 9, -1).median(dim=2).values.view_as(images)
+    assert torch.equal(MedianBlur3()(images), reference)
+
+
+def test_coarse_dropout_zeroes_the_same_pixels_in_every_channel():
+    torch.manual_seed(0)
+    out = coarse_dropout(torch.ones(5, 4, 64, 64), p=1.0)
+    holes = out == 0
+    assert torch.equal(holes, holes[:, :1].expand_as(holes))
+    per_sample = holes[:, 0].flatten(1).sum(dim=1)
+    assert ((per_sample > 0) & (per_sample <= 250)).all()
+    assert torch.equal(coarse_dropout(torch.ones(2, 1, 8, 8), p=0.0), torch.ones(2, 1, 8, 8))
+
+
+def test_rotate_resize_is_sample_major_and_rotates_counter_clockwise():
+    images = torch.rand(2, 3, 17, 17)
+    out = rotate_resize(images, [0.0, 90.0], 17)
+    assert out.shape == (4, 3, 17, 17)
+    assert torch.allclose(out[0], images[0], atol=1e-6) and torch.allclose(out[2], images[1], atol=1e-6)
+    assert torch.allclose(out[1], torch.rot90(images[0], 1, dims=(-2, -1)), atol=1e-4)
+    assert torch.allclose(out[3], torch.rot90(images[1], 1, dims=(-2, -1)), atol=1e-4)
+
+
+def test_rotate_resize_output_size():
+    out = rotate_resize(torch.rand(3, 5, 64, 64), [0.0, -15.0, 15.0], 24)
+    assert out.shape == (9, 5, 24, 24) and ((out >= 0) & (out <= 1)).all()

@@ -1,0 +1,209 @@
+"""Models: shapes, masking, head layout, cutmix/mixup target semantics, backward; tiny timm backbone on CPU."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import timm
+import torch
+
+from kaggle_utils import config
+from kaggle_utils.constants import CONDITIONS, FORAMINAL_CONDITIONS, IGNORE_INDEX
+from kaggle_utils.losses import weighted_soft_cross_entropy
+from kaggle_utils.models import (
+    MODELS,
+    Attention,
+    AttentionLSTM,
+    KeypointNet,
+    SagittalNet,
+    build_model,
+    condition_rows,
+    create_backbone,
+    left_right_pairs,
+    sequence_cutmix,
+)
+
+B, LEVELS, FRAMES, SIZE = 2, 5, 4, 32
+PRESET_OF_MODEL = {"keypoint": "stage1_t2", "sagittal_1head": "fo", "sagittal_3heads": "sp1"}
+
+
+def tiny(name: str, **changes) -> config.TrainConfig:
+    return dataclasses.replace(
+        config.FULL_PRESETS[name],
+        backbone="test_convnext",
+        pretrained=False,
+        img_size=SIZE,
+        n_frames=FRAMES,
+        drop_path_rate=0.0,
+        **changes,
+    )
+
+
+def stage2_batch(n_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    x = torch.rand(B, LEVELS, FRAMES, 1, SIZE, SIZE)
+    mask = torch.ones(B, FRAMES, dtype=torch.bool)
+    mask[1, -1] = False
+    target = torch.eye(3)[torch.randint(3, (B, LEVELS, n_rows))]
+    return x, mask, target
+
+
+def assert_valid_targets(target: torch.Tensor) -> None:
+    ignored = (target == IGNORE_INDEX).all(dim=-1)
+    assert ((target == IGNORE_INDEX).any(dim=-1) == ignored).all(), "a row is partly ignored"
+    sums = target.sum(dim=-1)[~ignored]
+    assert torch.allclose(sums, torch.ones_like(sums)) and (target[~ignored] >= 0).all()
+
+
+@pytest.mark.parametrize("model_name", list(MODELS))
+def test_every_model_builds_and_has_its_output_shape(model_name):
+    cfg = tiny(PRESET_OF_MODEL[model_name])
+    model = build_model(cfg).eval()
+    with torch.no_grad():
+        if model_name == "keypoint":
+            out = model(torch.rand(B, FRAMES, 1, SIZE, SIZE), torch.ones(B, FRAMES, dtype=torch.bool))
+            assert out.shape == (B, 10, 2) and ((out >= 0) & (out <= 1)).all()
+        else:
+            n_rows = len(condition_rows(cfg.condition))
+            x, mask, _ = stage2_batch(n_rows)
+            out = model(x, mask)
+            assert out["logits"].shape == (B, LEVELS, n_rows, 3) and out["target"] is None
+
+
+def test_one_head_and_three_heads_layouts():
+    one, three = SagittalNet(tiny("fo")), SagittalNet(tiny("sp1"))
+    assert one.rows == FORAMINAL_CONDITIONS and list(one.pools) == ["foraminal"]
+    assert three.rows == CONDITIONS and list(three.pools) == ["spinal", "foraminal", "subarticular"]
+    assert [fc.out_features for fc in three.fcs.values()] == [3, 6, 6]
+    assert left_right_pairs("foraminal") == one.left_right_pairs == ((0, 1),)
+    assert left_right_pairs("all") == three.left_right_pairs == ((1, 2), (3, 4))
+
+
+def test_unknown_model_and_condition_name_the_valid_ones():
+    with pytest.raises(ValueError, match="sagittal_3heads"):
+        build_model(tiny("sp1", model="sagittal_2heads"))
+    with pytest.raises(ValueError, match="foraminal"):
+        condition_rows("spinal")
+
+
+@pytest.mark.parametrize("pool", [Attention(8), AttentionLSTM(8)], ids=["attention", "attention_lstm"])
+def test_masked_frames_do_not_change_the_pooled_output(pool):
+    pool.eval()
+    x = torch.randn(3, 6, 8)
+    mask = torch.tensor([[True] * 6, [False, True, True, True, False, False], [True, False] * 3])
+    changed = x.clone()
+    changed[~mask] = torch.randn(int((~mask).sum()), 8) * 10
+    with torch.no_grad():
+        assert torch.allclose(pool(x, mask), pool(changed, mask), atol=1e-6)
+        assert torch.isfinite(pool(x, torch.zeros_like(mask))).all()  # an all-masked row gives no NaN
+
+
+def test_attention_lstm_can_feed_masked_frames_like_the_solution():
+    pool = AttentionLSTM(8, zero_masked=False).eval()
+    x, mask = torch.randn(1, 5, 8), torch.tensor([[True, True, True, False, False]])
+    changed = x.clone()
+    changed[0, 4] += 5
+    with torch.no_grad():
+        assert not torch.allclose(pool(x, mask), pool(changed, mask))  # the LSTM carries them backwards
+
+
+def test_attention_lstm_rejects_odd_width():
+    with pytest.raises(ValueError, match="even"):
+        AttentionLSTM(7)
+
+
+def test_eval_mode_returns_the_target_unchanged():
+    model = SagittalNet(tiny("sp1", cutmix_p=1.0, mixup_p=1.0)).eval()
+    x, mask, target = stage2_batch(5)
+    with torch.no_grad():
+        assert torch.equal(model(x, mask, target)["target"], target)
+
+
+@pytest.mark.parametrize("name", ["fo", "sp1"])
+def test_training_mixes_keep_targets_valid(name):
+    torch.manual_seed(0)
+    model = SagittalNet(tiny(name, cutmix_p=0.5, mixup_p=0.5)).train()
+    n_rows = len(model.rows)
+    x, mask, target = stage2_batch(n_rows)
+    target[0, 1, -1] = IGNORE_INDEX
+    target[1, 3] = IGNORE_INDEX
+    for _ in range(3):
+        out = model(x, mask, target)
+        assert out["logits"].shape == out["target"].shape == (B, LEVELS, n_rows, 3)
+        assert_valid_targets(out["target"])
+
+
+def test_sequence_cutmix_ties_the_first_half_to_the_left_labels():
+    torch.manual_seed(0)
+    n, f = 10, 5
+    emb = torch.arange(n, dtype=torch.float32)[:, None, None].expand(n, f, 3).clone()
+    mask = torch.rand(n, f) > 0.3
+    target = torch.eye(3)[torch.randint(3, (n, 5))]
+    right = torch.tensor([r.startswith("right_") for r in CONDITIONS])
+    out_emb, out_mask, out_target, partner = sequence_cutmix(emb, mask, target, right, p=1.0)
+    assert sorted(partner.tolist()) == list(range(n))  # one permutation of all rows
+    half = f // 2  # odd F: the partner supplies the larger half, as in the solution
+    assert torch.equal(out_emb[:, :half], emb[:, :half]) and torch.equal(out_mask[:, :half], mask[:, :half])
+    assert torch.equal(out_emb[:, half:], emb[partner, half:]) and torch.equal(out_mask[:, half:], mask[partner, half:])
+    assert torch.equal(out_target[:, ~right], target[:, ~right])  # spinal and left rows stay the row's own
+    assert torch.equal(out_target[:, right], target[partner][:, right])
+
+
+def test_model_cutmix_takes_all_right_rows_from_one_partner():
+    torch.manual_seed(1)
+    model = SagittalNet(tiny("sp1", cutmix_p=1.0, mixup_p=0.0)).train()
+    x, mask, target = stage2_batch(5)
+    # A distinct soft right-foraminal row per (study, level) identifies the partner of every row.
+    a = torch.linspace(0.05, 0.95, B * LEVELS).view(B, LEVELS)
+    target[:, :, 2] = torch.stack([a, 1 - a, torch.zeros_like(a)], dim=-1)
+    out = model(x, mask, target)["target"].flatten(0, 1)
+    flat = target.flatten(0, 1)
+    assert torch.equal(out[:, [0, 1, 3]], flat[:, [0, 1, 3]])
+    partner = [int((flat[:, 2, 0] - row[2, 0]).abs().argmin()) for row in out]
+    assert sorted(partner) == list(range(B * LEVELS))
+    assert torch.equal(out[:, [2, 4]], flat[partner][:, [2, 4]])
+
+
+def test_model_mixup_mixes_whole_rows_with_the_previous_row():
+    torch.manual_seed(2)
+    model = SagittalNet(tiny("fo", cutmix_p=0.0, mixup_p=1.0)).train()
+    x, mask, target = stage2_batch(2)
+    target[1, 2, 0] = IGNORE_INDEX  # row 7 is not labelled: it and row 8 (whose partner it is) stay unmixed
+    out = model(x, mask, target)["target"].flatten(0, 1)
+    flat = target.flatten(0, 1)
+    previous = flat.roll(1, 0)
+    assert torch.equal(out[[7, 8]], flat[[7, 8]])
+    mixed = [i for i in range(B * LEVELS) if i not in (7, 8) and not torch.equal(flat[i], previous[i])]
+    gammas = []
+    for i in mixed:
+        diff = flat[i] - previous[i]
+        k = int(diff.abs().flatten().argmax())
+        gammas.append(float((out[i] - previous[i]).flatten()[k] / diff.flatten()[k]))
+        assert torch.allclose(out[i], gammas[-1] * flat[i] + (1 - gammas[-1]) * previous[i], atol=1e-6)
+    assert gammas and max(gammas) - min(gammas) < 1e-5  # one gamma per batch
+
+
+@pytest.mark.parametrize("name", ["fo", "sp1"])
+def test_backward_reaches_backbone_and_every_head(name):
+    model = SagittalNet(tiny(name)).train()
+    x, mask, target = stage2_batch(len(model.rows))
+    out = model(x, mask, target)
+    weighted_soft_cross_entropy(out["logits"], out["target"]).backward()
+    assert all(p.grad is not None for p in model.fcs.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.backbone.parameters())
+
+
+def test_keypoint_net_backward():
+    model = KeypointNet(tiny("stage1_t2")).train()
+    out = model(torch.rand(B, FRAMES, 1, SIZE, SIZE), torch.ones(B, FRAMES, dtype=torch.bool))
+    (out - 0.5).abs().mean().backward()
+    assert model.fc.weight.grad is not None
+
+
+def test_backbone_loads_local_weights_with_rgb_folded_into_one_channel(tmp_path, monkeypatch):
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")  # the file must be enough: Kaggle kernels have no hub access
+    source = timm.create_model("test_convnext", pretrained=False)
+    torch.save(source.state_dict(), tmp_path / "weights.pth")
+    backbone = create_backbone(tiny("sp1", weights_file=str(tmp_path / "weights.pth"), grad_checkpointing=True))
+    assert torch.allclose(backbone.stem[0].weight, source.stem[0].weight.sum(dim=1, keepdim=True))
+    assert backbone.num_features == 64
