@@ -1,0 +1,347 @@
+"""The one training loop, the two stage tasks it runs, and checkpoints that rebuild their model alone.
+
+A *task* knows a stage: how to turn a loader batch into device tensors (GPU augmentation included), its
+loss, its predictions and its validation metrics. ``fit`` knows the rest, the same for both stages:
+AdamW, cosine schedule stepped per batch, autocast (fp16 + grad scaler, or bf16 where supported; off
+on the CPU), channels_last, gradient clipping and gradient-norm logging, evaluation cadence, a CSV log
+of the curves, and the checkpoint with its JSON sidecar (resolved config, fold, seed, version, commit,
+metrics).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import random
+import subprocess
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+import kaggle_utils
+from kaggle_utils.augment import Stage1Augment, Stage2Augment, resize, rotate_resize
+from kaggle_utils.config import TrainConfig, apply_overrides, from_dict, to_dict
+from kaggle_utils.constants import LEVELS, row_id
+from kaggle_utils.losses import keypoint_l1, weighted_soft_cross_entropy
+from kaggle_utils.metric import score_parts, solution_from_targets
+from kaggle_utils.models import build_model, condition_rows
+from kaggle_utils.paths import REPO_ROOT
+
+STAGE1_GRID = 256  # keypoint errors are reported in pixels of the 256 x 256 stage-1 grid
+
+
+# --- environment ---------------------------------------------------------------------------------
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)  # noqa: NPY002 - third-party code may draw from the global numpy state
+    torch.manual_seed(seed)
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
+    """bf16 on cards that support it, fp16 on older ones (T4), None (fp32) on the CPU or when disabled."""
+    if not enabled or device.type != "cuda":
+        return None
+    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+
+
+def git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
+        return out.stdout.strip() or "unknown"
+    except OSError:
+        return "unknown"
+
+
+# --- tasks ---------------------------------------------------------------------------------------
+class Task(Protocol):
+    def loss(self, model: nn.Module, batch: dict, train: bool) -> tuple[torch.Tensor, dict]: ...
+
+    def predict(self, model: nn.Module, batch: dict) -> torch.Tensor: ...
+
+    def evaluate(self, model: nn.Module, loader: Any) -> tuple[dict[str, float], pd.DataFrame]: ...
+
+
+def _to_float(image: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return image.to(device, non_blocking=True).float().div_(255.0)
+
+
+@dataclass
+class KeypointTask:
+    """Stage 1: frames as channels -> augmentation moves image and keypoints together -> 10 points."""
+
+    cfg: TrainConfig
+    device: torch.device
+    augment: nn.Module = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.augment = Stage1Augment(self.cfg).to(self.device)
+
+    def inputs(self, batch: dict, train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        image = _to_float(batch["image"], self.device)  # (B, F, H, W)
+        mask = batch["mask"].to(self.device)
+        target = batch["target"].to(self.device)  # (B, 10, 2) relative
+        size = self.cfg.img_size
+        if train:
+            image, points = self.augment(image, target * image.shape[-1])
+            target = (points / size).clamp(0, 1)
+        elif image.shape[-1] != size:
+            image = resize(image, size)  # the same resampling as the training augmentation
+        return image.unsqueeze(2), mask, target  # (B, F, 1, S, S)
+
+    def loss(self, model: nn.Module, batch: dict, train: bool) -> tuple[torch.Tensor, dict]:
+        image, mask, target = self.inputs(batch, train)
+        pred = model(image, mask)
+        return keypoint_l1(pred.float(), target), {"pred": pred.detach().float(), "target": target}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
+        image, mask, _ = self.inputs(batch, train=False)
+        return model(image, mask).float()
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Any) -> tuple[dict[str, float], pd.DataFrame]:
+        """Mean L1 (relative units), mean point distance in 256-grid pixels, share of points within 5 px."""
+        model.eval()
+        preds, targets, series = [], [], []
+        for batch in loader:
+            preds.append(self.predict(model, batch).cpu())
+            targets.append(batch["target"])
+            series += [int(s) for s in batch["series_id"]]
+        pred, target = torch.cat(preds), torch.cat(targets)
+        return keypoint_metrics(pred, target), keypoint_frame(series, pred)
+
+
+def keypoint_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
+    distance = ((pred - target) * STAGE1_GRID).norm(dim=-1)
+    return {
+        "loss": float((pred - target).abs().mean()),
+        "mean_px": float(distance.mean()),
+        "within_5px": float((distance < 5).float().mean()),
+    }
+
+
+def keypoint_frame(series_ids: list[int], pred: torch.Tensor) -> pd.DataFrame:
+    """(series, 10 points) predictions as rows ``series_id, point, relative_x, relative_y``."""
+    n_points = pred.shape[1]
+    values = pred.reshape(-1, 2).numpy()
+    return pd.DataFrame(
+        {
+            "series_id": np.repeat(series_ids, n_points),
+            "point": np.tile(np.arange(n_points), len(series_ids)),
+            "relative_x": values[:, 0],
+            "relative_y": values[:, 1],
+        }
+    )
+
+
+@dataclass
+class ClassifierTask:
+    """Stage 2: all levels and frames as channels through one augmentation -> per-level severity logits."""
+
+    cfg: TrainConfig
+    device: torch.device
+    targets: pd.DataFrame | None = None  # the targets table, for the validation score
+    augment: nn.Module = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.augment = Stage2Augment(self.cfg).to(self.device)
+        self.rows = condition_rows(self.cfg.condition)
+
+    def inputs(self, batch: dict, train: bool, angles: tuple[float, ...] = (0.0,)) -> tuple[torch.Tensor, ...]:
+        image = _to_float(batch["image"], self.device)  # (B, 5, F, H, W)
+        b, levels, frames, h, w = image.shape
+        flat = image.reshape(b, levels * frames, h, w)
+        size = self.cfg.img_size
+        flat = self.augment(flat) if train else rotate_resize(flat, angles, size)
+        copies = flat.shape[0] // b
+        image = flat.reshape(b * copies, levels, frames, 1, size, size)
+        mask = batch["mask"].to(self.device).repeat_interleave(copies, dim=0)
+        return image, mask, batch["target"].to(self.device)
+
+    def loss(self, model: nn.Module, batch: dict, train: bool) -> tuple[torch.Tensor, dict]:
+        image, mask, target = self.inputs(batch, train)
+        out = model(image, mask, target if train else None)
+        mixed = out["target"] if out.get("target") is not None else target
+        return weighted_soft_cross_entropy(out["logits"].float(), mixed), {}
+
+    @torch.no_grad()
+    def predict(self, model: nn.Module, batch: dict, angles: tuple[float, ...] = (0.0,)) -> torch.Tensor:
+        """Probabilities (B, 5, R, 3), averaged over the TTA rotations (all in one forward pass)."""
+        image, mask, _ = self.inputs(batch, train=False, angles=angles)
+        probs = model(image, mask)["logits"].float().softmax(-1)
+        return probs.reshape(-1, len(angles), *probs.shape[1:]).mean(1)
+
+    @torch.no_grad()
+    def evaluate(self, model: nn.Module, loader: Any) -> tuple[dict[str, float], pd.DataFrame]:
+        """Weighted cross-entropy and the competition score (families this model predicts) on the loader."""
+        model.eval()
+        losses, frames = [], []
+        for batch in loader:
+            probs = self.predict(model, batch)
+            target = batch["target"].to(self.device)
+            losses.append(float(weighted_soft_cross_entropy(probs.clamp_min(1e-7).log(), target)))
+            frames.append(level_frame(batch["study_id"], batch["series_id"], probs.cpu().numpy(), self.rows))
+        preds = pd.concat(frames, ignore_index=True)
+        metrics = {"loss": float(np.mean(losses))}
+        if self.targets is not None:
+            metrics.update(score_predictions(preds, self.targets))
+        return metrics, preds
+
+
+def level_frame(study_ids: Any, series_ids: Any, probs: np.ndarray, rows: tuple[str, ...]) -> pd.DataFrame:
+    """Per-series probabilities (B, 5, R, 3) as rows ``study_id, series_id, row_id, normal_mild, moderate, severe``."""
+    records = []
+    for study, series, per_level in zip(study_ids, series_ids, probs, strict=True):
+        for level, per_row in zip(LEVELS, per_level, strict=True):
+            for condition, p in zip(rows, per_row, strict=True):
+                records.append((int(study), int(series), row_id(int(study), f"{condition}_{level}"), *p.tolist()))
+    return pd.DataFrame(records, columns=["study_id", "series_id", "row_id", "normal_mild", "moderate", "severe"])
+
+
+def score_predictions(preds: pd.DataFrame, targets: pd.DataFrame) -> dict[str, float]:
+    """Score row predictions (averaged per row id over series) on the labelled rows they cover."""
+    per_row = preds.groupby("row_id")[["normal_mild", "moderate", "severe"]].mean().reset_index()
+    solution = solution_from_targets(targets[targets["study_id"].isin(preds["study_id"])])
+    solution = solution[solution["row_id"].isin(per_row["row_id"])]
+    if solution.empty:
+        return {}
+    return score_parts(solution, per_row, "row_id")
+
+
+# --- the loop ------------------------------------------------------------------------------------
+def fit(
+    cfg: TrainConfig,
+    task: KeypointTask | ClassifierTask,
+    train_loader: Any,
+    val_loader: Any,
+    checkpoint: Path,
+    fold: int,
+    extra: dict | None = None,
+) -> tuple[nn.Module, dict, pd.DataFrame]:
+    """Train ``cfg``'s model; save the last weights (as the solution does) with a JSON sidecar and a CSV log.
+
+    Returns the model, the sidecar dict and the final validation predictions (the fold's OOF).
+    """
+    seed_everything(cfg.seed)
+    device = task.device
+    model = build_model(cfg).to(device)
+    if cfg.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    epochs = 1 if cfg.fast_dev_run else cfg.epochs
+    batches = _limit(train_loader, cfg)
+    steps = epochs * len(batches)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps), eta_min=cfg.lr_min)
+    dtype = autocast_dtype(device, cfg.amp)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    val_batches = batches if cfg.overfit_batch else _limit(val_loader, cfg)
+    log = CurveLog(checkpoint.with_suffix(".log.csv"))
+
+    step, started = 0, time.time()
+    metrics: dict[str, float] = {}
+    for epoch in range(epochs):
+        model.train()
+        progress = tqdm(batches, desc=f"{cfg.name} f{fold} epoch {epoch + 1}/{epochs}", leave=False)
+        for batch in progress:
+            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
+                loss, _ = task.loss(model, batch, train=True)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
+            scaler.step(optimizer)
+            scaler.update()
+            scheduler.step()
+            step += 1
+            progress.set_postfix(loss=f"{loss.item():.4f}", grad=f"{grad_norm:.2f}")
+            row = {
+                "epoch": epoch + 1,
+                "step": step,
+                "lr": scheduler.get_last_lr()[0],
+                "train_loss": loss.item(),
+                "grad_norm": grad_norm,
+            }
+            if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
+                metrics, _ = task.evaluate(model, val_batches)
+                model.train()
+                row.update({f"val_{k}": v for k, v in metrics.items()})
+            log.write(row)
+        if not cfg.eval_every and epoch + 1 < epochs:
+            metrics, _ = task.evaluate(model, val_batches)
+            log.write({"epoch": epoch + 1, "step": step, **{f"val_{k}": v for k, v in metrics.items()}})
+    metrics, preds = task.evaluate(model, val_batches)
+    log.write({"epoch": epochs, "step": step, **{f"val_{k}": v for k, v in metrics.items()}})
+    sidecar = save_checkpoint(model, cfg, checkpoint, fold, metrics, time.time() - started, extra)
+    return model, sidecar, preds
+
+
+def _limit(loader: Any, cfg: TrainConfig) -> Any:
+    """``fast_dev_run`` and ``overfit_batch`` use only the first batch."""
+    return [next(iter(loader))] if (cfg.fast_dev_run or cfg.overfit_batch) else loader
+
+
+class CurveLog:
+    """Append-only CSV of the training curves; columns grow as new metrics appear."""
+
+    def __init__(self, path: Path) -> None:
+        self.path, self.rows = path, []
+        path.parent.mkdir(parents=True, exist_ok=True)
+
+    def write(self, row: dict) -> None:
+        self.rows.append(row)
+        columns = list(dict.fromkeys(k for r in self.rows for k in r))
+        with self.path.open("w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=columns)
+            writer.writeheader()
+            writer.writerows(self.rows)
+
+
+# --- checkpoints ---------------------------------------------------------------------------------
+def save_checkpoint(
+    model: nn.Module, cfg: TrainConfig, path: Path, fold: int, metrics: dict, seconds: float, extra: dict | None = None
+) -> dict:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    sidecar = {
+        "config": to_dict(cfg),
+        "fold": fold,
+        "seed": cfg.seed,
+        "version": kaggle_utils.__version__,
+        "git_commit": git_commit(),
+        "train_seconds": round(seconds, 1),
+        "metrics": {"val": metrics},
+        **(extra or {}),
+    }
+    path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1))
+    return sidecar
+
+
+def load_checkpoint(path: Path, device: torch.device | None = None) -> tuple[nn.Module, TrainConfig, dict]:
+    """Rebuild a model from its JSON sidecar alone and load its weights (no pretrained download)."""
+    sidecar_path = Path(path).with_suffix(".json")
+    if not sidecar_path.exists():
+        raise FileNotFoundError(f"{path}: no sidecar {sidecar_path.name} beside the weights")
+    sidecar = json.loads(sidecar_path.read_text())
+    cfg = apply_overrides(from_dict(sidecar["config"]), {"pretrained": False, "weights_file": ""})
+    model = build_model(cfg)
+    try:
+        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    except RuntimeError as error:
+        raise RuntimeError(
+            f"{path}: weights do not match the model its sidecar describes ({cfg.name}): {error}"
+        ) from error
+    return model.to(device or default_device()).eval(), cfg, sidecar

@@ -1,0 +1,278 @@
+"""Inference from raw DICOMs: keypoints -> crops -> classifiers with TTA -> routing -> a complete submission.
+
+Per series: read the DICOMs once, build the stage-1 volume, predict the keypoints (median over the
+plane's localisers), crop every level with the same function as training, and run every stage-2 model
+of that plane with all TTA rotations in one forward pass. Predictions are then averaged per row id and
+routed as the solution does: subarticular from ``su``; spinal the mean of ``sp1``, ``sp2``, ``su``;
+foraminal from the T1 model when the study has a Sagittal T1, else from the T2 models. Every study gets
+its 25 rows: what no model covers falls back to the class priors of the training labels.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections import defaultdict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from kaggle_utils.config import InferConfig, PreprocessConfig, TrainConfig
+from kaggle_utils.constants import IGNORE_INDEX, LABEL_COLUMNS, SEVERITY_COLUMNS, condition_family, row_id
+from kaggle_utils.data import take_frames
+from kaggle_utils.dicom import SeriesError, read_series
+from kaggle_utils.engine import ClassifierTask, KeypointTask, level_frame, load_checkpoint
+from kaggle_utils.metric import score_parts, solution_from_targets
+from kaggle_utils.models import condition_rows
+from kaggle_utils.paths import Paths
+from kaggle_utils.preprocess import sort_level_points, stage1_volume, stage2_crops
+from kaggle_utils.tables import points_frame, series_points
+
+
+@dataclass
+class ModelSet:
+    """Loaded models: stage-1 localisers by plane, stage-2 classifiers by preset name."""
+
+    stage1: dict[str, list[tuple[nn.Module, TrainConfig]]] = field(default_factory=lambda: defaultdict(list))
+    stage2: dict[str, list[tuple[nn.Module, TrainConfig]]] = field(default_factory=lambda: defaultdict(list))
+
+    def presets_for(self, plane: str) -> list[str]:
+        return [name for name, models in self.stage2.items() if models[0][1].plane == plane]
+
+
+def load_models(paths: Paths, folds: list[int] | None = None, device: torch.device | None = None) -> ModelSet:
+    """Every checkpoint in ``models/`` (of the given folds), rebuilt from its sidecar."""
+    models = ModelSet()
+    for path in sorted(paths.models_dir.glob("*.pt")):
+        model, cfg, sidecar = load_checkpoint(path, device)
+        if folds is not None and sidecar["fold"] not in folds:
+            continue
+        bank = models.stage1[cfg.plane] if cfg.stage == 1 else models.stage2[cfg.name]
+        bank.append((model, cfg))
+    if not models.stage1 or not models.stage2:
+        raise FileNotFoundError(f"no stage-1 and stage-2 checkpoints for folds {folds} in {paths.models_dir}")
+    return models
+
+
+@torch.no_grad()
+def predict_keypoints(
+    volume: np.ndarray, models: list[tuple[nn.Module, TrainConfig]], device: torch.device
+) -> np.ndarray:
+    """(5, 2, 2) relative keypoints of a stage-1 volume: the median over the localisers."""
+    predictions = []
+    for model, cfg in models:
+        frames, mask = take_frames(volume, cfg.n_frames)
+        batch = {
+            "image": torch.from_numpy(frames)[None],
+            "mask": torch.from_numpy(mask)[None],
+            "target": torch.zeros(1, 10, 2),
+        }
+        predictions.append(KeypointTask(cfg, device).predict(model, batch)[0].cpu().numpy())
+    return sort_level_points(np.median(predictions, axis=0).reshape(5, 2, 2))
+
+
+@torch.no_grad()
+def predict_levels(
+    crops: np.ndarray, models: list[tuple[nn.Module, TrainConfig]], angles: tuple[float, ...], device: torch.device
+) -> np.ndarray:
+    """(5, R, 3) probabilities of a series' crops, averaged over TTA rotations and models."""
+    predictions = []
+    for model, cfg in models:
+        frames, mask = take_frames(crops, cfg.n_frames)  # (F, H, W, 5)
+        batch = {
+            "image": torch.from_numpy(np.ascontiguousarray(frames.transpose(3, 0, 1, 2)))[None],
+            "mask": torch.from_numpy(mask)[None],
+            "target": torch.zeros(1),
+        }
+        predictions.append(ClassifierTask(cfg, device).predict(model, batch, angles)[0].cpu().numpy())
+    return np.mean(predictions, axis=0)
+
+
+def predict_series_table(
+    paths: Paths,
+    series: pd.DataFrame,
+    models: ModelSet,
+    pre_cfg: PreprocessConfig,
+    infer_cfg: InferConfig,
+    device: torch.device,
+    desc: str = "inference",
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Keypoints and per-preset level probabilities for every series of a table (``study_id, series_id, plane,
+    split``). A series that cannot be read is reported and skipped; the submission falls back for it."""
+    keypoints, levels = [], []
+    for row in tqdm(list(series.itertuples()), desc=desc):
+        if row.plane not in models.stage1:
+            continue
+        try:
+            volume_series = read_series(paths.series_dir(row.split, row.study_id, row.series_id))
+        except SeriesError as error:
+            warnings.warn(f"study {row.study_id} series {row.series_id} skipped: {error}", stacklevel=2)
+            continue
+        volume = stage1_volume(volume_series, pre_cfg)
+        points = predict_keypoints(volume, models.stage1[row.plane], device)
+        keypoints.append(points_frame(row.study_id, row.series_id, row.plane, points, "stage1"))
+        crops = stage2_crops(volume_series, points, row.plane, pre_cfg)
+        for preset in models.presets_for(row.plane):
+            bank = models.stage2[preset]
+            probs = predict_levels(crops, bank, infer_cfg.tta_angles, device)
+            frame = level_frame([row.study_id], [row.series_id], probs[None], _rows(bank))
+            levels.append(frame.assign(preset=preset))
+    return _concat(keypoints), _concat(levels)
+
+
+def _rows(bank: list[tuple[nn.Module, TrainConfig]]) -> tuple[str, ...]:
+    return condition_rows(bank[0][1].condition)
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# --- merging -------------------------------------------------------------------------------------
+def route(levels: pd.DataFrame, infer_cfg: InferConfig) -> pd.DataFrame:
+    """One prediction per row id: average over series and models per preset, then over the presets that
+    the routing picks for the row's condition (the first group with any prediction for that row wins)."""
+    if levels.empty:
+        return pd.DataFrame(columns=["row_id", *SEVERITY_COLUMNS])
+    per_preset = levels.groupby(["row_id", "preset"])[list(SEVERITY_COLUMNS)].mean().reset_index()
+    per_preset["family"] = per_preset["row_id"].map(condition_family)
+    groups = {
+        "spinal": [infer_cfg.spinal_presets],
+        "subarticular": [infer_cfg.subarticular_presets, infer_cfg.spinal_presets],
+        "foraminal": [infer_cfg.foraminal_t1_presets, infer_cfg.foraminal_t2_presets],
+    }
+    chosen = []
+    for family, ranked in groups.items():
+        rows = per_preset[per_preset["family"] == family]
+        taken: set[str] = set()
+        for presets in ranked:
+            picked = rows[rows["preset"].isin(presets) & ~rows["row_id"].isin(taken)]
+            chosen.append(picked)
+            taken |= set(picked["row_id"])
+        leftover = rows[~rows["row_id"].isin(taken)]  # presets outside the routing table: plain mean
+        chosen.append(leftover)
+    merged = pd.concat(chosen).groupby("row_id")[list(SEVERITY_COLUMNS)].mean()
+    return merged.reset_index()
+
+
+def label_priors(targets: pd.DataFrame) -> pd.DataFrame:
+    """Class frequencies of each label column (add-one smoothed): the fallback prediction and the baseline."""
+    rows = []
+    for column in LABEL_COLUMNS:
+        labels = targets[column].to_numpy()
+        counts = np.bincount(labels[labels != IGNORE_INDEX].astype(int), minlength=3) + 1.0
+        rows.append((column, *(counts / counts.sum())))
+    return pd.DataFrame(rows, columns=["column", *SEVERITY_COLUMNS]).set_index("column")
+
+
+def complete_submission(merged: pd.DataFrame, study_ids: list[int], priors: pd.DataFrame) -> pd.DataFrame:
+    """25 rows for every study: model predictions where they exist, priors elsewhere; rows sum to one.
+    One warning line names the studies that fell back, and for how many rows."""
+    template = pd.DataFrame(
+        [(row_id(s, c), c, s) for s in study_ids for c in LABEL_COLUMNS], columns=["row_id", "column", "study_id"]
+    )
+    out = template.merge(merged, on="row_id", how="left")
+    missing = out[SEVERITY_COLUMNS[0]].isna()
+    out.loc[missing, list(SEVERITY_COLUMNS)] = priors.loc[out.loc[missing, "column"]].to_numpy()
+    if missing.any():
+        counts = out.loc[missing].groupby("study_id").size()
+        detail = ", ".join(f"{s} ({n} rows)" for s, n in counts.items())
+        warnings.warn(f"{len(counts)} studies fell back to label priors (no series or model): {detail}", stacklevel=2)
+    values = out[list(SEVERITY_COLUMNS)].to_numpy(float).clip(1e-7, None)
+    out[list(SEVERITY_COLUMNS)] = values / values.sum(axis=1, keepdims=True)
+    return out[["row_id", *SEVERITY_COLUMNS]].reset_index(drop=True)
+
+
+def prior_submission(study_ids: list[int], priors: pd.DataFrame) -> pd.DataFrame:
+    """The class-prior baseline: every row predicted by its column's label frequencies."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return complete_submission(pd.DataFrame(columns=["row_id", *SEVERITY_COLUMNS]), study_ids, priors)
+
+
+def score_submission(submission: pd.DataFrame, targets: pd.DataFrame) -> dict[str, float]:
+    """The competition score parts of a submission against a targets table (labelled rows only)."""
+    solution = solution_from_targets(targets)
+    return score_parts(solution, submission, "row_id")
+
+
+def write_submission(submission: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    submission.to_csv(path, index=False)
+    return path
+
+
+# --- whole runs ----------------------------------------------------------------------------------
+@dataclass
+class Prediction:
+    """What a run over studies produced: the complete submission, the class-prior baseline and the keypoints."""
+
+    submission: pd.DataFrame
+    baseline: pd.DataFrame
+    keypoints: pd.DataFrame
+
+
+def predict_studies(
+    paths: Paths,
+    series: pd.DataFrame,
+    study_ids: list[int],
+    models: ModelSet,
+    priors: pd.DataFrame,
+    pre_cfg: PreprocessConfig,
+    infer_cfg: InferConfig,
+    device: torch.device,
+    desc: str = "inference",
+) -> Prediction:
+    """Predict the sagittal ``series`` and complete a 25-row submission for every study in ``study_ids``."""
+    keypoints, levels = predict_series_table(paths, series, models, pre_cfg, infer_cfg, device, desc)
+    return Prediction(
+        submission=complete_submission(route(levels, infer_cfg), study_ids, priors),
+        baseline=prior_submission(study_ids, priors),
+        keypoints=keypoints,
+    )
+
+
+def cross_validate(
+    paths: Paths,
+    series: pd.DataFrame,
+    targets: pd.DataFrame,
+    folds: list[int],
+    pre_cfg: PreprocessConfig,
+    infer_cfg: InferConfig,
+    device: torch.device,
+) -> Prediction:
+    """Out-of-fold inference on the training studies: fold f's studies go through fold f's models, from the raw
+    DICOMs as at test time (predicted keypoints, TTA, routing); priors come from the other folds' labels."""
+    parts = []
+    for fold in folds:
+        fold_series = series[series["fold"] == fold]
+        study_ids = sorted(int(s) for s in fold_series["study_id"].unique())
+        priors = label_priors(targets[~targets["study_id"].isin(study_ids)])
+        models = load_models(paths, [fold], device)
+        parts.append(
+            predict_studies(
+                paths, fold_series, study_ids, models, priors, pre_cfg, infer_cfg, device, desc=f"OOF fold {fold}"
+            )
+        )
+    return Prediction(
+        *(pd.concat([getattr(p, f) for p in parts], ignore_index=True) for f in ("submission", "baseline", "keypoints"))
+    )
+
+
+def keypoint_errors(predicted: pd.DataFrame, truth: pd.DataFrame, grid: int = 256) -> pd.DataFrame:
+    """Per plane: mean distance (pixels of the 256 grid) between predicted and true keypoints, and the share within
+    5 px. Points are matched per series and level after ordering each level's pair by x."""
+    rows = []
+    for series_id, group in predicted.groupby("series_id"):
+        if series_id not in set(truth["series_id"]):
+            continue
+        pred = series_points(predicted, series_id)
+        true = series_points(truth, series_id)
+        distance = np.linalg.norm((pred - true) * grid, axis=-1).ravel()
+        rows += [(group["plane"].iloc[0], d) for d in distance]
+    frame = pd.DataFrame(rows, columns=["plane", "distance"])
+    return frame.groupby("plane")["distance"].agg(mean_px="mean", within_5px=lambda d: (d < 5).mean()).reset_index()

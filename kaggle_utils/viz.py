@@ -1,0 +1,87 @@
+"""Pictures people look at: a study's sagittal slices with keypoints and its level crops, training curves,
+score tables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from kaggle_utils.constants import LEVEL_NAMES, PLANES
+from kaggle_utils.paths import Paths
+from kaggle_utils.tables import series_points
+
+LEVEL_COLOURS = ("#e6194b", "#f58231", "#ffe119", "#3cb44b", "#4363d8")
+
+
+def study_figure(
+    volumes: dict[str, np.ndarray], points: dict[str, np.ndarray], crops: dict[str, np.ndarray], title: str = ""
+) -> plt.Figure:
+    """One row per sagittal plane: the middle slice with its 10 keypoints, then the 5 level crops (middle frame).
+
+    Args:
+        volumes: plane -> stage-1 volume (256, 256, N) uint8.
+        points: plane -> (5, 2, 2) relative keypoints.
+        crops: plane -> stage-2 crops (256, 256, 5, N) uint8.
+    """
+    planes = [p for p in PLANES if p in volumes]
+    fig, axes = plt.subplots(len(planes), 1 + len(LEVEL_NAMES), figsize=(15, 3.2 * len(planes)), squeeze=False)
+    for ax_row, plane in zip(axes, planes, strict=True):
+        volume = volumes[plane]
+        size = volume.shape[0]
+        ax_row[0].imshow(volume[:, :, volume.shape[-1] // 2], cmap="gray")
+        for level, (pair, colour) in enumerate(zip(points[plane], LEVEL_COLOURS, strict=True)):
+            ax_row[0].scatter(pair[:, 0] * size, pair[:, 1] * size, s=14, c=colour, label=LEVEL_NAMES[level])
+        ax_row[0].set_title(f"{PLANES[plane]}: middle slice")
+        for level, ax in enumerate(ax_row[1:]):
+            if plane in crops:
+                stack = crops[plane][:, :, level]
+                ax.imshow(stack[:, :, stack.shape[-1] // 2], cmap="gray")
+            ax.set_title(LEVEL_NAMES[level], color=LEVEL_COLOURS[level])
+        for ax in ax_row:
+            ax.axis("off")
+    axes[0, 0].legend(loc="lower left", fontsize=6, framealpha=0.5)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def draw_study(
+    paths: Paths, series: pd.DataFrame, keypoints: pd.DataFrame, study_id: int, crops_root: str = "stage2"
+) -> plt.Figure:
+    """``study_figure`` of a study from the cached arrays and a keypoint table."""
+    volumes, points, crops = {}, {}, {}
+    for row in series[series["study_id"] == study_id].itertuples():
+        if row.plane in volumes or row.series_id not in set(keypoints["series_id"]):
+            continue
+        volumes[row.plane] = np.load(paths.stage1_array(study_id, row.series_id))
+        points[row.plane] = series_points(keypoints, row.series_id)
+        crop_path = paths.stage2_array(study_id, row.series_id, crops_root)
+        if crop_path.exists():
+            crops[row.plane] = np.load(crop_path)
+    return study_figure(volumes, points, crops, title=f"study {study_id}")
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110, bbox_inches="tight")
+    return path
+
+
+def curves_figure(log: pd.DataFrame, title: str = "") -> plt.Figure:
+    """Training loss per step and every validation metric of a ``CurveLog`` CSV."""
+    val_columns = [c for c in log.columns if c.startswith("val_")]
+    fig, axes = plt.subplots(1, 1 + len(val_columns), figsize=(4 * (1 + len(val_columns)), 3), squeeze=False)
+    axes[0, 0].plot(log["step"], log["train_loss"], lw=0.8)
+    axes[0, 0].set_title("train loss")
+    for ax, column in zip(axes[0, 1:], val_columns, strict=True):
+        points = log[["step", column]].dropna()
+        ax.plot(points["step"], points[column], marker="o")
+        ax.set_title(column)
+    for ax in axes[0]:
+        ax.set_xlabel("step")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
