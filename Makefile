@@ -11,10 +11,13 @@ DATA_DIR ?=
 WORK_DIR ?= $(CURDIR)/work
 SYNTHETIC_DIR ?= $(CURDIR)/data/synthetic
 N_TRAIN ?= 48
-N_TEST ?= 8
+N_TEST ?= 16
 SEED ?= 0
 PROFILE ?= demo
-FOLDS ?= [0, 1, 2, 3]
+# The CPU demo trains fold 0 of 4 with the T1 foraminal and one T2 model; on a GPU use
+# PROFILE=full FOLDS='[0, 1, 2, 3]' PRESETS='["fo", "sp1", "sp2", "su"]'.
+FOLDS ?= [0]
+PRESETS ?= ["fo", "sp1"]
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.py))
 
 # `make demo` without DATA_DIR generates and uses the synthetic data; with DATA_DIR it uses that folder.
@@ -46,7 +49,8 @@ data: install ## Write the synthetic competition dataset to SYNTHETIC_DIR (N_TRA
 
 demo: $(DEMO_DEPS) ## Run the four notebooks headless on DATA_DIR (default: the synthetic data) into WORK_DIR
 	$(PY) -m kaggle_utils.runner $(NOTEBOOKS) --out $(WORK_DIR)/executed \
-		--set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR) --set PROFILE=$(PROFILE) --set 'FOLDS=$(FOLDS)'
+		--set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR) --set PROFILE=$(PROFILE) \
+		--set 'FOLDS=$(FOLDS)' --set 'PRESETS=$(PRESETS)'
 	@echo "submission: $(WORK_DIR)/submission.csv   scores: $(WORK_DIR)/cv.json   pictures: $(WORK_DIR)/figures"
 
 test: install ## Run the test suite (unit tests and every notebook on a tiny synthetic dataset)

@@ -24,8 +24,6 @@ from kaggle_utils.config import TrainConfig
 
 BRIGHTNESS_LIMIT = 0.4  # additive, in [0, 1] units (albumentations brightness_by_max on uint8)
 CONTRAST_LIMIT = 0.25  # multiplicative
-ROTATE_LIMIT = 30.0  # degrees
-SCALE_RANGE = (0.75, 1.25)
 NOISE_VAR_RANGE = (3.0, 9.0)  # GaussNoise variance on the 0-255 scale
 DISTORT_LIMIT = 1.0
 GRID_STEPS = 5
@@ -194,12 +192,12 @@ def blur_or_noise(p: float = 0.5) -> OneOf:
     )
 
 
-def random_affine(shift_limit: float) -> K.RandomAffine:
-    """albumentations ShiftScaleRotate(shift_limit, scale 0.25, rotate 30, linear, reflect-101), p = 1."""
+def random_affine(cfg: TrainConfig) -> K.RandomAffine:
+    """albumentations ShiftScaleRotate (shift, scale, rotate limits of the config; linear, reflect-101), p = 1."""
     return K.RandomAffine(
-        degrees=ROTATE_LIMIT,
-        translate=(shift_limit, shift_limit),
-        scale=SCALE_RANGE,
+        degrees=cfg.rotate_limit,
+        translate=(cfg.shift_limit, cfg.shift_limit),
+        scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
         padding_mode="reflection",
         align_corners=True,
         p=1.0,
@@ -231,8 +229,8 @@ class Stage1Augment(nn.Module):
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
         self.size = cfg.img_size
-        self.geometry = K.AugmentationSequential(random_affine(cfg.shift_limit), data_keys=["input", "keypoints"])
-        self.blur_or_noise = blur_or_noise()
+        self.geometry = K.AugmentationSequential(random_affine(cfg), data_keys=["input", "keypoints"])
+        self.blur_or_noise = blur_or_noise(cfg.blur_p)
 
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with _float32(images.device):
@@ -257,9 +255,9 @@ class Stage2Augment(nn.Module):
         self.size = cfg.img_size
         self.coarse_dropout = cfg.coarse_dropout
         self.vflip = K.RandomVerticalFlip(p=0.5) if cfg.vflip else nn.Identity()
-        self.affine = random_affine(cfg.shift_limit)
-        self.blur_or_noise = blur_or_noise()
-        self.distortion = OneOf([OpticalDistortion(), GridDistortion()], p=0.5)
+        self.affine = random_affine(cfg)
+        self.blur_or_noise = blur_or_noise(cfg.blur_p)
+        self.distortion = OneOf([OpticalDistortion(), GridDistortion()], p=cfg.distort_p)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with _float32(images.device):

@@ -195,8 +195,9 @@ def prior_submission(study_ids: list[int], priors: pd.DataFrame) -> pd.DataFrame
 
 
 def score_submission(submission: pd.DataFrame, targets: pd.DataFrame) -> dict[str, float]:
-    """The competition score parts of a submission against a targets table (labelled rows only)."""
-    solution = solution_from_targets(targets)
+    """The competition score parts of a submission against the targets of the studies it covers."""
+    studies = submission["row_id"].str.split("_").str[0].astype(int).unique()
+    solution = solution_from_targets(targets[targets["study_id"].isin(studies)])
     return score_parts(solution, submission, "row_id")
 
 

@@ -10,14 +10,16 @@ from kaggle_utils import config
 def test_six_presets_follow_the_solution():
     fo, sp1, sp2, su = (config.FULL_PRESETS[n] for n in ("fo", "sp1", "sp2", "su"))
     assert (fo.plane, fo.n_frames, fo.img_size, fo.epochs, fo.condition) == ("t1", 24, 96, 32, "foraminal")
-    assert (sp1.n_frames, sp1.img_size, sp2.n_frames, sp2.img_size, su.n_frames, su.img_size) == (8, 128, 5, 256, 24, 96)
+    assert (sp1.n_frames, sp1.img_size) == (8, 128)
+    assert (sp2.n_frames, sp2.img_size) == (5, 256)
+    assert (su.n_frames, su.img_size) == (24, 96)
     assert all(c.epochs == 40 and c.vflip and c.condition == "all" for c in (sp1, sp2, su))
     for name in ("stage1_t1", "stage1_t2"):
         s1 = config.FULL_PRESETS[name]
         assert (s1.n_frames, s1.img_size, s1.epochs, s1.shift_limit, s1.stage) == (8, 256, 60, 0.10, 1)
     for cfg in config.FULL_PRESETS.values():
-        assert (cfg.backbone, cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.grad_clip) == (
-            "hgnetv2_b5.ssld_stage2_ft_in1k", 1e-4, 1e-4, 32, 1.0)
+        assert cfg.backbone == "hgnetv2_b5.ssld_stage2_ft_in1k"
+        assert (cfg.lr, cfg.weight_decay, cfg.batch_size, cfg.grad_clip) == (1e-4, 1e-4, 32, 1.0)
 
 
 def test_profiles_are_deltas_and_overrides_apply_last():

@@ -12,20 +12,27 @@ from kaggle_utils.infer import complete_submission, label_priors, route
 
 
 def level_rows(preset: str, column: str, probs: tuple[float, float, float], study: int = 1) -> dict:
-    return {"study_id": study, "series_id": 9, "preset": preset, "row_id": f"{study}_{column}",
-            **dict(zip(SEVERITY_COLUMNS, probs, strict=True))}
+    return {
+        "study_id": study,
+        "series_id": 9,
+        "preset": preset,
+        "row_id": f"{study}_{column}",
+        **dict(zip(SEVERITY_COLUMNS, probs, strict=True)),
+    }
 
 
 def test_routing_follows_the_solution():
-    levels = pd.DataFrame([
-        level_rows("sp1", "spinal_canal_stenosis_l1_l2", (0.6, 0.3, 0.1)),
-        level_rows("su", "spinal_canal_stenosis_l1_l2", (0.2, 0.5, 0.3)),
-        level_rows("sp1", "left_subarticular_stenosis_l1_l2", (1.0, 0.0, 0.0)),  # not su: ignored
-        level_rows("su", "left_subarticular_stenosis_l1_l2", (0.0, 1.0, 0.0)),
-        level_rows("fo", "left_neural_foraminal_narrowing_l1_l2", (0.0, 0.0, 1.0)),  # T1 wins over T2
-        level_rows("sp1", "left_neural_foraminal_narrowing_l1_l2", (1.0, 0.0, 0.0)),
-        level_rows("sp1", "right_neural_foraminal_narrowing_l1_l2", (1.0, 0.0, 0.0)),  # no T1: from T2
-    ])
+    levels = pd.DataFrame(
+        [
+            level_rows("sp1", "spinal_canal_stenosis_l1_l2", (0.6, 0.3, 0.1)),
+            level_rows("su", "spinal_canal_stenosis_l1_l2", (0.2, 0.5, 0.3)),
+            level_rows("sp1", "left_subarticular_stenosis_l1_l2", (1.0, 0.0, 0.0)),  # not su: ignored
+            level_rows("su", "left_subarticular_stenosis_l1_l2", (0.0, 1.0, 0.0)),
+            level_rows("fo", "left_neural_foraminal_narrowing_l1_l2", (0.0, 0.0, 1.0)),  # T1 wins over T2
+            level_rows("sp1", "left_neural_foraminal_narrowing_l1_l2", (1.0, 0.0, 0.0)),
+            level_rows("sp1", "right_neural_foraminal_narrowing_l1_l2", (1.0, 0.0, 0.0)),  # no T1: from T2
+        ]
+    )
     merged = route(levels, InferConfig()).set_index("row_id")
     assert merged.loc["1_spinal_canal_stenosis_l1_l2"].tolist() == pytest.approx([0.4, 0.4, 0.2])
     assert merged.loc["1_left_subarticular_stenosis_l1_l2"].tolist() == [0.0, 1.0, 0.0]

@@ -20,8 +20,13 @@ def test_arguments_then_environment_then_defaults(monkeypatch, tmp_path):
     assert P.Paths.resolve(work_dir=tmp_path / "x").work_dir == tmp_path / "x"
 
 
-@pytest.mark.parametrize("layout", ["rsna-2024-lumbar-spine-degenerative-classification",
-                                    "competitions/rsna-2024-lumbar-spine-degenerative-classification"])
+@pytest.mark.parametrize(
+    "layout",
+    [
+        "rsna-2024-lumbar-spine-degenerative-classification",
+        "competitions/rsna-2024-lumbar-spine-degenerative-classification",
+    ],
+)
 def test_competition_folder_is_found_at_any_mount_depth(tmp_path, layout):
     folder = tmp_path / layout
     folder.mkdir(parents=True)

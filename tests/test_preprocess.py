@@ -80,8 +80,10 @@ def test_crops_match_the_plain_implementation(plane, shape):
     points = t2_points()
     crops = stage2_crops(make_series([image, image * 0.9]), points, plane, CFG)
     assert crops.shape == (256, 256, 5, 2) and crops.dtype == np.uint8
-    window = (float(np.percentile(np.r_[image.ravel(), image.ravel() * 0.9], 1)),
-              float(np.percentile(np.r_[image.ravel(), image.ravel() * 0.9], 99)))
+    window = (
+        float(np.percentile(np.r_[image.ravel(), image.ravel() * 0.9], 1)),
+        float(np.percentile(np.r_[image.ravel(), image.ravel() * 0.9], 99)),
+    )
     for level in range(5):
         expected = to_uint8(reference_crop(image, points, plane, level), window).astype(float)
         ours = crops[:, :, level, 0].astype(float)

@@ -1,0 +1,80 @@
+# %% [markdown]
+# # 01 · Preprocess
+# Builds the hand-off tables and the cached arrays both training stages read.
+#
+# **Inputs**: `DATA_DIR`, a folder in the competition layout (`train.csv`, `train_series_descriptions.csv`,
+# `train_label_coordinates.csv`, `train_images/`, optionally `coords_pretrain.csv`).
+#
+# **Outputs** in `WORK_DIR`: `tables/{series,targets,folds,keypoints}.csv`,
+# `stage1/{study}/{series}.npy` (256, 256, N) and `stage2/{study}/{series}.npy` (256, 256, 5, N) uint8,
+# and `figures/study_*.png`.
+
+# %%
+# Bootstrap: import kaggle_utils from this repository, or on Kaggle from the code dataset under /kaggle/input.
+import sys
+from pathlib import Path
+
+
+def package_root() -> Path:
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "kaggle_utils" / "__init__.py").exists():
+            return folder
+    for depth in range(4):  # Kaggle has mounted datasets at /kaggle/input/<slug> and deeper
+        for init in sorted(Path("/kaggle/input").glob("*/" * depth + "kaggle_utils/__init__.py")):
+            return init.parent.parent
+    raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle")
+
+
+try:
+    import kaggle_utils
+except ImportError:
+    sys.path.insert(0, str(package_root()))
+
+# %% tags=["parameters"]
+DATA_DIR = ""  # competition-layout folder; "" = $DATA_DIR, the Kaggle input, or the synthetic demo data
+WORK_DIR = ""  # output folder; "" = $WORK_DIR, /kaggle/working, or ./work
+WORKERS = 2  # processes for DICOM decoding
+OVERRIDES = {}  # PreprocessConfig fields, e.g. {"t2_height_mult": 1.2}
+
+# %%
+from kaggle_utils import config, preprocess, tables, viz
+from kaggle_utils.paths import TRAIN_CSV, Paths
+
+p = config.notebook_params(DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, WORKERS=WORKERS, OVERRIDES=OVERRIDES)
+paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR)
+cfg = config.apply_overrides(config.PreprocessConfig(num_workers=p.WORKERS), p.OVERRIDES)
+print(f"data: {paths.data_dir}\nwork: {paths.work_dir}")
+
+# %% [markdown]
+# ## Tables: series, targets, folds, keypoints
+
+# %%
+series = tables.series_table(paths, "train")
+labels = tables.drop_excluded(tables.read_csv(paths, TRAIN_CSV))
+targets = tables.targets_table(labels[labels["study_id"].isin(series["study_id"])])
+folds = tables.load_or_make_folds(paths, targets, cfg.n_folds, cfg.fold_seed)
+series["fold"] = series["study_id"].map(folds.set_index("study_id")["fold"])
+keypoints = tables.keypoints_table(paths, series)
+for name, table in {"series": series, "targets": targets, "keypoints": keypoints}.items():
+    tables.save_table(paths, name, table)
+print(
+    f"{series['study_id'].nunique()} studies, {len(series)} sagittal series, "
+    f"{keypoints['series_id'].nunique()} with keypoints"
+)
+series.groupby(["fold", "plane"]).size().unstack()
+
+# %% [markdown]
+# ## Arrays: stage-1 volumes and stage-2 crops (ground-truth keypoints), cached
+
+# %%
+jobs = preprocess.plan_jobs(paths, series, tables.points_by_series(keypoints), cfg)
+problems = preprocess.run_jobs(jobs, cfg)
+print(f"{len(jobs)} series processed ({len(series) - len(jobs)} already cached), {len(problems)} failed")
+
+# %% [markdown]
+# ## One study: middle slices with the ten keypoints, and the five level crops
+
+# %%
+study_id = int(series["study_id"].iloc[0])
+figure = viz.draw_study(paths, series, keypoints, study_id)
+viz.save_figure(figure, paths.figures_dir / f"study_{study_id}.png")

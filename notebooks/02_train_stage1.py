@@ -1,0 +1,71 @@
+# %% [markdown]
+# # 02 · Train stage 1: keypoint localisers
+# One localiser per sagittal plane regresses two points per disc level (T1: the two foramina; T2: the front and
+# back of the disc) from the middle 8 slices, trained per fold.
+#
+# **Inputs**: `WORK_DIR/tables/{series,keypoints}.csv` and `WORK_DIR/stage1/` from 01.
+#
+# **Outputs**: `WORK_DIR/models/stage1_{t1,t2}-f{fold}-s{seed}.pt` with `.json` sidecars and `.log.csv` curves,
+# `WORK_DIR/oof/stage1_*.csv` out-of-fold keypoints.
+
+# %%
+# Bootstrap: import kaggle_utils from this repository, or on Kaggle from the code dataset under /kaggle/input.
+import sys
+from pathlib import Path
+
+
+def package_root() -> Path:
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "kaggle_utils" / "__init__.py").exists():
+            return folder
+    for depth in range(4):  # Kaggle has mounted datasets at /kaggle/input/<slug> and deeper
+        for init in sorted(Path("/kaggle/input").glob("*/" * depth + "kaggle_utils/__init__.py")):
+            return init.parent.parent
+    raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle")
+
+
+try:
+    import kaggle_utils
+except ImportError:
+    sys.path.insert(0, str(package_root()))
+
+# %% tags=["parameters"]
+DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)
+WORK_DIR = ""  # output folder ("" = auto)
+PROFILE = "auto"  # "full" (the solution's recipe), "demo" (CPU minutes), "smoke" (seconds); auto = full on a GPU
+PLANES = ["t1", "t2"]
+FOLDS = [0, 1, 2, 3]
+OVERRIDES = {}  # TrainConfig fields for every preset, e.g. {"epochs": 2, "weights_file": "/path/b5.safetensors"}
+
+# %%
+from kaggle_utils import config, train
+from kaggle_utils.paths import Paths
+
+p = config.notebook_params(
+    DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, PROFILE=PROFILE, PLANES=PLANES, FOLDS=FOLDS, OVERRIDES=OVERRIDES
+)
+paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR)
+profile = config.resolve_profile(p.PROFILE)
+presets = [config.preset(f"stage1_{plane}", profile, p.OVERRIDES) for plane in p.PLANES]
+print(f"profile {profile}: {[(c.name, c.backbone, c.img_size, c.epochs) for c in presets]}")
+
+# %% [markdown]
+# ## Train every plane on every fold
+# Validation reports the mean distance of a predicted point to its target and the share within 5 px, both on
+# the 256 x 256 stage-1 grid (the solution reports about 99 % within 5 px on the real data).
+
+# %%
+results = [r for cfg in presets for r in train.train_folds(paths, cfg, p.FOLDS)]
+summary = train.results_table(results)
+print(summary.round(4).to_string(index=False))
+
+# %% [markdown]
+# ## Training curves of the last model
+
+# %%
+import pandas as pd
+
+from kaggle_utils import viz
+
+last = paths.checkpoint(results[-1].preset, results[-1].fold, presets[-1].seed)
+viz.curves_figure(pd.read_csv(last.with_suffix(".log.csv")), title=last.stem)

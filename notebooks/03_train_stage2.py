@@ -1,0 +1,72 @@
+# %% [markdown]
+# # 03 · Train stage 2: per-level severity classifiers
+# Each preset classifies the crop sequence of every disc level: `fo` (Sagittal T1, 24 frames, 96 px) the two
+# foramina; `sp1` (8 frames, 128 px), `sp2` (5 frames, 256 px) and `su` (24 frames, 96 px) on Sagittal T2/STIR
+# all five conditions. Training crops come from the keypoint table (the solution's choice); inference crops from
+# stage-1 predictions.
+#
+# **Inputs**: `WORK_DIR/tables/{series,targets,keypoints}.csv` and `WORK_DIR/stage2/` from 01.
+#
+# **Outputs**: `WORK_DIR/models/{preset}-f{fold}-s{seed}.pt` with sidecars and curves, `WORK_DIR/oof/{preset}-*.csv`.
+
+# %%
+# Bootstrap: import kaggle_utils from this repository, or on Kaggle from the code dataset under /kaggle/input.
+import sys
+from pathlib import Path
+
+
+def package_root() -> Path:
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "kaggle_utils" / "__init__.py").exists():
+            return folder
+    for depth in range(4):  # Kaggle has mounted datasets at /kaggle/input/<slug> and deeper
+        for init in sorted(Path("/kaggle/input").glob("*/" * depth + "kaggle_utils/__init__.py")):
+            return init.parent.parent
+    raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle")
+
+
+try:
+    import kaggle_utils
+except ImportError:
+    sys.path.insert(0, str(package_root()))
+
+# %% tags=["parameters"]
+DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)
+WORK_DIR = ""  # output folder ("" = auto)
+PROFILE = "auto"  # "full", "demo", "smoke"; auto = full on a GPU, demo on a CPU
+PRESETS = ["fo", "sp1", "sp2", "su"]
+FOLDS = [0, 1, 2, 3]
+OVERRIDES = {}  # TrainConfig fields for every preset, e.g. {"epochs": 2}
+
+# %%
+from kaggle_utils import config, train
+from kaggle_utils.paths import Paths
+
+p = config.notebook_params(
+    DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, PROFILE=PROFILE, PRESETS=PRESETS, FOLDS=FOLDS, OVERRIDES=OVERRIDES
+)
+paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR)
+profile = config.resolve_profile(p.PROFILE)
+presets = [config.preset(name, profile, p.OVERRIDES) for name in p.PRESETS]
+print(f"profile {profile}: {[(c.name, c.backbone, c.n_frames, c.img_size, c.epochs) for c in presets]}")
+
+# %% [markdown]
+# ## Train every preset on every fold
+# The validation score is the competition metric restricted to the condition families the preset predicts,
+# with the plain view (no TTA) and ground-truth crops.
+
+# %%
+results = [r for cfg in presets for r in train.train_folds(paths, cfg, p.FOLDS)]
+summary = train.results_table(results)
+print(summary.round(4).to_string(index=False))
+
+# %% [markdown]
+# ## Training curves of the last model
+
+# %%
+import pandas as pd
+
+from kaggle_utils import viz
+
+last = paths.checkpoint(results[-1].preset, results[-1].fold, presets[-1].seed)
+viz.curves_figure(pd.read_csv(last.with_suffix(".log.csv")), title=last.stem)

@@ -1,0 +1,97 @@
+# %% [markdown]
+# # 04 · Inference: raw DICOMs to `submission.csv`, and the out-of-fold CV score
+# For every sagittal series: decode the DICOMs, predict the ten keypoints (median of the localisers), crop every
+# level with the training crop function, classify with every stage-2 model and all 9 TTA rotations in one batch,
+# then route per condition (subarticular from `su`; spinal the mean of the T2 models; foraminal from T1 when the
+# study has one, else from T2). Studies or rows no model covers get the class priors of the training labels.
+#
+# **Inputs**: `DATA_DIR` (`test_series_descriptions.csv`, `test_images/`, `train.csv`), `WORK_DIR/models/`
+# (or a weights dataset on Kaggle), and for CV the tables of 01.
+#
+# **Outputs**: `WORK_DIR/submission.csv` (25 rows per test study), `WORK_DIR/cv.json`,
+# `WORK_DIR/oof/oof_submission.csv`.
+
+# %%
+# Bootstrap: import kaggle_utils from this repository, or on Kaggle from the code dataset under /kaggle/input.
+import sys
+from pathlib import Path
+
+
+def package_root() -> Path:
+    for folder in (Path.cwd(), *Path.cwd().parents):
+        if (folder / "kaggle_utils" / "__init__.py").exists():
+            return folder
+    for depth in range(4):  # Kaggle has mounted datasets at /kaggle/input/<slug> and deeper
+        for init in sorted(Path("/kaggle/input").glob("*/" * depth + "kaggle_utils/__init__.py")):
+            return init.parent.parent
+    raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle")
+
+
+try:
+    import kaggle_utils
+except ImportError:
+    sys.path.insert(0, str(package_root()))
+
+# %% tags=["parameters"]
+DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)
+WORK_DIR = ""  # output folder ("" = auto)
+RUN_CV = "auto"  # out-of-fold score on the training folds; auto = yes, except inside a Kaggle kernel
+FOLDS = [0, 1, 2, 3]  # folds whose models exist, for CV
+OVERRIDES = {}  # InferConfig fields, e.g. {"tta_angles": [0]}
+
+# %%
+import json
+
+import pandas as pd
+
+from kaggle_utils import config, engine, infer, tables
+from kaggle_utils.paths import TEST_LABELS_CSV, TEST_SERIES_CSV, TRAIN_CSV, Paths, is_kaggle
+
+p = config.notebook_params(DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, RUN_CV=RUN_CV, FOLDS=FOLDS, OVERRIDES=OVERRIDES)
+paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR)
+infer_cfg = config.apply_overrides(config.InferConfig(), p.OVERRIDES)
+pre_cfg = config.PreprocessConfig()
+device = engine.default_device()
+run_cv = (not is_kaggle()) if p.RUN_CV == "auto" else bool(p.RUN_CV)
+targets = tables.targets_table(tables.drop_excluded(tables.read_csv(paths, TRAIN_CSV)))
+report = {}
+
+# %% [markdown]
+# ## Cross-validation: fold f's training studies through fold f's models
+
+# %%
+if run_cv:
+    cv = infer.cross_validate(paths, tables.load_table(paths, "series"), targets, p.FOLDS, pre_cfg, infer_cfg, device)
+    cv.submission.to_csv(paths.oof_dir / "oof_submission.csv", index=False)
+    errors = infer.keypoint_errors(cv.keypoints, tables.load_table(paths, "keypoints"))
+    print("stage-1 localisation on held-out folds (256 grid):\n" + errors.round(3).to_string(index=False))
+    oof_parts = infer.score_submission(cv.submission, targets)
+    prior_parts = infer.score_submission(cv.baseline, targets)
+    report.update(oof_parts, prior_score=prior_parts["score"])
+    scores = pd.DataFrame({"model (OOF)": oof_parts, "class priors": prior_parts}).round(4)
+    print(scores.to_string())
+
+# %% [markdown]
+# ## Test studies: every fold's models, averaged
+
+# %%
+test_series = tables.series_table(paths, "test")
+study_ids = sorted(int(s) for s in tables.read_csv(paths, TEST_SERIES_CSV)["study_id"].unique())
+models = infer.load_models(paths, device=device)
+test = infer.predict_studies(
+    paths, test_series, study_ids, models, infer.label_priors(targets), pre_cfg, infer_cfg, device
+)
+infer.write_submission(test.submission, paths.submission_csv)
+print(f"{paths.submission_csv}: {len(test.submission)} rows for {len(study_ids)} studies")
+test.submission.head(10)
+
+# %% [markdown]
+# ## Hidden test labels (the synthetic data has them) and the CV report
+
+# %%
+if paths.data_file(TEST_LABELS_CSV).exists():
+    hidden = tables.targets_table(tables.read_csv(paths, TEST_LABELS_CSV))
+    report["test_score"] = infer.score_submission(test.submission, hidden)["score"]
+    report["test_prior_score"] = infer.score_submission(test.baseline, hidden)["score"]
+paths.cv_json.write_text(json.dumps(report, indent=1))
+print(json.dumps(report, indent=1))

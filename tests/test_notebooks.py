@@ -1,0 +1,64 @@
+"""The four notebooks, executed headless in a real kernel on the tiny synthetic dataset, and the .py/.ipynb pairs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import jupytext
+import numpy as np
+import pandas as pd
+import pytest
+
+from kaggle_utils.constants import LABEL_COLUMNS
+from kaggle_utils.runner import run_notebook
+
+NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0*.py"))
+
+
+def test_four_paired_notebooks_in_sync():
+    assert [p.stem for p in NOTEBOOKS] == ["01_preprocess", "02_train_stage1", "03_train_stage2", "04_inference"]
+    for source in NOTEBOOKS:
+        twin = source.with_suffix(".ipynb")
+        assert twin.exists(), f"{twin} missing: run `make notebooks`"
+        py_cells = [(c.cell_type, c.source) for c in jupytext.read(source).cells]
+        ipynb_cells = [(c.cell_type, c.source) for c in jupytext.read(twin).cells]
+        assert py_cells == ipynb_cells, f"{twin.name} differs from {source.name}: run `make notebooks`"
+        assert not any(c.get("outputs") for c in jupytext.read(twin).cells), f"{twin.name} has outputs committed"
+
+
+@pytest.mark.slow
+def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
+    work = tmp_path / "work"
+    env = {"DATA_DIR": str(tiny_data), "WORK_DIR": str(work), "PROFILE": "smoke", "FOLDS": "[0]", "WORKERS": "1"}
+    for source in NOTEBOOKS:
+        run_notebook(source, work / "executed" / f"{source.stem}.ipynb", env, timeout=600, echo=False)
+
+    series = pd.read_csv(work / "tables" / "series.csv")
+    first = series.iloc[0]
+    assert np.load(work / "stage1" / str(first.study_id) / f"{first.series_id}.npy").shape[:2] == (256, 256)
+    crops = np.load(work / "stage2" / str(first.study_id) / f"{first.series_id}.npy")
+    assert crops.shape[:3] == (256, 256, 5) and crops.dtype == np.uint8
+    assert list((work / "figures").glob("study_*.png"))
+    for name in ("stage1_t1", "stage1_t2", "fo", "sp1", "sp2", "su"):
+        sidecar = json.loads((work / "models" / f"{name}-f0-s42.json").read_text())
+        assert sidecar["fold"] == 0 and sidecar["config"]["name"] == name
+
+    submission = pd.read_csv(work / "submission.csv")
+    test_studies = pd.read_csv(tiny_data / "test_series_descriptions.csv")["study_id"].unique()
+    assert len(submission) == 25 * len(test_studies)
+    assert set(submission["row_id"]) == {f"{s}_{c}" for s in test_studies for c in LABEL_COLUMNS}
+    assert np.allclose(submission[["normal_mild", "moderate", "severe"]].sum(axis=1), 1)
+
+    report = json.loads((work / "cv.json").read_text())
+    for key in (
+        "spinal",
+        "foraminal",
+        "subarticular",
+        "any_severe_spinal",
+        "score",
+        "prior_score",
+        "test_score",
+        "test_prior_score",
+    ):
+        assert np.isfinite(report[key]), key

@@ -1,0 +1,207 @@
+"""The synthetic dataset: exact competition layout, determinism, and pathology visible at its keypoints."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pydicom
+import pytest
+
+from kaggle_utils.constants import (
+    AXIAL_T2,
+    CONDITION_FAMILIES,
+    CONDITION_TITLES,
+    CONDITIONS,
+    LABEL_COLUMNS,
+    LEVEL_NAMES,
+    LEVELS,
+    SAGITTAL_T1,
+    SAGITTAL_T2,
+    SERIES_DESCRIPTIONS,
+    SEVERITIES,
+    SEVERITY_COLUMNS,
+    condition_family,
+    row_id,
+)
+from kaggle_utils.dicom import read_series
+from kaggle_utils.paths import (
+    COORDS_PRETRAIN_CSV,
+    SAMPLE_SUBMISSION_CSV,
+    TEST_LABELS_CSV,
+    TEST_SERIES_CSV,
+    TRAIN_COORDINATES_CSV,
+    TRAIN_CSV,
+    TRAIN_SERIES_CSV,
+)
+from kaggle_utils.synthetic import make_dataset
+
+N_TRAIN, N_TEST, SEED = 3, 2, 0
+SPINAL, FORAMINAL, SUBARTICULAR = CONDITION_FAMILIES
+SERIES_OF_FAMILY = {SPINAL: SAGITTAL_T2, FORAMINAL: SAGITTAL_T1, SUBARTICULAR: AXIAL_T2}  # where readers click
+CSV_FILES = (
+    TRAIN_CSV,
+    TRAIN_SERIES_CSV,
+    TEST_SERIES_CSV,
+    TRAIN_COORDINATES_CSV,
+    COORDS_PRETRAIN_CSV,
+    SAMPLE_SUBMISSION_CSV,
+    TEST_LABELS_CSV,
+)
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("synthetic")
+    return make_dataset(out, n_train=N_TRAIN, n_test=N_TEST, seed=SEED, workers=2, progress=False)
+
+
+def _csv(data_dir: Path, name: str) -> pd.DataFrame:
+    return pd.read_csv(data_dir / name)
+
+
+def test_label_tables(data_dir: Path) -> None:
+    for name, n_studies in ((TRAIN_CSV, N_TRAIN), (TEST_LABELS_CSV, N_TEST)):
+        labels = _csv(data_dir, name)
+        assert list(labels.columns) == ["study_id", *LABEL_COLUMNS]
+        assert len(labels) == n_studies and labels.study_id.is_unique
+        values = labels[list(LABEL_COLUMNS)].stack().dropna()
+        assert set(values) <= set(SEVERITIES)
+    ids = pd.concat([_csv(data_dir, TRAIN_CSV).study_id, _csv(data_dir, TEST_LABELS_CSV).study_id])
+    assert ids.is_unique and ids.astype(str).str.len().between(7, 10).all()
+
+
+def test_series_tables_and_image_folders(data_dir: Path) -> None:
+    for name, split in ((TRAIN_SERIES_CSV, "train"), (TEST_SERIES_CSV, "test")):
+        series = _csv(data_dir, name)
+        assert list(series.columns) == ["study_id", "series_id", "series_description"]
+        assert series.series_id.is_unique
+        for _, descriptions in series.groupby("study_id").series_description:
+            assert sorted(descriptions) == sorted(SERIES_DESCRIPTIONS)
+        for row in series.itertuples():
+            files = sorted((data_dir / f"{split}_images" / str(row.study_id) / str(row.series_id)).glob("*.dcm"))
+            assert len(files) >= 15
+            headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
+            assert all(f.stem == str(h.InstanceNumber) for f, h in zip(files, headers, strict=True))
+            assert sorted(int(h.InstanceNumber) for h in headers) == list(range(1, len(files) + 1))
+            assert {h.SeriesDescription for h in headers} == {row.series_description}
+            assert len({h.SeriesInstanceUID for h in headers}) == 1
+            assert {h.Modality for h in headers} == {"MR"} and {h.PatientID for h in headers} == {str(row.study_id)}
+    assert set(_csv(data_dir, TEST_SERIES_CSV).study_id) == set(_csv(data_dir, TEST_LABELS_CSV).study_id)
+
+
+def test_dicom_files_are_valid_part10_mr_images(data_dir: Path) -> None:
+    first = next((data_dir / "train_images").rglob("*.dcm"))
+    ds = pydicom.dcmread(first)
+    assert ds.file_meta.TransferSyntaxUID == pydicom.uid.ExplicitVRLittleEndian
+    assert ds.SOPClassUID == pydicom.uid.MRImageStorage
+    assert ds.PhotometricInterpretation == "MONOCHROME2" and ds.SamplesPerPixel == 1
+    assert ds.BitsAllocated == 16 and ds.BitsStored in (12, 16) and ds.PixelRepresentation == 0
+    assert ds.pixel_array.shape == (ds.Rows, ds.Columns) and ds.pixel_array.max() > 0
+    assert len(ds.ImagePositionPatient) == 3 and len(ds.ImageOrientationPatient) == 6
+    assert float(ds.SliceThickness) > 0 and float(ds.SpacingBetweenSlices) > 0
+
+
+def test_label_coordinates_sit_on_the_right_series_inside_the_image(data_dir: Path) -> None:
+    coords = _csv(data_dir, TRAIN_COORDINATES_CSV)
+    assert list(coords.columns) == ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
+    labels = _csv(data_dir, TRAIN_CSV).set_index("study_id")
+    assert len(coords) == labels.notna().sum().sum()  # one point per labelled cell
+    assert set(coords.condition) <= set(CONDITION_TITLES.values()) and set(coords.level) <= set(LEVEL_NAMES)
+    series = _csv(data_dir, TRAIN_SERIES_CSV).set_index("series_id")
+    condition_of_title = {title: c for c, title in CONDITION_TITLES.items()}
+    for row in coords.itertuples():
+        condition = condition_of_title[row.condition]
+        column = f"{condition}_{LEVELS[LEVEL_NAMES.index(row.level)]}"
+        assert pd.notna(labels.loc[row.study_id, column])
+        assert series.loc[row.series_id, "series_description"] == SERIES_OF_FAMILY[condition_family(condition)]
+        path = data_dir / "train_images" / str(row.study_id) / str(row.series_id) / f"{row.instance_number}.dcm"
+        header = pydicom.dcmread(path, stop_before_pixels=True)
+        assert 0 <= row.x < header.Columns and 0 <= row.y < header.Rows
+
+
+def test_coords_pretrain_has_ten_points_per_sagittal_series(data_dir: Path) -> None:
+    pretrain = _csv(data_dir, COORDS_PRETRAIN_CSV)
+    assert list(pretrain.columns) == ["study_id", "series_id", "level", "side", "relative_x", "relative_y"]
+    series = _csv(data_dir, TRAIN_SERIES_CSV)
+    sagittal = series[series.series_description.isin([SAGITTAL_T1, SAGITTAL_T2])]
+    assert set(pretrain.series_id) == set(sagittal.series_id)
+    assert (pretrain.groupby("series_id").size() == 2 * len(LEVELS)).all()
+    assert set(pretrain.side) == {"L", "R"} and set(pretrain.level) == set(LEVEL_NAMES)
+    assert pretrain.relative_x.between(0, 1).all() and pretrain.relative_y.between(0, 1).all()
+    # On the T2, "R" is the back of the disc: further posterior, i.e. larger x (columns run front to back).
+    t2 = pretrain[pretrain.series_id.isin(series.series_id[series.series_description == SAGITTAL_T2])]
+    front_back = t2.pivot_table(index=["series_id", "level"], columns="side", values="relative_x")
+    assert (front_back.R > front_back.L).all()
+
+
+def test_sample_submission(data_dir: Path) -> None:
+    submission = _csv(data_dir, SAMPLE_SUBMISSION_CSV)
+    assert list(submission.columns) == ["row_id", *SEVERITY_COLUMNS]
+    studies = _csv(data_dir, TEST_LABELS_CSV).study_id
+    assert submission.row_id.tolist() == [row_id(s, c) for s in studies for c in LABEL_COLUMNS]
+    np.testing.assert_allclose(submission[list(SEVERITY_COLUMNS)].to_numpy(), 1 / 3)
+
+
+def test_same_seed_same_bytes_whatever_workers_and_size(data_dir: Path, tmp_path: Path) -> None:
+    """Study i depends only on (seed, i): a smaller serial run reproduces the first studies exactly."""
+    n_train = 2
+    small = make_dataset(tmp_path, n_train=n_train, n_test=0, seed=SEED, workers=1, progress=False)
+    for name in CSV_FILES:
+        small_lines = (small / name).read_text().splitlines()
+        full_lines = (data_dir / name).read_text().splitlines()
+        assert small_lines == full_lines[: len(small_lines)], name
+    assert len((small / TRAIN_CSV).read_text().splitlines()) == n_train + 1
+    dicoms = sorted(p.relative_to(small) for p in small.rglob("*.dcm"))
+    assert len(dicoms) > 0
+    for relative in dicoms:
+        assert (small / relative).read_bytes() == (data_dir / relative).read_bytes(), relative
+
+
+def test_missing_series_fraction_drops_one_sagittal_series(tmp_path: Path) -> None:
+    out = make_dataset(tmp_path, n_train=0, n_test=1, seed=3, workers=1, progress=False, missing_series_fraction=1.0)
+    series = _csv(out, TEST_SERIES_CSV)
+    assert len(series) == 2 and AXIAL_T2 in set(series.series_description)
+    written = {p.name for p in (out / "test_images" / str(series.study_id[0])).iterdir()}
+    assert written == {str(s) for s in series.series_id}
+    assert len(_csv(out, SAMPLE_SUBMISSION_CSV)) == len(LABEL_COLUMNS)
+
+
+def _box_means(data_dir: Path, condition: str, half_mm: float) -> dict[str, list[float]]:
+    """Mean signal in a small box around each keypoint of a condition, over the series' 99th percentile."""
+    coords = _csv(data_dir, TRAIN_COORDINATES_CSV)
+    coords = coords[coords.condition == CONDITION_TITLES[condition]]
+    labels = _csv(data_dir, TRAIN_CSV).set_index("study_id")
+    means: dict[str, list[float]] = {severity: [] for severity in SEVERITIES}
+    for (study_id, series_id), points in coords.groupby(["study_id", "series_id"]):
+        series = read_series(data_dir / "train_images" / str(study_id) / str(series_id))
+        top = np.percentile(np.concatenate([s.ravel() for s in series.slices]), 99)
+        for row in points.itertuples():
+            k = int(np.flatnonzero(series.instance_numbers == row.instance_number)[0])
+            half_row, half_col = np.round(half_mm / series.pixel_spacing[k]).astype(int)
+            x, y = round(row.x), round(row.y)
+            box = series.slices[k][y - half_row : y + half_row + 1, x - half_col : x + half_col + 1]
+            severity = labels.loc[study_id, f"{condition}_{LEVELS[LEVEL_NAMES.index(row.level)]}"]
+            means[severity].append(float(box.mean() / top))
+    return means
+
+
+def test_severe_spinal_stenosis_is_visible_at_its_keypoint(data_dir: Path) -> None:
+    """CSF is the brightest thing on T2: a severely narrowed canal behind the disc is much darker."""
+    means = _box_means(data_dir, CONDITIONS[0], half_mm=3.0)
+    normal, severe = means[SEVERITIES[0]], means[SEVERITIES[2]]
+    assert normal and severe, "seed 0 should hold both a normal and a severe spinal level"
+    assert max(severe) < 0.6 * min(normal)
+    assert all(min(normal) > m > max(severe) for m in means[SEVERITIES[1]])
+
+
+def test_severe_foraminal_narrowing_is_visible_at_its_keypoint(data_dir: Path) -> None:
+    """Foraminal fat is bright on T1: a narrowed foramen, filled with fibrous tissue, is dark."""
+    means = {s: [] for s in SEVERITIES}
+    for condition in (CONDITIONS[1], CONDITIONS[2]):
+        for severity, values in _box_means(data_dir, condition, half_mm=2.5).items():
+            means[severity] += values
+    normal, severe = means[SEVERITIES[0]], means[SEVERITIES[2]]
+    assert normal and severe
+    assert max(severe) < 0.6 * min(normal)
