@@ -18,6 +18,7 @@ PROFILE ?= demo
 # PROFILE=full FOLDS='[0, 1, 2, 3]' PRESETS='["fo", "sp1", "sp2", "su"]'.
 FOLDS ?= [0]
 PRESETS ?= ["fo", "sp1"]
+TRAIN_OVERRIDES ?= {}
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.py))
 
 # `make demo` without DATA_DIR generates and uses the synthetic data; with DATA_DIR it uses that folder.
@@ -50,7 +51,7 @@ data: install ## Write the synthetic competition dataset to SYNTHETIC_DIR (N_TRA
 demo: $(DEMO_DEPS) ## Run the four notebooks headless on DATA_DIR (default: the synthetic data) into WORK_DIR
 	$(PY) -m kaggle_utils.runner $(NOTEBOOKS) --out $(WORK_DIR)/executed \
 		--set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR) --set PROFILE=$(PROFILE) \
-		--set 'FOLDS=$(FOLDS)' --set 'PRESETS=$(PRESETS)'
+		--set 'FOLDS=$(FOLDS)' --set 'PRESETS=$(PRESETS)' --set 'TRAIN_OVERRIDES=$(TRAIN_OVERRIDES)'
 	@echo "submission: $(WORK_DIR)/submission.csv   scores: $(WORK_DIR)/cv.json   pictures: $(WORK_DIR)/figures"
 
 test: install ## Run the test suite (unit tests and every notebook on a tiny synthetic dataset)

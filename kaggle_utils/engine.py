@@ -249,7 +249,6 @@ def fit(
     log = CurveLog(checkpoint.with_suffix(".log.csv"))
 
     step, started = 0, time.time()
-    metrics: dict[str, float] = {}
     for epoch in range(epochs):
         model.train()
         progress = tqdm(batches, desc=f"{cfg.name} f{fold} epoch {epoch + 1}/{epochs}", leave=False)

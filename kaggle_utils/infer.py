@@ -25,7 +25,7 @@ from kaggle_utils.config import InferConfig, PreprocessConfig, TrainConfig
 from kaggle_utils.constants import IGNORE_INDEX, LABEL_COLUMNS, SEVERITY_COLUMNS, condition_family, row_id
 from kaggle_utils.data import take_frames
 from kaggle_utils.dicom import SeriesError, read_series
-from kaggle_utils.engine import ClassifierTask, KeypointTask, level_frame, load_checkpoint
+from kaggle_utils.engine import ClassifierTask, KeypointTask, default_device, level_frame, load_checkpoint
 from kaggle_utils.metric import score_parts, solution_from_targets
 from kaggle_utils.models import condition_rows
 from kaggle_utils.paths import Paths
@@ -33,62 +33,70 @@ from kaggle_utils.preprocess import sort_level_points, stage1_volume, stage2_cro
 from kaggle_utils.tables import points_frame, series_points
 
 
+@dataclass(frozen=True)
+class LoadedModel:
+    """A checkpoint ready to predict: the network, the config its sidecar holds, and its stage's task."""
+
+    model: nn.Module
+    cfg: TrainConfig
+    task: KeypointTask | ClassifierTask
+
+
 @dataclass
 class ModelSet:
     """Loaded models: stage-1 localisers by plane, stage-2 classifiers by preset name."""
 
-    stage1: dict[str, list[tuple[nn.Module, TrainConfig]]] = field(default_factory=lambda: defaultdict(list))
-    stage2: dict[str, list[tuple[nn.Module, TrainConfig]]] = field(default_factory=lambda: defaultdict(list))
+    stage1: dict[str, list[LoadedModel]] = field(default_factory=lambda: defaultdict(list))
+    stage2: dict[str, list[LoadedModel]] = field(default_factory=lambda: defaultdict(list))
 
     def presets_for(self, plane: str) -> list[str]:
-        return [name for name, models in self.stage2.items() if models[0][1].plane == plane]
+        return [name for name, bank in self.stage2.items() if bank[0].cfg.plane == plane]
 
 
 def load_models(paths: Paths, folds: list[int] | None = None, device: torch.device | None = None) -> ModelSet:
     """Every checkpoint in ``models/`` (of the given folds), rebuilt from its sidecar."""
+    device = device or default_device()
     models = ModelSet()
     for path in sorted(paths.models_dir.glob("*.pt")):
         model, cfg, sidecar = load_checkpoint(path, device)
         if folds is not None and sidecar["fold"] not in folds:
             continue
-        bank = models.stage1[cfg.plane] if cfg.stage == 1 else models.stage2[cfg.name]
-        bank.append((model, cfg))
+        if cfg.stage == 1:
+            models.stage1[cfg.plane].append(LoadedModel(model, cfg, KeypointTask(cfg, device)))
+        else:
+            models.stage2[cfg.name].append(LoadedModel(model, cfg, ClassifierTask(cfg, device)))
     if not models.stage1 or not models.stage2:
         raise FileNotFoundError(f"no stage-1 and stage-2 checkpoints for folds {folds} in {paths.models_dir}")
     return models
 
 
 @torch.no_grad()
-def predict_keypoints(
-    volume: np.ndarray, models: list[tuple[nn.Module, TrainConfig]], device: torch.device
-) -> np.ndarray:
+def predict_keypoints(volume: np.ndarray, models: list[LoadedModel]) -> np.ndarray:
     """(5, 2, 2) relative keypoints of a stage-1 volume: the median over the localisers."""
     predictions = []
-    for model, cfg in models:
-        frames, mask = take_frames(volume, cfg.n_frames)
+    for loaded in models:
+        frames, mask = take_frames(volume, loaded.cfg.n_frames)
         batch = {
             "image": torch.from_numpy(frames)[None],
             "mask": torch.from_numpy(mask)[None],
             "target": torch.zeros(1, 10, 2),
         }
-        predictions.append(KeypointTask(cfg, device).predict(model, batch)[0].cpu().numpy())
+        predictions.append(loaded.task.predict(loaded.model, batch)[0].cpu().numpy())
     return sort_level_points(np.median(predictions, axis=0).reshape(5, 2, 2))
 
 
 @torch.no_grad()
-def predict_levels(
-    crops: np.ndarray, models: list[tuple[nn.Module, TrainConfig]], angles: tuple[float, ...], device: torch.device
-) -> np.ndarray:
+def predict_levels(crops: np.ndarray, models: list[LoadedModel], angles: tuple[float, ...]) -> np.ndarray:
     """(5, R, 3) probabilities of a series' crops, averaged over TTA rotations and models."""
     predictions = []
-    for model, cfg in models:
-        frames, mask = take_frames(crops, cfg.n_frames)  # (F, H, W, 5)
+    for loaded in models:
+        frames, mask = take_frames(crops, loaded.cfg.n_frames)  # (F, H, W, 5)
         batch = {
             "image": torch.from_numpy(np.ascontiguousarray(frames.transpose(3, 0, 1, 2)))[None],
             "mask": torch.from_numpy(mask)[None],
             "target": torch.zeros(1),
         }
-        predictions.append(ClassifierTask(cfg, device).predict(model, batch, angles)[0].cpu().numpy())
+        predictions.append(loaded.task.predict(loaded.model, batch, angles)[0].cpu().numpy())
     return np.mean(predictions, axis=0)
 
 
@@ -98,7 +106,6 @@ def predict_series_table(
     models: ModelSet,
     pre_cfg: PreprocessConfig,
     infer_cfg: InferConfig,
-    device: torch.device,
     desc: str = "inference",
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keypoints and per-preset level probabilities for every series of a table (``study_id, series_id, plane,
@@ -113,19 +120,16 @@ def predict_series_table(
             warnings.warn(f"study {row.study_id} series {row.series_id} skipped: {error}", stacklevel=2)
             continue
         volume = stage1_volume(volume_series, pre_cfg)
-        points = predict_keypoints(volume, models.stage1[row.plane], device)
+        points = predict_keypoints(volume, models.stage1[row.plane])
         keypoints.append(points_frame(row.study_id, row.series_id, row.plane, points, "stage1"))
         crops = stage2_crops(volume_series, points, row.plane, pre_cfg)
         for preset in models.presets_for(row.plane):
             bank = models.stage2[preset]
-            probs = predict_levels(crops, bank, infer_cfg.tta_angles, device)
-            frame = level_frame([row.study_id], [row.series_id], probs[None], _rows(bank))
+            probs = predict_levels(crops, bank, infer_cfg.tta_angles)
+            rows = condition_rows(bank[0].cfg.condition)
+            frame = level_frame([row.study_id], [row.series_id], probs[None], rows)
             levels.append(frame.assign(preset=preset))
     return _concat(keypoints), _concat(levels)
-
-
-def _rows(bank: list[tuple[nn.Module, TrainConfig]]) -> tuple[str, ...]:
-    return condition_rows(bank[0][1].condition)
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
@@ -225,11 +229,10 @@ def predict_studies(
     priors: pd.DataFrame,
     pre_cfg: PreprocessConfig,
     infer_cfg: InferConfig,
-    device: torch.device,
     desc: str = "inference",
 ) -> Prediction:
     """Predict the sagittal ``series`` and complete a 25-row submission for every study in ``study_ids``."""
-    keypoints, levels = predict_series_table(paths, series, models, pre_cfg, infer_cfg, device, desc)
+    keypoints, levels = predict_series_table(paths, series, models, pre_cfg, infer_cfg, desc)
     return Prediction(
         submission=complete_submission(route(levels, infer_cfg), study_ids, priors),
         baseline=prior_submission(study_ids, priors),
@@ -255,9 +258,7 @@ def cross_validate(
         priors = label_priors(targets[~targets["study_id"].isin(study_ids)])
         models = load_models(paths, [fold], device)
         parts.append(
-            predict_studies(
-                paths, fold_series, study_ids, models, priors, pre_cfg, infer_cfg, device, desc=f"OOF fold {fold}"
-            )
+            predict_studies(paths, fold_series, study_ids, models, priors, pre_cfg, infer_cfg, desc=f"OOF fold {fold}")
         )
     return Prediction(
         *(pd.concat([getattr(p, f) for p in parts], ignore_index=True) for f in ("submission", "baseline", "keypoints"))

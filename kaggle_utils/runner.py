@@ -33,6 +33,7 @@ def run_notebook(
     )
     started = time.time()
     if echo:
+        client.on_cell_start = lambda cell, cell_index, **_: _announce(source.stem, cell, cell_index, started)
         client.on_cell_executed = lambda cell, **_: _echo(source.stem, cell, started)
     saved = {key: os.environ.get(key) for key in (env or {})}
     os.environ.update(env or {})
@@ -48,6 +49,13 @@ def run_notebook(
             executed.parent.mkdir(parents=True, exist_ok=True)
             nbformat.write(notebook, executed)
     return notebook
+
+
+def _announce(name: str, cell: nbformat.NotebookNode, index: int, started: float) -> None:
+    """Say which code cell starts (its first line that is not a comment), so long cells show progress."""
+    lines = [line for line in cell.source.splitlines() if line.strip() and not line.startswith("#")]
+    if cell.cell_type == "code" and lines:
+        print(f"[{name} {time.time() - started:6.0f}s] cell {index}: {lines[0][:90]}", flush=True)
 
 
 def _echo(name: str, cell: nbformat.NotebookNode, started: float) -> None:

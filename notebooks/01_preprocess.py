@@ -34,15 +34,17 @@ except ImportError:
 DATA_DIR = ""  # competition-layout folder; "" = $DATA_DIR, the Kaggle input, or the synthetic demo data
 WORK_DIR = ""  # output folder; "" = $WORK_DIR, /kaggle/working, or ./work
 WORKERS = 2  # processes for DICOM decoding
-OVERRIDES = {}  # PreprocessConfig fields, e.g. {"t2_height_mult": 1.2}
+PREPROCESS_OVERRIDES = {}  # PreprocessConfig fields, e.g. {"t2_height_mult": 1.2}
 
 # %%
 from kaggle_utils import config, preprocess, tables, viz
 from kaggle_utils.paths import TRAIN_CSV, Paths
 
-p = config.notebook_params(DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, WORKERS=WORKERS, OVERRIDES=OVERRIDES)
+p = config.notebook_params(
+    DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, WORKERS=WORKERS, PREPROCESS_OVERRIDES=PREPROCESS_OVERRIDES
+)
 paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR)
-cfg = config.apply_overrides(config.PreprocessConfig(num_workers=p.WORKERS), p.OVERRIDES)
+cfg = config.apply_overrides(config.PreprocessConfig(num_workers=p.WORKERS), p.PREPROCESS_OVERRIDES)
 print(f"data: {paths.data_dir}\nwork: {paths.work_dir}")
 
 # %% [markdown]

@@ -35,18 +35,18 @@ WORK_DIR = ""  # output folder ("" = auto)
 PROFILE = "auto"  # "full" (the solution's recipe), "demo" (CPU minutes), "smoke" (seconds); auto = full on a GPU
 PLANES = ["t1", "t2"]
 FOLDS = [0, 1, 2, 3]
-OVERRIDES = {}  # TrainConfig fields for every preset, e.g. {"epochs": 2, "weights_file": "/path/b5.safetensors"}
+TRAIN_OVERRIDES = {}  # TrainConfig fields for every preset, e.g. {"epochs": 2, "weights_file": "/path/b5.safetensors"}
 
 # %%
 from kaggle_utils import config, train
 from kaggle_utils.paths import Paths
 
 p = config.notebook_params(
-    DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, PROFILE=PROFILE, PLANES=PLANES, FOLDS=FOLDS, OVERRIDES=OVERRIDES
+    DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, PROFILE=PROFILE, PLANES=PLANES, FOLDS=FOLDS, TRAIN_OVERRIDES=TRAIN_OVERRIDES
 )
 paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR)
 profile = config.resolve_profile(p.PROFILE)
-presets = [config.preset(f"stage1_{plane}", profile, p.OVERRIDES) for plane in p.PLANES]
+presets = [config.preset(f"stage1_{plane}", profile, p.TRAIN_OVERRIDES) for plane in p.PLANES]
 print(f"profile {profile}: {[(c.name, c.backbone, c.img_size, c.epochs) for c in presets]}")
 
 # %% [markdown]

@@ -36,18 +36,18 @@ WORK_DIR = ""  # output folder ("" = auto)
 PROFILE = "auto"  # "full", "demo", "smoke"; auto = full on a GPU, demo on a CPU
 PRESETS = ["fo", "sp1", "sp2", "su"]
 FOLDS = [0, 1, 2, 3]
-OVERRIDES = {}  # TrainConfig fields for every preset, e.g. {"epochs": 2}
+TRAIN_OVERRIDES = {}  # TrainConfig fields for every preset, e.g. {"epochs": 2}
 
 # %%
 from kaggle_utils import config, train
 from kaggle_utils.paths import Paths
 
 p = config.notebook_params(
-    DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, PROFILE=PROFILE, PRESETS=PRESETS, FOLDS=FOLDS, OVERRIDES=OVERRIDES
+    DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, PROFILE=PROFILE, PRESETS=PRESETS, FOLDS=FOLDS, TRAIN_OVERRIDES=TRAIN_OVERRIDES
 )
 paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR)
 profile = config.resolve_profile(p.PROFILE)
-presets = [config.preset(name, profile, p.OVERRIDES) for name in p.PRESETS]
+presets = [config.preset(name, profile, p.TRAIN_OVERRIDES) for name in p.PRESETS]
 print(f"profile {profile}: {[(c.name, c.backbone, c.n_frames, c.img_size, c.epochs) for c in presets]}")
 
 # %% [markdown]

@@ -37,7 +37,7 @@ DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)
 WORK_DIR = ""  # output folder ("" = auto)
 RUN_CV = "auto"  # out-of-fold score on the training folds; auto = yes, except inside a Kaggle kernel
 FOLDS = [0, 1, 2, 3]  # folds whose models exist, for CV
-OVERRIDES = {}  # InferConfig fields, e.g. {"tta_angles": [0]}
+INFER_OVERRIDES = {}  # InferConfig fields, e.g. {"tta_angles": [0]}
 
 # %%
 import json
@@ -47,9 +47,11 @@ import pandas as pd
 from kaggle_utils import config, engine, infer, tables
 from kaggle_utils.paths import TEST_LABELS_CSV, TEST_SERIES_CSV, TRAIN_CSV, Paths, is_kaggle
 
-p = config.notebook_params(DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, RUN_CV=RUN_CV, FOLDS=FOLDS, OVERRIDES=OVERRIDES)
+p = config.notebook_params(
+    DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, RUN_CV=RUN_CV, FOLDS=FOLDS, INFER_OVERRIDES=INFER_OVERRIDES
+)
 paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR)
-infer_cfg = config.apply_overrides(config.InferConfig(), p.OVERRIDES)
+infer_cfg = config.apply_overrides(config.InferConfig(), p.INFER_OVERRIDES)
 pre_cfg = config.PreprocessConfig()
 device = engine.default_device()
 run_cv = (not is_kaggle()) if p.RUN_CV == "auto" else bool(p.RUN_CV)
@@ -78,9 +80,7 @@ if run_cv:
 test_series = tables.series_table(paths, "test")
 study_ids = sorted(int(s) for s in tables.read_csv(paths, TEST_SERIES_CSV)["study_id"].unique())
 models = infer.load_models(paths, device=device)
-test = infer.predict_studies(
-    paths, test_series, study_ids, models, infer.label_priors(targets), pre_cfg, infer_cfg, device
-)
+test = infer.predict_studies(paths, test_series, study_ids, models, infer.label_priors(targets), pre_cfg, infer_cfg)
 infer.write_submission(test.submission, paths.submission_csv)
 print(f"{paths.submission_csv}: {len(test.submission)} rows for {len(study_ids)} studies")
 test.submission.head(10)
