@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 import pydicom
-from pydicom.pixels import apply_modality_lut
+from pydicom.pixels import apply_modality_lut, get_decoder
 
 __all__ = [
     "Series",
     "SeriesError",
+    "check_decodable",
     "order_slices",
     "pixel_to_world",
     "read_header",
@@ -163,7 +164,26 @@ def _geometry(ds: pydicom.Dataset, path: Path) -> tuple[np.ndarray, np.ndarray, 
     return position, orientation, spacing
 
 
+def check_decodable(ds: pydicom.Dataset, path: Path) -> None:
+    """Fail with the file and its transfer syntax when no installed plugin can decode its pixel data.
+
+    Real series come as RLE, JPEG Lossless, JPEG-LS or JPEG 2000 as well as uncompressed; the decoders
+    are optional pydicom plugins, so a missing one must say which syntax needs which package.
+    """
+    syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+    if syntax is None:
+        return  # pydicom falls back to the dataset's own encoding flags
+    try:
+        decoder = get_decoder(syntax)
+    except NotImplementedError as err:
+        raise SeriesError(f"{path}: no pixel decoder exists for transfer syntax {syntax} ({err})") from err
+    if not decoder.is_available:
+        missing = "; ".join(decoder.missing_dependencies) or "no plugin"
+        raise SeriesError(f"{path}: no installed decoder for transfer syntax {syntax.name} ({syntax}): {missing}")
+
+
 def _pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
+    check_decodable(ds, path)
     try:
         pixels = apply_modality_lut(ds.pixel_array, ds)
     except Exception as err:

@@ -5,10 +5,16 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pydicom
 import pytest
+from pydicom import uid
+from pydicom.data import get_testdata_file
 from pydicom.dataset import Dataset, FileMetaDataset
+from pydicom.encaps import encapsulate
+from pydicom.pixels import get_decoder
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
+from kaggle_utils import dicom
 from kaggle_utils.dicom import (
     SeriesError,
     order_slices,
@@ -41,6 +47,8 @@ def _write_slice(
     instance: int,
     pixels: np.ndarray,
     rescale: tuple[float, float] | None = None,
+    bits_stored: int = 16,
+    signed: bool = False,
 ) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
@@ -59,12 +67,13 @@ def _write_slice(
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel = 1
     ds.PhotometricInterpretation = "MONOCHROME2"
-    ds.BitsAllocated = ds.BitsStored = 16
-    ds.HighBit = 15
-    ds.PixelRepresentation = 0
+    ds.BitsAllocated = 16
+    ds.BitsStored = bits_stored
+    ds.HighBit = bits_stored - 1
+    ds.PixelRepresentation = int(signed)
     if rescale is not None:
         ds.RescaleSlope, ds.RescaleIntercept = rescale
-    ds.PixelData = pixels.astype("<u2").tobytes()
+    ds.PixelData = pixels.astype("<i2" if signed else "<u2").tobytes()
     ds.save_as(path, enforce_file_format=True)
 
 
@@ -171,3 +180,118 @@ def test_truncated_pixel_data_is_named(tmp_path: Path) -> None:
     victim.write_bytes(victim.read_bytes()[:-20])
     with pytest.raises(SeriesError, match=victim.name):
         read_series(tmp_path / "series")
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+def test_instance_numbers_with_offsets_and_gaps_do_not_change_the_order(tmp_path: Path, reverse: bool) -> None:
+    """Only positions order slices: instance numbers that start at 1000, skip values, or run either way."""
+    folder = tmp_path / "series"
+    folder.mkdir()
+    xs = [12.0, 4.0, -4.0, -12.0]  # left to right
+    instances = [1001, 1004, 1010, 1011][:: -1 if reverse else 1]
+    for name, k in zip(["b", "d", "a", "c"], range(4), strict=True):  # file names unrelated to both
+        pixels = np.full((4, 4), 10 * k, dtype=np.uint16)
+        _write_slice(folder / f"{name}.dcm", np.array([xs[k], 0.0, 0.0]), SAGITTAL_IOP, instances[k], pixels)
+    series = read_series(folder)
+    assert [int(s[0, 0]) for s in series.slices] == [0, 10, 20, 30]
+    assert series.instance_numbers.tolist() == instances
+    np.testing.assert_allclose(series.positions[:, 0], xs)
+
+
+@pytest.mark.parametrize("signed", [False, True])
+def test_twelve_bit_data_with_rescale(tmp_path: Path, signed: bool) -> None:
+    folder = tmp_path / "series"
+    folder.mkdir()
+    low, high = (-2048, 2047) if signed else (0, 4095)  # the full 12-bit range
+    pixels = np.linspace(low, high, 16).reshape(4, 4).astype(np.int16 if signed else np.uint16)
+    _write_slice(
+        folder / "1.dcm", np.zeros(3), SAGITTAL_IOP, 1, pixels, rescale=(0.5, 10.0), bits_stored=12, signed=signed
+    )
+    (image,) = read_series(folder).slices
+    np.testing.assert_array_equal(image, pixels.astype(np.float32) * 0.5 + 10.0)
+
+
+def test_sixteen_bit_values_above_int16_survive(tmp_path: Path) -> None:
+    folder = tmp_path / "series"
+    folder.mkdir()
+    pixels = np.array([[0, 1], [40000, 65535]], dtype=np.uint16)
+    _write_slice(folder / "1.dcm", np.zeros(3), SAGITTAL_IOP, 1, pixels)
+    np.testing.assert_array_equal(read_series(folder).slices[0], pixels.astype(np.float32))
+
+
+# Lossless syntaxes with an encoder here (pydicom natively for RLE, pyjpegls, pylibjpeg-openjpeg): a synthetic
+# 12-bit slice is compressed, written, and must read back bit for bit.
+ENCODABLE = [
+    (uid.RLELossless, 12),
+    (uid.RLELossless, 16),
+    (uid.JPEGLSLossless, 12),
+    (uid.JPEG2000Lossless, 12),
+    (uid.JPEGLSLossless, 16),
+    (uid.JPEG2000Lossless, 16),
+]
+
+
+@pytest.mark.parametrize(("syntax", "bits"), ENCODABLE, ids=lambda v: getattr(v, "name", str(v)))
+def test_compressed_series_decode_losslessly(tmp_path: Path, syntax: uid.UID, bits: int) -> None:
+    folder = tmp_path / "series"
+    folder.mkdir()
+    rng = np.random.default_rng(bits)
+    # A ramp over the full range plus noise: compressible, and it exercises the top bits. 64 px is the smallest
+    # size openjpeg's default resolution levels accept.
+    ramp = np.linspace(0, 2**bits - 64, 64 * 48).reshape(64, 48)
+    originals = [(ramp + rng.integers(0, 64, ramp.shape)).astype(np.uint16) for _ in range(3)]
+    for k, pixels in enumerate(originals):
+        path = folder / f"{k + 1}.dcm"
+        _write_slice(path, np.array([4.0 * k, 0, 0]), SAGITTAL_IOP, k + 1, pixels, bits_stored=bits)
+        ds = pydicom.dcmread(path)
+        ds.compress(syntax)
+        ds.save_as(path, enforce_file_format=True)
+        assert pydicom.dcmread(path).file_meta.TransferSyntaxUID == syntax
+    series = read_series(folder)
+    for got, want in zip(series.slices, originals[::-1], strict=True):  # x descending: last written first
+        np.testing.assert_array_equal(got, want.astype(np.float32))
+
+
+def test_jpeg_lossless_decodes() -> None:
+    """No JPEG Lossless (process 14) encoder exists for pydicom, so decode pydicom's bundled example instead."""
+    for syntax in (uid.JPEGLosslessSV1, uid.JPEGLossless):
+        assert get_decoder(syntax).is_available, get_decoder(syntax).missing_dependencies
+    path = Path(get_testdata_file("SC_rgb_jpeg_gdcm.dcm"))
+    ds = pydicom.dcmread(path)
+    assert ds.file_meta.TransferSyntaxUID == uid.JPEGLosslessSV1
+    dicom.check_decodable(ds, path)
+    pixels = ds.pixel_array
+    assert pixels.shape == (100, 100, 3)
+    assert pixels[0, 0].tolist() == [255, 0, 0] and pixels[-1, -1].tolist() == [255, 255, 255]
+
+
+def _write_encapsulated(path: Path, syntax: uid.UID) -> None:
+    _write_slice(path, np.zeros(3), SAGITTAL_IOP, 1, np.zeros((4, 4), dtype=np.uint16))
+    ds = pydicom.dcmread(path)
+    ds.file_meta.TransferSyntaxUID = syntax
+    ds.PixelData = encapsulate([b"\x00" * 16])
+    ds["PixelData"].VR = "OB"
+    ds.save_as(path, enforce_file_format=True)
+
+
+def test_syntax_without_any_decoder_is_named(tmp_path: Path) -> None:
+    folder = tmp_path / "series"
+    folder.mkdir()
+    _write_encapsulated(folder / "7.dcm", uid.MPEG2MPML)
+    with pytest.raises(SeriesError, match=r"7\.dcm.*1\.2\.840\.10008\.1\.2\.4\.100"):
+        read_series(folder)
+
+
+def test_syntax_with_missing_plugin_is_named(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """As on a machine without pylibjpeg/pyjpegls: the error names the file, the syntax and what to install."""
+
+    class Unavailable:
+        is_available = False
+        missing_dependencies = ["pyjpegls - requires pyjpegls>=1.2"]
+
+    monkeypatch.setattr(dicom, "get_decoder", lambda syntax: Unavailable())
+    folder = tmp_path / "series"
+    folder.mkdir()
+    _write_encapsulated(folder / "3.dcm", uid.JPEGLSLossless)
+    with pytest.raises(SeriesError, match=r"3\.dcm.*JPEG-LS Lossless.*pyjpegls"):
+        read_series(folder)

@@ -113,3 +113,54 @@ def test_stage1_volume_resizes_every_slice_and_windows():
 def test_constant_series_becomes_black_not_nan():
     volume = stage1_volume(make_series([np.full((64, 64), 7.0)] * 2), CFG)
     assert not volume.any()
+
+
+def test_slices_of_different_sizes_are_resized_and_cropped_per_size():
+    small, large = smooth_image(320, 256, 1), smooth_image(384, 448, 2)
+    series = make_series([small, large, small])
+    volume = stage1_volume(series, CFG)
+    assert volume.shape == (256, 256, 3)
+    np.testing.assert_array_equal(volume[:, :, 0], volume[:, :, 2])
+    crops = stage2_crops(series, t2_points(), "t2", CFG)
+    assert crops.shape == (256, 256, 5, 3)
+    np.testing.assert_array_equal(crops[:, :, :, 0], crops[:, :, :, 2])
+    # each size is cropped from its own geometry: the same relative box, so similar fill, different pixels
+    assert (crops[:, :, :, 1] > 0).mean() > 0.3 and not np.array_equal(crops[:, :, :, 0], crops[:, :, :, 1])
+
+
+def _degenerate(kind: str) -> np.ndarray:
+    points = t2_points()
+    if kind == "nan":
+        points[2, 1] = np.nan
+    elif kind == "inf":
+        points[2, 0, 0] = np.inf
+    elif kind == "off_image":
+        points[2] += [3.0, -2.0]  # far outside: the box clamps to nothing
+    elif kind == "equal":
+        points[2, 1] = points[2, 0]  # front == back
+    return points
+
+
+@pytest.mark.parametrize("plane", ["t2", "t1"])
+@pytest.mark.parametrize("kind", ["nan", "inf", "off_image"])
+def test_bad_keypoints_of_one_level_leave_that_level_black(plane, kind):
+    good = stage2_crops(make_series([smooth_image(320, 320)] * 2), t2_points(), plane, CFG)
+    with pytest.warns(UserWarning, match=r"synthetic: .*levels \[2\]"):
+        crops = stage2_crops(make_series([smooth_image(320, 320)] * 2), _degenerate(kind), plane, CFG)
+    assert not crops[:, :, 2].any()
+    for level in (0, 1, 3, 4):  # the other levels keep their geometry (the scale comes from the valid levels)
+        assert np.abs(crops[:, :, level].astype(float) - good[:, :, level]).mean() < 1.0
+
+
+def test_two_equal_points_of_a_level_do_not_crash():
+    crops = stage2_crops(make_series([smooth_image(320, 320)]), _degenerate("equal"), "t2", CFG)
+    assert crops.shape == (256, 256, 5, 1) and crops[:, :, 2].any()
+
+
+@pytest.mark.parametrize("plane", ["t2", "t1"])
+def test_all_points_equal_or_nan_give_black_crops_with_a_warning(plane):
+    series = make_series([smooth_image(320, 320)])
+    for points in (np.full((5, 2, 2), 0.5), np.full((5, 2, 2), np.nan)):
+        with pytest.warns(UserWarning, match=r"synthetic: empty crop at levels \[0, 1, 2, 3, 4\]"):
+            crops = stage2_crops(series, points, plane, CFG)
+        assert crops.shape == (256, 256, 5, 1) and not crops.any()

@@ -1,0 +1,126 @@
+"""Whole preprocessing runs on a tiny synthetic dataset: studies with a missing or extra series, a bad series
+that must not stop the run, an interrupted run that resumes, and parameter changes that invalidate the cache."""
+
+from __future__ import annotations
+
+import dataclasses
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kaggle_utils import preprocess, tables
+from kaggle_utils.config import PreprocessConfig
+from kaggle_utils.paths import Paths
+from kaggle_utils.synthetic import make_dataset
+
+CFG = PreprocessConfig(num_workers=1)
+EXTRA_SERIES = 123
+
+
+@pytest.fixture(scope="module")
+def pristine(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Two training studies, built once; tests work on copies."""
+    return make_dataset(tmp_path_factory.mktemp("two_studies"), n_train=2, n_test=0, seed=3, workers=1, progress=False)
+
+
+@pytest.fixture
+def paths(pristine: Path, tmp_path: Path) -> Paths:
+    shutil.copytree(pristine, tmp_path / "data")
+    return Paths(tmp_path / "data", tmp_path / "work")
+
+
+def _sagittal(paths: Paths) -> pd.DataFrame:
+    table = pd.read_csv(paths.data_file("train_series_descriptions.csv"))
+    return table[table["series_description"].str.startswith("Sagittal")]
+
+
+def _planned_and_run(paths: Paths, cfg: PreprocessConfig = CFG) -> tuple[pd.DataFrame, list, list[str]]:
+    series = tables.series_table(paths, "train")
+    keypoints = tables.keypoints_table(paths, series)
+    jobs = preprocess.plan_jobs(paths, series, tables.points_by_series(keypoints), cfg)
+    return series, jobs, preprocess.run_jobs(jobs, cfg)
+
+
+def _outputs(paths: Paths) -> dict[Path, int]:
+    """Every cached array with its modification time (ns)."""
+    return {p: p.stat().st_mtime_ns for root in ("stage1", "stage2") for p in (paths.work_dir / root).glob("*/*.npy")}
+
+
+def test_study_without_t1_or_t2_and_with_two_t2_series(paths: Paths) -> None:
+    sagittal = _sagittal(paths)
+    first, second = sorted(sagittal["study_id"].unique())
+    rows = sagittal.set_index(["study_id", "series_description"])["series_id"]
+    t1_first, t2_first = rows[(first, "Sagittal T1")], rows[(first, "Sagittal T2/STIR")]
+    # first study: its T1 folder is gone (row kept), and its T2 comes twice (a repeated acquisition)
+    shutil.rmtree(paths.series_dir("train", first, t1_first))
+    shutil.copytree(paths.series_dir("train", first, t2_first), paths.series_dir("train", first, EXTRA_SERIES))
+    descriptions = pd.read_csv(paths.data_file("train_series_descriptions.csv"))
+    extra = pd.DataFrame([{"study_id": first, "series_id": EXTRA_SERIES, "series_description": "Sagittal T2/STIR"}])
+    # second study: no T2 row at all (folder kept)
+    t2_second = rows[(second, "Sagittal T2/STIR")]
+    descriptions = pd.concat([descriptions[descriptions["series_id"] != t2_second], extra])
+    descriptions.to_csv(paths.data_file("train_series_descriptions.csv"), index=False)
+    coords = pd.read_csv(paths.data_file("coords_pretrain.csv"))
+    copied = coords[coords["series_id"] == t2_first].assign(series_id=EXTRA_SERIES)
+    pd.concat([coords, copied]).to_csv(paths.data_file("coords_pretrain.csv"), index=False)
+
+    with pytest.warns(UserWarning, match=rf"no image folder.*{t1_first}"):
+        series, jobs, problems = _planned_and_run(paths)
+
+    planes = series.groupby("study_id")["plane"].apply(sorted).to_dict()
+    assert planes == {first: ["t2", "t2"], second: ["t1"]}
+    assert problems == []
+    assert len(jobs) == 3
+    for row in series.itertuples():
+        assert paths.stage1_array(row.study_id, row.series_id).exists()
+        assert np.load(paths.stage2_array(row.study_id, row.series_id)).shape[:3] == (256, 256, 5)
+    np.testing.assert_array_equal(
+        np.load(paths.stage1_array(first, EXTRA_SERIES)), np.load(paths.stage1_array(first, t2_first))
+    )
+
+
+def test_a_bad_series_is_reported_and_the_run_goes_on(paths: Paths) -> None:
+    victim = _sagittal(paths).iloc[0]
+    folder = paths.series_dir("train", victim.study_id, victim.series_id)
+    (folder / "5.dcm").write_bytes(b"truncated")
+    with pytest.warns(UserWarning, match=rf"study {victim.study_id} series {victim.series_id}: .*5\.dcm"):
+        series, jobs, problems = _planned_and_run(paths)
+    assert len(problems) == 1 and f"series {victim.series_id}" in problems[0]
+    done = [r for r in series.itertuples() if r.series_id != victim.series_id]
+    assert len(done) == len(series) - 1
+    assert all(paths.stage1_array(r.study_id, r.series_id).exists() for r in done)
+    assert not paths.stage1_array(victim.study_id, victim.series_id).exists()
+
+
+def test_an_interrupted_run_resumes_with_only_the_missing_work(paths: Paths) -> None:
+    series, jobs, _ = _planned_and_run(paths)
+    before = _outputs(paths)
+    lost = paths.stage1_array(series.study_id[0], series.series_id[0])
+    lost.unlink()  # killed before its rename: the array is missing and a temporary file is left
+    leftover = lost.with_name(f".{lost.stem}.4242.tmp.npy")
+    leftover.write_bytes(b"half an array")
+
+    _, resumed, problems = _planned_and_run(paths)
+
+    assert [(j.series_id, j.stage1_out, j.stage2_out) for j in resumed] == [(series.series_id[0], lost, None)]
+    assert problems == [] and not leftover.exists()
+    after = _outputs(paths)
+    assert after.keys() == before.keys()
+    assert [p for p in after if after[p] != before[p]] == [lost]  # nothing else was rewritten
+
+
+def test_changing_a_parameter_invalidates_the_cache_even_after_an_interruption(paths: Paths) -> None:
+    series, jobs, _ = _planned_and_run(paths)
+    assert preprocess.plan_jobs(paths, series, {}, dataclasses.replace(CFG, num_workers=3)) == []  # not a parameter
+
+    changed = dataclasses.replace(CFG, t2_height_mult=1.2)
+    points = tables.points_by_series(tables.keypoints_table(paths, series))
+    replanned = preprocess.plan_jobs(paths, series, points, changed)
+    assert len(replanned) == len(jobs) and not _outputs(paths)  # stale arrays are gone, not trusted
+    preprocess.run_jobs(replanned[:1], changed)  # then the run stops after one series
+
+    remaining = preprocess.plan_jobs(paths, series, points, changed)
+    assert [j.series_id for j in remaining] == [j.series_id for j in replanned[1:]]
