@@ -8,11 +8,14 @@ probabilities for stage 2) to ``WORK_DIR/oof``.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
+import matplotlib.pyplot as plt
 import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from kaggle_utils import viz
 from kaggle_utils.config import TrainConfig
 from kaggle_utils.data import CropDataset, KeypointDataset, seed_worker
 from kaggle_utils.engine import ClassifierTask, KeypointTask, default_device, fit
@@ -90,8 +93,18 @@ def train_folds(
         _, sidecar, oof = fit(cfg, task, loader(train_set, cfg, True), loader(val_set, cfg, False), checkpoint, fold)
         paths.oof_dir.mkdir(parents=True, exist_ok=True)
         oof.assign(fold=fold).to_csv(paths.oof_dir / f"{checkpoint.stem}.csv", index=False)
+        save_curves(checkpoint)
         results.append(FoldResult(cfg.name, fold, sidecar["metrics"]["val"], sidecar["train_seconds"]))
     return results
+
+
+def save_curves(checkpoint: Path) -> Path:
+    """The training curves of a checkpoint's CSV log as a PNG beside it (``*.curves.png``)."""
+    log = pd.read_csv(checkpoint.with_suffix(".log.csv"))
+    figure = viz.curves_figure(log, title=checkpoint.stem)
+    path = viz.save_figure(figure, checkpoint.with_suffix(".curves.png"))
+    plt.close(figure)
+    return path
 
 
 def results_table(results: list[FoldResult]) -> pd.DataFrame:

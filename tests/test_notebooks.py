@@ -43,6 +43,7 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
     for name in ("stage1_t1", "stage1_t2", "fo", "sp1", "sp2", "su"):
         sidecar = json.loads((work / "models" / f"{name}-f0-s42.json").read_text())
         assert sidecar["fold"] == 0 and sidecar["config"]["name"] == name
+        assert (work / "models" / f"{name}-f0-s42.curves.png").exists()
 
     submission = pd.read_csv(work / "submission.csv")
     test_studies = pd.read_csv(tiny_data / "test_series_descriptions.csv")["study_id"].unique()
