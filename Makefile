@@ -13,6 +13,7 @@ SYNTHETIC_DIR ?= $(CURDIR)/data/synthetic
 N_TRAIN ?= 48
 N_TEST ?= 16
 SEED ?= 0
+BENCH_STUDIES ?= 8
 PROFILE ?= demo
 # The CPU demo trains fold 0 of 4 with the T1 foraminal and one T2 model; on a GPU use
 # PROFILE=full FOLDS='[0, 1, 2, 3]' PRESETS='["fo", "sp1", "sp2", "su"]'.
@@ -30,10 +31,10 @@ DEMO_DATA := $(abspath $(DATA_DIR))
 DEMO_DEPS := install
 endif
 
-.PHONY: help install data demo test test-fast lint format notebooks clean
+.PHONY: help install data demo test lint format notebooks clean sync submit wheels bench-preprocess
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-12s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: $(VENV)/.installed ## Create .venv with pinned torch and the package (editable) plus dev tools
 
@@ -57,6 +58,9 @@ demo: $(DEMO_DEPS) ## Run the four notebooks headless on DATA_DIR (default: the 
 test: install ## Run the test suite (unit tests and every notebook on a tiny synthetic dataset)
 	$(PY) -m pytest
 
+bench-preprocess: install ## Time stage-1/2 preprocessing against the plain way on BENCH_STUDIES synthetic studies
+	$(PY) -m kaggle_utils.bench --studies $(BENCH_STUDIES)
+
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check kaggle_utils tests notebooks
 	$(VENV)/bin/ruff format --check kaggle_utils tests notebooks
@@ -67,6 +71,43 @@ format: install ## ruff fix and format
 
 notebooks: install ## Regenerate the .ipynb twin of every notebooks/*.py (the .py is the source)
 	$(VENV)/bin/jupytext --sync $(NOTEBOOKS)
+
+# --- Kaggle (needs the CLI: `pip install kaggle six`, and credentials) -------------------------------------
+# The owner of every dataset and of the kernel is set here only; the committed metadata says {owner}.
+KAGGLE ?= kaggle
+KAGGLE_USER ?= $(shell $(PY) -m kaggle_utils.kaggle owner 2>/dev/null)
+KAGGLE_BUILD ?= $(CURDIR)/build/kaggle
+MSG ?=
+# Extra packages the submission kernel installs offline, for Kaggle's Python and platform.
+WHEELS ?= timm pydicom pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle pyjpegls
+WHEELS_PYTHON ?= 3.11
+PIP ?= $(PY) -m pip
+GIT_COMMIT = $(shell git rev-parse --short HEAD 2>/dev/null || echo no-git)$(if $(shell git status --porcelain 2>/dev/null),-dirty)
+STAGE = $(PY) -m kaggle_utils.kaggle stage --owner '$(KAGGLE_USER)' --build '$(KAGGLE_BUILD)'
+
+# Stage $(1) (code, weights or wheels) and publish it: a new version when the dataset exists, else create it.
+# --dir-mode zip because the CLI's default (skip) silently drops sub-folders such as kaggle_utils/.
+define publish_dataset
+	@set -eo pipefail; dir=$$($(STAGE) $(1) $(2)); id='$(KAGGLE_USER)'/$$(basename "$$dir"); \
+	if $(KAGGLE) datasets status "$$id" >/dev/null 2>&1; then \
+		echo "version $$id"; $(KAGGLE) datasets version -p "$$dir" -m "$(strip $(GIT_COMMIT) $(MSG))" --dir-mode zip; \
+	else echo "create $$id"; $(KAGGLE) datasets create -p "$$dir" --dir-mode zip; fi
+endef
+
+sync: ## Publish the kaggle_utils code and WORK_DIR/models weights datasets as KAGGLE_USER (message: commit id, MSG)
+	@$(PY) -m kaggle_utils.kaggle check
+	$(call publish_dataset,code)
+	$(call publish_dataset,weights,--models '$(WORK_DIR)/models')
+
+submit: ## Push the submission kernel (notebook 04 as .ipynb; internet off, GPU, our datasets) as KAGGLE_USER
+	@$(PY) -m kaggle_utils.kaggle check
+	@set -eo pipefail; dir=$$($(STAGE) kernel); $(KAGGLE) kernels push -p "$$dir"
+
+wheels: ## pip download WHEELS for Kaggle's Python (WHEELS_PYTHON) and publish them as the wheels dataset
+	@$(PY) -m kaggle_utils.kaggle check
+	$(PIP) download --dest '$(KAGGLE_BUILD)/downloads' --no-deps --only-binary=:all: \
+		--python-version $(WHEELS_PYTHON) --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 $(WHEELS)
+	$(call publish_dataset,wheels,--downloads '$(KAGGLE_BUILD)/downloads' --packages $(WHEELS))
 
 clean: ## Remove WORK_DIR (outputs) and the synthetic data
 	rm -rf $(WORK_DIR) $(SYNTHETIC_DIR)

@@ -4,6 +4,8 @@ This is the only module that knows a path. Locally the folders come from argumen
 ``DATA_DIR`` / ``WORK_DIR`` environment variables, then the repository defaults (the synthetic demo
 data and a git-ignored ``work/``). On Kaggle the competition folder and our datasets are found by
 searching ``/kaggle/input``, because Kaggle has mounted them at more than one depth over time.
+``KAGGLE_INPUT_DIR`` / ``KAGGLE_WORKING_DIR`` move ``/kaggle/input`` / ``/kaggle/working`` (the tests
+simulate a kernel that way), and ``WEIGHTS_DIR`` points inference at a folder of checkpoints.
 """
 
 from __future__ import annotations
@@ -16,6 +18,12 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
 COMPETITION_SLUG = "rsna-2024-lumbar-spine-degenerative-classification"
+# Our Kaggle datasets and the submission kernel (owner/slug on Kaggle; the owner is chosen when publishing).
+CODE_DATASET = "rsna24-kaggle-utils"
+WEIGHTS_DATASET = "rsna24-weights"
+WHEELS_DATASET = "rsna24-wheels"
+KERNEL_SLUG = "rsna24-infer"
+WHEELS_REQUIREMENTS = "requirements.txt"  # inside the wheels dataset: what the kernel installs from it
 
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "synthetic"
 DEFAULT_WORK_DIR = REPO_ROOT / "work"
@@ -30,9 +38,19 @@ COORDS_PRETRAIN_CSV = "coords_pretrain.csv"
 TEST_LABELS_CSV = "test_labels.csv"  # hidden test labels; only the synthetic data has them
 
 
+def kaggle_input() -> Path:
+    """Kaggle's read-only input folder (``KAGGLE_INPUT_DIR`` overrides ``/kaggle/input``)."""
+    return Path(os.environ.get("KAGGLE_INPUT_DIR") or KAGGLE_INPUT)
+
+
+def kaggle_working() -> Path:
+    """Kaggle's output folder, where ``submission.csv`` must land (``KAGGLE_WORKING_DIR`` overrides it)."""
+    return Path(os.environ.get("KAGGLE_WORKING_DIR") or KAGGLE_WORKING)
+
+
 def is_kaggle() -> bool:
     """True inside a Kaggle kernel (interactive, batch or the scoring re-run)."""
-    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ or KAGGLE_INPUT.is_dir()
+    return "KAGGLE_KERNEL_RUN_TYPE" in os.environ or kaggle_input().is_dir()
 
 
 def find_under(root: Path, marker: str, max_depth: int = 3) -> Path | None:
@@ -48,12 +66,30 @@ def find_under(root: Path, marker: str, max_depth: int = 3) -> Path | None:
     return None
 
 
-def find_competition_dir(root: Path = KAGGLE_INPUT) -> Path:
-    """The mounted competition folder, wherever Kaggle put it under ``root``."""
+def find_competition_dir(root: Path | None = None) -> Path:
+    """The mounted competition folder, wherever Kaggle put it under ``root`` (default: Kaggle's input)."""
+    root = root or kaggle_input()
     found = find_under(root, TEST_SERIES_CSV)
     if found is None:
         raise FileNotFoundError(f"no folder with {TEST_SERIES_CSV} under {root}: add the competition as a source")
     return found
+
+
+def find_dataset(slug: str, root: Path | None = None, max_depth: int = 3) -> Path | None:
+    """The folder of one of our datasets under Kaggle's input: ``<root>/<slug>`` or deeper
+    (``<root>/datasets/<owner>/<slug>`` in the newer layout); None when it is not attached."""
+    root = root or kaggle_input()
+    for depth in range(max_depth + 1):
+        hits = sorted(h for h in root.glob("/".join(["*"] * depth + [slug])) if h.is_dir())
+        if hits:
+            return hits[0]
+    return None
+
+
+def wheels_requirements() -> Path | None:
+    """The requirements file of the attached wheels dataset (what the kernel installs offline), or None."""
+    found = find_dataset(WHEELS_DATASET)
+    return found / WHEELS_REQUIREMENTS if found and (found / WHEELS_REQUIREMENTS).is_file() else None
 
 
 def _from_env(value: str | os.PathLike | None, env_name: str, kaggle_default: Path | None, default: Path) -> Path:
@@ -68,18 +104,32 @@ def _from_env(value: str | os.PathLike | None, env_name: str, kaggle_default: Pa
 
 @dataclass(frozen=True)
 class Paths:
-    """The input folder (competition layout) and the output folder, with every file name derived."""
+    """The input folder (competition layout) and the output folder, with every file name derived.
+
+    ``weights_dir``, when set, is where checkpoints are read and written instead of ``work_dir/models``:
+    on Kaggle the weights dataset (read-only, so train there without it attached).
+    """
 
     data_dir: Path
     work_dir: Path
+    weights_dir: Path | None = None
 
     @classmethod
-    def resolve(cls, data_dir: str | os.PathLike | None = None, work_dir: str | os.PathLike | None = None) -> Paths:
-        """Arguments win, then ``DATA_DIR`` / ``WORK_DIR``, then Kaggle's folders, then the repo defaults."""
-        kaggle_data = find_competition_dir() if is_kaggle() and not (data_dir or os.environ.get("DATA_DIR")) else None
+    def resolve(
+        cls,
+        data_dir: str | os.PathLike | None = None,
+        work_dir: str | os.PathLike | None = None,
+        weights_dir: str | os.PathLike | None = None,
+    ) -> Paths:
+        """Arguments win, then ``DATA_DIR`` / ``WORK_DIR`` / ``WEIGHTS_DIR``, then Kaggle's folders, then the
+        repo defaults."""
+        kaggle = is_kaggle()
+        kaggle_data = find_competition_dir() if kaggle and not (data_dir or os.environ.get("DATA_DIR")) else None
+        weights = weights_dir or os.environ.get("WEIGHTS_DIR") or (find_dataset(WEIGHTS_DATASET) if kaggle else None)
         return cls(
             data_dir=_from_env(data_dir, "DATA_DIR", kaggle_data, DEFAULT_DATA_DIR),
-            work_dir=_from_env(work_dir, "WORK_DIR", KAGGLE_WORKING, DEFAULT_WORK_DIR),
+            work_dir=_from_env(work_dir, "WORK_DIR", kaggle_working() if kaggle else None, DEFAULT_WORK_DIR),
+            weights_dir=Path(weights).expanduser().resolve() if weights else None,
         )
 
     # --- inputs -----------------------------------------------------------------------------
@@ -113,7 +163,8 @@ class Paths:
 
     @property
     def models_dir(self) -> Path:
-        return self.work_dir / "models"
+        """Checkpoints: ``weights_dir`` when set (the weights dataset on Kaggle), else ``work_dir/models``."""
+        return self.weights_dir or self.work_dir / "models"
 
     def checkpoint(self, preset: str, fold: int, seed: int) -> Path:
         """Model weights ``models/{preset}-f{fold}-s{seed}.pt``; the JSON sidecar sits beside it."""

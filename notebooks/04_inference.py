@@ -12,7 +12,10 @@
 # `WORK_DIR/oof/oof_submission.csv`.
 
 # %%
-# Bootstrap: import kaggle_utils from this repository, or on Kaggle from the code dataset under /kaggle/input.
+# Bootstrap: import kaggle_utils from this repository, or on Kaggle from the code dataset under /kaggle/input
+# (KAGGLE_INPUT_DIR moves it), then install the wheels dataset offline when it is attached.
+import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -21,16 +24,24 @@ def package_root() -> Path:
     for folder in (Path.cwd(), *Path.cwd().parents):
         if (folder / "kaggle_utils" / "__init__.py").exists():
             return folder
+    kaggle_input = Path(os.environ.get("KAGGLE_INPUT_DIR") or "/kaggle/input")
     for depth in range(4):  # Kaggle has mounted datasets at /kaggle/input/<slug> and deeper
-        for init in sorted(Path("/kaggle/input").glob("*/" * depth + "kaggle_utils/__init__.py")):
+        for init in sorted(kaggle_input.glob("*/" * depth + "kaggle_utils/__init__.py")):
             return init.parent.parent
     raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle")
 
 
-try:
-    import kaggle_utils
-except ImportError:
-    sys.path.insert(0, str(package_root()))
+# The copy found here wins over an installed one, so a kernel runs the code dataset it was given.
+sys.path.insert(0, str(package_root()))
+import kaggle_utils
+from kaggle_utils.paths import wheels_requirements
+
+print(f"kaggle_utils from {Path(kaggle_utils.__file__).parent}")
+requirements = wheels_requirements()
+if requirements is not None:  # internet is off in a submission: pip reads only the attached wheels, pinned
+    wheels = str(requirements.parent)
+    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--find-links", wheels]
+    subprocess.check_call([*pip, "-r", str(requirements)])
 
 # %% tags=["parameters"]
 DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)

@@ -1,0 +1,247 @@
+"""Stage what we publish on Kaggle: the code, weights and wheels datasets and the submission kernel.
+
+Each goes to ``build/kaggle/<slug>/`` with its metadata rendered for one owner (the committed templates in
+``datasets-metadata/`` and ``submission/`` say ``{owner}``), so the Makefile only has to call the Kaggle CLI
+on a ready folder. The owner comes from the caller (``make ... KAGGLE_USER=``), else the ``username`` of the
+user's ``kaggle.json``, else ``KAGGLE_USERNAME``.
+
+    python -m kaggle_utils.kaggle owner
+    python -m kaggle_utils.kaggle stage code --owner me --build build/kaggle
+    python -m kaggle_utils.kaggle stage weights --owner me --models work/models
+    python -m kaggle_utils.kaggle stage wheels --owner me --packages timm pydicom --downloads build/kaggle/downloads
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import jupytext
+from packaging.utils import canonicalize_name, parse_wheel_filename
+
+from kaggle_utils.paths import (
+    CODE_DATASET,
+    COMPETITION_SLUG,
+    DEFAULT_WORK_DIR,
+    KERNEL_SLUG,
+    REPO_ROOT,
+    WEIGHTS_DATASET,
+    WHEELS_DATASET,
+    WHEELS_REQUIREMENTS,
+)
+
+METADATA_DIR = REPO_ROOT / "datasets-metadata"
+SUBMISSION_DIR = REPO_ROOT / "submission"
+KERNEL_SOURCE = REPO_ROOT / "notebooks" / "04_inference.py"
+DEFAULT_BUILD_DIR = REPO_ROOT / "build" / "kaggle"
+DATASET_METADATA = "dataset-metadata.json"
+KERNEL_METADATA = "kernel-metadata.json"
+# The CLI uploads these unless told otherwise (spec: only .git and caches are ignored by default).
+JUNK = ("__pycache__", "*.pyc", ".ipynb_checkpoints", ".DS_Store")
+
+
+class KaggleSetupError(RuntimeError):
+    """Something needed to publish is missing (credentials, owner, checkpoints); the message says what."""
+
+
+# --- credentials and owner ---------------------------------------------------------------------------
+def kaggle_json(env: Mapping[str, str] | None = None) -> Path | None:
+    """The user's ``kaggle.json`` where the CLI looks for it: ``$KAGGLE_CONFIG_DIR``, ``~/.kaggle``,
+    ``~/.config/kaggle``."""
+    env = os.environ if env is None else env
+    home = Path(env.get("HOME") or Path.home())
+    folders = [Path(env["KAGGLE_CONFIG_DIR"])] if env.get("KAGGLE_CONFIG_DIR") else []
+    for folder in (*folders, home / ".kaggle", home / ".config" / "kaggle"):
+        if (folder / "kaggle.json").is_file():
+            return folder / "kaggle.json"
+    return None
+
+
+def has_credentials(env: Mapping[str, str] | None = None) -> bool:
+    """True when the CLI has something to authenticate with: a token, a key pair or ``kaggle.json``."""
+    env = os.environ if env is None else env
+    home = Path(env.get("HOME") or Path.home())
+    token_file = any((home / ".kaggle" / name).is_file() for name in ("access_token", "access_token.txt"))
+    key_pair = bool(env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"))
+    return bool(env.get("KAGGLE_API_TOKEN")) or token_file or key_pair or kaggle_json(env) is not None
+
+
+def require_credentials(env: Mapping[str, str] | None = None) -> None:
+    """Fail early with what to set, instead of the CLI's message after it has started."""
+    if not has_credentials(env):
+        raise KaggleSetupError(
+            "no Kaggle credentials: put your API key in ~/.kaggle/kaggle.json (or $KAGGLE_CONFIG_DIR/kaggle.json), "
+            "or set KAGGLE_USERNAME and KAGGLE_KEY, or set KAGGLE_API_TOKEN "
+            "(https://www.kaggle.com/settings -> API)"
+        )
+
+
+def kaggle_user(env: Mapping[str, str] | None = None) -> str:
+    """The owner of our datasets: ``username`` in ``kaggle.json``, else ``KAGGLE_USERNAME``."""
+    env = os.environ if env is None else env
+    found = kaggle_json(env)
+    if found is not None:
+        username = json.loads(found.read_text()).get("username")
+        if username:
+            return str(username)
+    if env.get("KAGGLE_USERNAME"):
+        return env["KAGGLE_USERNAME"]
+    raise KaggleSetupError(
+        "Kaggle user unknown: pass KAGGLE_USER=<name> to make, or set KAGGLE_USERNAME, or add a "
+        "~/.kaggle/kaggle.json with your username (an access token alone does not name its user)"
+    )
+
+
+# --- metadata ----------------------------------------------------------------------------------------
+def render(template: Any, owner: str) -> Any:
+    """The template with ``{owner}`` and ``{competition}`` filled in, in every string it holds."""
+    if isinstance(template, dict):
+        return {key: render(value, owner) for key, value in template.items()}
+    if isinstance(template, list):
+        return [render(value, owner) for value in template]
+    if isinstance(template, str):
+        return template.replace("{owner}", owner).replace("{competition}", COMPETITION_SLUG)
+    return template
+
+
+def write_metadata(template: Path, out_dir: Path, owner: str) -> dict:
+    """Render a committed metadata template into the staging folder under the same file name."""
+    if not owner or "/" in owner:
+        raise KaggleSetupError(f"invalid Kaggle user {owner!r}: pass KAGGLE_USER=<name>")
+    metadata = render(json.loads(template.read_text()), owner)
+    (out_dir / template.name).write_text(json.dumps(metadata, indent=2) + "\n")
+    return metadata
+
+
+def clean(folder: Path) -> None:
+    """Delete caches and editor files that the CLI would otherwise upload."""
+    for pattern in JUNK:
+        for path in sorted(folder.rglob(pattern), reverse=True):
+            if path.is_dir():
+                shutil.rmtree(path)
+            elif path.exists():
+                path.unlink()
+
+
+def fresh_dir(folder: Path) -> Path:
+    """An empty staging folder: nothing of an earlier staging may reach a new version."""
+    if folder.exists():
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+# --- what we publish ---------------------------------------------------------------------------------
+def stage_code(owner: str, build: Path = DEFAULT_BUILD_DIR) -> Path:
+    """``build/<code slug>/kaggle_utils/`` (the package, no caches) plus its metadata."""
+    out = fresh_dir(build / CODE_DATASET)
+    shutil.copytree(REPO_ROOT / "kaggle_utils", out / "kaggle_utils", ignore=shutil.ignore_patterns(*JUNK))
+    write_metadata(METADATA_DIR / CODE_DATASET / DATASET_METADATA, out, owner)
+    clean(out)
+    return out
+
+
+def stage_weights(owner: str, models: Path = DEFAULT_WORK_DIR / "models", build: Path = DEFAULT_BUILD_DIR) -> Path:
+    """``build/<weights slug>/``: every checkpoint of ``models`` with its JSON sidecar (logs and plots stay)."""
+    checkpoints = sorted(Path(models).glob("*.pt"))
+    if not checkpoints:
+        raise KaggleSetupError(f"no checkpoints (*.pt) in {models}: train first, or pass WORK_DIR=<folder>")
+    out = fresh_dir(build / WEIGHTS_DATASET)
+    for checkpoint in checkpoints:
+        sidecar = checkpoint.with_suffix(".json")
+        if not sidecar.is_file():
+            raise KaggleSetupError(f"{checkpoint} has no sidecar {sidecar.name}: inference cannot rebuild it")
+        shutil.copy2(checkpoint, out / checkpoint.name)
+        shutil.copy2(sidecar, out / sidecar.name)
+    write_metadata(METADATA_DIR / WEIGHTS_DATASET / DATASET_METADATA, out, owner)
+    return out
+
+
+def newest_wheel(package: str, downloads: Path) -> tuple[Path, str]:
+    """The wheel of ``package`` with the highest version in ``downloads``, and its ``name==version`` pin."""
+    wanted = canonicalize_name(re.split(r"[\s<>=!~;\[]", package.strip(), maxsplit=1)[0])
+    found = []
+    for wheel in Path(downloads).glob("*.whl"):
+        name, version, _, _ = parse_wheel_filename(wheel.name)
+        if name == wanted:
+            found.append((version, wheel))
+    if not found:
+        raise KaggleSetupError(f"no wheel of {package} in {downloads}: `pip download` it first (make wheels)")
+    version, wheel = max(found)
+    return wheel, f"{wanted}=={version}"
+
+
+def stage_wheels(owner: str, packages: list[str], downloads: Path, build: Path = DEFAULT_BUILD_DIR) -> Path:
+    """``build/<wheels slug>/``: the newest downloaded wheel of each package and a pinned requirements file, so
+    the kernel installs exactly these versions (``--no-deps``: Kaggle's image brings the dependencies)."""
+    if not packages:
+        raise KaggleSetupError("no packages given for the wheels dataset (WHEELS=...)")
+    out = fresh_dir(build / WHEELS_DATASET)
+    pins = []
+    for package in packages:
+        wheel, pin = newest_wheel(package, downloads)
+        shutil.copy2(wheel, out / wheel.name)
+        pins.append(pin)
+    (out / WHEELS_REQUIREMENTS).write_text("\n".join(pins) + "\n")
+    write_metadata(METADATA_DIR / WHEELS_DATASET / DATASET_METADATA, out, owner)
+    return out
+
+
+def stage_kernel(owner: str, build: Path = DEFAULT_BUILD_DIR, source: Path = KERNEL_SOURCE) -> Path:
+    """``build/<kernel slug>/``: notebook 04 as ``.ipynb`` (no outputs) and the rendered kernel metadata."""
+    out = fresh_dir(build / KERNEL_SLUG)
+    metadata = write_metadata(SUBMISSION_DIR / KERNEL_METADATA, out, owner)
+    notebook = jupytext.read(source)
+    notebook.metadata["kernelspec"] = {"name": "python3", "display_name": "Python 3", "language": "python"}
+    jupytext.write(notebook, out / metadata["code_file"], fmt="ipynb")
+    return out
+
+
+# --- command line ------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser("owner", help="print the Kaggle user our datasets belong to")
+    commands.add_parser("check", help="fail with what to set when no Kaggle credentials are found")
+    stage = commands.add_parser("stage", help="stage one thing to publish; prints its folder")
+    stage.add_argument("what", choices=["code", "weights", "wheels", "kernel"])
+    stage.add_argument("--owner", default="", help="Kaggle user (default: from the credentials)")
+    stage.add_argument("--build", type=Path, default=DEFAULT_BUILD_DIR, help="staging root")
+    stage.add_argument("--models", type=Path, default=DEFAULT_WORK_DIR / "models", help="checkpoints (weights)")
+    stage.add_argument("--packages", nargs="*", default=[], help="requirements (wheels)")
+    stage.add_argument("--downloads", type=Path, default=DEFAULT_BUILD_DIR / "downloads", help="pip download dir")
+    args = parser.parse_args(argv)
+    try:
+        return _run(args)
+    except KaggleSetupError as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 1
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "owner":
+        print(kaggle_user())
+        return 0
+    if args.command == "check":
+        require_credentials()
+        return 0
+    owner = args.owner or kaggle_user()
+    staged = {
+        "code": lambda: stage_code(owner, args.build),
+        "weights": lambda: stage_weights(owner, args.models, args.build),
+        "wheels": lambda: stage_wheels(owner, args.packages, args.downloads, args.build),
+        "kernel": lambda: stage_kernel(owner, args.build),
+    }[args.what]()
+    print(staged)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,239 @@
+"""Publishing to Kaggle, offline: ``make sync|submit|wheels`` against a fake ``kaggle`` CLI (tests/fakebin) that
+runs the real CLI's local checks and records what it was given, and the staged kernel notebook executed in a
+simulated ``/kaggle/input``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import nbformat
+import pandas as pd
+import pytest
+
+from kaggle_utils import kaggle
+from kaggle_utils.constants import LABEL_COLUMNS
+from kaggle_utils.paths import (
+    CODE_DATASET,
+    COMPETITION_SLUG,
+    KERNEL_SLUG,
+    WEIGHTS_DATASET,
+    WHEELS_DATASET,
+    Paths,
+    wheels_requirements,
+)
+from kaggle_utils.runner import run_notebook
+
+REPO = Path(__file__).resolve().parent.parent
+FAKEBIN = Path(__file__).parent / "fakebin"
+NOTEBOOKS = REPO / "notebooks"
+
+
+@pytest.fixture
+def home(tmp_path: Path) -> Path:
+    """A HOME with a legacy ``kaggle.json`` for the user ``tester``."""
+    folder = tmp_path / "home"
+    (folder / ".kaggle").mkdir(parents=True)
+    (folder / ".kaggle" / "kaggle.json").write_text(json.dumps({"username": "tester", "key": "not-a-key"}))
+    return folder
+
+
+@pytest.fixture
+def work(tmp_path: Path) -> Path:
+    """A WORK_DIR whose models/ holds one checkpoint with its sidecar, plus files that must not be published."""
+    models = tmp_path / "work" / "models"
+    models.mkdir(parents=True)
+    (models / "sp1-f0-s42.pt").write_bytes(b"weights")
+    (models / "sp1-f0-s42.json").write_text(json.dumps({"fold": 0}))
+    (models / "sp1-f0-s42.log.csv").write_text("epoch\n0\n")
+    return tmp_path / "work"
+
+
+def make(target: str, tmp_path: Path, home: Path, *args: str, **env: str) -> subprocess.CompletedProcess:
+    """``make target`` with the fake CLI first on PATH and nothing of the caller's Kaggle set-up."""
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE") and k != "MAKEFLAGS"}
+    clean.update(PATH=f"{FAKEBIN}{os.pathsep}{os.environ['PATH']}", HOME=str(home))
+    clean.update(FAKE_KAGGLE_LOG=str(tmp_path / "kaggle.log"), **env)
+    command = ["make", "-C", str(REPO), "--no-print-directory", target, f"PY={sys.executable}"]
+    command += [f"KAGGLE_BUILD={tmp_path / 'build'}", f"WORK_DIR={tmp_path / 'work'}", *args]
+    return subprocess.run(command, env=clean, capture_output=True, text=True, timeout=120)
+
+
+def calls(tmp_path: Path) -> list[dict]:
+    log = tmp_path / "kaggle.log"
+    return [json.loads(line) for line in log.read_text().splitlines()] if log.exists() else []
+
+
+def uploads(tmp_path: Path) -> list[dict]:
+    return [c for c in calls(tmp_path) if c["argv"][:2] != ["datasets", "status"]]
+
+
+def git_commit() -> str:
+    return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
+
+
+def assert_dataset_metadata(meta: dict, owner: str, slug: str) -> None:
+    assert meta["id"] == f"{owner}/{slug}"
+    assert 6 <= len(meta["title"]) <= 50 and len(meta["licenses"]) == 1
+
+
+def test_sync_creates_then_versions_code_and_weights(tmp_path, home, work):
+    first = make("sync", tmp_path, home)
+    assert first.returncode == 0, first.stdout + first.stderr
+    created = uploads(tmp_path)
+    assert [c["argv"][:2] for c in created] == [["datasets", "create"]] * 2
+    for call in created:
+        assert call["argv"][call["argv"].index("--dir-mode") + 1] == "zip"
+    code, weights = created
+    assert_dataset_metadata(code["metadata"], "tester", CODE_DATASET)
+    assert_dataset_metadata(weights["metadata"], "tester", WEIGHTS_DATASET)
+    assert {"kaggle_utils/__init__.py", "kaggle_utils/paths.py", "kaggle_utils/kaggle.py"} <= set(code["files"])
+    assert not [f for f in code["files"] if "__pycache__" in f or f.endswith(".pyc")]
+    assert weights["files"] == ["dataset-metadata.json", "sp1-f0-s42.json", "sp1-f0-s42.pt"]
+
+    (tmp_path / "kaggle.log").unlink()
+    existing = f"tester/{CODE_DATASET},tester/{WEIGHTS_DATASET}"
+    second = make("sync", tmp_path, home, "MSG=retrained", FAKE_KAGGLE_EXISTING=existing)
+    assert second.returncode == 0, second.stdout + second.stderr
+    versioned = uploads(tmp_path)
+    assert [c["argv"][:2] for c in versioned] == [["datasets", "version"]] * 2
+    for call in versioned:
+        message = call["argv"][call["argv"].index("-m") + 1]
+        assert git_commit().strip() in message and "retrained" in message
+        assert call["argv"][call["argv"].index("--dir-mode") + 1] == "zip"
+
+
+def test_owner_comes_from_kaggle_user_or_the_environment(tmp_path, work):
+    bare_home = tmp_path / "bare"
+    bare_home.mkdir()
+    result = make("sync", tmp_path, bare_home, KAGGLE_USERNAME="envuser", KAGGLE_KEY="k")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert uploads(tmp_path)[0]["metadata"]["id"] == f"envuser/{CODE_DATASET}"
+    (tmp_path / "kaggle.log").unlink()
+    result = make("sync", tmp_path, bare_home, "KAGGLE_USER=team-x", KAGGLE_USERNAME="envuser", KAGGLE_KEY="k")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [c["metadata"]["id"] for c in uploads(tmp_path)] == [f"team-x/{CODE_DATASET}", f"team-x/{WEIGHTS_DATASET}"]
+
+
+def test_submit_pushes_the_offline_kernel(tmp_path, home, work):
+    result = make("submit", tmp_path, home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (push,) = calls(tmp_path)
+    assert push["argv"][:2] == ["kernels", "push"]
+    meta = push["metadata"]
+    assert meta["id"] == f"tester/{KERNEL_SLUG}" and len(meta["title"]) >= 5
+    assert meta["enable_internet"] is False and meta["enable_gpu"] is True and meta["kernel_type"] == "notebook"
+    assert meta["competition_sources"] == [COMPETITION_SLUG]
+    assert meta["dataset_sources"] == [f"tester/{s}" for s in (CODE_DATASET, WEIGHTS_DATASET, WHEELS_DATASET)]
+    code_file = tmp_path / "build" / KERNEL_SLUG / meta["code_file"]
+    notebook = nbformat.read(code_file, as_version=4)
+    nbformat.validate(notebook)
+    assert not any(cell.get("outputs") for cell in notebook.cells)
+    assert "wheels_requirements" in notebook.cells[1].source  # the bootstrap with the offline install
+
+
+def test_wheels_pins_the_downloaded_versions(tmp_path, home):
+    downloads = tmp_path / "build" / "downloads"
+    downloads.mkdir(parents=True)
+    for name in ("timm-1.0.9-py3-none-any.whl", "timm-1.0.31-py3-none-any.whl", "pydicom-3.0.2-py3-none-any.whl"):
+        (downloads / name).write_bytes(b"")
+    result = make("wheels", tmp_path, home, "PIP=true", "WHEELS=timm pydicom")  # `true download ...` is a no-op
+    assert result.returncode == 0, result.stdout + result.stderr
+    (create,) = uploads(tmp_path)
+    assert_dataset_metadata(create["metadata"], "tester", WHEELS_DATASET)
+    staged = tmp_path / "build" / WHEELS_DATASET
+    assert (staged / "requirements.txt").read_text().split() == ["timm==1.0.31", "pydicom==3.0.2"]
+    assert "timm-1.0.9-py3-none-any.whl" not in create["files"]
+
+
+@pytest.mark.parametrize("target", ["sync", "submit"])
+def test_missing_credentials_say_what_to_set(tmp_path, work, target):
+    bare_home = tmp_path / "bare"
+    bare_home.mkdir()
+    result = make(target, tmp_path, bare_home)
+    assert result.returncode != 0
+    for needed in ("kaggle.json", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+        assert needed in result.stderr
+    assert calls(tmp_path) == []
+
+
+def test_fake_cli_refuses_what_kaggle_would_drop_or_reject(tmp_path, home):
+    staged = kaggle.stage_code("tester", tmp_path / "build")
+    env = {**os.environ, "HOME": str(home), "FAKE_KAGGLE_LOG": str(tmp_path / "log")}
+    fake = [sys.executable, str(FAKEBIN / "kaggle")]
+    skip = subprocess.run([*fake, "datasets", "create", "-p", str(staged)], env=env, capture_output=True, text=True)
+    assert skip.returncode == 1 and "sub-folders" in skip.stderr
+    meta = json.loads((staged / "dataset-metadata.json").read_text())
+    (staged / "dataset-metadata.json").write_text(json.dumps({**meta, "id": "{owner}/" + CODE_DATASET}))
+    zipped = [*fake, "datasets", "version", "-p", str(staged), "-m", "x", "--dir-mode", "zip"]
+    assert subprocess.run(zipped, env=env, capture_output=True).returncode == 1
+
+
+def test_metadata_templates_name_no_owner():
+    for template in [
+        *(REPO / "datasets-metadata").glob("*/dataset-metadata.json"),
+        REPO / "submission/kernel-metadata.json",
+    ]:
+        text = template.read_text()
+        owners = {value.split("/")[0] for value in json.loads(text).get("dataset_sources", [])}
+        assert json.loads(text).get("id", "").startswith("{owner}/") and owners <= {"{owner}"}, template
+    assert kaggle.render({"a": ["{owner}/x", "{competition}"], "b": True}, "me") == {
+        "a": ["me/x", COMPETITION_SLUG],
+        "b": True,
+    }
+
+
+@pytest.mark.slow
+def test_kernel_notebook_runs_in_a_simulated_kaggle(tiny_data, tmp_path):
+    """Smoke-train on the tiny data, publish to a fake /kaggle/input, run the staged kernel as Kaggle would."""
+    work = tmp_path / "work"
+    env = {"DATA_DIR": str(tiny_data), "WORK_DIR": str(work), "PROFILE": "smoke", "FOLDS": "[0]", "WORKERS": "1"}
+    env["PRESETS"] = '["sp1"]'
+    for name in ("01_preprocess", "02_train_stage1", "03_train_stage2"):
+        run_notebook(NOTEBOOKS / f"{name}.py", None, env, timeout=600, echo=False)
+
+    root = tmp_path / "input"  # both mount layouts that Kaggle has used
+    shutil.copytree(tiny_data, root / "competitions" / COMPETITION_SLUG)
+    kaggle.stage_code("tester", root / "datasets" / "tester")
+    kaggle.stage_weights("tester", work / "models", root)
+    kernel = kaggle.stage_kernel("tester", tmp_path / "build")
+
+    working = tmp_path / "working"
+    kaggle_env = {"KAGGLE_KERNEL_RUN_TYPE": "Batch", "KAGGLE_INPUT_DIR": str(root), "KAGGLE_WORKING_DIR": str(working)}
+    assert not {"DATA_DIR", "WORK_DIR", "WEIGHTS_DIR"} & set(os.environ)
+    executed = run_notebook(kernel / f"{KERNEL_SLUG}.ipynb", None, kaggle_env, timeout=600, echo=False)
+
+    bootstrap = "".join(o.get("text", "") for o in executed.cells[1].outputs)
+    assert str(root / "datasets" / "tester" / CODE_DATASET / "kaggle_utils") in bootstrap
+    submission = pd.read_csv(working / "submission.csv")
+    test_studies = pd.read_csv(tiny_data / "test_series_descriptions.csv")["study_id"].unique()
+    assert len(submission) == 25 * len(test_studies)
+    assert set(submission["row_id"]) == {f"{s}_{c}" for s in test_studies for c in LABEL_COLUMNS}
+    assert not (working / "oof").exists()  # no CV inside a kernel
+
+
+def test_paths_in_a_kernel_read_checkpoints_from_the_weights_dataset(tmp_path, monkeypatch):
+    root = tmp_path / "input"
+    competition = root / COMPETITION_SLUG
+    competition.mkdir(parents=True)
+    (competition / "test_series_descriptions.csv").write_text("study_id,series_id,series_description\n")
+    weights = root / "datasets" / "tester" / WEIGHTS_DATASET
+    weights.mkdir(parents=True)
+    for name in ("DATA_DIR", "WORK_DIR", "WEIGHTS_DIR"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("KAGGLE_KERNEL_RUN_TYPE", "Batch")
+    monkeypatch.setenv("KAGGLE_INPUT_DIR", str(root))
+    monkeypatch.setenv("KAGGLE_WORKING_DIR", str(tmp_path / "working"))
+    resolved = Paths.resolve()
+    assert resolved.data_dir == competition and resolved.work_dir == tmp_path / "working"
+    assert resolved.models_dir == weights and resolved.checkpoint("fo", 0, 42) == weights / "fo-f0-s42.pt"
+    assert wheels_requirements() is None
+    wheels = root / WHEELS_DATASET
+    wheels.mkdir()
+    (wheels / "requirements.txt").write_text("timm==1.0.31\n")
+    assert wheels_requirements() == wheels / "requirements.txt"
+    assert Paths(tmp_path / "d", tmp_path / "w").models_dir == tmp_path / "w" / "models"  # local runs: unchanged
