@@ -14,6 +14,7 @@ N_TRAIN ?= 48
 N_TEST ?= 16
 SEED ?= 0
 BENCH_STUDIES ?= 8
+BENCH_FLAGS ?=
 PROFILE ?= demo
 # The CPU demo trains fold 0 of 4 with the T1 foraminal and one T2 model; on a GPU use
 # PROFILE=full FOLDS='[0, 1, 2, 3]' PRESETS='["fo", "sp1", "sp2", "su"]'.
@@ -31,7 +32,7 @@ DEMO_DATA := $(abspath $(DATA_DIR))
 DEMO_DEPS := install
 endif
 
-.PHONY: help install data demo test lint format notebooks clean sync submit wheels bench-preprocess
+.PHONY: help install data demo test lint format notebooks clean sync submit wheels bench-preprocess bench-infer
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -60,6 +61,9 @@ test: install ## Run the test suite (unit tests and every notebook on a tiny syn
 
 bench-preprocess: install ## Time stage-1/2 preprocessing against the plain way on BENCH_STUDIES synthetic studies
 	$(PY) -m kaggle_utils.bench --studies $(BENCH_STUDIES)
+
+bench-infer: install ## Time inference per study (WORK_DIR/models, else small models; BENCH_FLAGS=--build-models) + T4 projection
+	$(PY) -m kaggle_utils.bench infer --studies $(BENCH_STUDIES) --work-dir '$(WORK_DIR)' $(BENCH_FLAGS)
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check kaggle_utils tests notebooks

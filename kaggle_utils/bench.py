@@ -1,30 +1,45 @@
-"""Preprocessing benchmark: our stage-1 and stage-2 code against the straightforward way of the solution.
+"""Benchmarks: our preprocessing against the plain way of the solution, and inference time per study.
 
-Stage 1 plain: each slice resized with PIL Lanczos (float mode). Stage 2 plain: per level, the whole
+Preprocessing. Stage 1 plain: each slice resized with PIL Lanczos (float mode). Stage 2 plain: per level, the whole
 ``(H, W, N)`` stack rotated with cv2 Lanczos in chunks of at most 4 channels, cropped, resized so its longest
 side is ``img_size`` and padded centred. Both run on the same series, already decoded, in one process with
 one cv2 thread (the solution spread studies over processes, so single-thread speed is what counts). Agreement
 is the mean absolute difference of the uint8 outputs.
 
-Run: ``python -m kaggle_utils.bench [--studies 8] [--data DIR]`` or ``make bench-preprocess``.
+Inference. ``infer.predict_series_table`` on the sagittal series of N studies, with a timer around each stage
+(DICOM reading, stage-1 volume, keypoints, cropping, stage 2 with all TTA rotations in one batch), on the CPU
+and on CUDA when there is one. Models are the checkpoints of WORK_DIR/models when it has them, else small
+ones written to a temporary folder. Then a projection of the full ensemble on 750 hidden studies on a T4:
+the CPU stages as measured, the GPU stages from the H100 anchor of the seed's shapes and an assumed T4/H100
+ratio, all printed with the table.
+
+Run: ``python -m kaggle_utils.bench [--studies 8] [--data DIR]`` or ``make bench-preprocess``;
+``python -m kaggle_utils.bench infer [--studies 8] [--build-models]`` or ``make bench-infer``.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import sys
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import cv2
 import numpy as np
+import pandas as pd
+import torch
 from PIL import Image
 
-from kaggle_utils import tables
-from kaggle_utils.config import PreprocessConfig
-from kaggle_utils.dicom import Series, read_series
+from kaggle_utils import infer, tables
+from kaggle_utils.config import FULL_PRESETS, InferConfig, PreprocessConfig, TrainConfig, preset
+from kaggle_utils.constants import LEVELS, TTA_ANGLES
+from kaggle_utils.dicom import Series, read_header, read_series
+from kaggle_utils.engine import save_checkpoint
+from kaggle_utils.models import build_model
 from kaggle_utils.paths import Paths
 from kaggle_utils.preprocess import (
     T2_PLANE,
@@ -155,8 +170,17 @@ def format_table(rows: list[Row], n_series: int, n_slices: int) -> str:
     return "\n".join(lines)
 
 
+def bench_data(data: Path | None, n_studies: int, seed: int, tmp: Path) -> Path:
+    """The given folder, else data/synthetic when it exists, else ``n_studies`` studies generated into ``tmp``."""
+    data_dir = data or (DEFAULT_DATA if (DEFAULT_DATA / "train.csv").exists() else None)
+    if data_dir is None:
+        print(f"generating {n_studies} synthetic studies in {tmp}")
+        data_dir = make_dataset(tmp, n_train=n_studies, n_test=0, seed=seed, progress=False)
+    return data_dir
+
+
 def main(argv: list[str] | None = None) -> list[Row]:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description="Preprocessing benchmark: ours against the plain way.")
     parser.add_argument("--studies", type=int, default=8, help="number of training studies")
     parser.add_argument("--data", type=Path, default=None, help="competition-layout folder (default: data/synthetic)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the generated data when none is given")
@@ -164,10 +188,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     cv2.setNumThreads(1)
     cfg = PreprocessConfig()
     with tempfile.TemporaryDirectory() as tmp:
-        data_dir = args.data or (DEFAULT_DATA if (DEFAULT_DATA / "train.csv").exists() else None)
-        if data_dir is None:
-            print(f"generating {args.studies} synthetic studies in {tmp}")
-            data_dir = make_dataset(Path(tmp), n_train=args.studies, n_test=0, seed=args.seed, progress=False)
+        data_dir = bench_data(args.data, args.studies, args.seed, Path(tmp))
         start = time.perf_counter()
         cases = load_cases(data_dir, args.studies)
         read_s = time.perf_counter() - start
@@ -178,5 +199,217 @@ def main(argv: list[str] | None = None) -> list[Row]:
     return rows
 
 
+# --- inference benchmark -------------------------------------------------------------------------
+STAGES: dict[str, str] = {
+    "read": "DICOM reading",
+    "volume": "stage 1 volume",
+    "keypoints": "stage 1 keypoints",
+    "crop": "cropping",
+    "classify": "stage 2, TTA batched",
+}
+"""Timer keys of ``infer.predict_series_table`` and their names in the tables."""
+
+CPU_STAGES: tuple[str, ...] = ("read", "volume", "crop")
+"""Stages that run on the CPU whatever the device: their measured time carries over to the projection."""
+
+H100_ANCHOR_MS, H100_ANCHOR_IMAGES = 31.0, len(LEVELS) * 5 * len(TTA_ANGLES)
+"""The solution's model shapes timed on one H100 (hgnetv2_b5, fp16, channels_last): one T2 series at 256 px,
+5 levels x 5 frames, the 9 TTA rotations in one batch."""
+
+
+@dataclass(frozen=True)
+class GpuAssumptions:
+    """How the full ensemble's GPU time is projected; every value is printed with the projection."""
+
+    h100_ms_per_image: float = H100_ANCHOR_MS / H100_ANCHOR_IMAGES
+    t4_over_h100: float = 1 / 8  # T4 throughput relative to an H100 for fp16 convnets: an assumption, not measured
+    reference_px: int = 256  # images of another size cost in proportion to their pixels
+    n_folds: int = 4
+    n_tta: int = len(TTA_ANGLES)
+
+    @property
+    def t4_ms_per_image(self) -> float:
+        return self.h100_ms_per_image / self.t4_over_h100
+
+
+def images_per_series(cfg: TrainConfig, gpu: GpuAssumptions) -> float:
+    """Images one series sends through one model, in reference-size images: stage 1 its frames once, stage 2
+    every level's frames once per TTA rotation."""
+    copies = 1 if cfg.stage == 1 else len(LEVELS) * gpu.n_tta
+    return copies * cfg.n_frames * (cfg.img_size / gpu.reference_px) ** 2
+
+
+def full_images_per_study(series_per_study: dict[str, float], gpu: GpuAssumptions) -> dict[str, float]:
+    """Reference-size images per study through the full ensemble (six presets, every fold), by timer stage."""
+    images = {"keypoints": 0.0, "classify": 0.0}
+    for cfg in FULL_PRESETS.values():
+        n = images_per_series(cfg, gpu) * gpu.n_folds * series_per_study.get(cfg.plane, 0.0)
+        images["keypoints" if cfg.stage == 1 else "classify"] += n
+    return images
+
+
+@dataclass
+class InferTiming:
+    """Seconds per stage of one inference run over ``n_studies`` studies on one device."""
+
+    device: str
+    n_studies: int
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def per_study(self, stage: str) -> float:
+        return self.seconds.get(stage, 0.0) / self.n_studies
+
+
+@dataclass(frozen=True)
+class Projection:
+    """Seconds per study on Kaggle by stage, where each number comes from, and the total for the hidden test."""
+
+    per_study: dict[str, float]
+    source: dict[str, str]
+    n_studies: int = 750
+    limit_h: float = 9.0
+
+    @property
+    def total_h(self) -> float:
+        return sum(self.per_study.values()) * self.n_studies / 3600
+
+
+def project(
+    cpu: InferTiming, series_per_study: dict[str, float], gpu: GpuAssumptions, n_studies: int = 750
+) -> Projection:
+    """The full ensemble on one T4: CPU stages as measured (no overlap with the GPU), GPU stages from the anchor."""
+    per_study = {stage: cpu.per_study(stage) for stage in CPU_STAGES}
+    source = dict.fromkeys(CPU_STAGES, f"measured ({cpu.device})")
+    for stage, images in full_images_per_study(series_per_study, gpu).items():
+        per_study[stage] = images * gpu.t4_ms_per_image / 1000
+        source[stage] = f"{images:.0f} img x {gpu.t4_ms_per_image:.3f} ms"
+    order = list(STAGES)
+    return Projection(dict(sorted(per_study.items(), key=lambda kv: order.index(kv[0]))), source, n_studies)
+
+
+def format_timings(timings: list[InferTiming]) -> str:
+    lines = [f"{'stage (s/study)':<22}" + "".join(f"{t.device:>10}" for t in timings)]
+    for stage, name in STAGES.items():
+        lines.append(f"{name:<22}" + "".join(f"{t.per_study(stage):10.3f}" for t in timings))
+    lines.append(f"{'total':<22}" + "".join(f"{sum(t.seconds.values()) / t.n_studies:10.3f}" for t in timings))
+    return "\n".join(lines)
+
+
+def format_projection(projection: Projection, gpu: GpuAssumptions, series_per_study: dict[str, float]) -> str:
+    n = projection.n_studies
+    series = " + ".join(f"{v:.2f} {k.upper()}" for k, v in sorted(series_per_study.items()))
+    lines = [
+        f"projection: {n} hidden studies, full ensemble ({len(FULL_PRESETS)} presets x {gpu.n_folds} folds, "
+        f"{FULL_PRESETS['sp1'].backbone.split('.')[0]}, {gpu.n_tta} TTA), one T4, {projection.limit_h:g} h limit",
+        "assumptions:",
+        f"  H100, per {gpu.reference_px} px image: {H100_ANCHOR_MS:g} ms / {H100_ANCHOR_IMAGES} images "
+        f"(5 levels x 5 frames x 9 TTA, one batch; measured on an H100) = {gpu.h100_ms_per_image:.3f} ms",
+        f"  T4 throughput = 1/{1 / gpu.t4_over_h100:.3g} of an H100 (fp16 convnets; assumed) "
+        f"-> {gpu.t4_ms_per_image:.3f} ms per {gpu.reference_px} px image",
+        f"  other sizes cost in proportion to their pixels (96 px = {(96 / gpu.reference_px) ** 2:.2f} image); "
+        "stage-1 frames once, stage-2 frames x 5 levels x TTA",
+        f"  series per study as in the benchmark data: {series}",
+        "  CPU stages as measured here, one process, not overlapped with the GPU (pessimistic)",
+        f"{'stage':<22}{'s/study':>9}  {'source':<28}{f'{n} studies':>12}",
+    ]
+    for stage, seconds in projection.per_study.items():
+        total_min = seconds * n / 60
+        lines.append(f"{STAGES[stage]:<22}{seconds:9.3f}  {projection.source[stage]:<28}{total_min:8.1f} min")
+    share = projection.total_h / projection.limit_h
+    total = sum(projection.per_study.values())
+    lines.append(f"{'total':<22}{total:9.3f}  {'':<28}{projection.total_h:10.2f} h  ({share:.0%} of the limit)")
+    return "\n".join(lines)
+
+
+def write_bench_models(paths: Paths, data_paths: Paths, series: pd.DataFrame, profile: str) -> list[Path]:
+    """Fold-0 checkpoints of the six presets at ``profile`` size. Timing does not depend on the weights, but crops
+    do depend on the keypoints: the stage-1 heads output the mean training keypoints of their plane (so crop boxes
+    are realistic), and the stage-2 weights stay random."""
+    truth = tables.keypoints_table(data_paths, series)
+    written = []
+    for name in FULL_PRESETS:
+        cfg = preset(name, profile)
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg)
+        if cfg.stage == 1:
+            _predict_constant(model, truth[truth["plane"] == cfg.plane])
+        path = paths.checkpoint(name, 0, cfg.seed)
+        save_checkpoint(model, cfg, path, fold=0, metrics={}, seconds=0.0, extra={"bench": "untrained"})
+        written.append(path)
+    return written
+
+
+def _predict_constant(model: torch.nn.Module, keypoints: pd.DataFrame) -> None:
+    """Make a stage-1 model output the mean keypoints of a table: zero weights, bias = logit of the mean."""
+    points = np.mean([tables.series_points(keypoints, s) for s in keypoints["series_id"].unique()], axis=0)
+    mean = torch.as_tensor(points.reshape(-1), dtype=torch.float32).clamp(0.01, 0.99)
+    with torch.no_grad():
+        model.fc.weight.zero_()
+        model.fc.bias.copy_(torch.log(mean / (1 - mean)))
+
+
+def time_inference(
+    paths: Paths, series: pd.DataFrame, device: torch.device, pre_cfg: PreprocessConfig, infer_cfg: InferConfig
+) -> InferTiming:
+    """Seconds per stage over ``series`` on ``device``, after one warm-up series (lazy CUDA and cuDNN set-up)."""
+    models = infer.load_models(paths, [0], device)
+    infer.predict_series_table(paths, series.iloc[:1], models, pre_cfg, infer_cfg, desc=f"warm-up {device.type}")
+    timer = infer.StageTimer()
+    infer.predict_series_table(paths, series, models, pre_cfg, infer_cfg, desc=f"bench {device.type}", timer=timer)
+    return InferTiming(device.type, series["study_id"].nunique(), dict(timer.seconds))
+
+
+def infer_main(argv: list[str] | None = None) -> tuple[list[InferTiming], Projection]:
+    parser = argparse.ArgumentParser(description="Inference benchmark per study, with a projection for a T4.")
+    parser.add_argument("--studies", type=int, default=8, help="number of training studies")
+    parser.add_argument("--data", type=Path, default=None, help="competition-layout folder (default: data/synthetic)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the generated data when none is given")
+    parser.add_argument("--work-dir", default=None, help="WORK_DIR whose models/ to time (default: WORK_DIR, work/)")
+    parser.add_argument(
+        "--build-models", action="store_true", help="time small untrained models even if WORK_DIR has some"
+    )
+    parser.add_argument("--profile", default="smoke", choices=["smoke", "demo"], help="size of the built models")
+    args = parser.parse_args(argv)
+    pre_cfg, infer_cfg, gpu = PreprocessConfig(), InferConfig(), GpuAssumptions()
+    with tempfile.TemporaryDirectory() as tmp:
+        data_dir = bench_data(args.data, args.studies, args.seed, Path(tmp) / "data")
+        work = Paths.resolve(data_dir, args.work_dir)
+        series = tables.series_table(work, "train")
+        series = series[series["study_id"].isin(sorted(series["study_id"].unique())[: args.studies])]
+        paths = work
+        if args.build_models or not list(work.models_dir.glob("*-f0-*.pt")):
+            paths = Paths(data_dir, Path(tmp) / "work")
+            write_bench_models(paths, work, series, args.profile)
+        print(f"data: {data_dir}; models: {_describe_models(paths)}; torch threads: {torch.get_num_threads()}")
+        print(_describe_series(paths, series))
+        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
+        timings = [time_inference(paths, series, d, pre_cfg, infer_cfg) for d in devices]
+    per_study = series.groupby("plane").size() / series["study_id"].nunique()
+    projection = project(timings[0], per_study.to_dict(), gpu)
+    print(format_timings(timings))
+    print(format_projection(projection, gpu, per_study.to_dict()))
+    return timings, projection
+
+
+def _describe_models(paths: Paths) -> str:
+    checkpoints = sorted(paths.models_dir.glob("*-f0-*.pt"))
+    backbones = sorted({json.loads(p.with_suffix(".json").read_text())["config"]["backbone"] for p in checkpoints})
+    return f"{paths.models_dir} ({', '.join(p.stem for p in checkpoints)}; {', '.join(backbones)})"
+
+
+def _describe_series(paths: Paths, series: pd.DataFrame) -> str:
+    """The size of the timed series, from the headers of their first files: what the per-study numbers scale with."""
+    files = [sorted(paths.series_dir(r.split, r.study_id, r.series_id).glob("*.dcm")) for r in series.itertuples()]
+    headers = [read_header(f[0]) for f in files]
+    sides = [(h.Rows * h.Columns) ** 0.5 for h in headers]
+    return (
+        f"{series['study_id'].nunique()} studies, {len(series)} sagittal series, "
+        f"{np.mean([len(f) for f in files]):.1f} slices of ~{np.mean(sides):.0f}^2 px on average"
+    )
+
+
 if __name__ == "__main__":
-    main()
+    if sys.argv[1:2] == ["infer"]:
+        infer_main(sys.argv[2:])
+    else:
+        main()

@@ -5,7 +5,8 @@ loss, its predictions and its validation metrics. ``fit`` knows the rest, the sa
 AdamW, cosine schedule stepped per batch, autocast (fp16 + grad scaler, or bf16 where supported; off
 on the CPU), channels_last, gradient clipping and gradient-norm logging, evaluation cadence, a CSV log
 of the curves, and the checkpoint with its JSON sidecar (resolved config, fold, seed, version, commit,
-metrics).
+metrics); the weights file repeats the config fields that define the network, so a sidecar of another model fails
+to load instead of predicting with the wrong input.
 """
 
 from __future__ import annotations
@@ -27,7 +28,7 @@ from tqdm.auto import tqdm
 
 import kaggle_utils
 from kaggle_utils.augment import Stage1Augment, Stage2Augment, resize, rotate_resize
-from kaggle_utils.config import TrainConfig, apply_overrides, from_dict, to_dict
+from kaggle_utils.config import ConfigError, TrainConfig, apply_overrides, from_dict, to_dict
 from kaggle_utils.constants import LEVELS, row_id
 from kaggle_utils.losses import keypoint_l1, weighted_soft_cross_entropy
 from kaggle_utils.metric import score_parts, solution_from_targets
@@ -307,11 +308,38 @@ class CurveLog:
 
 
 # --- checkpoints ---------------------------------------------------------------------------------
+MODEL_FIELDS_KEY = "__config__"
+"""Entry of the weights file that repeats the config fields the weights were trained for (a JSON string)."""
+
+MODEL_FIELDS = ("plane", "model", "backbone", "condition", "n_frames", "img_size")
+"""Config fields that define the network and its input; frames and size do not change any weight shape, so only
+this copy inside the weights file can tell that a sidecar describes another model."""
+
+
+def _model_fields(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: config[k] for k in MODEL_FIELDS if k in config}
+
+
+def _check_model_fields(saved: str | None, config: dict[str, Any]) -> None:
+    """Raise when the weights were saved for other values than the sidecar's; checkpoints without the entry pass."""
+    if saved is None:
+        return
+    trained, described = json.loads(saved), _model_fields(config)
+    differ = [
+        f"{k}: trained {trained.get(k)!r}, sidecar {described.get(k)!r}"
+        for k in MODEL_FIELDS
+        if trained.get(k) != described.get(k)
+    ]
+    if differ:
+        raise RuntimeError("; ".join(differ))
+
+
 def save_checkpoint(
     model: nn.Module, cfg: TrainConfig, path: Path, fold: int, metrics: dict, seconds: float, extra: dict | None = None
 ) -> dict:
     path.parent.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state: dict[str, Any] = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    state[MODEL_FIELDS_KEY] = json.dumps(_model_fields(to_dict(cfg)))
     tmp = path.with_suffix(".tmp")
     torch.save(state, tmp)
     tmp.replace(path)
@@ -334,11 +362,16 @@ def load_checkpoint(path: Path, device: torch.device | None = None) -> tuple[nn.
     sidecar_path = Path(path).with_suffix(".json")
     if not sidecar_path.exists():
         raise FileNotFoundError(f"{path}: no sidecar {sidecar_path.name} beside the weights")
-    sidecar = json.loads(sidecar_path.read_text())
-    cfg = apply_overrides(from_dict(sidecar["config"]), {"pretrained": False, "weights_file": ""})
+    try:
+        sidecar = json.loads(sidecar_path.read_text())
+        cfg = apply_overrides(from_dict(sidecar["config"]), {"pretrained": False, "weights_file": ""})
+    except (ValueError, KeyError) as error:  # ConfigError and JSONDecodeError are ValueErrors
+        raise ConfigError(f"{sidecar_path}: this version cannot rebuild the model it describes: {error}") from error
+    state = torch.load(path, map_location="cpu", weights_only=True)
     model = build_model(cfg)
     try:
-        model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        _check_model_fields(state.pop(MODEL_FIELDS_KEY, None), sidecar["config"])
+        model.load_state_dict(state)
     except RuntimeError as error:
         raise RuntimeError(
             f"{path}: weights do not match the model its sidecar describes ({cfg.name}): {error}"

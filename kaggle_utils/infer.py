@@ -10,8 +10,11 @@ its 25 rows: what no model covers falls back to the class priors of the training
 
 from __future__ import annotations
 
+import time
 import warnings
 from collections import defaultdict
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,7 +25,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kaggle_utils.config import InferConfig, PreprocessConfig, TrainConfig
-from kaggle_utils.constants import IGNORE_INDEX, LABEL_COLUMNS, SEVERITY_COLUMNS, condition_family, row_id
+from kaggle_utils.constants import (
+    CONDITIONS,
+    IGNORE_INDEX,
+    LABEL_COLUMNS,
+    LEVELS,
+    SEVERITY_COLUMNS,
+    condition_family,
+    row_id,
+)
 from kaggle_utils.data import take_frames
 from kaggle_utils.dicom import SeriesError, read_series
 from kaggle_utils.engine import ClassifierTask, KeypointTask, default_device, level_frame, load_checkpoint
@@ -100,6 +111,29 @@ def predict_levels(crops: np.ndarray, models: list[LoadedModel], angles: tuple[f
     return np.mean(predictions, axis=0)
 
 
+class StageTimer:
+    """Wall seconds per inference stage, summed over series: ``with timer("crop"): ...``.
+
+    Each stage ends by copying its result to the host (``.cpu()``), so GPU work is inside the stage that queued it.
+    """
+
+    def __init__(self) -> None:
+        self.seconds: dict[str, float] = defaultdict(float)
+
+    @contextmanager
+    def __call__(self, stage: str) -> Iterator[None]:
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[stage] += time.perf_counter() - start
+
+
+@contextmanager
+def _untimed(stage: str) -> Iterator[None]:
+    yield
+
+
 def predict_series_table(
     paths: Paths,
     series: pd.DataFrame,
@@ -107,25 +141,33 @@ def predict_series_table(
     pre_cfg: PreprocessConfig,
     infer_cfg: InferConfig,
     desc: str = "inference",
+    timer: StageTimer | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keypoints and per-preset level probabilities for every series of a table (``study_id, series_id, plane,
-    split``). A series that cannot be read is reported and skipped; the submission falls back for it."""
+    split``). A series that cannot be read is reported and skipped; the submission falls back for it.
+    ``timer`` (for the benchmark) adds up the stages read, volume, keypoints, crop and classify."""
+    timed = timer or _untimed
     keypoints, levels = [], []
     for row in tqdm(list(series.itertuples()), desc=desc):
         if row.plane not in models.stage1:
             continue
         try:
-            volume_series = read_series(paths.series_dir(row.split, row.study_id, row.series_id))
+            with timed("read"):
+                volume_series = read_series(paths.series_dir(row.split, row.study_id, row.series_id))
         except SeriesError as error:
             warnings.warn(f"study {row.study_id} series {row.series_id} skipped: {error}", stacklevel=2)
             continue
-        volume = stage1_volume(volume_series, pre_cfg)
-        points = predict_keypoints(volume, models.stage1[row.plane])
+        with timed("volume"):
+            volume = stage1_volume(volume_series, pre_cfg)
+        with timed("keypoints"):
+            points = predict_keypoints(volume, models.stage1[row.plane])
         keypoints.append(points_frame(row.study_id, row.series_id, row.plane, points, "stage1"))
-        crops = stage2_crops(volume_series, points, row.plane, pre_cfg)
+        with timed("crop"):
+            crops = stage2_crops(volume_series, points, row.plane, pre_cfg)
         for preset in models.presets_for(row.plane):
             bank = models.stage2[preset]
-            probs = predict_levels(crops, bank, infer_cfg.tta_angles)
+            with timed("classify"):
+                probs = predict_levels(crops, bank, infer_cfg.tta_angles)
             rows = condition_rows(bank[0].cfg.condition)
             frame = level_frame([row.study_id], [row.series_id], probs[None], rows)
             levels.append(frame.assign(preset=preset))
@@ -198,11 +240,41 @@ def prior_submission(study_ids: list[int], priors: pd.DataFrame) -> pd.DataFrame
         return complete_submission(pd.DataFrame(columns=["row_id", *SEVERITY_COLUMNS]), study_ids, priors)
 
 
+def _solution_for(submission: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:
+    """The metric's solution rows of the studies a submission covers."""
+    studies = submission["row_id"].str.split("_").str[0].astype(int).unique()
+    return solution_from_targets(targets[targets["study_id"].isin(studies)])
+
+
 def score_submission(submission: pd.DataFrame, targets: pd.DataFrame) -> dict[str, float]:
     """The competition score parts of a submission against the targets of the studies it covers."""
-    studies = submission["row_id"].str.split("_").str[0].astype(int).unique()
-    solution = solution_from_targets(targets[targets["study_id"].isin(studies)])
-    return score_parts(solution, submission, "row_id")
+    return score_parts(_solution_for(submission, targets), submission, "row_id")
+
+
+def score_table(submissions: dict[str, pd.DataFrame], targets: pd.DataFrame) -> pd.DataFrame:
+    """Weighted log loss per condition and level of each named submission (e.g. the model and the class-prior
+    baseline, over the same studies), then the four terms of the score and the score.
+
+    Rows: ``condition, level, rows`` (labelled rows scored) and one column per submission. A condition-level
+    row is the metric's family term restricted to that label column; columns nobody labelled are left out."""
+    solution = _solution_for(next(iter(submissions.values())), targets)
+    columns = solution["row_id"].str.split("_", n=1).str[1]
+    records = []
+    for condition in CONDITIONS:
+        for level in LEVELS:
+            part = solution[columns == f"{condition}_{level}"]
+            if part.empty:
+                continue
+            family = condition_family(condition)
+            losses = {name: score_parts(part, sub)[family] for name, sub in submissions.items()}
+            records.append({"condition": condition, "level": level, "rows": len(part), **losses})
+    families = solution["row_id"].map(condition_family)
+    totals = {name: score_parts(solution, sub) for name, sub in submissions.items()}
+    for term in next(iter(totals.values())):
+        rows = int((families == term).sum()) if term in set(families) else np.nan
+        records.append({"condition": term, "level": "all", "rows": rows, **{n: t[term] for n, t in totals.items()}})
+    table = pd.DataFrame(records)
+    return table.astype({"rows": "Int64"})  # any_severe_spinal and score pool studies, so they have no row count
 
 
 def write_submission(submission: pd.DataFrame, path: Path) -> Path:

@@ -53,8 +53,6 @@ INFER_OVERRIDES = {}  # InferConfig fields, e.g. {"tta_angles": [0]}
 # %%
 import json
 
-import pandas as pd
-
 from kaggle_utils import config, engine, infer, tables
 from kaggle_utils.paths import TEST_LABELS_CSV, TEST_SERIES_CSV, TRAIN_CSV, Paths, is_kaggle
 
@@ -71,6 +69,8 @@ report = {}
 
 # %% [markdown]
 # ## Cross-validation: fold f's training studies through fold f's models
+# The score per condition and level, next to the class-prior baseline of the same studies, shows where the models
+# help.
 
 # %%
 if run_cv:
@@ -81,8 +81,9 @@ if run_cv:
     oof_parts = infer.score_submission(cv.submission, targets)
     prior_parts = infer.score_submission(cv.baseline, targets)
     report.update(oof_parts, prior_score=prior_parts["score"])
-    scores = pd.DataFrame({"model (OOF)": oof_parts, "class priors": prior_parts}).round(4)
-    print(scores.to_string())
+    # Weighted log loss per condition and level, then the four terms of the score: where the model beats the priors.
+    scores = infer.score_table({"model (OOF)": cv.submission, "class priors": cv.baseline}, targets)
+    print(scores.round(4).to_string(index=False))
 
 # %% [markdown]
 # ## Test studies: every fold's models, averaged
