@@ -225,9 +225,14 @@ def complete_submission(merged: pd.DataFrame, study_ids: list[int], priors: pd.D
     missing = out[SEVERITY_COLUMNS[0]].isna()
     out.loc[missing, list(SEVERITY_COLUMNS)] = priors.loc[out.loc[missing, "column"]].to_numpy()
     if missing.any():
-        counts = out.loc[missing].groupby("study_id").size()
-        detail = ", ".join(f"{s} ({n} rows)" for s, n in counts.items())
-        warnings.warn(f"{len(counts)} studies fell back to label priors (no series or model): {detail}", stacklevel=2)
+        families = out.loc[missing, "column"].map(condition_family)
+        per_study = families.groupby(out.loc[missing, "study_id"]).agg(lambda f: ", ".join(sorted(set(f))))
+        detail = "; ".join(f"{s}: {f}" for s, f in per_study.items())
+        warnings.warn(
+            f"{len(per_study)} studies fell back to label priors for conditions no series or model covered "
+            f"(spinal/subarticular need a Sagittal T2, foraminal either plane): {detail}",
+            stacklevel=2,
+        )
     values = out[list(SEVERITY_COLUMNS)].to_numpy(float).clip(1e-7, None)
     out[list(SEVERITY_COLUMNS)] = values / values.sum(axis=1, keepdims=True)
     return out[["row_id", *SEVERITY_COLUMNS]].reset_index(drop=True)
