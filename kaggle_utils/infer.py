@@ -346,8 +346,9 @@ def keypoint_errors(predicted: pd.DataFrame, truth: pd.DataFrame, grid: int = 25
     """Per plane: mean distance (pixels of the 256 grid) between predicted and true keypoints, and the share within
     5 px. Points are matched per series and level after ordering each level's pair by x."""
     rows = []
+    known = set(truth["series_id"])
     for series_id, group in predicted.groupby("series_id"):
-        if series_id not in set(truth["series_id"]):
+        if series_id not in known:
             continue
         pred = series_points(predicted, series_id)
         true = series_points(truth, series_id)

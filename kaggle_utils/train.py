@@ -30,6 +30,7 @@ class FoldResult:
     fold: int
     metrics: dict
     seconds: float
+    checkpoint: Path  # its curves PNG sits beside it (``*.curves.png``)
 
 
 def plane_series(paths: Paths, cfg: TrainConfig) -> pd.DataFrame:
@@ -94,7 +95,7 @@ def train_folds(
         paths.oof_dir.mkdir(parents=True, exist_ok=True)
         oof.assign(fold=fold).to_csv(paths.oof_dir / f"{checkpoint.stem}.csv", index=False)
         save_curves(checkpoint)
-        results.append(FoldResult(cfg.name, fold, sidecar["metrics"]["val"], sidecar["train_seconds"]))
+        results.append(FoldResult(cfg.name, fold, sidecar["metrics"]["val"], sidecar["train_seconds"], checkpoint))
     return results
 
 

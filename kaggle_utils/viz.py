@@ -53,8 +53,9 @@ def draw_study(
 ) -> plt.Figure:
     """``study_figure`` of a study from the cached arrays and a keypoint table."""
     volumes, points, crops = {}, {}, {}
+    with_points = set(keypoints["series_id"])
     for row in series[series["study_id"] == study_id].itertuples():
-        if row.plane in volumes or row.series_id not in set(keypoints["series_id"]):
+        if row.plane in volumes or row.series_id not in with_points:
             continue
         volumes[row.plane] = np.load(paths.stage1_array(study_id, row.series_id))
         points[row.plane] = series_points(keypoints, row.series_id)

@@ -61,12 +61,9 @@ summary = train.results_table(results)
 print(summary.round(4).to_string(index=False))
 
 # %% [markdown]
-# ## Training curves of the last model
+# ## Training curves of the last model (every checkpoint has its `*.curves.png` beside it)
 
 # %%
-import pandas as pd
+from IPython.display import Image
 
-from kaggle_utils import viz
-
-last = paths.checkpoint(results[-1].preset, results[-1].fold, presets[-1].seed)
-viz.curves_figure(pd.read_csv(last.with_suffix(".log.csv")), title=last.stem)
+Image(filename=str(results[-1].checkpoint.with_suffix(".curves.png")))
