@@ -58,14 +58,17 @@ class TrainConfig:
     lr_min: float = 1e-6
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
-    amp: bool = True  # fp16 with a grad scaler, bf16 where the card supports it; off on the CPU
+    amp: bool = True  # mixed precision on a GPU (see amp_dtype); off on the CPU
+    amp_dtype: str = "auto"  # "auto" (bf16 where the card supports it, else fp16 + grad scaler), "bf16", "fp16"
     channels_last: bool = True
-    grad_checkpointing: bool = False
+    grad_checkpointing: bool = False  # trades ~30 % speed for memory; a 16 GB card needs it at batch 32
     num_workers: int = 4
     seed: int = 42
     eval_every: int = 0  # evaluate every N optimizer steps; 0 = once per epoch
+    resume: bool = True  # continue an interrupted run from its last finished epoch; skip folds already trained
     fast_dev_run: bool = False  # one batch of train and val, one epoch
     overfit_batch: bool = False  # train and validate on the same single batch
+    augment: bool = True  # False: no training augmentation at all (no sequence flip either), for debugging
     # augmentation (the solution's strengths; the small profiles soften them to learn in CPU minutes)
     shift_limit: float = 0.15  # fraction of the image
     scale_limit: float = 0.25  # zoom in [1 - limit, 1 + limit]

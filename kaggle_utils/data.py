@@ -71,9 +71,11 @@ class KeypointDataset(Dataset):
         n_frames: int,
         keypoints: pd.DataFrame | None = None,
         train: bool = False,
+        flip: bool = True,
     ) -> None:
         self.series = series[["study_id", "series_id"]].to_numpy()
         self.paths, self.n_frames, self.train = paths, n_frames, train
+        self.flip = train and flip  # the random sequence flip of training
         self.targets = [
             series_points(keypoints, s).reshape(-1, 2) if keypoints is not None else np.zeros((10, 2))
             for s in self.series[:, 1]
@@ -86,7 +88,7 @@ class KeypointDataset(Dataset):
         study_id, series_id = (int(v) for v in self.series[index])
         volume = np.load(self.paths.stage1_array(study_id, series_id), mmap_mode="r")
         frames, mask = take_frames(volume, self.n_frames)
-        if self.train and random.random() < 0.5:
+        if self.flip and random.random() < 0.5:
             # Keypoints are 2-D (they live on the middle slices), so reversing the slices keeps the targets.
             frames, mask = frames[::-1].copy(), mask[::-1].copy()
         return {
@@ -115,8 +117,10 @@ class CropDataset(Dataset):
         targets: pd.DataFrame | None = None,
         train: bool = False,
         root: str = "stage2",
+        flip: bool = True,
     ) -> None:
         self.paths, self.n_frames, self.rows, self.train, self.root = paths, n_frames, rows, train, root
+        self.flip = train and flip  # the random sequence flip (with the left/right label swap) of training
         groups = series.groupby("study_id")["series_id"].apply(list)
         if train:
             self.records = [(int(study), [int(s) for s in ids]) for study, ids in groups.items()]
@@ -145,7 +149,7 @@ class CropDataset(Dataset):
         frames, mask = take_frames(crops, self.n_frames)  # (F, H, W, 5)
         frames = np.ascontiguousarray(frames.transpose(3, 0, 1, 2))  # (5, F, H, W)
         target = self.labels.get(study_id, np.zeros((len(LEVELS), len(self.rows), 3), np.float32)).copy()
-        if self.train and random.random() < 0.5:
+        if self.flip and random.random() < 0.5:
             # Index 0 is the patient's left: reversing the slices mirrors the patient, so left and right swap.
             frames, mask = frames[:, ::-1].copy(), mask[::-1].copy()
             for left, right in self.flip_pairs:

@@ -12,6 +12,7 @@ to load instead of predicting with the wrong input.
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import random
 import subprocess
@@ -27,6 +28,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 import kaggle_utils
+from kaggle_utils import distributed
 from kaggle_utils.augment import Stage1Augment, Stage2Augment, resize, rotate_resize
 from kaggle_utils.config import ConfigError, TrainConfig, apply_overrides, from_dict, to_dict
 from kaggle_utils.constants import LEVELS, row_id
@@ -46,14 +48,23 @@ def seed_everything(seed: int) -> None:
 
 
 def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    """This process's GPU (its local rank's under ``torchrun``), else the CPU."""
+    return distributed.context().device
 
 
-def autocast_dtype(device: torch.device, enabled: bool) -> torch.dtype | None:
-    """bf16 on cards that support it, fp16 on older ones (T4), None (fp32) on the CPU or when disabled."""
+AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def autocast_dtype(device: torch.device, enabled: bool, preferred: str = "auto") -> torch.dtype | None:
+    """The autocast type: None (fp32) on the CPU or when disabled; ``auto`` is bf16 on cards that support it
+    (no grad scaler needed), fp16 on older ones (T4)."""
     if not enabled or device.type != "cuda":
         return None
-    return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if preferred == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    if preferred not in AMP_DTYPES:
+        raise ConfigError(f"amp_dtype {preferred!r} is not one of auto, {', '.join(AMP_DTYPES)}")
+    return AMP_DTYPES[preferred]
 
 
 def git_commit() -> str:
@@ -93,7 +104,7 @@ class KeypointTask:
         mask = batch["mask"].to(self.device)
         target = batch["target"].to(self.device)  # (B, 10, 2) relative
         size = self.cfg.img_size
-        if train:
+        if train and self.cfg.augment:
             image, points = self.augment(image, target * image.shape[-1])
             target = (points / size).clamp(0, 1)
         elif image.shape[-1] != size:
@@ -164,7 +175,10 @@ class ClassifierTask:
         b, levels, frames, h, w = image.shape
         flat = image.reshape(b, levels * frames, h, w)
         size = self.cfg.img_size
-        flat = self.augment(flat) if train else rotate_resize(flat, angles, size)
+        if train:
+            flat = self.augment(flat) if self.cfg.augment else resize(flat, size)
+        else:
+            flat = rotate_resize(flat, angles, size)
         copies = flat.shape[0] // b
         image = flat.reshape(b * copies, levels, frames, 1, size, size)
         mask = batch["mask"].to(self.device).repeat_interleave(copies, dim=0)
@@ -221,6 +235,132 @@ def score_predictions(preds: pd.DataFrame, targets: pd.DataFrame) -> dict[str, f
 
 
 # --- the loop ------------------------------------------------------------------------------------
+def train_step(
+    model: nn.Module,
+    task: KeypointTask | ClassifierTask,
+    batch: dict,
+    optimizer: torch.optim.Optimizer,
+    scaler: torch.amp.GradScaler,
+    dtype: torch.dtype | None,
+    grad_clip: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One optimizer step (augmentation included): returns the loss and the gradient norm before clipping."""
+    device_type = task.device.type
+    with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+        loss, _ = task.loss(model, batch, train=True)
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    grad_norm = nn.utils.clip_grad_norm_(model.parameters(), grad_clip)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss.detach(), grad_norm.detach()
+
+
+def prepare_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """The config's model on ``device``: the same initial weights in every process, channels_last on a GPU."""
+    seed_everything(cfg.seed)
+    model = build_model(cfg).to(device)
+    if cfg.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model
+
+
+@dataclass
+class Trainer:
+    """What a run carries from step to step, and what its resume state saves."""
+
+    model: nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    log: CurveLog
+    epoch: int = 0  # epochs finished
+    step: int = 0
+    seconds: float = 0.0  # training time of earlier sessions of this run
+
+    def state_dict(self, cfg: TrainConfig) -> dict:
+        return {
+            "config": _run_fields(to_dict(cfg)),
+            "epoch": self.epoch,
+            "step": self.step,
+            "seconds": self.seconds,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "log": self.log.rows,
+            "rng": rng_state(),
+        }
+
+    def load_state_dict(self, state: dict) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.log.rows = list(state["log"])
+        self.epoch, self.step, self.seconds = state["epoch"], state["step"], state["seconds"]
+
+
+RUN_INDEPENDENT_FIELDS = ("resume", "num_workers", "eval_every")
+"""Config fields that do not change what a run computes: a resume state or a finished checkpoint saved with
+other values of these still counts as the same run."""
+
+
+def _run_fields(config: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in config.items() if k not in RUN_INDEPENDENT_FIELDS}
+
+
+def same_run(config: dict[str, Any], cfg: TrainConfig) -> bool:
+    """Whether a saved config (sidecar or resume state) describes the run ``cfg`` asks for."""
+    return _run_fields(config) == _run_fields(json.loads(json.dumps(to_dict(cfg))))
+
+
+def rng_state() -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}  # noqa: NPY002
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])  # noqa: NPY002
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def resume_path(checkpoint: Path) -> Path:
+    """The resume state of a run in progress, beside its future checkpoint; removed when the run ends."""
+    return checkpoint.with_suffix(".state.pt")
+
+
+def _restore(trainer: Trainer, cfg: TrainConfig, path: Path, ctx: distributed.Context) -> None:
+    """Continue from ``path`` when it holds this run's state; a state of another config is discarded."""
+    if not (cfg.resume and path.exists()):
+        return
+    state = torch.load(path, map_location="cpu", weights_only=False)  # our own file: optimizer and RNG states
+    if not same_run(state["config"], cfg):
+        if ctx.is_main:
+            print(f"{path.name}: saved for another configuration; starting {cfg.name} afresh")
+            path.unlink(missing_ok=True)
+        return
+    trainer.load_state_dict(state)
+    if ctx.is_main:
+        set_rng_state(state["rng"])  # a resumed single-process run draws exactly what the uninterrupted one did
+    else:
+        seed_everything(cfg.seed + 1000 * trainer.epoch + ctx.rank)
+    if ctx.is_main:
+        print(f"{path.name}: resuming {cfg.name} after epoch {trainer.epoch} (step {trainer.step})")
+
+
+def _save_state(trainer: Trainer, cfg: TrainConfig, path: Path) -> None:
+    tmp = path.with_suffix(".tmp")
+    torch.save(trainer.state_dict(cfg), tmp)
+    tmp.replace(path)
+
+
 def fit(
     cfg: TrainConfig,
     task: KeypointTask | ClassifierTask,
@@ -232,58 +372,94 @@ def fit(
 ) -> tuple[nn.Module, dict, pd.DataFrame]:
     """Train ``cfg``'s model; save the last weights (as the solution does) with a JSON sidecar and a CSV log.
 
+    After every epoch the full training state is saved beside the checkpoint, so an interrupted run
+    continues from its last finished epoch (``cfg.resume``); the state file goes once the checkpoint is
+    written. Under ``torchrun`` the model is wrapped in DistributedDataParallel, every process trains on its
+    share of each batch, and rank 0 alone evaluates and writes files (the others return an empty sidecar).
     Returns the model, the sidecar dict and the final validation predictions (the fold's OOF).
     """
-    seed_everything(cfg.seed)
+    ctx = distributed.context()
     device = task.device
-    model = build_model(cfg).to(device)
-    if cfg.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = prepare_model(cfg, device)
+    seed_everything(cfg.seed + ctx.rank)  # same weights everywhere, but each process its own augmentation
+    trained = model
+    if ctx.world_size > 1:
+        device_ids = [ctx.local_rank] if device.type == "cuda" else None
+        trained = nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # input shapes are fixed within a run
     epochs = 1 if cfg.fast_dev_run else cfg.epochs
     batches = _limit(train_loader, cfg)
     steps = epochs * len(batches)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps), eta_min=cfg.lr_min)
-    dtype = autocast_dtype(device, cfg.amp)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    trainer = Trainer(
+        model,
+        optimizer,
+        torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps), eta_min=cfg.lr_min),
+        torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, cfg.amp, cfg.amp_dtype) == torch.float16),
+        CurveLog(checkpoint.with_suffix(".log.csv")),
+    )
+    state_path = resume_path(checkpoint)
+    _restore(trainer, cfg, state_path, ctx)
+    dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
     val_batches = batches if cfg.overfit_batch else _limit(val_loader, cfg)
-    log = CurveLog(checkpoint.with_suffix(".log.csv"))
 
-    step, started = 0, time.time()
-    for epoch in range(epochs):
+    def evaluate(row: dict) -> None:
+        """Rank 0 evaluates and logs; the others wait for it."""
+        if ctx.is_main:
+            metrics, _ = task.evaluate(model, val_batches)
+            row.update({f"val_{k}": v for k, v in metrics.items()})
         model.train()
-        progress = tqdm(batches, desc=f"{cfg.name} f{fold} epoch {epoch + 1}/{epochs}", leave=False)
+        distributed.barrier()
+
+    started = time.time()
+    for epoch in range(trainer.epoch, epochs):
+        set_epoch(train_loader, epoch)
+        model.train()
+        progress = tqdm(
+            batches, desc=f"{cfg.name} f{fold} epoch {epoch + 1}/{epochs}", leave=False, disable=not ctx.is_main
+        )
         for batch in progress:
-            with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-                loss, _ = task.loss(model, batch, train=True)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            grad_norm = float(nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip))
-            scaler.step(optimizer)
-            scaler.update()
-            scheduler.step()
-            step += 1
-            progress.set_postfix(loss=f"{loss.item():.4f}", grad=f"{grad_norm:.2f}")
+            loss, grad_norm = train_step(trained, task, batch, optimizer, trainer.scaler, dtype, cfg.grad_clip)
+            trainer.scheduler.step()
+            trainer.step += 1
+            loss_value, norm_value = torch.stack([loss.float(), grad_norm.float()]).tolist()  # one device sync
+            progress.set_postfix(loss=f"{loss_value:.4f}", grad=f"{norm_value:.2f}")
             row = {
                 "epoch": epoch + 1,
-                "step": step,
-                "lr": scheduler.get_last_lr()[0],
-                "train_loss": loss.item(),
-                "grad_norm": grad_norm,
+                "step": trainer.step,
+                "lr": trainer.scheduler.get_last_lr()[0],
+                "train_loss": loss_value,
+                "grad_norm": norm_value,
             }
-            if cfg.eval_every and step % cfg.eval_every == 0 and step != steps:
-                metrics, _ = task.evaluate(model, val_batches)
-                model.train()
-                row.update({f"val_{k}": v for k, v in metrics.items()})
-            log.write(row)
-        if not cfg.eval_every and epoch + 1 < epochs:
-            metrics, _ = task.evaluate(model, val_batches)
-            log.write({"epoch": epoch + 1, "step": step, **{f"val_{k}": v for k, v in metrics.items()}})
+            if cfg.eval_every and trainer.step % cfg.eval_every == 0 and trainer.step != steps:
+                evaluate(row)
+            if ctx.is_main:
+                trainer.log.write(row)
+        trainer.epoch = epoch + 1
+        if not cfg.eval_every and trainer.epoch < epochs:
+            row = {"epoch": trainer.epoch, "step": trainer.step}
+            evaluate(row)
+            if ctx.is_main:
+                trainer.log.write(row)
+        if ctx.is_main and trainer.epoch < epochs:
+            _save_state(dataclasses.replace(trainer, seconds=trainer.seconds + time.time() - started), cfg, state_path)
+        distributed.barrier()
+    if not ctx.is_main:
+        return model, {}, pd.DataFrame()
     metrics, preds = task.evaluate(model, val_batches)
-    log.write({"epoch": epochs, "step": step, **{f"val_{k}": v for k, v in metrics.items()}})
-    sidecar = save_checkpoint(model, cfg, checkpoint, fold, metrics, time.time() - started, extra)
+    trainer.log.write({"epoch": epochs, "step": trainer.step, **{f"val_{k}": v for k, v in metrics.items()}})
+    seconds = trainer.seconds + time.time() - started
+    sidecar = save_checkpoint(model, cfg, checkpoint, fold, metrics, seconds, extra)
+    state_path.unlink(missing_ok=True)
     return model, sidecar, preds
+
+
+def set_epoch(loader: Any, epoch: int) -> None:
+    """Tell a distributed sampler the epoch, so every epoch (and a resumed one) has its own fixed order."""
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
 
 
 def _limit(loader: Any, cfg: TrainConfig) -> Any:

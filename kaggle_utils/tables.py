@@ -133,6 +133,20 @@ def load_or_make_folds(paths: P.Paths, targets: pd.DataFrame, n_folds: int, seed
 
 
 # --- keypoints -----------------------------------------------------------------------------------
+def build_training_tables(paths: P.Paths, n_folds: int, fold_seed: int) -> dict[str, pd.DataFrame]:
+    """Series (with folds), targets and keypoints of the training split, saved to ``WORK_DIR/tables``.
+
+    Folds are made once and reused (``load_or_make_folds``); excluded studies and series are left out.
+    """
+    series = series_table(paths, "train")
+    labels = drop_excluded(read_csv(paths, P.TRAIN_CSV))
+    targets = targets_table(labels[labels["study_id"].isin(series["study_id"])])
+    folds = load_or_make_folds(paths, targets, n_folds, fold_seed)
+    series["fold"] = series["study_id"].map(folds.set_index("study_id")["fold"])
+    built = {"series": series, "targets": targets, "keypoints": keypoints_table(paths, series)}
+    return {name: save_table(paths, name, table) for name, table in built.items()}
+
+
 def keypoints_table(paths: P.Paths, series: pd.DataFrame) -> pd.DataFrame:
     """Two points per level per sagittal series, from ``coords_pretrain.csv`` when present, else derived from
     the competition coordinates. Series without a complete set of 10 points are left out with a warning."""

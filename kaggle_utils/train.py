@@ -2,23 +2,32 @@
 
 The notebooks call ``train_folds`` once per preset; it builds the datasets and loaders of each fold,
 runs ``engine.fit`` and writes the fold's out-of-fold predictions (keypoints for stage 1, level
-probabilities for stage 2) to ``WORK_DIR/oof``.
+probabilities for stage 2) to ``WORK_DIR/oof``. A fold whose checkpoint, sidecar (of the same
+configuration) and OOF file exist is skipped, and an interrupted fold resumes, so a long run can simply
+be started again.
+
+The command line runs the same on one or several GPUs (``make train-all`` uses it)::
+
+    python -m kaggle_utils.train --presets fo sp1 --folds 0 1 2 3 --profile full
+    torchrun --standalone --nproc_per_node=2 -m kaggle_utils.train --presets su --set batch_size=64
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
-from kaggle_utils import viz
+from kaggle_utils import config, distributed, viz
 from kaggle_utils.config import TrainConfig
 from kaggle_utils.data import CropDataset, KeypointDataset, seed_worker
-from kaggle_utils.engine import ClassifierTask, KeypointTask, default_device, fit
+from kaggle_utils.engine import ClassifierTask, KeypointTask, default_device, fit, same_run
 from kaggle_utils.models import condition_rows
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import load_table
@@ -51,22 +60,27 @@ def datasets(paths: Paths, cfg: TrainConfig, series: pd.DataFrame, fold: int) ->
     if cfg.stage == 1:
         keypoints = load_table(paths, "keypoints")
         return (
-            KeypointDataset(train, paths, cfg.n_frames, keypoints, train=True),
+            KeypointDataset(train, paths, cfg.n_frames, keypoints, train=True, flip=cfg.augment),
             KeypointDataset(val, paths, cfg.n_frames, keypoints),
         )
     targets = load_table(paths, "targets")
     rows = condition_rows(cfg.condition)
     return (
-        CropDataset(train, paths, cfg.n_frames, rows, targets, train=True),
+        CropDataset(train, paths, cfg.n_frames, rows, targets, train=True, flip=cfg.augment),
         CropDataset(val, paths, cfg.n_frames, rows, targets),
     )
 
 
 def loader(dataset: Dataset, cfg: TrainConfig, train: bool) -> DataLoader:
+    """Training: every process draws its share of one seeded permutation per epoch (with one process, the
+    whole of it), so N processes at batch B / N see the batches one process sees at batch B."""
+    ctx = distributed.context()
+    sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed) if train else None
+    batch_size = ctx.per_process(cfg.batch_size) if train else cfg.batch_size
     return DataLoader(
         dataset,
-        batch_size=cfg.batch_size,
-        shuffle=train,
+        batch_size=batch_size,
+        sampler=sampler,
         drop_last=train and len(dataset) > cfg.batch_size,
         num_workers=cfg.num_workers,
         worker_init_fn=seed_worker,
@@ -76,14 +90,38 @@ def loader(dataset: Dataset, cfg: TrainConfig, train: bool) -> DataLoader:
     )
 
 
+def finished(paths: Paths, cfg: TrainConfig, fold: int) -> FoldResult | None:
+    """The result of a fold trained before with the same configuration (checkpoint, sidecar and OOF exist)."""
+    checkpoint = paths.checkpoint(cfg.name, fold, cfg.seed)
+    sidecar_path = checkpoint.with_suffix(".json")
+    oof = paths.oof_dir / f"{checkpoint.stem}.csv"
+    if not (cfg.resume and checkpoint.exists() and sidecar_path.exists() and oof.exists()):
+        return None
+    sidecar = json.loads(sidecar_path.read_text())
+    if not same_run(sidecar["config"], cfg):
+        return None
+    return FoldResult(cfg.name, fold, sidecar["metrics"]["val"], sidecar["train_seconds"], checkpoint)
+
+
 def train_folds(
     paths: Paths, cfg: TrainConfig, folds: list[int], device: torch.device | None = None
 ) -> list[FoldResult]:
-    """Train ``cfg`` on each fold; write ``models/{name}-f{fold}-s{seed}.pt`` (+ sidecar, curve log) and OOF."""
+    """Train ``cfg`` on each fold; write ``models/{name}-f{fold}-s{seed}.pt`` (+ sidecar, curve log) and OOF.
+
+    Folds trained before with the same configuration are skipped (``cfg.resume``). Under ``torchrun`` every
+    process must call this; rank 0 writes the files and returns the results, the others return nothing.
+    """
     device = device or default_device()
+    ctx = distributed.context()
     series = plane_series(paths, cfg)
     results = []
     for fold in folds:
+        done = finished(paths, cfg, fold)
+        if done is not None:
+            if ctx.is_main:
+                print(f"{done.checkpoint.name}: trained before with this configuration, skipped")
+                results.append(done)
+            continue
         train_set, val_set = datasets(paths, cfg, series, fold)
         task = (
             KeypointTask(cfg, device)
@@ -92,6 +130,8 @@ def train_folds(
         )
         checkpoint = paths.checkpoint(cfg.name, fold, cfg.seed)
         _, sidecar, oof = fit(cfg, task, loader(train_set, cfg, True), loader(val_set, cfg, False), checkpoint, fold)
+        if not ctx.is_main:
+            continue
         paths.oof_dir.mkdir(parents=True, exist_ok=True)
         oof.assign(fold=fold).to_csv(paths.oof_dir / f"{checkpoint.stem}.csv", index=False)
         save_curves(checkpoint)
@@ -111,3 +151,33 @@ def save_curves(checkpoint: Path) -> Path:
 def results_table(results: list[FoldResult]) -> pd.DataFrame:
     """One row per trained fold: preset, fold, seconds and the final validation metrics."""
     return pd.DataFrame([{"preset": r.preset, "fold": r.fold, "seconds": r.seconds, **r.metrics} for r in results])
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Train presets over folds (resumable; run it under torchrun for DDP).")
+    parser.add_argument("--presets", nargs="+", required=True, help=f"any of {', '.join(config.FULL_PRESETS)}")
+    parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
+    parser.add_argument("--profile", default="auto", help="full, demo, smoke or auto (full on a GPU)")
+    parser.add_argument("--data-dir", default="", help="competition-layout folder (default: as the notebooks)")
+    parser.add_argument("--work-dir", default="", help="output folder holding 01's tables and arrays")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig override")
+    args = parser.parse_args(argv)
+    malformed = [item for item in args.set if "=" not in item]
+    if malformed:
+        parser.error(f"--set takes KEY=VALUE, got {', '.join(malformed)}")
+    overrides = dict(item.split("=", 1) for item in args.set)
+    ctx = distributed.init()
+    try:
+        paths = Paths.resolve(args.data_dir, args.work_dir)
+        profile = config.resolve_profile(args.profile)
+        configs = [config.preset(name, profile, overrides) for name in args.presets]  # all checked before training
+        results = [r for cfg in configs for r in train_folds(paths, cfg, args.folds)]
+        if ctx.is_main:
+            print(results_table(results).round(4).to_string(index=False))
+    finally:
+        distributed.close()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

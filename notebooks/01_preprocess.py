@@ -38,7 +38,7 @@ PREPROCESS_OVERRIDES = {}  # PreprocessConfig fields, e.g. {"t2_height_mult": 1.
 
 # %%
 from kaggle_utils import config, preprocess, tables, viz
-from kaggle_utils.paths import TRAIN_CSV, Paths
+from kaggle_utils.paths import Paths
 
 p = config.notebook_params(
     DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, WORKERS=WORKERS, PREPROCESS_OVERRIDES=PREPROCESS_OVERRIDES
@@ -51,14 +51,8 @@ print(f"data: {paths.data_dir}\nwork: {paths.work_dir}")
 # ## Tables: series, targets, folds, keypoints
 
 # %%
-series = tables.series_table(paths, "train")
-labels = tables.drop_excluded(tables.read_csv(paths, TRAIN_CSV))
-targets = tables.targets_table(labels[labels["study_id"].isin(series["study_id"])])
-folds = tables.load_or_make_folds(paths, targets, cfg.n_folds, cfg.fold_seed)
-series["fold"] = series["study_id"].map(folds.set_index("study_id")["fold"])
-keypoints = tables.keypoints_table(paths, series)
-for name, table in {"series": series, "targets": targets, "keypoints": keypoints}.items():
-    tables.save_table(paths, name, table)
+built = tables.build_training_tables(paths, cfg.n_folds, cfg.fold_seed)
+series, keypoints = built["series"], built["keypoints"]
 print(
     f"{series['study_id'].nunique()} studies, {len(series)} sagittal series, "
     f"{keypoints['series_id'].nunique()} with keypoints"

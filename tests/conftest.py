@@ -1,4 +1,4 @@
-"""Shared fixtures: one tiny synthetic dataset in the competition layout for the whole session."""
+"""Shared fixtures: one tiny synthetic dataset in the competition layout, and its preprocessed work folder."""
 
 from __future__ import annotations
 
@@ -6,6 +6,9 @@ from pathlib import Path
 
 import pytest
 
+from kaggle_utils import preprocess, tables
+from kaggle_utils.config import PreprocessConfig
+from kaggle_utils.paths import Paths
 from kaggle_utils.synthetic import make_dataset
 
 TINY_TRAIN, TINY_TEST = 8, 2
@@ -17,3 +20,14 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_dataset(
         tmp_path_factory.mktemp("competition"), n_train=TINY_TRAIN, n_test=TINY_TEST, seed=1, workers=1, progress=False
     )
+
+
+@pytest.fixture(scope="session")
+def prepared(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Paths:
+    """``tiny_data`` after 01: the training tables, stage-1 volumes and stage-2 crops in a work folder."""
+    paths = Paths(data_dir=tiny_data, work_dir=tmp_path_factory.mktemp("work"))
+    cfg = PreprocessConfig(num_workers=1)
+    built = tables.build_training_tables(paths, cfg.n_folds, cfg.fold_seed)
+    jobs = preprocess.plan_jobs(paths, built["series"], tables.points_by_series(built["keypoints"]), cfg)
+    assert not preprocess.run_jobs(jobs, cfg)
+    return paths

@@ -1,0 +1,137 @@
+"""Training runs: an interrupted run resumes to the same weights, finished folds are skipped, and two
+processes under torchrun (gloo, CPU) train the same model as one."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+
+from kaggle_utils import train
+from kaggle_utils.config import TrainConfig, preset
+from kaggle_utils.engine import KeypointTask, fit, prepare_model, resume_path
+from kaggle_utils.paths import Paths
+
+CPU = torch.device("cpu")
+
+
+def _copy_work(prepared: Paths, tmp_path: Path) -> Paths:
+    """A work folder of its own (models, logs), sharing the prepared tables and arrays."""
+    work = tmp_path / "work"
+    shutil.copytree(prepared.work_dir, work, ignore=shutil.ignore_patterns("models", "oof"))
+    return Paths(data_dir=prepared.data_dir, work_dir=work)
+
+
+def _weights(path: Path) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in torch.load(path, weights_only=True).items() if isinstance(v, torch.Tensor)}
+
+
+class InterruptedAt:
+    """A training loader that stops the run (as Ctrl-C would) when epoch ``epoch`` begins."""
+
+    def __init__(self, loader: torch.utils.data.DataLoader, epoch: int) -> None:
+        self.loader, self.sampler, self.epoch = loader, loader.sampler, epoch
+
+    def __len__(self) -> int:
+        return len(self.loader)
+
+    def __iter__(self):
+        if self.sampler.epoch == self.epoch:
+            raise KeyboardInterrupt
+        return iter(self.loader)
+
+
+def _fit(paths: Paths, cfg: TrainConfig, interrupt_at: int | None = None) -> Path:
+    series = train.plane_series(paths, cfg)
+    train_set, val_set = train.datasets(paths, cfg, series, fold=0)
+    loader = train.loader(train_set, cfg, train=True)
+    if interrupt_at is not None:
+        loader = InterruptedAt(loader, interrupt_at)
+    checkpoint = paths.checkpoint(cfg.name, 0, cfg.seed)
+    fit(cfg, KeypointTask(cfg, CPU), loader, train.loader(val_set, cfg, train=False), checkpoint, fold=0)
+    return checkpoint
+
+
+def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(prepared: Paths, tmp_path: Path) -> None:
+    cfg = preset("stage1_t2", "smoke", {"epochs": 3, "batch_size": 2})
+    straight = _fit(_copy_work(prepared, tmp_path / "a"), cfg)
+
+    paths = _copy_work(prepared, tmp_path / "b")
+    with pytest.raises(KeyboardInterrupt):
+        _fit(paths, cfg, interrupt_at=2)
+    checkpoint = paths.checkpoint(cfg.name, 0, cfg.seed)
+    state = resume_path(checkpoint)
+    assert state.exists() and not checkpoint.exists()
+    resumed = _fit(paths, cfg)
+
+    assert not state.exists()
+    expected, got = _weights(straight), _weights(resumed)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+    log = pd.read_csv(resumed.with_suffix(".log.csv"))
+    assert log["step"].dropna().is_monotonic_increasing and log["epoch"].max() == 3
+    pd.testing.assert_frame_equal(log, pd.read_csv(straight.with_suffix(".log.csv")))
+
+
+def test_a_resume_state_of_another_configuration_is_not_used(prepared: Paths, tmp_path: Path, capsys) -> None:
+    paths = _copy_work(prepared, tmp_path)
+    cfg = preset("stage1_t2", "smoke", {"epochs": 2, "batch_size": 2})
+    with pytest.raises(KeyboardInterrupt):
+        _fit(paths, cfg, interrupt_at=1)
+    _fit(paths, preset("stage1_t2", "smoke", {"epochs": 2, "batch_size": 2, "lr": 5e-4}))
+    assert "saved for another configuration; starting stage1_t2 afresh" in capsys.readouterr().out
+
+
+def test_finished_folds_are_skipped_unless_the_configuration_changed(prepared: Paths, tmp_path: Path) -> None:
+    paths = _copy_work(prepared, tmp_path)
+    cfg = preset("fo", "smoke", {"fast_dev_run": True})
+    (first,) = train.train_folds(paths, cfg, [0], CPU)
+    written = first.checkpoint.stat().st_mtime_ns
+
+    (again,) = train.train_folds(paths, preset("fo", "smoke", {"fast_dev_run": True, "num_workers": 1}), [0], CPU)
+    assert again.checkpoint.stat().st_mtime_ns == written and again.metrics == first.metrics
+
+    train.train_folds(paths, preset("fo", "smoke", {"fast_dev_run": True, "lr": 5e-4}), [0], CPU)
+    assert first.checkpoint.stat().st_mtime_ns != written
+
+
+DDP_SETTINGS = {
+    "backbone": "test_efficientnet_gn",  # group norm: a sample's output does not depend on its batch
+    "augment": "false",  # every process draws its own augmentation; without it the runs must agree
+    "fc_dropout": "0",
+    "batch_size": "4",
+    "epochs": "2",
+}
+
+
+def _train_cli(paths: Paths, processes: int) -> Path:
+    """Train stage1_t2 fold 0 for two epochs through the command line, under torchrun when processes > 1."""
+    settings = DDP_SETTINGS
+    args = ["--presets", "stage1_t2", "--profile", "smoke", "--folds", "0"]
+    args += ["--data-dir", str(paths.data_dir), "--work-dir", str(paths.work_dir)]
+    args += [f"--set={k}={v}" for k, v in settings.items()]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
+    command = (launcher if processes > 1 else [sys.executable]) + ["-m", "kaggle_utils.train", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return paths.checkpoint("stage1_t2", 0, 42)
+
+
+def test_two_processes_under_torchrun_train_the_same_model_as_one(prepared: Paths, tmp_path: Path) -> None:
+    one = _train_cli(_copy_work(prepared, tmp_path / "one"), processes=1)
+    two = _train_cli(_copy_work(prepared, tmp_path / "two"), processes=2)
+    expected, got = _weights(one), _weights(two)
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    initial = prepare_model(preset("stage1_t2", "smoke", DDP_SETTINGS), CPU).state_dict()
+    assert max(float((expected[k] - initial[k]).abs().max()) for k in expected) > 1e-3  # both runs trained
+    val = [pd.read_csv(c.with_suffix(".log.csv"))["val_mean_px"].dropna().iloc[-1] for c in (one, two)]
+    assert val[0] == pytest.approx(val[1], rel=1e-4)
