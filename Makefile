@@ -21,6 +21,12 @@ PROFILE ?= demo
 FOLDS ?= [0]
 PRESETS ?= ["fo", "sp1"]
 TRAIN_OVERRIDES ?= {}
+# make train-all: the solution's full recipe (every preset x 4 folds) from DATA_DIR (default: the synthetic data)
+TRAIN_PRESETS ?= stage1_t1 stage1_t2 fo sp1 sp2 su
+TRAIN_FOLDS ?= 0 1 2 3
+TRAIN_PROFILE ?= auto
+GPUS ?= 1
+TRAIN_LAUNCH = $(if $(filter 1,$(GPUS)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS))
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.py))
 
 # `make demo` without DATA_DIR generates and uses the synthetic data; with DATA_DIR it uses that folder.
@@ -32,7 +38,8 @@ DEMO_DATA := $(abspath $(DATA_DIR))
 DEMO_DEPS := install
 endif
 
-.PHONY: help install data demo test lint format notebooks clean sync submit wheels bench-preprocess bench-infer
+.PHONY: help install data demo train-all test lint format notebooks clean sync submit wheels bench-preprocess \
+	bench-infer bench-train
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -56,6 +63,12 @@ demo: $(DEMO_DEPS) ## Run the four notebooks headless on DATA_DIR (default: the 
 		--set 'FOLDS=$(FOLDS)' --set 'PRESETS=$(PRESETS)' --set 'TRAIN_OVERRIDES=$(TRAIN_OVERRIDES)'
 	@echo "submission: $(WORK_DIR)/submission.csv   scores: $(WORK_DIR)/cv.json   pictures: $(WORK_DIR)/figures"
 
+train-all: $(DEMO_DEPS) ## Preprocess, then train TRAIN_PRESETS x TRAIN_FOLDS (full on a GPU; GPUS=N: torchrun); resumable
+	$(PY) -m kaggle_utils.runner notebooks/01_preprocess.py --out $(WORK_DIR)/executed \
+		--set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR)
+	$(TRAIN_LAUNCH) -m kaggle_utils.train --presets $(TRAIN_PRESETS) --folds $(TRAIN_FOLDS) \
+		--profile $(TRAIN_PROFILE) --data-dir $(DEMO_DATA) --work-dir $(WORK_DIR) --overrides '$(TRAIN_OVERRIDES)'
+
 test: install ## Run the test suite (unit tests and every notebook on a tiny synthetic dataset)
 	$(PY) -m pytest
 
@@ -64,6 +77,9 @@ bench-preprocess: install ## Time stage-1/2 preprocessing against the plain way 
 
 bench-infer: install ## Time inference per study (WORK_DIR/models, else small models; BENCH_FLAGS=--build-models) + T4 projection
 	$(PY) -m kaggle_utils.bench infer --studies $(BENCH_STUDIES) --work-dir '$(WORK_DIR)' $(BENCH_FLAGS)
+
+bench-train: install ## ms per training step of every preset vs the seed's settings, and the loader overhead (BENCH_FLAGS)
+	$(PY) -m kaggle_utils.bench_train $(BENCH_FLAGS)
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check kaggle_utils tests notebooks

@@ -1,8 +1,8 @@
 """Datasets for both stages: read cached uint8 arrays, pick frames, build masks and targets.
 
-Loaders only read arrays (memory-mapped) and return uint8 tensors; augmentation happens later on the
-device, in batches (``augment.py``). The one augmentation done here is the sequence flip, because it
-also swaps left and right labels.
+Loaders only read arrays (memory-mapped) and return uint8 tensors in the cached layout, slices last;
+the tasks move the slices to the channel axis and augment on the device, in batches (``augment.py``).
+The one augmentation done here is the sequence flip, because it also swaps left and right labels.
 """
 
 from __future__ import annotations
@@ -35,11 +35,18 @@ def select_frames(n_total: int, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def take_frames(array: np.ndarray, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """The middle frames of an array whose last axis is the slice axis, moved to the front, zero-padded."""
-    indices, mask = select_frames(array.shape[-1], n_frames)
-    frames = np.zeros((n_frames, *array.shape[:-1]), np.uint8)
-    valid = indices[mask]
-    frames[mask] = np.moveaxis(np.asarray(array[..., valid]), -1, 0)
+    """The middle ``n_frames`` slices of an array whose last axis is the slice axis, zero-padded, slices still last.
+
+    The chosen slices are one contiguous range, so this is a single slice copy. Moving the slice axis in front
+    (a transpose of every byte) is left to the device, where it is free: on the host it was most of a loader
+    worker's time.
+    """
+    _, mask = select_frames(array.shape[-1], n_frames)
+    frames = np.zeros((*array.shape[:-1], n_frames), np.uint8)
+    valid = np.flatnonzero(mask)
+    if len(valid):
+        start = (array.shape[-1] - n_frames) // 2 if array.shape[-1] >= n_frames else 0
+        frames[..., valid[0] : valid[-1] + 1] = array[..., start : start + len(valid)]
     return frames, mask
 
 
@@ -59,7 +66,7 @@ def seed_worker(worker_id: int) -> None:
 class KeypointDataset(Dataset):
     """Stage 1: one sample per sagittal series: its middle frames and its 10 keypoints.
 
-    Returns ``image`` (F, 256, 256) uint8, ``mask`` (F,) bool, ``target`` (10, 2) relative (x, y) with the
+    Returns ``image`` (256, 256, F) uint8, ``mask`` (F,) bool, ``target`` (10, 2) relative (x, y) with the
     points of each level ordered by x, ``study_id``, ``series_id``. Without a keypoint table (inference)
     the target is zeros.
     """
@@ -90,7 +97,7 @@ class KeypointDataset(Dataset):
         frames, mask = take_frames(volume, self.n_frames)
         if self.flip and random.random() < 0.5:
             # Keypoints are 2-D (they live on the middle slices), so reversing the slices keeps the targets.
-            frames, mask = frames[::-1].copy(), mask[::-1].copy()
+            frames, mask = frames[..., ::-1].copy(), mask[::-1].copy()
         return {
             "image": torch.from_numpy(frames),
             "mask": torch.from_numpy(mask),
@@ -104,7 +111,7 @@ class CropDataset(Dataset):
     """Stage 2: per-level crop sequences of a series and the labels of the conditions the plane shows.
 
     Training draws one record per study and picks one of its series at random on every access; evaluation
-    has one record per series. Returns ``image`` (5, F, 256, 256) uint8, ``mask`` (F,) bool, ``target``
+    has one record per series. Returns ``image`` (256, 256, 5, F) uint8, ``mask`` (F,) bool, ``target``
     (5, R, 3) one-hot (``IGNORE_INDEX`` rows where missing) for the condition rows ``rows``.
     """
 
@@ -146,12 +153,11 @@ class CropDataset(Dataset):
         study_id, series_ids = self.records[index]
         series_id = random.choice(series_ids) if self.train else series_ids[0]
         crops = np.load(self.paths.stage2_array(study_id, series_id, self.root), mmap_mode="r")  # (H, W, 5, N)
-        frames, mask = take_frames(crops, self.n_frames)  # (F, H, W, 5)
-        frames = np.ascontiguousarray(frames.transpose(3, 0, 1, 2))  # (5, F, H, W)
+        frames, mask = take_frames(crops, self.n_frames)  # (H, W, 5, F)
         target = self.labels.get(study_id, np.zeros((len(LEVELS), len(self.rows), 3), np.float32)).copy()
         if self.flip and random.random() < 0.5:
             # Index 0 is the patient's left: reversing the slices mirrors the patient, so left and right swap.
-            frames, mask = frames[:, ::-1].copy(), mask[::-1].copy()
+            frames, mask = frames[..., ::-1].copy(), mask[::-1].copy()
             for left, right in self.flip_pairs:
                 target[:, [left, right]] = target[:, [right, left]]
         return {

@@ -1,12 +1,14 @@
-"""Frame selection and targets of the datasets."""
+"""Frame selection, the loader layout and targets of the datasets."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 
 from kaggle_utils.constants import IGNORE_INDEX
 from kaggle_utils.data import one_hot_targets, select_frames, take_frames
+from kaggle_utils.engine import frames_first
 
 
 @pytest.mark.parametrize(
@@ -19,11 +21,21 @@ def test_middle_frames_and_symmetric_padding(n_total, n_frames, indices):
     assert mask.tolist() == [i >= 0 for i in indices]
 
 
-def test_take_frames_moves_the_slice_axis_first_and_zero_pads():
-    array = np.arange(2 * 2 * 3, dtype=np.uint8).reshape(2, 2, 3) + 1
-    frames, mask = take_frames(array, 5)
-    assert frames.shape == (5, 2, 2) and mask.tolist() == [False, True, True, True, False]
-    assert (frames[1] == array[..., 0]).all() and not frames[0].any()
+@pytest.mark.parametrize(("n_total", "n_frames"), [(3, 5), (4, 5), (7, 3), (6, 6), (0, 2)])
+def test_take_frames_equals_indexing_by_the_selected_slices(n_total, n_frames):
+    array = np.random.default_rng(0).integers(1, 256, (2, 3, 4, n_total), dtype=np.uint8)
+    frames, mask = take_frames(array, n_frames)
+    indices, expected_mask = select_frames(n_total, n_frames)
+    assert frames.shape == (2, 3, 4, n_frames) and mask.tolist() == expected_mask.tolist()
+    for i, source in enumerate(indices):
+        assert (frames[..., i] == (array[..., source] if source >= 0 else 0)).all()
+
+
+def test_the_device_puts_the_slices_in_front():
+    image = torch.arange(2 * 4 * 5 * 3 * 6, dtype=torch.uint8).reshape(2, 4, 5, 3, 6)  # (B, H, W, levels, F)
+    moved = frames_first(image, torch.device("cpu"))
+    assert moved.shape == (2, 3, 6, 4, 5) and moved.is_contiguous()
+    assert torch.equal(moved[1, 2, 4], image[1, :, :, 2, 4].float() / 255)
 
 
 def test_one_hot_targets_mark_missing_rows():

@@ -1,0 +1,284 @@
+"""Training speed: milliseconds per optimizer step of every preset, beside the seed's settings on the same card.
+
+Per preset, in one run on one device:
+
+- **compute**: ``engine.train_step`` (GPU augmentation, forward, backward, clipping, AdamW) on a batch that
+  already sits on the device, with the preset's own settings (autocast, channels_last, no checkpointing);
+- **loader**: the same steps fed by the training ``DataLoader`` (``--workers`` processes, pinned memory) over
+  cached arrays of the real shapes (256 x 256 slices, ``--slices`` per series) written to a temporary work
+  folder; ``loader / compute - 1`` is what loading and the host-to-device copy add;
+- **seed settings**: the seed's model of the same shape with its settings (fp16, NCHW, gradient
+  checkpointing, no augmentation), timed by the seed's own script when it is found (``--seed-script``,
+  default ``../shared/bench/seed_shapes_gpu.py``), else our model with those settings.
+
+Targets: compute <= 0.5 x seed for ``fo`` and ``su``, <= 0.6 x for the others; loading adds <= 10 %.
+On a machine without a GPU the same table is printed for the ``smoke`` profile's tiny backbone (the
+ratios then say little; the run checks that the benchmark works).
+
+Run: ``python -m kaggle_utils.bench_train [--presets fo su] [--steps 8]`` or ``make bench-train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kaggle_utils.config import FULL_PRESETS, TrainConfig, preset
+from kaggle_utils.constants import LABEL_COLUMNS, LEVELS
+from kaggle_utils.data import CropDataset, KeypointDataset
+from kaggle_utils.engine import ClassifierTask, KeypointTask, autocast_dtype, prepare_model, train_step
+from kaggle_utils.models import condition_rows
+from kaggle_utils.paths import REPO_ROOT, Paths
+from kaggle_utils.train import loader
+
+DEFAULT_SEED_SCRIPT = REPO_ROOT.parent / "shared" / "bench" / "seed_shapes_gpu.py"
+SEED_CONFIGS = {  # our preset -> the seed script's configuration of the same shape
+    "stage1_t1": "stage1_s2",
+    "stage1_t2": "stage1_s2",
+    "fo": "stage2_s1_fo",
+    "su": "stage2_s2_su",
+    "sp1": "stage2_s2_sp1",
+    "sp2": "stage2_s2_sp2",
+}
+TARGETS = {"fo": 0.5, "su": 0.5}  # compute time over seed-settings time; 0.6 for every other preset
+DEFAULT_TARGET, LOADER_TARGET = 0.6, 0.10
+
+
+@dataclass
+class Row:
+    preset: str
+    shape: str
+    compute_ms: float
+    loader_ms: float
+    seed_ms: float | None
+    seed_source: str
+    peak_gb: float | None
+
+    @property
+    def ratio(self) -> float | None:
+        return self.compute_ms / self.seed_ms if self.seed_ms else None
+
+    @property
+    def loader_overhead(self) -> float:
+        return self.loader_ms / self.compute_ms - 1
+
+    @property
+    def target(self) -> float:
+        return TARGETS.get(self.preset, DEFAULT_TARGET)
+
+
+# --- timing --------------------------------------------------------------------------------------
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def median_ms(step: Callable[[], object], device: torch.device, steps: int, warmup: int) -> float:
+    """Median wall time of ``step`` in ms after ``warmup`` calls (the device synchronised around each)."""
+    for _ in range(warmup):
+        step()
+    times = []
+    for _ in range(steps):
+        _sync(device)
+        started = time.perf_counter()
+        step()
+        _sync(device)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times)
+
+
+def loader_ms(step: Callable[[dict], object], batches: torch.utils.data.DataLoader, device, steps, warmup) -> float:
+    """Mean ms per step over ``steps`` consecutive loader batches, waiting for data included."""
+    iterator = iter(_forever(batches))
+    for _ in range(warmup):
+        step(next(iterator))
+    _sync(device)
+    started = time.perf_counter()
+    for _ in range(steps):
+        step(next(iterator))
+    _sync(device)
+    return (time.perf_counter() - started) * 1000 / steps
+
+
+def _forever(batches: torch.utils.data.DataLoader):
+    while True:
+        yield from batches
+
+
+# --- cached arrays of the real shapes ------------------------------------------------------------
+@dataclass(frozen=True)
+class CachedArrays:
+    """Stage-1 volumes and stage-2 crops of one T1 and one T2 series per study, in a work folder."""
+
+    paths: Paths
+    series: pd.DataFrame
+
+    @classmethod
+    def write(cls, work_dir: Path, n_studies: int, n_slices: int, seed: int = 0) -> CachedArrays:
+        paths = Paths(data_dir=work_dir, work_dir=work_dir)
+        rng = np.random.default_rng(seed)
+        rows = []
+        for study in range(1, n_studies + 1):
+            for plane, series in (("t1", 10 * study), ("t2", 10 * study + 1)):
+                volume = rng.integers(0, 256, (256, 256, n_slices), dtype=np.uint8)
+                crops = np.repeat(volume[:, :, None], len(LEVELS), axis=2)
+                for path, array in (
+                    (paths.stage1_array(study, series), volume),
+                    (paths.stage2_array(study, series), crops),
+                ):
+                    path.parent.mkdir(parents=True, exist_ok=True)
+                    np.save(path, array)
+                rows.append({"study_id": study, "series_id": series, "plane": plane})
+        return cls(paths, pd.DataFrame(rows))
+
+    def training_set(self, cfg: TrainConfig) -> torch.utils.data.Dataset:
+        """The preset's training dataset over these arrays (random labels for stage 2, zero keypoints)."""
+        series = self.series[self.series["plane"] == cfg.plane]
+        if cfg.stage == 1:
+            return KeypointDataset(series, self.paths, cfg.n_frames, keypoints=None, train=True)
+        studies = series["study_id"].unique()
+        labels = np.random.default_rng(1).integers(0, 3, (len(studies), len(LABEL_COLUMNS)))
+        targets = pd.DataFrame(labels, columns=list(LABEL_COLUMNS)).assign(study_id=studies)
+        return CropDataset(series, self.paths, cfg.n_frames, condition_rows(cfg.condition), targets, train=True)
+
+    def first_batch(self, cfg: TrainConfig, device: torch.device) -> dict:
+        batch = next(iter(loader(self.training_set(cfg), cfg, train=True)))
+        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+# --- one preset ----------------------------------------------------------------------------------
+def _task(cfg: TrainConfig, device: torch.device) -> KeypointTask | ClassifierTask:
+    return KeypointTask(cfg, device) if cfg.stage == 1 else ClassifierTask(cfg, device)
+
+
+def _stepper(cfg: TrainConfig, device: torch.device) -> Callable[[dict], object]:
+    """A closure doing one training step of ``cfg`` (fresh model and optimizer) on a given batch."""
+    model = prepare_model(cfg, device).train()
+    task = _task(cfg, device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
+    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+    return lambda batch: train_step(model, task, batch, optimizer, scaler, dtype, cfg.grad_clip)
+
+
+def _peak_gb(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
+
+
+def _reset_memory(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def seed_settings_ms(
+    cfg: TrainConfig, data: CachedArrays, device: torch.device, seed_script: ModuleType | None, steps: int, warmup: int
+) -> tuple[float, str]:
+    """The seed settings for the same shape: its own script on a GPU, else our model with its settings."""
+    if seed_script is not None and device.type == "cuda":
+        name, levels, frames, size, heads, lstm = next(c for c in seed_script.CONFIGS if c[0] == SEED_CONFIGS[cfg.name])
+        model = seed_script.SeqNet(cfg.backbone, heads, lstm, ckpt=True).to(device).train()
+        x = torch.randn(cfg.batch_size, levels, frames, 1, size, size, device=device)
+        mask = torch.ones(cfg.batch_size, frames, dtype=torch.bool, device=device)
+        median, _, _ = seed_script.time_steps(model, x, mask, torch.float16, False, steps=steps, warm=warmup)
+        return median, f"seed script ({name})"
+    seed_cfg = replace(cfg, amp_dtype="fp16", channels_last=False, grad_checkpointing=True, augment=False)
+    step, batch = _stepper(seed_cfg, device), data.first_batch(seed_cfg, device)
+    return median_ms(lambda: step(batch), device, steps, warmup), "our model, seed settings"
+
+
+def bench_preset(
+    cfg: TrainConfig, data: CachedArrays, device: torch.device, seed_script: ModuleType | None, steps: int, warmup: int
+) -> Row:
+    _reset_memory(device)
+    step, resident = _stepper(cfg, device), data.first_batch(cfg, device)
+    batches = loader(data.training_set(cfg), cfg, train=True)
+    compute = median_ms(lambda: step(resident), device, steps, warmup)
+    peak = _peak_gb(device)
+    fed = loader_ms(step, batches, device, steps, warmup)
+    _reset_memory(device)
+    seed, source = seed_settings_ms(cfg, data, device, seed_script, steps, warmup)
+    levels = "" if cfg.stage == 1 else f"{len(LEVELS)} x "
+    shape = f"{cfg.batch_size} x {levels}{cfg.n_frames} x {cfg.img_size}px"
+    return Row(cfg.name, shape, compute, fed, seed, source, peak)
+
+
+# --- report --------------------------------------------------------------------------------------
+def format_table(rows: list[Row], device: str) -> str:
+    lines = [
+        f"training step, {device}: median ms per optimizer step (batch resident on the device) and with the loader",
+        f"{'preset':<10} {'batch shape':<26} {'seed ms':>9} {'ours ms':>9} {'ratio':>6} {'target':>7}  "
+        f"{'+loader ms':>10} {'overhead':>8}  {'peak GB':>7}  seed timed by",
+    ]
+    for r in rows:
+        ratio = f"{r.ratio:.2f}" if r.ratio else "-"
+        verdict = "ok" if r.ratio and r.ratio <= r.target else "MISS"
+        loaded = "ok" if r.loader_overhead <= LOADER_TARGET else "MISS"
+        lines.append(
+            f"{r.preset:<10} {r.shape:<26} {r.seed_ms or 0:>9.1f} {r.compute_ms:>9.1f} {ratio:>6} "
+            f"{'<=' + str(r.target):>5} {verdict:<4} {r.loader_ms:>7.1f} {r.loader_overhead:>+8.1%} {loaded:<4} "
+            f"{r.peak_gb or 0:>5.1f}  {r.seed_source}"
+        )
+    return "\n".join(lines)
+
+
+def load_seed_script(path: Path) -> ModuleType | None:
+    if not path.exists():
+        return None
+    spec = importlib.util.spec_from_file_location("seed_shapes_gpu", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)  # defines models and timers; its main() is not run
+    return module
+
+
+def main(argv: list[str] | None = None) -> list[Row]:
+    parser = argparse.ArgumentParser(description="Training step time per preset against the seed's settings.")
+    parser.add_argument("--presets", nargs="+", default=list(FULL_PRESETS))
+    parser.add_argument("--profile", default="auto", help="full on a GPU, smoke on the CPU (default)")
+    parser.add_argument("--steps", type=int, help="timed steps (default 8 on a GPU, 2 on the CPU)")
+    parser.add_argument("--warmup", type=int, help="untimed steps first (default 3 on a GPU, 1 on the CPU)")
+    parser.add_argument("--workers", type=int, default=4, help="loader processes")
+    parser.add_argument("--studies", type=int, default=0, help="cached studies (default: enough for the steps)")
+    parser.add_argument("--slices", type=int, default=17, help="slices per cached series")
+    parser.add_argument("--seed-script", type=Path, default=DEFAULT_SEED_SCRIPT)
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig override")
+    args = parser.parse_args(argv)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    gpu = device.type == "cuda"
+    profile = args.profile if args.profile != "auto" else ("full" if gpu else "smoke")
+    steps, warmup = args.steps or (8 if gpu else 2), args.warmup if args.warmup is not None else (3 if gpu else 1)
+    overrides = {"num_workers": args.workers, "pretrained": False, **dict(item.split("=", 1) for item in args.set)}
+    configs = [preset(name, profile, overrides) for name in args.presets]
+    seed_script = load_seed_script(args.seed_script) if device.type == "cuda" else None
+    batch = max(c.batch_size for c in configs)
+    n_studies = args.studies or batch * 2
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = CachedArrays.write(Path(tmp), n_studies, args.slices)
+        name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
+        print(
+            f"{name}, torch {torch.__version__}, profile {profile}, {n_studies} cached studies, {args.workers} workers"
+        )
+        print(f"seed settings timed by: {args.seed_script if seed_script else 'our model (no seed script here)'}")
+        for cfg in configs:
+            rows.append(bench_preset(cfg, data, device, seed_script, steps, warmup))
+            print(format_table(rows[-1:], name).splitlines()[-1], flush=True)
+        print()
+        print(format_table(rows, name))
+    return rows
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
