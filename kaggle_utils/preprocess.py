@@ -396,10 +396,11 @@ def run_job(job: SeriesJob, cfg: PreprocessConfig) -> str | None:
     """Preprocess one series; returns a warning line instead of raising, so one bad series never stops a run."""
     try:
         series = read_series(job.folder)
+        window = intensity_window(series.slices, cfg.percentiles)  # once for both stages
         if job.stage1_out is not None:
-            save_atomic(job.stage1_out, stage1_volume(series, cfg))
+            save_atomic(job.stage1_out, stage1_volume(series, cfg, window))
         if job.stage2_out is not None and job.points is not None:
-            save_atomic(job.stage2_out, stage2_crops(series, job.points, job.plane, cfg))
+            save_atomic(job.stage2_out, stage2_crops(series, job.points, job.plane, cfg, window))
     except (SeriesError, ValueError, cv2.error) as error:
         return f"study {job.study_id} series {job.series_id}: {error}"
     return None
