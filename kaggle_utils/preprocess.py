@@ -45,52 +45,57 @@ _SAMPLE_MARGIN = 0.01  # bracket half-width around a rank, as a fraction of the 
 
 def intensity_window(slices: Iterable[np.ndarray], percentiles: tuple[float, float]) -> tuple[float, float]:
     """The (low, high) window of a series: percentiles over all native pixels of all slices together."""
-    values = np.concatenate([np.asarray(s, np.float32).ravel() for s in slices])
-    low, high = percentiles_of(values, percentiles)
+    low, high = percentiles_of(list(slices), percentiles)
     return low, high
 
 
-def percentiles_of(values: np.ndarray, percentiles: Sequence[float]) -> list[float]:
-    """``np.percentile(values, percentiles)`` (its default linear method), exactly, in about a third of the time.
+def percentiles_of(arrays: Sequence[np.ndarray], percentiles: Sequence[float]) -> list[float]:
+    """``np.percentile`` (its default linear method) of all values of ``arrays`` together, exactly, several times
+    faster on a series' pixels.
 
     Partitioning all pixels of a series was the largest single cost of preprocessing. A sorted strided sample
-    brackets each wanted rank; one pass counts the values below the bracket and only the few inside it are
-    partitioned. An unlucky sample whose bracket misses the rank falls back to partitioning everything.
+    brackets each wanted rank; one pass over the arrays keeps the values on the rank's side of the bracket (a few
+    per cent), and only those are partitioned. An unlucky sample whose bracket misses the rank falls back to
+    partitioning everything. Array by array rather than concatenated: each fits in the CPU cache, and no copy
+    of the whole series is made.
     """
-    values = np.asarray(values).ravel()
-    n = values.size
+    arrays = [np.asarray(a, np.float32).ravel() for a in arrays]
+    n = sum(a.size for a in arrays)
     if n < 100 * _SAMPLE_STRIDE:  # too few for a useful sample
-        return [float(v) for v in np.percentile(values, percentiles)]
-    sample = np.sort(values[::_SAMPLE_STRIDE])
+        return [float(v) for v in np.percentile(np.concatenate(arrays), percentiles)]
+    sample = np.sort(np.concatenate([a[::_SAMPLE_STRIDE] for a in arrays]))
     result = []
     for q in percentiles:
         position = q / 100 * (n - 1)
         rank = int(position)
-        a, b = _order_statistics(values, sample, rank, min(rank + 1, n - 1))
+        a, b = _order_statistics(arrays, n, sample, rank, min(rank + 1, n - 1))
         t = position - rank
         # numpy's interpolation formula, so that the result is the same to the last bit in practice
         result.append(a + (b - a) * t if t < 0.5 else b - (b - a) * (1 - t))
     return result
 
 
-def _order_statistics(values: np.ndarray, sample: np.ndarray, first: int, second: int) -> tuple[float, float]:
-    """The values at ranks ``first`` <= ``second`` (0-based, close together) of ``sorted(values)``."""
-    n, m = values.size, sample.size
+def _order_statistics(
+    arrays: list[np.ndarray], n: int, sample: np.ndarray, first: int, second: int
+) -> tuple[float, float]:
+    """The values at ranks ``first`` <= ``second`` (0-based, close together) of the ``n`` values of ``arrays``
+    sorted together."""
+    m = sample.size
     centre, margin = int(first * (m - 1) / (n - 1)), max(8, int(m * _SAMPLE_MARGIN))
     low, high = sample[max(0, centre - margin)], sample[min(m - 1, centre + margin + 1)]
     # One pass over all values keeps the side of the bracket nearer the rank's end (a few % for the 1st or the
     # 99th percentile); the other bound then only filters that small part.
     if first < n // 2:
-        part = values[values <= high]
+        part = np.concatenate([a[a <= high] for a in arrays])
         below = np.count_nonzero(part < low)
         inside = part[part >= low]
     else:
-        part = values[values >= low]
+        part = np.concatenate([a[a >= low] for a in arrays])
         below = n - part.size
         inside = part[part <= high]
     ranks = [first - below, second - below]
     if ranks[0] < 0 or ranks[1] >= inside.size:  # the sample misled the bracket: select among all values
-        inside, ranks = values, [first, second]
+        inside, ranks = np.concatenate(arrays), [first, second]
     found = np.partition(inside, ranks)[ranks]
     return float(found[0]), float(found[1])
 

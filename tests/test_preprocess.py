@@ -195,7 +195,10 @@ def test_percentiles_equal_numpy(kind):
         "misleading_sample": np.where(np.arange(300_000) % 37 == 0, 1e6, rng.random(300_000)).astype(np.float32),
     }[kind]
     for q in [(1.0, 99.0), (0.0, 100.0), (0.5, 50.0, 99.9)]:
-        assert percentiles_of(values, q) == pytest.approx(np.percentile(values, q).tolist(), rel=1e-12, abs=0)
+        expected = np.percentile(values, q).tolist()
+        assert percentiles_of([values], q) == pytest.approx(expected, rel=1e-12, abs=0)
+        # split into arrays of different sizes (slices): the same values together
+        assert percentiles_of(np.split(values, [1000, 1500]), q) == pytest.approx(expected, rel=1e-12, abs=0)
 
 
 def test_intensity_window_covers_all_slices_of_all_sizes():
