@@ -44,6 +44,15 @@ def test_compare_reports_close_outputs_and_a_table() -> None:
     assert "speed-up" in table and "stage 2 t2" in table
 
 
+def test_resampled_cases_keep_points_and_agree_at_512_px() -> None:
+    cases = bench.resampled([_case("t1"), _case("t2")], 512)
+    assert all(shape == (512, 512) for series, _, _ in cases for shape in series.shapes)
+    np.testing.assert_array_equal(cases[0][1], _case("t1")[1])
+    rows = bench.compare(cases, PreprocessConfig(), repeat=2)
+    assert rows[0].mad < 1.0 and rows[1].mad < 0.05 and rows[2].mad < 0.05
+    assert "resized to 512^2 px" in bench.format_table(rows, 2, 4, " resized to 512^2 px")
+
+
 def test_full_ensemble_images_follow_the_presets() -> None:
     gpu = bench.GpuAssumptions()
     assert gpu.h100_ms_per_image == pytest.approx(31 / 225) and gpu.t4_ms_per_image == pytest.approx(8 * 31 / 225)
