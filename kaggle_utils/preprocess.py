@@ -350,9 +350,15 @@ def save_atomic(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+ARRAYS_VERSION = 2
+"""Part of the cache key: raised when the code changes the arrays made from the same parameters (2: T2 crops
+rotated and resized in the solution's two steps instead of one combined warp)."""
+
+
 def params_key(cfg: PreprocessConfig) -> str:
-    """A short hash of the parameters that change the cached arrays."""
+    """A short hash of the parameters that change the cached arrays, and of :data:`ARRAYS_VERSION`."""
     relevant = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("num_workers", "n_folds", "fold_seed")}
+    relevant["arrays_version"] = ARRAYS_VERSION
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
 
 
