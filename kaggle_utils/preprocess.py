@@ -39,7 +39,7 @@ T2_PLANE, T1_PLANE = "t2", "t1"
 
 
 # --- intensity -----------------------------------------------------------------------------------
-_SAMPLE_STRIDE = 37  # prime, so the sample does not fall on the same columns of every row
+_SAMPLE_STRIDE = 37  # prime: rarely divides a row width, so the sample does not keep to a few columns
 _SAMPLE_MARGIN = 0.01  # bracket half-width around a rank, as a fraction of the sample
 
 
