@@ -40,7 +40,7 @@ from kaggle_utils.engine import ClassifierTask, KeypointTask, default_device, le
 from kaggle_utils.metric import score_parts, solution_from_targets
 from kaggle_utils.models import condition_rows
 from kaggle_utils.paths import Paths
-from kaggle_utils.preprocess import sort_level_points, stage1_volume, stage2_crops
+from kaggle_utils.preprocess import intensity_window, sort_level_points, stage1_volume, stage2_crops
 from kaggle_utils.tables import points_frame, series_points
 
 
@@ -158,12 +158,13 @@ def predict_series_table(
             warnings.warn(f"study {row.study_id} series {row.series_id} skipped: {error}", stacklevel=2)
             continue
         with timed("volume"):
-            volume = stage1_volume(volume_series, pre_cfg)
+            window = intensity_window(volume_series.slices, pre_cfg.percentiles)  # shared with the crops
+            volume = stage1_volume(volume_series, pre_cfg, window)
         with timed("keypoints"):
             points = predict_keypoints(volume, models.stage1[row.plane])
         keypoints.append(points_frame(row.study_id, row.series_id, row.plane, points, "stage1"))
         with timed("crop"):
-            crops = stage2_crops(volume_series, points, row.plane, pre_cfg)
+            crops = stage2_crops(volume_series, points, row.plane, pre_cfg, window)
         for preset in models.presets_for(row.plane):
             bank = models.stage2[preset]
             with timed("classify"):

@@ -124,3 +124,11 @@ def test_changing_a_parameter_invalidates_the_cache_even_after_an_interruption(p
 
     remaining = preprocess.plan_jobs(paths, series, points, changed)
     assert [j.series_id for j in remaining] == [j.series_id for j in replanned[1:]]
+
+
+def test_a_new_arrays_version_invalidates_the_cache(paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
+    series, jobs, _ = _planned_and_run(paths)
+    points = tables.points_by_series(tables.keypoints_table(paths, series))
+    assert preprocess.plan_jobs(paths, series, points, CFG) == []
+    monkeypatch.setattr(preprocess, "ARRAYS_VERSION", preprocess.ARRAYS_VERSION + 1)
+    assert len(preprocess.plan_jobs(paths, series, points, CFG)) == len(jobs)
