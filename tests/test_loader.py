@@ -1,0 +1,77 @@
+"""The threaded batch loader: order, contents, random choices independent of threads, errors named."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from kaggle_utils.loader import BatchLoader, collate
+
+
+class Numbers:
+    """Sample i: an image full of i plus a random draw (to see the per-sample generator), and its index."""
+
+    def __init__(self, n: int, broken: int | None = None) -> None:
+        self.n, self.broken = n, broken
+
+    def __len__(self) -> int:
+        return self.n
+
+    def image_shape(self) -> tuple[int, ...]:
+        return (3, 4, 2)
+
+    def fill(self, index: int, image: np.ndarray, rng: np.random.Generator) -> dict:
+        if index == self.broken:
+            raise ValueError(f"sample {index}: unreadable")
+        image[...] = index
+        return {"index": index, "draw": rng.random(), "mask": np.array([True, index % 2 == 0])}
+
+
+class Epochs:
+    """A sampler with an epoch attribute, like DistributedSampler."""
+
+    def __init__(self, order: list[int], epoch: int = 0) -> None:
+        self.order, self.epoch = order, epoch
+
+    def __iter__(self):
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)
+
+
+@pytest.mark.parametrize("workers", [0, 3])
+def test_batches_follow_the_sampler_and_hold_each_sample_in_its_row(workers: int) -> None:
+    order = [4, 0, 6, 2, 5, 1, 3]
+    loader = BatchLoader(Numbers(7), batch_size=3, sampler=Epochs(order), workers=workers, pin_memory=False)
+    batches = list(loader)
+    assert len(loader) == len(batches) == 3
+    assert [b["index"].tolist() for b in batches] == [[4, 0, 6], [2, 5, 1], [3]]
+    for batch in batches:
+        assert batch["image"].dtype == torch.uint8 and batch["image"].shape[1:] == (3, 4, 2)
+        for row, index in enumerate(batch["index"].tolist()):
+            assert (batch["image"][row] == index).all()
+        assert batch["mask"].shape == (len(batch["index"]), 2)
+    assert len(BatchLoader(Numbers(7), batch_size=3, drop_last=True, workers=workers)) == 2
+
+
+def test_random_draws_depend_on_seed_epoch_and_index_not_on_threads() -> None:
+    def draws(workers: int, epoch: int, seed: int = 0) -> dict[int, float]:
+        loader = BatchLoader(Numbers(8), 3, sampler=Epochs(list(range(8)), epoch), workers=workers, seed=seed)
+        return {i: d for b in loader for i, d in zip(b["index"].tolist(), b["draw"].tolist(), strict=True)}
+
+    assert draws(0, epoch=1) == draws(4, epoch=1)
+    assert draws(0, epoch=1) != draws(0, epoch=2)
+    assert draws(0, epoch=1) != draws(0, epoch=1, seed=1)
+
+
+def test_a_failing_sample_raises_its_own_error() -> None:
+    loader = BatchLoader(Numbers(6, broken=4), batch_size=2, workers=2, pin_memory=False)
+    with pytest.raises(ValueError, match="sample 4: unreadable"):
+        list(loader)
+
+
+def test_collate_stacks_arrays_and_numbers_and_lists_the_rest() -> None:
+    out = collate([{"a": np.zeros(2), "n": 1, "s": "x"}, {"a": np.ones(2), "n": 2, "s": "y"}])
+    assert out["a"].shape == (2, 2) and out["n"].tolist() == [1, 2] and out["s"] == ["x", "y"]
