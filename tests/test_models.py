@@ -207,3 +207,18 @@ def test_backbone_loads_local_weights_with_rgb_folded_into_one_channel(tmp_path,
     backbone = create_backbone(tiny("sp1", weights_file=str(tmp_path / "weights.pth"), grad_checkpointing=True))
     assert torch.allclose(backbone.stem[0].weight, source.stem[0].weight.sum(dim=1, keepdim=True))
     assert backbone.num_features == 64
+
+
+def test_gradient_checkpointing_changes_memory_not_results():
+    torch.manual_seed(0)
+    x, mask, target = stage2_batch(len(condition_rows("all")))
+    grads = []
+    for checkpointing in (False, True):
+        torch.manual_seed(1)
+        cfg = tiny("sp1", grad_checkpointing=checkpointing, fc_dropout=0.0, cutmix_p=0.0, mixup_p=0.0)
+        model = SagittalNet(cfg).train()
+        weighted_soft_cross_entropy(model(x, mask, target)["logits"], target).backward()
+        grads.append([p.grad.clone() for p in model.backbone.parameters() if p.grad is not None])
+    assert len(grads[0]) == len(grads[1]) > 0
+    for plain, checkpointed in zip(*grads, strict=True):
+        torch.testing.assert_close(checkpointed, plain, rtol=1e-4, atol=1e-6)

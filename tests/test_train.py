@@ -135,3 +135,15 @@ def test_two_processes_under_torchrun_train_the_same_model_as_one(prepared: Path
     assert max(float((expected[k] - initial[k]).abs().max()) for k in expected) > 1e-3  # both runs trained
     val = [pd.read_csv(c.with_suffix(".log.csv"))["val_mean_px"].dropna().iloc[-1] for c in (one, two)]
     assert val[0] == pytest.approx(val[1], rel=1e-4)
+
+
+def test_overfit_batch_drives_the_loss_down(prepared: Paths, tmp_path: Path) -> None:
+    """The loop can learn: one batch, seen again and again, is fitted (the debugging switch of a training run)."""
+    cfg = preset(
+        "stage1_t2",
+        "smoke",
+        {"overfit_batch": True, "augment": False, "epochs": 20, "batch_size": 4, "eval_every": 1000},
+    )
+    checkpoint = _fit(_copy_work(prepared, tmp_path), cfg)
+    losses = pd.read_csv(checkpoint.with_suffix(".log.csv"))["train_loss"].dropna()
+    assert losses.iloc[-5:].mean() < 0.3 * losses.iloc[:3].mean()
