@@ -1,0 +1,30 @@
+"""The training benchmark runs end to end on the CPU and reports what it measured, against its targets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from kaggle_utils import bench_train
+from kaggle_utils.config import preset
+
+
+def test_cached_arrays_have_the_real_shapes_and_feed_both_stages(tmp_path: Path) -> None:
+    data = bench_train.CachedArrays.write(tmp_path, n_studies=2, n_slices=5)
+    assert np.load(data.paths.stage2_array(1, 11)).shape == (256, 256, 5, 5)
+    for name, shape in (("stage1_t1", (2, 256, 256, 8)), ("su", (2, 256, 256, 5, 8))):
+        cfg = preset(name, "smoke", {"batch_size": 2})
+        batch = data.first_batch(cfg, torch.device("cpu"))
+        assert tuple(batch["image"].shape) == shape
+
+
+def test_the_table_has_a_row_per_preset_with_ratios_and_verdicts(capsys) -> None:
+    rows = bench_train.main(["--presets", "sp2", "stage1_t2", "--steps", "1", "--warmup", "0", "--workers", "0"])
+    assert [r.preset for r in rows] == ["sp2", "stage1_t2"]
+    assert all(r.compute_ms > 0 and r.loader_ms > 0 and r.seed_ms > 0 for r in rows)
+    assert rows[0].seed_source == "our model, seed settings"  # no GPU: the seed's script is not run
+    assert rows[0].target == 0.6 and bench_train.Row("fo", "", 1, 1, 2, "", None).target == 0.5
+    table = capsys.readouterr().out
+    assert "seed ms" in table and "overhead" in table and table.count("sp2 ") >= 2
