@@ -4,7 +4,7 @@ Per preset, in one run on one device:
 
 - **compute**: ``engine.train_step`` (GPU augmentation, forward, backward, clipping, AdamW) on a batch that
   already sits on the device, with the preset's own settings (autocast, channels_last, no checkpointing);
-- **loader**: the same steps fed by the training ``DataLoader`` (``--workers`` processes, pinned memory) over
+- **loader**: the same steps fed by the training loader (``--workers`` threads, pinned memory) over
   cached arrays of the real shapes (256 x 256 slices, ``--slices`` per series) written to a temporary work
   folder; ``loader / compute - 1`` is what loading and the host-to-device copy add;
 - **seed settings**: the seed's model of the same shape with its settings (fp16, NCHW, gradient
@@ -39,6 +39,7 @@ from kaggle_utils.config import FULL_PRESETS, TrainConfig, preset
 from kaggle_utils.constants import LABEL_COLUMNS, LEVELS
 from kaggle_utils.data import CropDataset, KeypointDataset
 from kaggle_utils.engine import ClassifierTask, KeypointTask, autocast_dtype, prepare_model, train_step
+from kaggle_utils.loader import BatchLoader
 from kaggle_utils.models import condition_rows
 from kaggle_utils.paths import REPO_ROOT, Paths
 from kaggle_utils.train import loader
@@ -99,7 +100,7 @@ def median_ms(step: Callable[[], object], device: torch.device, steps: int, warm
     return statistics.median(times)
 
 
-def loader_ms(step: Callable[[dict], object], batches: torch.utils.data.DataLoader, device, steps, warmup) -> float:
+def loader_ms(step: Callable[[dict], object], batches: BatchLoader, device, steps, warmup) -> float:
     """Mean ms per step over ``steps`` consecutive loader batches, waiting for data included."""
     iterator = iter(_forever(batches))
     for _ in range(warmup):
@@ -112,7 +113,7 @@ def loader_ms(step: Callable[[dict], object], batches: torch.utils.data.DataLoad
     return (time.perf_counter() - started) * 1000 / steps
 
 
-def _forever(batches: torch.utils.data.DataLoader):
+def _forever(batches: BatchLoader):
     while True:
         yield from batches
 

@@ -1,12 +1,14 @@
 """Datasets for both stages: read cached uint8 arrays, pick frames, build masks and targets.
 
-Loaders only read arrays (memory-mapped) and return uint8 tensors in the cached layout, slices last;
-the tasks move the slices to the channel axis and augment on the device, in batches (``augment.py``).
+Datasets only read arrays (memory-mapped) and write each sample's uint8 slices, in the cached layout with
+the slices last, straight into a row of the batch (``loader.BatchLoader``); the tasks move the slices to the
+channel axis and augment on the device, in batches (``augment.py``).
 The one augmentation done here is the sequence flip, because it also swaps left and right labels.
 """
 
 from __future__ import annotations
 
+import abc
 import random
 
 import numpy as np
@@ -34,20 +36,36 @@ def select_frames(n_total: int, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
     return indices, indices >= 0
 
 
-def take_frames(array: np.ndarray, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+def take_frames(
+    array: np.ndarray, n_frames: int, out: np.ndarray | None = None, reverse: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """The middle ``n_frames`` slices of an array whose last axis is the slice axis, zero-padded, slices still last.
 
-    The chosen slices are one contiguous range, so this is a single slice copy. Moving the slice axis in front
-    (a transpose of every byte) is left to the device, where it is free: on the host it was most of a loader
-    worker's time.
+    The chosen slices are one contiguous range, so this is a single slice copy, into ``out`` when given (a row
+    of a batch buffer). ``reverse`` takes them in reverse order (the mask too). Moving the slice axis in front
+    (a transpose of every byte) is left to the device, where it is free: on the host it was most of a loader's
+    time.
     """
     _, mask = select_frames(array.shape[-1], n_frames)
-    frames = np.zeros((*array.shape[:-1], n_frames), np.uint8)
+    shape = (*array.shape[:-1], n_frames)
+    if out is None:
+        out = np.empty(shape, np.uint8)
+    elif out.shape != shape:
+        raise ValueError(f"slices of shape {array.shape[:-1]} do not fit a batch of {out.shape[:-1]}")
     valid = np.flatnonzero(mask)
-    if len(valid):
-        start = (array.shape[-1] - n_frames) // 2 if array.shape[-1] >= n_frames else 0
-        frames[..., valid[0] : valid[-1] + 1] = array[..., start : start + len(valid)]
-    return frames, mask
+    if not len(valid):
+        out[...] = 0
+        return out, mask
+    first, stop = int(valid[0]), int(valid[-1]) + 1
+    start = (array.shape[-1] - n_frames) // 2 if array.shape[-1] >= n_frames else 0
+    source = array[..., start : start + stop - first]
+    if reverse:
+        source, mask = source[..., ::-1], mask[::-1].copy()
+        first, stop = n_frames - stop, n_frames - first
+    out[..., :first] = 0
+    out[..., stop:] = 0
+    out[..., first:stop] = source
+    return out, mask
 
 
 def one_hot_targets(labels: np.ndarray) -> np.ndarray:
@@ -58,15 +76,41 @@ def one_hot_targets(labels: np.ndarray) -> np.ndarray:
     return out
 
 
-def seed_worker(worker_id: int) -> None:
-    """Give every loader worker its own python RNG stream (torch seeds only its own generator)."""
-    random.seed(torch.initial_seed() % 2**32)
+class _ArrayDataset(Dataset, abc.ABC):
+    """What both datasets share: the batch loader's protocol (``image_shape``, ``fill``) and single samples."""
+
+    n_frames: int
+    _shape: tuple[int, ...] | None = None
+
+    @abc.abstractmethod
+    def _array(self, index: int) -> np.ndarray:
+        """The cached array of a sample, memory-mapped."""
+
+    def image_shape(self) -> tuple[int, ...]:
+        """The image of one sample: the cached slice shape with ``n_frames`` slices last."""
+        if self._shape is None:
+            self._shape = (*self._array(0).shape[:-1], self.n_frames)
+        return self._shape
+
+    @abc.abstractmethod
+    def fill(self, index: int, image: np.ndarray, rng: np.random.Generator) -> dict:
+        """Write sample ``index``'s image into ``image``; return its other entries (random choices from ``rng``)."""
+
+    def __getitem__(self, index: int) -> dict:
+        """One sample as tensors (the batch loader calls ``fill`` instead)."""
+        image = np.empty(self.image_shape(), np.uint8)
+        sample = self.fill(index, image, np.random.default_rng(random.getrandbits(64)))
+        return {"image": torch.from_numpy(image), **{k: _tensor(v) for k, v in sample.items()}}
 
 
-class KeypointDataset(Dataset):
+def _tensor(value: object) -> object:
+    return torch.from_numpy(value) if isinstance(value, np.ndarray) else value
+
+
+class KeypointDataset(_ArrayDataset):
     """Stage 1: one sample per sagittal series: its middle frames and its 10 keypoints.
 
-    Returns ``image`` (256, 256, F) uint8, ``mask`` (F,) bool, ``target`` (10, 2) relative (x, y) with the
+    A sample is ``image`` (256, 256, F) uint8, ``mask`` (F,) bool, ``target`` (10, 2) relative (x, y) with the
     points of each level ordered by x, ``study_id``, ``series_id``. Without a keypoint table (inference)
     the target is zeros.
     """
@@ -84,34 +128,30 @@ class KeypointDataset(Dataset):
         self.paths, self.n_frames, self.train = paths, n_frames, train
         self.flip = train and flip  # the random sequence flip of training
         self.targets = [
-            series_points(keypoints, s).reshape(-1, 2) if keypoints is not None else np.zeros((10, 2))
+            (series_points(keypoints, s) if keypoints is not None else np.zeros((10, 2))).reshape(-1, 2)
             for s in self.series[:, 1]
         ]
 
     def __len__(self) -> int:
         return len(self.series)
 
-    def __getitem__(self, index: int) -> dict:
+    def _array(self, index: int) -> np.ndarray:
         study_id, series_id = (int(v) for v in self.series[index])
-        volume = np.load(self.paths.stage1_array(study_id, series_id), mmap_mode="r")
-        frames, mask = take_frames(volume, self.n_frames)
-        if self.flip and random.random() < 0.5:
-            # Keypoints are 2-D (they live on the middle slices), so reversing the slices keeps the targets.
-            frames, mask = frames[..., ::-1].copy(), mask[::-1].copy()
-        return {
-            "image": torch.from_numpy(frames),
-            "mask": torch.from_numpy(mask),
-            "target": torch.tensor(self.targets[index], dtype=torch.float32),
-            "study_id": study_id,
-            "series_id": series_id,
-        }
+        return np.load(self.paths.stage1_array(study_id, series_id), mmap_mode="r")
+
+    def fill(self, index: int, image: np.ndarray, rng: np.random.Generator) -> dict:
+        # Keypoints are 2-D (they live on the middle slices), so reversing the slices keeps the targets.
+        _, mask = take_frames(self._array(index), self.n_frames, image, reverse=self.flip and rng.random() < 0.5)
+        study_id, series_id = (int(v) for v in self.series[index])
+        target = self.targets[index].astype(np.float32)
+        return {"mask": mask, "target": target, "study_id": study_id, "series_id": series_id}
 
 
-class CropDataset(Dataset):
+class CropDataset(_ArrayDataset):
     """Stage 2: per-level crop sequences of a series and the labels of the conditions the plane shows.
 
     Training draws one record per study and picks one of its series at random on every access; evaluation
-    has one record per series. Returns ``image`` (256, 256, 5, F) uint8, ``mask`` (F,) bool, ``target``
+    has one record per series. A sample is ``image`` (256, 256, 5, F) uint8, ``mask`` (F,) bool, ``target``
     (5, R, 3) one-hot (``IGNORE_INDEX`` rows where missing) for the condition rows ``rows``.
     """
 
@@ -149,21 +189,19 @@ class CropDataset(Dataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def __getitem__(self, index: int) -> dict:
+    def _array(self, index: int, series_id: int | None = None) -> np.ndarray:
         study_id, series_ids = self.records[index]
-        series_id = random.choice(series_ids) if self.train else series_ids[0]
-        crops = np.load(self.paths.stage2_array(study_id, series_id, self.root), mmap_mode="r")  # (H, W, 5, N)
-        frames, mask = take_frames(crops, self.n_frames)  # (H, W, 5, F)
+        path = self.paths.stage2_array(study_id, series_ids[0] if series_id is None else series_id, self.root)
+        return np.load(path, mmap_mode="r")  # (H, W, 5, N)
+
+    def fill(self, index: int, image: np.ndarray, rng: np.random.Generator) -> dict:
+        study_id, series_ids = self.records[index]
+        series_id = series_ids[rng.integers(len(series_ids))] if self.train else series_ids[0]
+        flip = self.flip and rng.random() < 0.5
+        _, mask = take_frames(self._array(index, series_id), self.n_frames, image, reverse=flip)
         target = self.labels.get(study_id, np.zeros((len(LEVELS), len(self.rows), 3), np.float32)).copy()
-        if self.flip and random.random() < 0.5:
+        if flip:
             # Index 0 is the patient's left: reversing the slices mirrors the patient, so left and right swap.
-            frames, mask = frames[..., ::-1].copy(), mask[::-1].copy()
             for left, right in self.flip_pairs:
                 target[:, [left, right]] = target[:, [right, left]]
-        return {
-            "image": torch.from_numpy(frames),
-            "mask": torch.from_numpy(mask),
-            "target": torch.from_numpy(target),
-            "study_id": study_id,
-            "series_id": series_id,
-        }
+        return {"mask": mask, "target": target, "study_id": study_id, "series_id": series_id}

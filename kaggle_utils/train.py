@@ -22,12 +22,13 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import pandas as pd
 import torch
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import Dataset, DistributedSampler
 
 from kaggle_utils import config, distributed, viz
 from kaggle_utils.config import TrainConfig
-from kaggle_utils.data import CropDataset, KeypointDataset, seed_worker
+from kaggle_utils.data import CropDataset, KeypointDataset
 from kaggle_utils.engine import ClassifierTask, KeypointTask, default_device, fit, same_run
+from kaggle_utils.loader import BatchLoader
 from kaggle_utils.models import condition_rows
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import load_table
@@ -71,22 +72,19 @@ def datasets(paths: Paths, cfg: TrainConfig, series: pd.DataFrame, fold: int) ->
     )
 
 
-def loader(dataset: Dataset, cfg: TrainConfig, train: bool) -> DataLoader:
-    """Training: every process draws its share of one seeded permutation per epoch (with one process, the
-    whole of it), so N processes at batch B / N see the batches one process sees at batch B."""
+def loader(dataset: Dataset, cfg: TrainConfig, train: bool) -> BatchLoader:
+    """Batches loaded by ``cfg.num_workers`` threads. Training: every process draws its share of one seeded
+    permutation per epoch (with one process, the whole of it), so N processes at batch B / N see the batches
+    one process sees at batch B."""
     ctx = distributed.context()
     sampler = DistributedSampler(dataset, ctx.world_size, ctx.rank, shuffle=True, seed=cfg.seed) if train else None
-    batch_size = ctx.per_process(cfg.batch_size) if train else cfg.batch_size
-    return DataLoader(
+    return BatchLoader(
         dataset,
-        batch_size=batch_size,
+        batch_size=ctx.per_process(cfg.batch_size) if train else cfg.batch_size,
         sampler=sampler,
         drop_last=train and len(dataset) > cfg.batch_size,
-        num_workers=cfg.num_workers,
-        worker_init_fn=seed_worker,
-        pin_memory=torch.cuda.is_available(),
-        persistent_workers=cfg.num_workers > 0,
-        generator=torch.Generator().manual_seed(cfg.seed),
+        workers=cfg.num_workers,
+        seed=cfg.seed + ctx.rank,
     )
 
 

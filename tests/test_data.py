@@ -7,8 +7,10 @@ import pytest
 import torch
 
 from kaggle_utils.constants import IGNORE_INDEX
-from kaggle_utils.data import one_hot_targets, select_frames, take_frames
+from kaggle_utils.data import CropDataset, one_hot_targets, select_frames, take_frames
 from kaggle_utils.engine import frames_first
+from kaggle_utils.models import condition_rows, left_right_pairs_of
+from kaggle_utils.tables import load_table
 
 
 @pytest.mark.parametrize(
@@ -42,3 +44,45 @@ def test_one_hot_targets_mark_missing_rows():
     out = one_hot_targets(np.array([[0, 2], [IGNORE_INDEX, 1]]))
     assert out.shape == (2, 2, 3)
     assert out[0, 1].tolist() == [0, 0, 1] and (out[1, 0] == IGNORE_INDEX).all()
+
+
+@pytest.mark.parametrize(("n_total", "n_frames"), [(3, 6), (8, 5), (5, 5)])
+def test_reversed_frames_are_the_frames_reversed_written_into_the_given_row(n_total, n_frames):
+    array = np.random.default_rng(1).integers(1, 256, (2, 3, n_total), dtype=np.uint8)
+    forward, mask = take_frames(array, n_frames)
+    row = np.full((2, 3, n_frames), 7, np.uint8)  # a reused batch row: stale bytes must not survive
+    backward, reversed_mask = take_frames(array, n_frames, out=row, reverse=True)
+    assert backward is row
+    np.testing.assert_array_equal(backward, forward[..., ::-1])
+    assert reversed_mask.tolist() == mask[::-1].tolist()
+    with pytest.raises(ValueError, match=r"slices of shape \(2, 3\) do not fit a batch of \(3, 3\)"):
+        take_frames(array, n_frames, out=np.empty((3, 3, n_frames), np.uint8))
+
+
+class FixedDraws:
+    """An rng whose draws are chosen: ``random()`` below 0.5 means flip."""
+
+    def __init__(self, value: float) -> None:
+        self.value = value
+
+    def random(self) -> float:
+        return self.value
+
+    def integers(self, n: int) -> int:
+        return 0
+
+
+def test_the_sequence_flip_reverses_the_slices_and_swaps_left_and_right_labels(prepared):
+    series = load_table(prepared, "series")
+    series = series[series["plane"] == "t2"]
+    dataset = CropDataset(series, prepared, 6, condition_rows("all"), load_table(prepared, "targets"), train=True)
+    plain_image, flipped_image = (np.empty(dataset.image_shape(), np.uint8) for _ in range(2))
+    plain = dataset.fill(0, plain_image, FixedDraws(0.9))
+    flipped = dataset.fill(0, flipped_image, FixedDraws(0.1))
+    np.testing.assert_array_equal(flipped_image, plain_image[..., ::-1])
+    assert flipped["mask"].tolist() == plain["mask"][::-1].tolist()
+    rows = condition_rows("all")
+    for left, right in left_right_pairs_of(rows):
+        np.testing.assert_array_equal(flipped["target"][:, left], plain["target"][:, right])
+    spinal = [i for i, r in enumerate(rows) if r.startswith("spinal")]
+    np.testing.assert_array_equal(flipped["target"][:, spinal], plain["target"][:, spinal])

@@ -16,6 +16,7 @@ import torch
 from kaggle_utils import train
 from kaggle_utils.config import TrainConfig, preset
 from kaggle_utils.engine import KeypointTask, fit, prepare_model, resume_path
+from kaggle_utils.loader import BatchLoader
 from kaggle_utils.paths import Paths
 
 CPU = torch.device("cpu")
@@ -35,7 +36,7 @@ def _weights(path: Path) -> dict[str, torch.Tensor]:
 class InterruptedAt:
     """A training loader that stops the run (as Ctrl-C would) when epoch ``epoch`` begins."""
 
-    def __init__(self, loader: torch.utils.data.DataLoader, epoch: int) -> None:
+    def __init__(self, loader: BatchLoader, epoch: int) -> None:
         self.loader, self.sampler, self.epoch = loader, loader.sampler, epoch
 
     def __len__(self) -> int:
