@@ -14,7 +14,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from kaggle_utils.constants import IGNORE_INDEX, LEVELS
+from kaggle_utils.constants import IGNORE_INDEX, LEVELS, SEVERITY_COLUMNS, row_id
 from kaggle_utils.models import left_right_pairs_of
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import series_points
@@ -49,6 +49,19 @@ def one_hot_targets(labels: np.ndarray) -> np.ndarray:
     out = np.eye(3, dtype=np.float32)[np.clip(labels, 0, 2)]
     out[labels == IGNORE_INDEX] = IGNORE_INDEX
     return out
+
+
+def soft_targets(table: pd.DataFrame, rows: tuple[str, ...]) -> dict[int, np.ndarray]:
+    """Per study (5, R, 3) soft targets from a long table (``study_id, row_id`` + the three probabilities, e.g. the
+    pseudo labels of ``denoise.pseudo_table``); rows the table lacks are ``IGNORE_INDEX``."""
+    by_row = dict(zip(table["row_id"], table[list(SEVERITY_COLUMNS)].to_numpy(np.float32), strict=True))
+    ignored = np.full(len(SEVERITY_COLUMNS), IGNORE_INDEX, np.float32)
+    return {
+        int(study): np.stack(
+            [np.stack([by_row.get(row_id(int(study), f"{r}_{level}"), ignored) for r in rows]) for level in LEVELS]
+        )
+        for study in table["study_id"].unique()
+    }
 
 
 def seed_worker(worker_id: int) -> None:
@@ -105,7 +118,8 @@ class CropDataset(Dataset):
 
     Training draws one record per study and picks one of its series at random on every access; evaluation
     has one record per series. Returns ``image`` (5, F, 256, 256) uint8, ``mask`` (F,) bool, ``target``
-    (5, R, 3) one-hot (``IGNORE_INDEX`` rows where missing) for the condition rows ``rows``.
+    (5, R, 3) one-hot (``IGNORE_INDEX`` rows where missing) for the condition rows ``rows``; with a ``pseudo``
+    table (``soft_targets``) also ``pseudo`` (5, R, 3), flipped with the labels.
     """
 
     def __init__(
@@ -118,6 +132,7 @@ class CropDataset(Dataset):
         train: bool = False,
         root: str = "stage2",
         flip: bool = True,
+        pseudo: pd.DataFrame | None = None,
     ) -> None:
         self.paths, self.n_frames, self.rows, self.train, self.root = paths, n_frames, rows, train, root
         self.flip = train and flip  # the random sequence flip (with the left/right label swap) of training
@@ -127,6 +142,7 @@ class CropDataset(Dataset):
         else:
             self.records = [(int(study), [int(s)]) for study, ids in groups.items() for s in ids]
         self.labels = self._labels(targets)
+        self.pseudo = soft_targets(pseudo, rows) if pseudo is not None else None
         self.flip_pairs = left_right_pairs_of(rows)
 
     def _labels(self, targets: pd.DataFrame | None) -> dict[int, np.ndarray]:
@@ -148,16 +164,20 @@ class CropDataset(Dataset):
         crops = np.load(self.paths.stage2_array(study_id, series_id, self.root), mmap_mode="r")  # (H, W, 5, N)
         frames, mask = take_frames(crops, self.n_frames)  # (F, H, W, 5)
         frames = np.ascontiguousarray(frames.transpose(3, 0, 1, 2))  # (5, F, H, W)
-        target = self.labels.get(study_id, np.zeros((len(LEVELS), len(self.rows), 3), np.float32)).copy()
+        shape = (len(LEVELS), len(self.rows), 3)
+        targets = {"target": self.labels.get(study_id, np.zeros(shape, np.float32)).copy()}
+        if self.pseudo is not None:
+            targets["pseudo"] = self.pseudo.get(study_id, np.full(shape, IGNORE_INDEX, np.float32)).copy()
         if self.flip and random.random() < 0.5:
             # Index 0 is the patient's left: reversing the slices mirrors the patient, so left and right swap.
             frames, mask = frames[:, ::-1].copy(), mask[::-1].copy()
-            for left, right in self.flip_pairs:
-                target[:, [left, right]] = target[:, [right, left]]
+            for target in targets.values():
+                for left, right in self.flip_pairs:
+                    target[:, [left, right]] = target[:, [right, left]]
         return {
             "image": torch.from_numpy(frames),
             "mask": torch.from_numpy(mask),
-            "target": torch.from_numpy(target),
+            **{key: torch.from_numpy(value) for key, value in targets.items()},
             "study_id": study_id,
             "series_id": series_id,
         }
