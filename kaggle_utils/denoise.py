@@ -23,6 +23,8 @@ With known flips (the synthetic ``label_flips.csv``) the detection gets a precis
 
 from __future__ import annotations
 
+import json
+import shutil
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -44,15 +46,16 @@ from kaggle_utils.constants import (
 from kaggle_utils.engine import score_predictions
 from kaggle_utils.infer import route
 from kaggle_utils.paths import Paths
+from kaggle_utils.tables import SCHEMAS
 
 DEFAULT_THRESHOLD = 0.85
 """The solution's threshold: a label is noisy when the ensemble gives it at most 15 %."""
 
-NOISY_COLUMNS = ("study_id", "row_id", "condition", "level", "label", "prob_label", "suggested", "score", "noisy")
+NOISY_COLUMNS = SCHEMAS["noisy_labels"]
 """Columns of the noisy-label table; ``label`` and ``suggested`` are class indices (0 Normal/Mild, 1 Moderate, 2 Severe;
 ``suggested`` -1 where no class of the family has a label to calibrate on)."""
 
-PSEUDO_COLUMNS = ("study_id", "row_id", *SEVERITY_COLUMNS)
+PSEUDO_COLUMNS = SCHEMAS["pseudo_labels"]
 """Columns of the pseudo-label table: soft targets per study and row id."""
 
 _CELLS: dict[str, tuple[str, str]] = {f"{c}_{lv}": (c, lv) for c in CONDITIONS for lv in LEVELS}
@@ -191,6 +194,31 @@ def ignore_noisy(targets: pd.DataFrame, cells: pd.DataFrame) -> tuple[pd.DataFra
             out.at[index[int(study)], column] = IGNORE_INDEX
             dropped[_CELLS[column][0]] += 1
     return out, pd.DataFrame({"condition": list(dropped), "dropped": list(dropped.values())})
+
+
+def fold_coverage(folds: pd.DataFrame, ensemble: pd.DataFrame, round2_folds: Sequence[int]) -> pd.DataFrame:
+    """Per round-2 fold: its training studies and how many of them the OOF ensemble covers (the only ones whose
+    labels can be screened and that get pseudo labels)."""
+    covered = set(ensemble["study_id"])
+    rows = []
+    for fold in round2_folds:
+        training = set(folds.loc[folds["fold"] != fold, "study_id"])
+        rows.append({"fold": fold, "training_studies": len(training), "with_oof": len(training & covered)})
+    return pd.DataFrame(rows, columns=["fold", "training_studies", "with_oof"])
+
+
+def copy_stage1(source: Paths, target: Paths) -> list[Path]:
+    """Copy the stage-1 checkpoints (weights and sidecars) of ``source`` beside round 2's stage-2 ones, so its models
+    folder is complete for inference (notebook 04 with ``RUN``) and for publishing as a weights dataset."""
+    copied = []
+    target.models_dir.mkdir(parents=True, exist_ok=True)
+    for weights in sorted(source.models_dir.glob("*.pt")):
+        sidecar = weights.with_suffix(".json")
+        if sidecar.exists() and json.loads(sidecar.read_text())["config"]["model"] == "keypoint":
+            for path in (weights, sidecar):
+                shutil.copy2(path, target.models_dir / path.name)
+            copied.append(target.models_dir / weights.name)
+    return copied
 
 
 # --- checks --------------------------------------------------------------------------------------
