@@ -56,6 +56,16 @@ demo: $(DEMO_DEPS) ## Run the four notebooks headless on DATA_DIR (default: the 
 		--set 'FOLDS=$(FOLDS)' --set 'PRESETS=$(PRESETS)' --set 'TRAIN_OVERRIDES=$(TRAIN_OVERRIDES)'
 	@echo "submission: $(WORK_DIR)/submission.csv   scores: $(WORK_DIR)/cv.json   pictures: $(WORK_DIR)/figures"
 
+.PHONY: denoise
+DENOISE_RUN ?= denoised
+# Round 2 (notebook 05) is its own step: `make demo` keeps running notebooks 01-04 only.
+demo: NOTEBOOKS := $(filter-out notebooks/05_denoise.py,$(NOTEBOOKS))
+denoise: $(DEMO_DEPS) ## Round 2 from WORK_DIR's round-1 OOF (notebook 05: noisy labels out, pseudo labels in), then 04 on it
+	$(PY) -m kaggle_utils.runner notebooks/05_denoise.py notebooks/04_inference.py --out $(WORK_DIR)/$(DENOISE_RUN)/executed \
+		--set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR) --set PROFILE=$(PROFILE) \
+		--set 'FOLDS=$(FOLDS)' --set 'PRESETS=$(PRESETS)' --set 'TRAIN_OVERRIDES=$(TRAIN_OVERRIDES)' --set RUN=$(DENOISE_RUN)
+	@echo "report: $(WORK_DIR)/$(DENOISE_RUN)/denoise.json   scores: $(WORK_DIR)/$(DENOISE_RUN)/cv.json"
+
 test: install ## Run the test suite (unit tests and every notebook on a tiny synthetic dataset)
 	$(PY) -m pytest
 
