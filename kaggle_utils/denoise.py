@@ -19,10 +19,19 @@ into the two tables round 2 trains with (``Stage2Config.noisy_labels`` and ``pse
 Studies without OOF predictions get neither, so train every fold in round 1. The tables come from models that saw
 the other folds' labels, so round-2 CV is slightly optimistic (the solution's team OOF had the same leak).
 With known flips (the synthetic ``label_flips.csv``) the detection gets a precision and a recall.
+
+The command line writes both tables from a work folder's round-1 OOF (what notebooks/05_denoise does before it trains),
+so a script can run the two rounds::
+
+    python -m kaggle_utils.train --presets fo sp1 --folds 0 1 2 3                      # round 1
+    python -m kaggle_utils.denoise --presets fo sp1 --threshold 0.85                   # the two tables
+    python -m kaggle_utils.train --presets fo sp1 --run denoised \
+        --set noisy_labels=work/tables/noisy_labels.csv --set pseudo_labels=work/tables/pseudo_labels.csv  # round 2
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import shutil
 from collections.abc import Iterable, Sequence
@@ -31,6 +40,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from kaggle_utils import config
 from kaggle_utils.config import InferConfig, TrainConfig
 from kaggle_utils.constants import (
     CONDITION_FAMILIES,
@@ -45,8 +55,8 @@ from kaggle_utils.constants import (
 )
 from kaggle_utils.engine import score_predictions
 from kaggle_utils.infer import route
-from kaggle_utils.paths import Paths
-from kaggle_utils.tables import SCHEMAS
+from kaggle_utils.paths import LABEL_FLIPS_CSV, Paths
+from kaggle_utils.tables import SCHEMAS, load_table, save_table
 
 DEFAULT_THRESHOLD = 0.85
 """The solution's threshold: a label is noisy when the ensemble gives it at most 15 %."""
@@ -282,3 +292,41 @@ def cv_compare(
                 {"model": name, "labels": label_name, "before": first, "after": second, "change": second - first}
             )
     return pd.DataFrame(rows, columns=["model", "labels", "before", "after", "change"])
+
+
+def write_tables(
+    paths: Paths, presets: Sequence[TrainConfig], threshold: float = DEFAULT_THRESHOLD
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The noisy-label and pseudo-label tables of a work folder's round-1 OOF (every fold found), saved to
+    ``tables/noisy_labels.csv`` and ``tables/pseudo_labels.csv``."""
+    folds = sorted(load_table(paths, "folds")["fold"].unique())
+    ensemble = oof_ensemble(load_oof(paths, presets, folds))
+    noisy = save_table(paths, "noisy_labels", noisy_table(ensemble, load_table(paths, "targets"), threshold))
+    return noisy, save_table(paths, "pseudo_labels", pseudo_table(ensemble))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write the noisy-label and pseudo-label tables from round-1 OOF.")
+    parser.add_argument("--presets", nargs="+", required=True, help="the stage-2 presets of round 1")
+    parser.add_argument("--threshold", type=float, default=DEFAULT_THRESHOLD)
+    parser.add_argument("--profile", default="auto", help="the profile round 1 used (seeds come from the presets)")
+    parser.add_argument("--data-dir", default="", help="competition-layout folder (for label_flips.csv)")
+    parser.add_argument("--work-dir", default="", help="round 1's work folder")
+    parser.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="round 1's TrainConfig overrides"
+    )
+    args = parser.parse_args(argv)
+    paths = Paths.resolve(args.data_dir, args.work_dir)
+    overrides = dict(item.split("=", 1) for item in args.set)
+    presets = [config.preset(name, config.resolve_profile(args.profile), overrides) for name in args.presets]
+    noisy, pseudo = write_tables(paths, presets, args.threshold)
+    print(counts_per_condition(noisy).round(3).to_string(index=False))
+    if paths.data_file(LABEL_FLIPS_CSV).exists():
+        print(detection(noisy, pd.read_csv(paths.data_file(LABEL_FLIPS_CSV))))
+    print(f"{paths.table('noisy_labels')}: {int(noisy['noisy'].sum())} noisy of {len(noisy)} scored labels")
+    print(f"{paths.table('pseudo_labels')}: {len(pseudo)} rows of {pseudo['study_id'].nunique()} studies")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

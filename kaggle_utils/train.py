@@ -175,6 +175,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-dir", default="", help="competition-layout folder (default: as the notebooks)")
     parser.add_argument("--work-dir", default="", help="output folder holding 01's tables and arrays")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig override")
+    parser.add_argument(
+        "--run", default="", help="train into WORK_DIR/RUN (round 2 of kaggle_utils.denoise), not WORK_DIR"
+    )
     args = parser.parse_args(argv)
     malformed = [item for item in args.set if "=" not in item]
     if malformed:
@@ -185,6 +188,11 @@ def main(argv: list[str] | None = None) -> int:
         paths = Paths.resolve(args.data_dir, args.work_dir)
         profile = config.resolve_profile(args.profile)
         configs = [config.preset(name, profile, overrides) for name in args.presets]  # all checked before training
+        if args.run:  # a round of its own; its models folder gets round 1's localisers, so inference can use it alone
+            round_paths = paths.with_run(args.run)
+            if ctx.is_main:
+                denoise.copy_stage1(paths, round_paths)
+            paths = round_paths
         results = [r for cfg in configs for r in train_folds(paths, cfg, args.folds)]
         if ctx.is_main:
             print(results_table(results).round(4).to_string(index=False))

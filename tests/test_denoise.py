@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import json
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils import denoise
+from kaggle_utils import denoise, train
 from kaggle_utils.config import preset
 from kaggle_utils.constants import (
     CONDITIONS,
@@ -263,3 +265,28 @@ def test_load_oof_reads_the_named_files_and_says_which_are_missing(tmp_path: Pat
     oof = denoise.load_oof(paths, [preset("fo", "smoke"), preset("sp1", "smoke")], [0, 1])
     assert oof["preset"].tolist() == ["fo"]
     assert "fo-f0-s42.csv, sp1-f0-s42.csv, sp1-f1-s42.csv" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_the_command_lines_run_both_rounds(prepared: Paths, tmp_path: Path, capsys):
+    """Round 1 on two folds, the tables, then round 2 of fold 0 in its own folder; round 1 stays as it was."""
+    work = tmp_path / "work"
+    shutil.copytree(prepared.work_dir, work, ignore=shutil.ignore_patterns("models", "oof"))
+    paths = Paths(prepared.data_dir, work)
+    where = ["--profile", "smoke", "--data-dir", str(paths.data_dir), "--work-dir", str(work)]
+    assert train.main(["--presets", "fo", "--folds", "0", "1", *where]) == 0
+    first = (paths.checkpoint("fo", 0, 42).read_bytes(), (paths.oof_dir / "fo-f0-s42.csv").read_text())
+    assert denoise.main(["--presets", "fo", *where]) == 0
+    assert "flagged" in capsys.readouterr().out  # the tiny data has flips, so the detection is printed
+    tables = [f"noisy_labels={paths.table('noisy_labels')}", f"pseudo_labels={paths.table('pseudo_labels')}"]
+    assert (
+        train.main(
+            ["--presets", "fo", "--folds", "0", "--run", "denoised", *where, "--set", tables[0], "--set", tables[1]]
+        )
+        == 0
+    )
+    round2 = paths.with_run("denoised")
+    sidecar = json.loads(round2.checkpoint("fo", 0, 42).with_suffix(".json").read_text())
+    assert sidecar["config"]["pseudo_labels"] == str(paths.table("pseudo_labels"))
+    assert (round2.oof_dir / "fo-f0-s42.csv").exists()
+    assert (paths.checkpoint("fo", 0, 42).read_bytes(), (paths.oof_dir / "fo-f0-s42.csv").read_text()) == first
