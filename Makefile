@@ -26,8 +26,14 @@ TRAIN_PRESETS ?= stage1_t1 stage1_t2 fo sp1 sp2 su
 TRAIN_FOLDS ?= 0 1 2 3
 TRAIN_PROFILE ?= auto
 GPUS ?= 1
+ROUNDS ?= 1
+NOISY_THRESHOLD ?= 0.85
+STAGE2_PRESETS = $(filter-out stage1_%,$(TRAIN_PRESETS))
 TRAIN_LAUNCH = $(if $(filter 1,$(GPUS)),$(PY),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(GPUS))
 NOTEBOOKS := $(sort $(wildcard notebooks/0*.py))
+# Round 2 (notebook 05) is its own step (`make denoise`): `make demo` runs notebooks 01-04.
+DEMO_NOTEBOOKS := $(filter-out notebooks/05_denoise.py,$(NOTEBOOKS))
+DENOISE_RUN ?= denoised
 
 # `make demo` without DATA_DIR generates and uses the synthetic data; with DATA_DIR it uses that folder.
 ifeq ($(strip $(DATA_DIR)),)
@@ -38,7 +44,7 @@ DEMO_DATA := $(abspath $(DATA_DIR))
 DEMO_DEPS := install
 endif
 
-.PHONY: help install data demo train-all test lint format notebooks clean sync submit wheels bench-preprocess \
+.PHONY: help install data demo train-all denoise test lint format notebooks clean sync submit wheels bench-preprocess \
 	bench-infer bench-train
 
 help: ## List the targets
@@ -58,16 +64,29 @@ data: install ## Write the synthetic competition dataset to SYNTHETIC_DIR (N_TRA
 	else $(PY) -m kaggle_utils.synthetic $(SYNTHETIC_DIR) --train $(N_TRAIN) --test $(N_TEST) --seed $(SEED); fi
 
 demo: $(DEMO_DEPS) ## Run the four notebooks headless on DATA_DIR (default: the synthetic data) into WORK_DIR
-	$(PY) -m kaggle_utils.runner $(NOTEBOOKS) --out $(WORK_DIR)/executed \
+	$(PY) -m kaggle_utils.runner $(DEMO_NOTEBOOKS) --out $(WORK_DIR)/executed \
 		--set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR) --set PROFILE=$(PROFILE) \
 		--set 'FOLDS=$(FOLDS)' --set 'PRESETS=$(PRESETS)' --set 'TRAIN_OVERRIDES=$(TRAIN_OVERRIDES)'
 	@echo "submission: $(WORK_DIR)/submission.csv   scores: $(WORK_DIR)/cv.json   pictures: $(WORK_DIR)/figures"
 
-train-all: $(DEMO_DEPS) ## Preprocess, then train TRAIN_PRESETS x TRAIN_FOLDS (full on a GPU; GPUS=N: torchrun); resumable
+train-all: $(DEMO_DEPS) ## Preprocess, train TRAIN_PRESETS x TRAIN_FOLDS (GPUS=N: torchrun; ROUNDS=2: denoised round too); resumable
 	$(PY) -m kaggle_utils.runner notebooks/01_preprocess.py --out $(WORK_DIR)/executed \
 		--set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR)
 	$(TRAIN_LAUNCH) -m kaggle_utils.train --presets $(TRAIN_PRESETS) --folds $(TRAIN_FOLDS) \
 		--profile $(TRAIN_PROFILE) --data-dir $(DEMO_DATA) --work-dir $(WORK_DIR) --overrides '$(TRAIN_OVERRIDES)'
+ifeq ($(ROUNDS),2)
+	$(PY) -m kaggle_utils.denoise --presets $(STAGE2_PRESETS) --threshold $(NOISY_THRESHOLD) \
+		--profile $(TRAIN_PROFILE) --data-dir $(DEMO_DATA) --work-dir $(WORK_DIR) --overrides '$(TRAIN_OVERRIDES)'
+	$(TRAIN_LAUNCH) -m kaggle_utils.train --presets $(STAGE2_PRESETS) --folds $(TRAIN_FOLDS) --run $(DENOISE_RUN) \
+		--profile $(TRAIN_PROFILE) --data-dir $(DEMO_DATA) --work-dir $(WORK_DIR) --overrides '$(TRAIN_OVERRIDES)' \
+		--set noisy_labels=$(WORK_DIR)/tables/noisy_labels.csv --set pseudo_labels=$(WORK_DIR)/tables/pseudo_labels.csv
+endif
+
+denoise: $(DEMO_DEPS) ## Round 2 from WORK_DIR's round-1 OOF (notebook 05: noisy labels out, pseudo labels in), then 04 on it
+	$(PY) -m kaggle_utils.runner notebooks/05_denoise.py notebooks/04_inference.py --out $(WORK_DIR)/$(DENOISE_RUN)/executed \
+		--set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR) --set PROFILE=$(PROFILE) \
+		--set 'FOLDS=$(FOLDS)' --set 'PRESETS=$(PRESETS)' --set 'TRAIN_OVERRIDES=$(TRAIN_OVERRIDES)' --set RUN=$(DENOISE_RUN)
+	@echo "report: $(WORK_DIR)/$(DENOISE_RUN)/denoise.json   scores: $(WORK_DIR)/$(DENOISE_RUN)/cv.json"
 
 test: install ## Run the test suite (unit tests and every notebook on a tiny synthetic dataset)
 	$(PY) -m pytest

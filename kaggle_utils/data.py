@@ -16,7 +16,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from kaggle_utils.constants import IGNORE_INDEX, LEVELS
+from kaggle_utils.constants import IGNORE_INDEX, LEVELS, SEVERITY_COLUMNS, row_id
 from kaggle_utils.models import left_right_pairs_of
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import series_points
@@ -74,6 +74,19 @@ def one_hot_targets(labels: np.ndarray) -> np.ndarray:
     out = np.eye(3, dtype=np.float32)[np.clip(labels, 0, 2)]
     out[labels == IGNORE_INDEX] = IGNORE_INDEX
     return out
+
+
+def soft_targets(table: pd.DataFrame, rows: tuple[str, ...]) -> dict[int, np.ndarray]:
+    """Per study (5, R, 3) soft targets from a long table (``study_id, row_id`` + the three probabilities, e.g. the
+    pseudo labels of ``denoise.pseudo_table``); rows the table lacks are ``IGNORE_INDEX``."""
+    by_row = dict(zip(table["row_id"], table[list(SEVERITY_COLUMNS)].to_numpy(np.float32), strict=True))
+    ignored = np.full(len(SEVERITY_COLUMNS), IGNORE_INDEX, np.float32)
+    return {
+        int(study): np.stack(
+            [np.stack([by_row.get(row_id(int(study), f"{r}_{level}"), ignored) for r in rows]) for level in LEVELS]
+        )
+        for study in table["study_id"].unique()
+    }
 
 
 class _ArrayDataset(Dataset, abc.ABC):
@@ -152,7 +165,8 @@ class CropDataset(_ArrayDataset):
 
     Training draws one record per study and picks one of its series at random on every access; evaluation
     has one record per series. A sample is ``image`` (256, 256, 5, F) uint8, ``mask`` (F,) bool, ``target``
-    (5, R, 3) one-hot (``IGNORE_INDEX`` rows where missing) for the condition rows ``rows``.
+    (5, R, 3) one-hot (``IGNORE_INDEX`` rows where missing) for the condition rows ``rows``; with a ``pseudo``
+    table (``soft_targets``) also ``pseudo`` (5, R, 3), flipped with the labels.
     """
 
     def __init__(
@@ -165,6 +179,7 @@ class CropDataset(_ArrayDataset):
         train: bool = False,
         root: str = "stage2",
         flip: bool = True,
+        pseudo: pd.DataFrame | None = None,
     ) -> None:
         self.paths, self.n_frames, self.rows, self.train, self.root = paths, n_frames, rows, train, root
         self.flip = train and flip  # the random sequence flip (with the left/right label swap) of training
@@ -174,6 +189,7 @@ class CropDataset(_ArrayDataset):
         else:
             self.records = [(int(study), [int(s)]) for study, ids in groups.items() for s in ids]
         self.labels = self._labels(targets)
+        self.pseudo = soft_targets(pseudo, rows) if pseudo is not None else None
         self.flip_pairs = left_right_pairs_of(rows)
 
     def _labels(self, targets: pd.DataFrame | None) -> dict[int, np.ndarray]:
@@ -199,9 +215,13 @@ class CropDataset(_ArrayDataset):
         series_id = series_ids[rng.integers(len(series_ids))] if self.train else series_ids[0]
         flip = self.flip and rng.random() < 0.5
         _, mask = take_frames(self._array(index, series_id), self.n_frames, image, reverse=flip)
-        target = self.labels.get(study_id, np.zeros((len(LEVELS), len(self.rows), 3), np.float32)).copy()
+        shape = (len(LEVELS), len(self.rows), 3)
+        targets = {"target": self.labels.get(study_id, np.zeros(shape, np.float32)).copy()}
+        if self.pseudo is not None:
+            targets["pseudo"] = self.pseudo.get(study_id, np.full(shape, IGNORE_INDEX, np.float32)).copy()
         if flip:
             # Index 0 is the patient's left: reversing the slices mirrors the patient, so left and right swap.
-            for left, right in self.flip_pairs:
-                target[:, [left, right]] = target[:, [right, left]]
-        return {"mask": mask, "target": target, "study_id": study_id, "series_id": series_id}
+            for target in targets.values():
+                for left, right in self.flip_pairs:
+                    target[:, [left, right]] = target[:, [right, left]]
+        return {"mask": mask, **targets, "study_id": study_id, "series_id": series_id}

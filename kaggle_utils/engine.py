@@ -32,7 +32,7 @@ from kaggle_utils import distributed
 from kaggle_utils.augment import Stage1Augment, Stage2Augment, resize, rotate_resize
 from kaggle_utils.config import ConfigError, TrainConfig, apply_overrides, from_dict, to_dict
 from kaggle_utils.constants import LEVELS, row_id
-from kaggle_utils.losses import keypoint_l1, weighted_soft_cross_entropy
+from kaggle_utils.losses import keypoint_l1, pseudo_label_loss, weighted_soft_cross_entropy
 from kaggle_utils.metric import score_parts, solution_from_targets
 from kaggle_utils.models import build_model, condition_rows
 from kaggle_utils.paths import REPO_ROOT
@@ -192,6 +192,12 @@ class ClassifierTask:
 
     def loss(self, model: nn.Module, batch: dict, train: bool) -> tuple[torch.Tensor, dict]:
         image, mask, target = self.inputs(batch, train)
+        if train and "pseudo" in batch:
+            # Labels and pseudo labels side by side on the class axis, so cutmix and mixup move them together.
+            both = torch.cat([target, batch["pseudo"].to(self.device)], dim=-1)
+            mixed = model(image, mask, both)
+            label, pseudo = mixed["target"].split(3, dim=-1)
+            return pseudo_label_loss(mixed["logits"].float(), label, pseudo, self.cfg.pseudo_weight), {}
         out = model(image, mask, target if train else None)
         mixed = out["target"] if out.get("target") is not None else target
         return weighted_soft_cross_entropy(out["logits"].float(), mixed), {}

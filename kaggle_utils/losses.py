@@ -33,6 +33,15 @@ def weighted_soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> t
     return (weights * row_loss).sum() / max(len(row_loss), 1)
 
 
+def pseudo_label_loss(
+    logits: torch.Tensor, target: torch.Tensor, pseudo: torch.Tensor, pseudo_weight: float
+) -> torch.Tensor:
+    """``(1 - w) * loss(labels) + w * loss(pseudo labels)``, both ``weighted_soft_cross_entropy``: the solution's best
+    submission used w = 0.5. Pseudo rows marked ``IGNORE_INDEX`` (no OOF prediction) weigh 0 like missing labels."""
+    label_loss = weighted_soft_cross_entropy(logits, target)
+    return (1.0 - pseudo_weight) * label_loss + pseudo_weight * weighted_soft_cross_entropy(logits, pseudo)
+
+
 def keypoint_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute error between predicted and true relative keypoints (any shapes with equal size)."""
     return F.l1_loss(pred.float(), target.reshape(pred.shape).float())

@@ -193,8 +193,10 @@ class SagittalNet(nn.Module):
     Each head has its own AttentionLSTM and linear layer; the backbone and one dropout are shared. The
     levels are independent sequences sharing all weights. The spinal head sees the un-mixed sequence.
 
-    ``forward`` returns ``dict(logits=(B, 5, R, 3), target=(B, 5, R, 3) or None)``; in training mode with a
-    target, sequence cutmix and manifold mixup change the target accordingly.
+    ``forward`` returns ``dict(logits=(B, 5, R, 3), target=(B, 5, R, K) or None)``; in training mode with a
+    target, sequence cutmix and manifold mixup change the target accordingly. The target's last axis may hold
+    several 3-class blocks side by side (K = 6: labels then pseudo labels), which then mix exactly alike; a row is
+    eligible for mixup only when none of its blocks is ignored.
     """
 
     def __init__(self, cfg: Stage2Config) -> None:
@@ -244,7 +246,7 @@ class SagittalNet(nn.Module):
             dim=1,
         )
         shape = (b, n_levels, len(self.rows), N_CLASSES)
-        return dict(logits=logits.view(shape), target=rows.view(shape) if rows is not None else None)
+        return dict(logits=logits.view(shape), target=rows.view(*shape[:-1], -1) if rows is not None else None)
 
 
 MODELS: dict[str, type[nn.Module]] = {

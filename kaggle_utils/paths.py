@@ -10,6 +10,7 @@ simulate a kernel that way), and ``WEIGHTS_DIR`` points inference at a folder of
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -36,6 +37,7 @@ TRAIN_COORDINATES_CSV = "train_label_coordinates.csv"
 SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
 COORDS_PRETRAIN_CSV = "coords_pretrain.csv"
 TEST_LABELS_CSV = "test_labels.csv"  # hidden test labels; only the synthetic data has them
+LABEL_FLIPS_CSV = "label_flips.csv"  # train.csv cells the synthetic generator flipped on purpose (--label-noise)
 
 
 def kaggle_input() -> Path:
@@ -108,11 +110,16 @@ class Paths:
 
     ``weights_dir``, when set, is where checkpoints are read and written instead of ``work_dir/models``:
     on Kaggle the weights dataset (read-only, so train there without it attached).
+
+    ``run``, when set, names a training round with its own sub-folder ``work_dir/{run}`` for checkpoints, OOF
+    predictions, ``submission.csv`` and ``cv.json`` (round 2 of notebooks/05_denoise trains into ``denoised``), while
+    the tables and cached arrays stay shared; "" is the plain layout.
     """
 
     data_dir: Path
     work_dir: Path
     weights_dir: Path | None = None
+    run: str = ""
 
     @classmethod
     def resolve(
@@ -145,6 +152,15 @@ class Paths:
         return self.images_dir(split) / str(study_id) / str(series_id)
 
     # --- outputs ----------------------------------------------------------------------------
+    def with_run(self, run: str) -> Paths:
+        """The same folders with the outputs of training round ``run`` in ``work_dir/{run}`` ("" = the plain layout)."""
+        return dataclasses.replace(self, run=run)
+
+    @property
+    def run_dir(self) -> Path:
+        """Where this round's checkpoints, OOF predictions and reports go: ``work_dir`` or ``work_dir/{run}``."""
+        return self.work_dir / self.run if self.run else self.work_dir
+
     @property
     def tables_dir(self) -> Path:
         return self.work_dir / "tables"
@@ -164,7 +180,7 @@ class Paths:
     @property
     def models_dir(self) -> Path:
         """Checkpoints: ``weights_dir`` when set (the weights dataset on Kaggle), else ``work_dir/models``."""
-        return self.weights_dir or self.work_dir / "models"
+        return self.weights_dir or self.run_dir / "models"
 
     def checkpoint(self, preset: str, fold: int, seed: int) -> Path:
         """Model weights ``models/{preset}-f{fold}-s{seed}.pt``; the JSON sidecar sits beside it."""
@@ -172,7 +188,7 @@ class Paths:
 
     @property
     def oof_dir(self) -> Path:
-        return self.work_dir / "oof"
+        return self.run_dir / "oof"
 
     @property
     def figures_dir(self) -> Path:
@@ -180,8 +196,13 @@ class Paths:
 
     @property
     def submission_csv(self) -> Path:
-        return self.work_dir / "submission.csv"
+        return self.run_dir / "submission.csv"
 
     @property
     def cv_json(self) -> Path:
-        return self.work_dir / "cv.json"
+        return self.run_dir / "cv.json"
+
+    @property
+    def denoise_json(self) -> Path:
+        """Report of notebooks/05_denoise: detection counts and the CV before and after round 2."""
+        return self.run_dir / "denoise.json"

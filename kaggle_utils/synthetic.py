@@ -10,7 +10,12 @@ and is shared across conditions, then shape the anatomy: spinal canal stenosis n
 behind the disc on the middle sagittal slices, foraminal narrowing shrinks that side's foramen on
 that side's lateral slices, subarticular stenosis closes that side's lateral recess.
 
-CLI: ``python -m kaggle_utils.synthetic OUT_DIR [--train N] [--test M] [--seed S] [--workers W]``.
+``label_noise`` flips a known fraction of the labelled ``train.csv`` cells to another severity (the images keep
+the truth) and lists them in ``label_flips.csv`` beside the competition files (columns ``study_id, row_id,
+condition, level, true, given``, severities as ``train.csv`` writes them), so noisy-label detection can be scored.
+Without it no such file is written and every file keeps the competition layout either way.
+
+CLI: ``python -m kaggle_utils.synthetic OUT_DIR [--train N] [--test M] [--seed S] [--workers W] [--label-noise F]``.
 """
 
 from __future__ import annotations
@@ -53,6 +58,7 @@ from kaggle_utils.constants import (
 from kaggle_utils.dicom import slice_normal, world_to_pixel
 from kaggle_utils.paths import (
     COORDS_PRETRAIN_CSV,
+    LABEL_FLIPS_CSV,
     SAMPLE_SUBMISSION_CSV,
     TEST_LABELS_CSV,
     TEST_SERIES_CSV,
@@ -915,6 +921,28 @@ def _missing_cells(rng: np.random.Generator) -> np.ndarray:
     return missing
 
 
+def flip_labels(labels: pd.DataFrame, fraction: float, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``labels`` (``study_id`` + label columns of severity names) with ``round(fraction * labelled cells)`` cells,
+    drawn without replacement, changed to one of the two other severities; and the table of those flips
+    (``study_id, row_id, condition, level, true, given``) in row-id order. Missing cells are never touched."""
+    values = labels[list(LABEL_COLUMNS)].to_numpy(dtype=object)
+    labelled = np.flatnonzero(pd.notna(values).ravel())
+    chosen = np.sort(rng.choice(labelled, size=int(round(fraction * len(labelled))), replace=False))
+    flips = []
+    for cell in chosen:
+        r, c = divmod(int(cell), len(LABEL_COLUMNS))
+        true = values[r, c]
+        given = SEVERITIES[(SEVERITIES.index(true) + int(rng.integers(1, len(SEVERITIES)))) % len(SEVERITIES)]
+        values[r, c] = given
+        condition, level = CONDITIONS[c // len(LEVELS)], LEVELS[c % len(LEVELS)]  # LABEL_COLUMNS is condition-major
+        study_id = int(labels["study_id"].iloc[r])
+        flips.append((study_id, row_id(study_id, LABEL_COLUMNS[c]), condition, level, true, given))
+    noisy = labels.copy()
+    noisy[list(LABEL_COLUMNS)] = values
+    table = pd.DataFrame(flips, columns=["study_id", "row_id", "condition", "level", "true", "given"])
+    return noisy, table.sort_values("row_id", ignore_index=True)
+
+
 @dataclass
 class StudyTask:
     """Everything a worker needs to write one study; the seed sequence makes it order-independent."""
@@ -1024,6 +1052,7 @@ _OUTPUT_FILES = (
     COORDS_PRETRAIN_CSV,
     SAMPLE_SUBMISSION_CSV,
     TEST_LABELS_CSV,
+    LABEL_FLIPS_CSV,
 )
 
 
@@ -1074,7 +1103,9 @@ def _run(tasks: list[StudyTask], workers: int, progress: bool) -> list[StudyReco
         return list(bar(pool.map(make_study, tasks)))  # map keeps task order: output does not depend on timing
 
 
-def _write_tables(out_dir: Path, tasks: list[StudyTask], records: list[StudyRecord]) -> None:
+def _write_tables(
+    out_dir: Path, tasks: list[StudyTask], records: list[StudyRecord], label_noise: float, seed: int
+) -> None:
     train = [r for t, r in zip(tasks, records, strict=True) if t.split == TRAIN]
     test = [r for t, r in zip(tasks, records, strict=True) if t.split == TEST]
     label_columns = ["study_id", *LABEL_COLUMNS]
@@ -1085,7 +1116,11 @@ def _write_tables(out_dir: Path, tasks: list[StudyTask], records: list[StudyReco
     def table(rows: list[dict], columns: list[str], name: str) -> None:
         pd.DataFrame(rows, columns=columns).to_csv(out_dir / name, index=False)
 
-    table([r.label for r in train], label_columns, TRAIN_CSV)
+    labels = pd.DataFrame([r.label for r in train], columns=label_columns)
+    if label_noise > 0:
+        labels, flips = flip_labels(labels, label_noise, np.random.default_rng([seed, 2]))
+        flips.to_csv(out_dir / LABEL_FLIPS_CSV, index=False)
+    labels.to_csv(out_dir / TRAIN_CSV, index=False)
     table([r.label for r in test], label_columns, TEST_LABELS_CSV)
     table([s for r in train for s in r.series], series_columns, TRAIN_SERIES_CSV)
     table([s for r in test for s in r.series], series_columns, TEST_SERIES_CSV)
@@ -1107,24 +1142,26 @@ def make_dataset(
     workers: int = 2,
     progress: bool = True,
     missing_series_fraction: float = 0.0,
+    label_noise: float = 0.0,
 ) -> Path:
     """Write a synthetic dataset in the competition layout to ``out_dir`` and return ``out_dir``.
 
     Earlier output of this function in ``out_dir`` is replaced; nothing else there is touched.
     ``missing_series_fraction`` of the test studies lose one sagittal series, as some hidden-test
-    studies do.
+    studies do. ``label_noise`` of the labelled ``train.csv`` cells are flipped to another severity and
+    listed in ``label_flips.csv`` (images, coordinates and the hidden test labels keep the truth).
     """
-    if n_train < 0 or n_test < 0 or not 0.0 <= missing_series_fraction <= 1.0:
+    if n_train < 0 or n_test < 0 or not 0.0 <= missing_series_fraction <= 1.0 or not 0.0 <= label_noise <= 1.0:
         raise ValueError(
-            f"need n_train, n_test >= 0 and 0 <= missing_series_fraction <= 1, got "
-            f"{n_train}, {n_test}, {missing_series_fraction}"
+            f"need n_train, n_test >= 0 and missing_series_fraction, label_noise in [0, 1], got "
+            f"{n_train}, {n_test}, {missing_series_fraction}, {label_noise}"
         )
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     _clear_previous(out_dir)
     tasks = _tasks(out_dir, n_train, n_test, seed, missing_series_fraction)
     records = _run(tasks, workers, progress)
-    _write_tables(out_dir, tasks, records)
+    _write_tables(out_dir, tasks, records, label_noise, seed)
     return out_dir
 
 
@@ -1136,6 +1173,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--missing-series-fraction", type=float, default=0.0)
+    parser.add_argument(
+        "--label-noise",
+        type=float,
+        default=0.0,
+        help=f"fraction of train.csv labels flipped (listed in {LABEL_FLIPS_CSV})",
+    )
     args = parser.parse_args(argv)
     out = make_dataset(
         args.out_dir,
@@ -1144,8 +1187,9 @@ def main(argv: list[str] | None = None) -> None:
         args.seed,
         args.workers,
         missing_series_fraction=args.missing_series_fraction,
+        label_noise=args.label_noise,
     )
-    for name in _OUTPUT_FILES:
+    for name in (n for n in _OUTPUT_FILES if (out / n).exists()):
         print(f"{out / name}: {len(pd.read_csv(out / name))} rows")
     for split in SPLITS:
         images = Paths(out, out).images_dir(split)

@@ -22,6 +22,7 @@ from kaggle_utils.constants import (
     LEVEL_NAMES,
     PLANES,
     SEVERITIES,
+    SEVERITY_COLUMNS,
 )
 from kaggle_utils.dicom import read_header
 from kaggle_utils.preprocess import sort_level_points
@@ -31,6 +32,9 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     "folds": ("study_id", "fold"),
     "targets": ("study_id", *LABEL_COLUMNS),
     "keypoints": ("study_id", "series_id", "plane", "level", "side", "relative_x", "relative_y", "source"),
+    # round 2 (kaggle_utils/denoise.py, notebooks/05_denoise)
+    "noisy_labels": ("study_id", "row_id", "condition", "level", "label", "prob_label", "suggested", "score", "noisy"),
+    "pseudo_labels": ("study_id", "row_id", *SEVERITY_COLUMNS),
 }
 """Columns every table must have (extra columns are allowed)."""
 

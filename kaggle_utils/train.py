@@ -24,7 +24,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from kaggle_utils import config, distributed, viz
+from kaggle_utils import config, denoise, distributed, viz
 from kaggle_utils.config import TrainConfig
 from kaggle_utils.data import CropDataset, KeypointDataset
 from kaggle_utils.engine import ClassifierTask, KeypointTask, default_device, fit, same_run
@@ -66,10 +66,24 @@ def datasets(paths: Paths, cfg: TrainConfig, series: pd.DataFrame, fold: int) ->
         )
     targets = load_table(paths, "targets")
     rows = condition_rows(cfg.condition)
+    train_targets, pseudo = round2_inputs(cfg, targets[targets["study_id"].isin(train["study_id"])], fold)
     return (
-        CropDataset(train, paths, cfg.n_frames, rows, targets, train=True, flip=cfg.augment),
-        CropDataset(val, paths, cfg.n_frames, rows, targets),
+        CropDataset(train, paths, cfg.n_frames, rows, train_targets, train=True, flip=cfg.augment, pseudo=pseudo),
+        CropDataset(val, paths, cfg.n_frames, rows, targets),  # validation keeps the given labels
     )
+
+
+def round2_inputs(cfg: TrainConfig, targets: pd.DataFrame, fold: int) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """Training targets with the config's noisy labels ignored (the count per condition is printed), and its pseudo
+    labels; unchanged targets and None in round 1 (both fields "")."""
+    noisy_path, pseudo_path = getattr(cfg, "noisy_labels", ""), getattr(cfg, "pseudo_labels", "")
+    if noisy_path:
+        cells = denoise.noisy_cells(denoise.read_table(noisy_path, "noisy_labels"))
+        targets, dropped = denoise.ignore_noisy(targets, cells)
+        per_condition = ", ".join(f"{c} {n}" for c, n in zip(dropped["condition"], dropped["dropped"], strict=True))
+        print(f"{cfg.name} f{fold}: {int(dropped['dropped'].sum())} noisy training labels ignored ({per_condition})")
+    pseudo = denoise.read_table(pseudo_path, "pseudo_labels") if pseudo_path else None
+    return targets, pseudo
 
 
 def loader(dataset: Dataset, cfg: TrainConfig, train: bool) -> BatchLoader:
@@ -160,6 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--work-dir", default="", help="output folder holding 01's tables and arrays")
     parser.add_argument("--overrides", default="{}", help="TrainConfig overrides as JSON, e.g. '{\"epochs\": 2}'")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig override")
+    parser.add_argument(
+        "--run", default="", help="train into WORK_DIR/RUN (round 2 of kaggle_utils.denoise), not WORK_DIR"
+    )
     args = parser.parse_args(argv)
     malformed = [item for item in args.set if "=" not in item]
     if malformed:
@@ -173,6 +190,11 @@ def main(argv: list[str] | None = None) -> int:
         paths = Paths.resolve(args.data_dir, args.work_dir)
         profile = config.resolve_profile(args.profile)
         configs = [config.preset(name, profile, overrides) for name in args.presets]  # all checked before training
+        if args.run:  # a round of its own; its models folder gets round 1's localisers, so inference can use it alone
+            round_paths = paths.with_run(args.run)
+            if ctx.is_main:
+                denoise.copy_stage1(paths, round_paths)
+            paths = round_paths
         results = [r for cfg in configs for r in train_folds(paths, cfg, args.folds)]
         if ctx.is_main:
             print(results_table(results).round(4).to_string(index=False))

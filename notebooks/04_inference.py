@@ -6,7 +6,8 @@
 # study has one, else from T2). Studies or rows no model covers get the class priors of the training labels.
 #
 # **Inputs**: `DATA_DIR` (`test_series_descriptions.csv`, `test_images/`, `train.csv`), `WORK_DIR/models/`
-# (or a weights dataset on Kaggle), and for CV the tables of 01.
+# (or a weights dataset on Kaggle), and for CV the tables of 01. With `RUN` set (e.g. `denoised`, see 05) the models
+# come from `WORK_DIR/{RUN}/models/` and the outputs below go to `WORK_DIR/{RUN}/` instead.
 #
 # **Outputs**: `WORK_DIR/submission.csv` (25 rows per test study), `WORK_DIR/cv.json`,
 # `WORK_DIR/oof/oof_submission.csv`.
@@ -49,6 +50,7 @@ WORK_DIR = ""  # output folder ("" = auto)
 RUN_CV = "auto"  # out-of-fold score on the training folds; auto = yes, except inside a Kaggle kernel
 FOLDS = [0, 1, 2, 3]  # folds whose models exist, for CV
 INFER_OVERRIDES = {}  # InferConfig fields, e.g. {"tta_angles": [0]}
+RUN = ""  # a training round's sub-folder of WORK_DIR ("denoised" after 05); "" = WORK_DIR itself
 
 # %%
 import json
@@ -57,9 +59,9 @@ from kaggle_utils import config, engine, infer, tables
 from kaggle_utils.paths import TEST_LABELS_CSV, TEST_SERIES_CSV, TRAIN_CSV, Paths, is_kaggle
 
 p = config.notebook_params(
-    DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, RUN_CV=RUN_CV, FOLDS=FOLDS, INFER_OVERRIDES=INFER_OVERRIDES
+    DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, RUN_CV=RUN_CV, FOLDS=FOLDS, INFER_OVERRIDES=INFER_OVERRIDES, RUN=RUN
 )
-paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR)
+paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR).with_run(p.RUN)
 infer_cfg = config.apply_overrides(config.InferConfig(), p.INFER_OVERRIDES)
 pre_cfg = config.PreprocessConfig()
 device = engine.default_device()

@@ -16,9 +16,16 @@ TINY_TRAIN, TINY_TEST = 8, 2
 
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """8 training and 2 test studies (every fold of 4 has 2 validation studies)."""
+    """8 training and 2 test studies (every fold of 4 has 2 validation studies); 10 % of the training labels are
+    flipped (``label_flips.csv``), so notebook 05 has flips to find."""
     return make_dataset(
-        tmp_path_factory.mktemp("competition"), n_train=TINY_TRAIN, n_test=TINY_TEST, seed=1, workers=1, progress=False
+        tmp_path_factory.mktemp("competition"),
+        n_train=TINY_TRAIN,
+        n_test=TINY_TEST,
+        seed=1,
+        workers=1,
+        progress=False,
+        label_noise=0.1,
     )
 
 

@@ -55,3 +55,11 @@ def test_notebook_params_read_the_environment(monkeypatch):
     monkeypatch.setenv("FOLDS", "[1,")
     with pytest.raises(config.ConfigError, match="FOLDS"):
         config.notebook_params(FOLDS=[0])
+
+
+def test_round_two_fields_default_off_and_old_sidecars_still_load():
+    cfg = config.preset("sp1", "smoke")
+    assert (cfg.noisy_labels, cfg.pseudo_labels, cfg.pseudo_weight) == ("", "", 0.5)
+    old = {k: v for k, v in config.to_dict(cfg).items() if k not in ("noisy_labels", "pseudo_labels", "pseudo_weight")}
+    assert config.from_dict(old) == cfg
+    assert config.apply_overrides(cfg, {"pseudo_weight": "0.25"}).pseudo_weight == 0.25

@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from kaggle_utils.config import ConfigError, TrainConfig, preset
-from kaggle_utils.engine import MODEL_FIELDS_KEY, load_checkpoint, save_checkpoint
+from kaggle_utils.engine import MODEL_FIELDS_KEY, ClassifierTask, load_checkpoint, save_checkpoint
+from kaggle_utils.losses import weighted_soft_cross_entropy
 from kaggle_utils.models import build_model
 
 
@@ -95,3 +96,36 @@ def test_weights_without_the_config_entry_still_load(tmp_path: Path) -> None:
     image, mask = _inputs(cfg)
     with torch.no_grad():
         torch.testing.assert_close(loaded(image, mask)["logits"], model(image, mask)["logits"], rtol=0, atol=0)
+
+
+def _pseudo_batch(cfg: TrainConfig) -> dict:
+    generator = torch.Generator().manual_seed(5)
+    rows = 2 if cfg.condition == "foraminal" else 5
+    return {
+        "image": torch.randint(0, 255, (2, 40, 40, 5, cfg.n_frames), dtype=torch.uint8, generator=generator),
+        "mask": torch.ones(2, cfg.n_frames, dtype=torch.bool),
+        "target": torch.eye(3)[torch.randint(3, (2, 5, rows), generator=generator)],
+        "pseudo": torch.rand(2, 5, rows, 3, generator=generator).softmax(-1),
+    }
+
+
+@pytest.mark.parametrize("weight", [0.0, 0.25, 1.0])
+def test_classifier_loss_mixes_label_and_pseudo_label_losses(weight: float) -> None:
+    """Without mixing augmentations, the training loss with pseudo labels is the weighted sum of the two losses."""
+    cfg = preset("fo", "smoke", {"cutmix_p": 0.0, "mixup_p": 0.0, "pseudo_weight": weight})
+    task = ClassifierTask(cfg, torch.device("cpu"))
+    torch.manual_seed(0)
+    model = build_model(cfg).eval()  # no dropout: the two forward passes below see the same network
+    batch = _pseudo_batch(cfg)
+    torch.manual_seed(1)
+    loss, _ = task.loss(model, batch, train=True)
+    torch.manual_seed(1)  # the same augmentation draw
+    image, mask, target = task.inputs(batch, train=True)
+    logits = model(image, mask)["logits"]
+    expected = (1 - weight) * weighted_soft_cross_entropy(logits, target) + weight * weighted_soft_cross_entropy(
+        logits, batch["pseudo"]
+    )
+    torch.testing.assert_close(loss, expected)
+    torch.manual_seed(1)
+    plain, _ = task.loss(model, {k: v for k, v in batch.items() if k != "pseudo"}, train=True)
+    torch.testing.assert_close(plain, weighted_soft_cross_entropy(logits, target))

@@ -7,7 +7,7 @@ import math
 import torch
 
 from kaggle_utils.constants import IGNORE_INDEX
-from kaggle_utils.losses import keypoint_l1, weighted_soft_cross_entropy
+from kaggle_utils.losses import keypoint_l1, pseudo_label_loss, weighted_soft_cross_entropy
 
 
 def test_two_rows_by_hand():
@@ -52,3 +52,17 @@ def test_keypoint_l1_is_the_mean_absolute_error():
     pred = torch.zeros(2, 10, 2)
     target = torch.full((2, 20), 0.25)
     assert math.isclose(keypoint_l1(pred, target).item(), 0.25, rel_tol=1e-6)
+
+
+def test_pseudo_label_loss_is_the_weighted_sum_of_both_losses():
+    torch.manual_seed(0)
+    logits = torch.randn(4, 5, 3)
+    target = torch.eye(3)[torch.randint(3, (4, 5))]
+    target[0, 1] = IGNORE_INDEX
+    pseudo = torch.rand(4, 5, 3).softmax(-1)
+    pseudo[2, 2] = IGNORE_INDEX  # a row without an OOF prediction
+    label_loss = weighted_soft_cross_entropy(logits, target)
+    pseudo_loss = weighted_soft_cross_entropy(logits, pseudo)
+    for w in (0.0, 0.3, 0.5, 1.0):
+        expected = (1 - w) * label_loss + w * pseudo_loss
+        assert math.isclose(pseudo_label_loss(logits, target, pseudo, w).item(), expected.item(), rel_tol=1e-6)

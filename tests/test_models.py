@@ -222,3 +222,31 @@ def test_gradient_checkpointing_changes_memory_not_results():
     assert len(grads[0]) == len(grads[1]) > 0
     for plain, checkpointed in zip(*grads, strict=True):
         torch.testing.assert_close(checkpointed, plain, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize(("name", "cutmix_p", "mixup_p"), [("fo", 1.0, 0.0), ("sp1", 1.0, 1.0), ("sp1", 0.0, 1.0)])
+def test_pseudo_labels_beside_the_labels_mix_exactly_like_them(name, cutmix_p, mixup_p):
+    """Labels and pseudo labels concatenated on the class axis: cutmix and mixup act alike on both blocks, so a pseudo
+    block that is an affine function of the label block stays that function of the mixed labels."""
+    torch.manual_seed(3)
+    model = SagittalNet(tiny(name, cutmix_p=cutmix_p, mixup_p=mixup_p)).train()
+    x, mask, target = stage2_batch(len(model.rows))
+    pseudo = 0.7 * target + 0.1  # a valid soft target per row, distinct from the label
+    out = model(x, mask, torch.cat([target, pseudo], dim=-1))
+    assert out["target"].shape == (B, LEVELS, len(model.rows), 6) and out["logits"].shape[-1] == 3
+    label, mixed_pseudo = out["target"].split(3, dim=-1)
+    torch.testing.assert_close(mixed_pseudo, 0.7 * label + 0.1)
+    assert not torch.equal(label, target)  # something did mix
+
+
+def test_an_ignored_pseudo_row_is_never_mixed_into_another():
+    torch.manual_seed(4)
+    model = SagittalNet(tiny("fo", cutmix_p=0.0, mixup_p=1.0)).train()
+    x, mask, target = stage2_batch(2)
+    pseudo = target.clone()
+    pseudo[0, 2] = IGNORE_INDEX  # row 2 has no OOF prediction: it and row 3 (whose partner it is) stay unmixed
+    out = model(x, mask, torch.cat([target, pseudo], dim=-1))["target"].flatten(0, 1)
+    flat = torch.cat([target, pseudo], dim=-1).flatten(0, 1)
+    assert torch.equal(out[[2, 3]], flat[[2, 3]])
+    assert_valid_targets(out[..., :3])
+    assert_valid_targets(out[..., 3:])

@@ -1,4 +1,4 @@
-"""The four notebooks, executed headless in a real kernel on the tiny synthetic dataset, and the .py/.ipynb pairs."""
+"""The five notebooks, executed headless in a real kernel on the tiny synthetic dataset, and the .py/.ipynb pairs."""
 
 from __future__ import annotations
 
@@ -14,10 +14,19 @@ from kaggle_utils.constants import LABEL_COLUMNS
 from kaggle_utils.runner import run_notebook
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0*.py"))
+# Round 1 trains two folds so that round 2 (05) of fold 0 has OOF predictions for some of its training studies;
+# round 2 retrains two presets to stay quick.
+EXTRA_ENV = {"03_train_stage2": {"FOLDS": "[0, 1]"}, "05_denoise": {"PRESETS": '["fo", "sp1"]'}}
 
 
-def test_four_paired_notebooks_in_sync():
-    assert [p.stem for p in NOTEBOOKS] == ["01_preprocess", "02_train_stage1", "03_train_stage2", "04_inference"]
+def test_five_paired_notebooks_in_sync():
+    assert [p.stem for p in NOTEBOOKS] == [
+        "01_preprocess",
+        "02_train_stage1",
+        "03_train_stage2",
+        "04_inference",
+        "05_denoise",
+    ]
     for source in NOTEBOOKS:
         twin = source.with_suffix(".ipynb")
         assert twin.exists(), f"{twin} missing: run `make notebooks`"
@@ -32,7 +41,8 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
     work = tmp_path / "work"
     env = {"DATA_DIR": str(tiny_data), "WORK_DIR": str(work), "PROFILE": "smoke", "FOLDS": "[0]", "WORKERS": "1"}
     for source in NOTEBOOKS:
-        run_notebook(source, work / "executed" / f"{source.stem}.ipynb", env, timeout=600, echo=False)
+        notebook_env = env | EXTRA_ENV.get(source.stem, {})
+        run_notebook(source, work / "executed" / f"{source.stem}.ipynb", notebook_env, timeout=600, echo=False)
 
     series = pd.read_csv(work / "tables" / "series.csv")
     first = series.iloc[0]
@@ -63,3 +73,23 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
         "test_prior_score",
     ):
         assert np.isfinite(report[key]), key
+
+    # Round 2 (05): its tables, its own models and OOF beside round 1's, and the report.
+    noisy = pd.read_csv(work / "tables" / "noisy_labels.csv")
+    pseudo = pd.read_csv(work / "tables" / "pseudo_labels.csv")
+    flips = pd.read_csv(tiny_data / "label_flips.csv")
+    covered = set(pseudo["study_id"])
+    assert covered == set(pd.read_csv(work / "tables" / "folds.csv").query("fold in [0, 1]")["study_id"])
+    assert set(noisy["study_id"]) <= covered and len(noisy) > 0
+    for name in ("fo", "sp1"):
+        first = json.loads((work / "models" / f"{name}-f0-s42.json").read_text())["config"]
+        second = json.loads((work / "denoised" / "models" / f"{name}-f0-s42.json").read_text())["config"]
+        assert first["noisy_labels"] == first["pseudo_labels"] == ""
+        assert second["noisy_labels"] == str(work / "tables" / "noisy_labels.csv") and second["pseudo_weight"] == 0.5
+        assert (work / "oof" / f"{name}-f0-s42.csv").exists() and (
+            work / "denoised" / "oof" / f"{name}-f0-s42.csv"
+        ).exists()
+    assert (work / "denoised" / "models" / "stage1_t2-f0-s42.pt").exists()  # a complete models folder for 04
+    denoised = json.loads((work / "denoised" / "denoise.json").read_text())
+    assert denoised["detection"]["flipped"] == len(flips)
+    assert {(r["model"], r["labels"]) for r in denoised["cv"]} >= {("ensemble (routed)", "given"), ("fo", "true")}

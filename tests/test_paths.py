@@ -46,3 +46,19 @@ def test_file_layout():
     assert paths.stage2_array(1, 2) == Path("/w/stage2/1/2.npy")
     assert paths.checkpoint("fo", 3, 42) == Path("/w/models/fo-f3-s42.pt")
     assert paths.series_dir("test", 1, 2) == Path("/d/test_images/1/2")
+
+
+def test_a_training_round_has_its_own_outputs_and_shares_the_inputs():
+    paths = P.Paths(Path("/d"), Path("/w")).with_run("denoised")
+    assert paths.checkpoint("fo", 0, 42) == Path("/w/denoised/models/fo-f0-s42.pt")
+    assert (paths.oof_dir, paths.cv_json, paths.submission_csv, paths.denoise_json) == (
+        Path("/w/denoised/oof"),
+        Path("/w/denoised/cv.json"),
+        Path("/w/denoised/submission.csv"),
+        Path("/w/denoised/denoise.json"),
+    )
+    assert paths.table("targets") == Path("/w/tables/targets.csv")
+    assert paths.stage2_array(1, 2) == Path("/w/stage2/1/2.npy")
+    assert paths.with_run("").oof_dir == Path("/w/oof") and paths.with_run("").cv_json == Path("/w/cv.json")
+    weights = P.Paths(Path("/d"), Path("/w"), Path("/kaggle/input/weights"), run="denoised")
+    assert weights.models_dir == Path("/kaggle/input/weights")  # a weights dataset wins, as in round 1

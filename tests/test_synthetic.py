@@ -28,6 +28,7 @@ from kaggle_utils.constants import (
 from kaggle_utils.dicom import read_series
 from kaggle_utils.paths import (
     COORDS_PRETRAIN_CSV,
+    LABEL_FLIPS_CSV,
     SAMPLE_SUBMISSION_CSV,
     TEST_LABELS_CSV,
     TEST_SERIES_CSV,
@@ -35,7 +36,7 @@ from kaggle_utils.paths import (
     TRAIN_CSV,
     TRAIN_SERIES_CSV,
 )
-from kaggle_utils.synthetic import make_dataset
+from kaggle_utils.synthetic import flip_labels, make_dataset
 
 N_TRAIN, N_TEST, SEED = 3, 2, 0
 SPINAL, FORAMINAL, SUBARTICULAR = CONDITION_FAMILIES
@@ -205,3 +206,40 @@ def test_severe_foraminal_narrowing_is_visible_at_its_keypoint(data_dir: Path) -
     normal, severe = means[SEVERITIES[0]], means[SEVERITIES[2]]
     assert normal and severe
     assert max(severe) < 0.6 * min(normal)
+
+
+def test_label_noise_flips_exactly_the_stated_fraction_and_lists_the_flips(data_dir: Path, tmp_path: Path) -> None:
+    """The same studies as the clean dataset, with round(fraction x labelled cells) labels changed; images untouched."""
+    noisy = make_dataset(tmp_path, n_train=N_TRAIN, n_test=0, seed=SEED, workers=1, progress=False, label_noise=0.2)
+    clean_labels = _csv(data_dir, TRAIN_CSV).set_index("study_id")
+    noisy_labels = _csv(noisy, TRAIN_CSV).set_index("study_id")
+    assert (noisy / TRAIN_CSV).read_text().splitlines()[0] == (data_dir / TRAIN_CSV).read_text().splitlines()[0]
+    labelled = int(clean_labels.notna().sum().sum())
+    changed = (clean_labels != noisy_labels) & clean_labels.notna()
+    assert int(changed.sum().sum()) == round(0.2 * labelled)
+    assert noisy_labels.isna().equals(clean_labels.isna())  # missing cells stay missing
+    flips = _csv(noisy, LABEL_FLIPS_CSV)
+    assert list(flips.columns) == ["study_id", "row_id", "condition", "level", "true", "given"]
+    assert len(flips) == round(0.2 * labelled) and flips.row_id.is_unique
+    for flip in flips.itertuples():
+        column = f"{flip.condition}_{flip.level}"
+        assert flip.row_id == row_id(flip.study_id, column) and changed.at[flip.study_id, column]
+        assert (clean_labels.at[flip.study_id, column], noisy_labels.at[flip.study_id, column]) == (
+            flip.true,
+            flip.given,
+        )
+        assert flip.true != flip.given
+    for relative in sorted(p.relative_to(noisy) for p in noisy.rglob("*.dcm"))[::25]:
+        assert (noisy / relative).read_bytes() == (data_dir / relative).read_bytes(), relative
+    assert not (data_dir / LABEL_FLIPS_CSV).exists()  # no noise, no flips file
+
+
+def test_flip_labels_draws_among_labelled_cells_only() -> None:
+    labels = pd.DataFrame({"study_id": [1, 2], **{c: [SEVERITIES[0], None] for c in LABEL_COLUMNS}})
+    noisy, flips = flip_labels(labels, 1.0, np.random.default_rng(0))
+    assert len(flips) == len(LABEL_COLUMNS) and set(flips.study_id) == {1}
+    assert (
+        set(noisy.loc[0, list(LABEL_COLUMNS)]) <= set(SEVERITIES[1:]) and noisy.loc[1, list(LABEL_COLUMNS)].isna().all()
+    )
+    with pytest.raises(ValueError, match="label_noise"):
+        make_dataset(Path("unused"), n_train=1, label_noise=1.5)
