@@ -404,16 +404,16 @@ def fit(
     batches = _limit(train_loader, cfg)
     steps = epochs * len(batches)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
     trainer = Trainer(
         model,
         optimizer,
         torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=max(1, steps), eta_min=cfg.lr_min),
-        torch.amp.GradScaler(device.type, enabled=autocast_dtype(device, cfg.amp, cfg.amp_dtype) == torch.float16),
+        torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         CurveLog(checkpoint.with_suffix(".log.csv")),
     )
     state_path = resume_path(checkpoint)
     _restore(trainer, cfg, state_path, ctx)
-    dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
     val_batches = batches if cfg.overfit_batch else _limit(val_loader, cfg)
 
     def evaluate(row: dict) -> None:
@@ -480,19 +480,33 @@ def _limit(loader: Any, cfg: TrainConfig) -> Any:
 
 
 class CurveLog:
-    """Append-only CSV of the training curves; columns grow as new metrics appear."""
+    """CSV of the training curves, a row per write. Rows are appended; the file is rewritten only when a new
+    column (metric) appears or the rows were replaced (a resumed run drops what its lost epoch had logged)."""
 
     def __init__(self, path: Path) -> None:
-        self.path, self.rows = path, []
+        self.path, self._rows, self.columns, self._in_file = path, [], [], 0
         path.parent.mkdir(parents=True, exist_ok=True)
 
+    @property
+    def rows(self) -> list[dict]:
+        return self._rows
+
+    @rows.setter
+    def rows(self, rows: list[dict]) -> None:
+        self._rows, self.columns, self._in_file = list(rows), [], 0
+
     def write(self, row: dict) -> None:
-        self.rows.append(row)
-        columns = list(dict.fromkeys(k for r in self.rows for k in r))
-        with self.path.open("w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(self.rows)
+        self._rows.append(row)
+        if self._in_file == len(self._rows) - 1 and all(k in self.columns for k in row):
+            with self.path.open("a", newline="") as handle:
+                csv.DictWriter(handle, fieldnames=self.columns).writerow(row)
+        else:
+            self.columns = list(dict.fromkeys(k for r in self._rows for k in r))
+            with self.path.open("w", newline="") as handle:
+                writer = csv.DictWriter(handle, fieldnames=self.columns)
+                writer.writeheader()
+                writer.writerows(self._rows)
+        self._in_file = len(self._rows)
 
 
 # --- checkpoints ---------------------------------------------------------------------------------

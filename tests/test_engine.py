@@ -6,11 +6,12 @@ import json
 import re
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
 from kaggle_utils.config import ConfigError, TrainConfig, preset
-from kaggle_utils.engine import MODEL_FIELDS_KEY, ClassifierTask, load_checkpoint, save_checkpoint
+from kaggle_utils.engine import MODEL_FIELDS_KEY, ClassifierTask, CurveLog, load_checkpoint, save_checkpoint
 from kaggle_utils.losses import weighted_soft_cross_entropy
 from kaggle_utils.models import build_model
 
@@ -129,3 +130,16 @@ def test_classifier_loss_mixes_label_and_pseudo_label_losses(weight: float) -> N
     torch.manual_seed(1)
     plain, _ = task.loss(model, {k: v for k, v in batch.items() if k != "pseudo"}, train=True)
     torch.testing.assert_close(plain, weighted_soft_cross_entropy(logits, target))
+
+
+def test_curve_log_appends_rows_and_rewrites_when_a_column_appears_or_rows_are_replaced(tmp_path: Path) -> None:
+    log = CurveLog(tmp_path / "curves.csv")
+    log.write({"step": 1, "train_loss": 0.5})
+    log.write({"step": 2, "train_loss": 0.4})
+    log.write({"step": 2, "val_loss": 0.6})  # a new column
+    log.write({"step": 3, "train_loss": 0.3})
+    table = pd.read_csv(log.path)
+    assert list(table.columns) == ["step", "train_loss", "val_loss"] and table["step"].tolist() == [1, 2, 2, 3]
+    log.rows = log.rows[:2]  # a resumed run keeps what its saved state had logged
+    log.write({"step": 3, "train_loss": 0.35})
+    assert pd.read_csv(log.path)["train_loss"].tolist() == [0.5, 0.4, 0.35]
