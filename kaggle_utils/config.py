@@ -116,6 +116,8 @@ class Stage2Config(TrainConfig):
     mixup_alpha: float = 1.0
     coarse_dropout: bool = True
     vflip: bool = True
+    # Padded frames enter the attention-LSTM as zeros; False feeds their backbone features, as the solution does.
+    lstm_zero_masked: bool = True
     # Round 2 of the noisy-label recipe (notebooks/05_denoise, kaggle_utils/denoise.py); "" = off, as in round 1.
     noisy_labels: str = ""  # CSV of label cells ignored in training (denoise.noisy_table, or the solution's file)
     pseudo_labels: str = ""  # CSV of soft targets per study and row (denoise.pseudo_table)

@@ -209,7 +209,7 @@ class SagittalNet(nn.Module):
         dim = self.backbone.num_features
         self.dropout = nn.Dropout(cfg.fc_dropout)
         self.families = tuple(condition_family(group[0]) for group in self.groups)
-        self.pools = nn.ModuleDict({family: AttentionLSTM(dim) for family in self.families})
+        self.pools = nn.ModuleDict({family: AttentionLSTM(dim, cfg.lstm_zero_masked) for family in self.families})
         self.fcs = nn.ModuleDict(
             {
                 family: nn.Linear(dim, N_CLASSES * len(group))

@@ -250,3 +250,8 @@ def test_an_ignored_pseudo_row_is_never_mixed_into_another():
     assert torch.equal(out[[2, 3]], flat[[2, 3]])
     assert_valid_targets(out[..., :3])
     assert_valid_targets(out[..., 3:])
+
+
+def test_the_config_chooses_how_padded_frames_enter_the_lstm():
+    assert all(pool.zero_masked for pool in SagittalNet(tiny("sp1")).pools.values())
+    assert not any(pool.zero_masked for pool in SagittalNet(tiny("sp1", lstm_zero_masked=False)).pools.values())
