@@ -8,6 +8,7 @@ from pathlib import Path
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
+from matplotlib import ticker
 
 from kaggle_utils.constants import LEVEL_NAMES, PLANES
 from kaggle_utils.paths import Paths
@@ -84,5 +85,44 @@ def curves_figure(log: pd.DataFrame, title: str = "") -> plt.Figure:
     for ax in axes[0]:
         ax.set_xlabel("step")
     fig.suptitle(title)
+    fig.tight_layout()
+    return fig
+
+
+def noisy_label_figure(
+    noisy: pd.DataFrame, threshold: float, flipped: set[str] | None = None, curve: pd.DataFrame | None = None
+) -> plt.Figure:
+    """Noisy-label detection at a glance: the disagreement scores (flipped labels apart, when known) with the
+    threshold, and precision and recall by threshold when a detection curve is given.
+
+    Args:
+        noisy: the noisy-label table (``row_id``, ``score``).
+        threshold: the threshold in use, drawn as a line.
+        flipped: row ids of labels known to be flipped (synthetic data).
+        curve: ``denoise.detection_curve`` output (``threshold``, ``precision``, ``recall``).
+    """
+    fig, axes = plt.subplots(
+        1, 1 if curve is None else 2, figsize=(11 if curve is not None else 5.5, 3.2), squeeze=False
+    )
+    ax = axes[0, 0]
+    bins = np.linspace(0, 1, 41)
+    if flipped:
+        is_flipped = noisy["row_id"].isin(flipped)
+        ax.hist(noisy.loc[~is_flipped, "score"], bins=bins, alpha=0.7, label="other labels")
+        ax.hist(noisy.loc[is_flipped, "score"], bins=bins, alpha=0.7, label="flipped labels")
+        ax.legend()
+    else:
+        ax.hist(noisy["score"], bins=bins)
+    ax.axvline(threshold, color="k", ls="--", lw=1)
+    ax.set(xlabel="score = 1 - p(label)", ylabel="labels", yscale="log", title="disagreement with the OOF ensemble")
+    ax.yaxis.set_major_formatter(ticker.ScalarFormatter())  # 10, 100 rather than 10^1, 10^2
+    ax.yaxis.set_minor_formatter(ticker.NullFormatter())
+    if curve is not None:
+        ax = axes[0, 1]
+        for column in ("precision", "recall"):
+            ax.plot(curve["threshold"], curve[column], marker="o", label=column)
+        ax.axvline(threshold, color="k", ls="--", lw=1)
+        ax.set(xlabel="threshold", ylim=(0, 1.02), title="detection of the flipped labels")
+        ax.legend()
     fig.tight_layout()
     return fig

@@ -58,7 +58,7 @@ import json
 
 import pandas as pd
 
-from kaggle_utils import config, denoise, tables, train
+from kaggle_utils import config, denoise, tables, train, viz
 from kaggle_utils.constants import SEVERITIES
 from kaggle_utils.paths import LABEL_FLIPS_CSV, Paths
 
@@ -111,7 +111,8 @@ noisy.head(12).assign(label=noisy["label"].map(severity), suggested=noisy["sugge
 # %% [markdown]
 # ## Detection against the known flips
 # Only synthetic data made with `--label-noise` lists its flips (`label_flips.csv`); recall counts the flips the
-# ensemble scored. The curve shows what other thresholds would flag.
+# ensemble scored. The curve shows what other thresholds would flag; the picture (`figures/noisy_labels.png`) shows
+# where the flipped labels' scores fall against the threshold.
 
 # %%
 if flips is None:
@@ -122,6 +123,10 @@ else:
     print({k: round(v, 3) if isinstance(v, float) else v for k, v in detection.items()})
     curve = denoise.detection_curve(noisy, flips, [0.5, 0.6, 0.7, 0.8, 0.85, 0.9, 0.95])
     print(curve.round(3).to_string(index=False))
+figure = viz.noisy_label_figure(
+    noisy, p.THRESHOLD, set(flips["row_id"]) if flips is not None else None, curve if flips is not None else None
+)
+viz.save_figure(figure, paths.figures_dir / "noisy_labels.png")
 
 # %% [markdown]
 # ## Pseudo labels

@@ -81,6 +81,7 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
     covered = set(pseudo["study_id"])
     assert covered == set(pd.read_csv(work / "tables" / "folds.csv").query("fold in [0, 1]")["study_id"])
     assert set(noisy["study_id"]) <= covered and len(noisy) > 0
+    assert (work / "figures" / "noisy_labels.png").exists()
     for name in ("fo", "sp1"):
         first = json.loads((work / "models" / f"{name}-f0-s42.json").read_text())["config"]
         second = json.loads((work / "denoised" / "models" / f"{name}-f0-s42.json").read_text())["config"]

@@ -1,0 +1,32 @@
+"""Pictures: the training curves and the noisy-label detection draw what their tables hold."""
+
+from __future__ import annotations
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+
+from kaggle_utils import viz
+
+
+def test_curves_figure_has_the_train_loss_and_one_panel_per_validation_metric() -> None:
+    log = pd.DataFrame({"step": [1, 2, 2], "train_loss": [1.0, 0.8, np.nan], "val_loss": [np.nan, np.nan, 0.9]})
+    figure = viz.curves_figure(log, title="fo-f0-s42")
+    assert [ax.get_title() for ax in figure.axes] == ["train loss", "val_loss"]
+    np.testing.assert_array_equal(figure.axes[1].lines[0].get_ydata(), [0.9])
+    plt.close(figure)
+
+
+def test_noisy_label_figure_separates_flipped_labels_and_draws_the_detection_curve() -> None:
+    noisy = pd.DataFrame({"row_id": ["a", "b", "c", "d"], "score": [0.1, 0.2, 0.9, 0.95]})
+    curve = pd.DataFrame({"threshold": [0.5, 0.85], "precision": [0.5, 1.0], "recall": [1.0, 0.5]})
+    figure = viz.noisy_label_figure(noisy, 0.85, flipped={"c", "d"}, curve=curve)
+    scores, detection = figure.axes
+    counts = [sum(p.get_height() for p in container) for container in scores.containers]
+    assert counts == [2, 2]  # other labels, flipped labels
+    assert [line.get_label() for line in detection.lines if not line.get_label().startswith("_")] == [
+        "precision",
+        "recall",
+    ]
+    plt.close(figure)
+    assert len(viz.noisy_label_figure(noisy, 0.85).axes) == 1  # real data: no flips, no curve
