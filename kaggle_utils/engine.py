@@ -424,6 +424,13 @@ def fit(
         model.train()
         distributed.barrier()
 
+    def log_step(row: dict, progress: tqdm) -> None:
+        """Read a step's loss and gradient norm (one device sync), show them and log the row (rank 0)."""
+        row["train_loss"], row["grad_norm"] = torch.stack([row["train_loss"], row["grad_norm"]]).float().tolist()
+        progress.set_postfix(loss=f"{row['train_loss']:.4f}", grad=f"{row['grad_norm']:.2f}")
+        if ctx.is_main:
+            trainer.log.write(row)
+
     started = time.time()
     for epoch in range(trainer.epoch, epochs):
         set_epoch(train_loader, epoch)
@@ -431,23 +438,22 @@ def fit(
         progress = tqdm(
             batches, desc=f"{cfg.name} f{fold} epoch {epoch + 1}/{epochs}", leave=False, disable=not ctx.is_main
         )
+        pending = None  # the previous step's row: read once this step is queued, so the device never waits
         for batch in progress:
             loss, grad_norm = train_step(trained, task, batch, optimizer, trainer.scaler, dtype, cfg.grad_clip)
             trainer.scheduler.step()
             trainer.step += 1
-            loss_value, norm_value = torch.stack([loss.float(), grad_norm.float()]).tolist()  # one device sync
-            progress.set_postfix(loss=f"{loss_value:.4f}", grad=f"{norm_value:.2f}")
-            row = {
-                "epoch": epoch + 1,
-                "step": trainer.step,
-                "lr": trainer.scheduler.get_last_lr()[0],
-                "train_loss": loss_value,
-                "grad_norm": norm_value,
-            }
+            row = {"epoch": epoch + 1, "step": trainer.step, "lr": trainer.scheduler.get_last_lr()[0]}
+            row |= {"train_loss": loss, "grad_norm": grad_norm}
+            if pending is not None:
+                log_step(pending, progress)
+            pending = row
             if cfg.eval_every and trainer.step % cfg.eval_every == 0 and trainer.step != steps:
                 evaluate(row)
-            if ctx.is_main:
-                trainer.log.write(row)
+                log_step(row, progress)
+                pending = None
+        if pending is not None:
+            log_step(pending, progress)
         trainer.epoch = epoch + 1
         if not cfg.eval_every and trainer.epoch < epochs:
             row = {"epoch": trainer.epoch, "step": trainer.step}
