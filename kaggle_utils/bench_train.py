@@ -35,6 +35,7 @@ import numpy as np
 import pandas as pd
 import torch
 
+from kaggle_utils import config
 from kaggle_utils.config import FULL_PRESETS, TrainConfig, preset
 from kaggle_utils.constants import LABEL_COLUMNS, LEVELS
 from kaggle_utils.data import CropDataset, KeypointDataset
@@ -254,13 +255,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--studies", type=int, default=0, help="cached studies (default: enough for the steps)")
     parser.add_argument("--slices", type=int, default=17, help="slices per cached series")
     parser.add_argument("--seed-script", type=Path, default=DEFAULT_SEED_SCRIPT)
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig override")
+    config.add_override_arguments(parser)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
     profile = args.profile if args.profile != "auto" else ("full" if gpu else "smoke")
     steps, warmup = args.steps or (8 if gpu else 2), args.warmup if args.warmup is not None else (3 if gpu else 1)
-    overrides = {"num_workers": args.workers, "pretrained": False, **dict(item.split("=", 1) for item in args.set)}
+    overrides = {"num_workers": args.workers, "pretrained": False, **config.parsed_overrides(args)}
     configs = [preset(name, profile, overrides) for name in args.presets]
     seed_script = load_seed_script(args.seed_script) if device.type == "cuda" else None
     batch = max(c.batch_size for c in configs)

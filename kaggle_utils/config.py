@@ -7,6 +7,7 @@ randomly initialised backbone and a few epochs, for CPU runs and tests.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import difflib
 import json
@@ -287,6 +288,26 @@ def notebook_params(**defaults: Any) -> SimpleNamespace:
             except json.JSONDecodeError as error:
                 raise ConfigError(f"environment variable {key}={raw!r} is not valid JSON") from error
     return SimpleNamespace(**values)
+
+
+def add_override_arguments(parser: argparse.ArgumentParser) -> None:
+    """The command lines' way to change config fields: ``--overrides JSON`` and repeated ``--set KEY=VALUE``."""
+    parser.add_argument("--overrides", default="{}", help="TrainConfig overrides as JSON, e.g. '{\"epochs\": 2}'")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig override")
+
+
+def parsed_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The overrides of ``add_override_arguments`` as one dict (``--set`` wins); a malformed one is named."""
+    malformed = [item for item in args.set if "=" not in item]
+    if malformed:
+        raise ConfigError(f"--set takes KEY=VALUE, got {', '.join(malformed)}")
+    try:
+        overrides = json.loads(args.overrides)
+    except json.JSONDecodeError as error:
+        raise ConfigError(f"--overrides is not valid JSON: {args.overrides}") from error
+    if not isinstance(overrides, dict):
+        raise ConfigError(f"--overrides is not a JSON object: {args.overrides}")
+    return {**overrides, **dict(item.split("=", 1) for item in args.set)}
 
 
 def resolve_profile(profile: str) -> str:

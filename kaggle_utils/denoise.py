@@ -312,16 +312,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="auto", help="the profile round 1 used (seeds come from the presets)")
     parser.add_argument("--data-dir", default="", help="competition-layout folder (for label_flips.csv)")
     parser.add_argument("--work-dir", default="", help="round 1's work folder")
-    parser.add_argument("--overrides", default="{}", help="round 1's TrainConfig overrides as JSON")
-    parser.add_argument(
-        "--set", action="append", default=[], metavar="KEY=VALUE", help="round 1's TrainConfig overrides"
-    )
+    config.add_override_arguments(parser)  # round 1's overrides
     args = parser.parse_args(argv)
     paths = Paths.resolve(args.data_dir, args.work_dir)
     try:
-        overrides = {**json.loads(args.overrides), **dict(item.split("=", 1) for item in args.set)}
-    except (json.JSONDecodeError, TypeError, ValueError):
-        parser.error(f"--overrides must be a JSON object and --set KEY=VALUE: {args.overrides} {args.set}")
+        overrides = config.parsed_overrides(args)
+    except config.ConfigError as error:
+        parser.error(str(error))
     presets = [config.preset(name, config.resolve_profile(args.profile), overrides) for name in args.presets]
     noisy, pseudo = write_tables(paths, presets, args.threshold)
     print(counts_per_condition(noisy).round(3).to_string(index=False))

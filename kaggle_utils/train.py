@@ -172,19 +172,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", default="auto", help="full, demo, smoke or auto (full on a GPU)")
     parser.add_argument("--data-dir", default="", help="competition-layout folder (default: as the notebooks)")
     parser.add_argument("--work-dir", default="", help="output folder holding 01's tables and arrays")
-    parser.add_argument("--overrides", default="{}", help="TrainConfig overrides as JSON, e.g. '{\"epochs\": 2}'")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="a TrainConfig override")
+    config.add_override_arguments(parser)
     parser.add_argument(
         "--run", default="", help="train into WORK_DIR/RUN (round 2 of kaggle_utils.denoise), not WORK_DIR"
     )
     args = parser.parse_args(argv)
-    malformed = [item for item in args.set if "=" not in item]
-    if malformed:
-        parser.error(f"--set takes KEY=VALUE, got {', '.join(malformed)}")
     try:
-        overrides = {**json.loads(args.overrides), **dict(item.split("=", 1) for item in args.set)}
-    except (json.JSONDecodeError, TypeError):
-        parser.error(f"--overrides is not a JSON object: {args.overrides}")
+        overrides = config.parsed_overrides(args)
+    except config.ConfigError as error:
+        parser.error(str(error))
     ctx = distributed.init()
     try:
         paths = Paths.resolve(args.data_dir, args.work_dir)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import argparse
+
 import pytest
 
 from kaggle_utils import config
@@ -63,3 +65,17 @@ def test_round_two_fields_default_off_and_old_sidecars_still_load():
     old = {k: v for k, v in config.to_dict(cfg).items() if k not in ("noisy_labels", "pseudo_labels", "pseudo_weight")}
     assert config.from_dict(old) == cfg
     assert config.apply_overrides(cfg, {"pseudo_weight": "0.25"}).pseudo_weight == 0.25
+
+
+def test_command_line_overrides_merge_json_and_set_and_name_what_is_malformed():
+    parser = argparse.ArgumentParser()
+    config.add_override_arguments(parser)
+    args = parser.parse_args(["--overrides", '{"epochs": 2, "lr": 0.1}', "--set", "lr=0.5"])
+    assert config.parsed_overrides(args) == {"epochs": 2, "lr": "0.5"}  # --set wins; strings are cast on apply
+    for argv, message in (
+        (["--set", "epochs"], "--set takes KEY=VALUE, got epochs"),
+        (["--overrides", "{epochs: 2}"], "--overrides is not valid JSON"),
+        (["--overrides", "[1]"], "--overrides is not a JSON object"),
+    ):
+        with pytest.raises(config.ConfigError, match=message):
+            config.parsed_overrides(parser.parse_args(argv))
