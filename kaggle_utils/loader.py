@@ -83,30 +83,39 @@ class BatchLoader:
     def _start(self, indices: Sequence[int], epoch: int) -> tuple[torch.Tensor, list[Future | dict]]:
         """Allocate the batch buffer and queue (or, without workers, do) the loading of its samples."""
         image = torch.empty((len(indices), *self.dataset.image_shape()), dtype=torch.uint8, pin_memory=self.pin_memory)
-        slots = image.numpy()
+        return image, self._submit(indices, image.numpy(), epoch)
+
+    def _submit(self, indices: Sequence[int], slots: np.ndarray, epoch: int) -> list[Future | dict]:
+        dataset, seed = self.dataset, self.seed  # not ``self``: a loader must never be freed in its own thread
 
         def load(row: int) -> dict[str, Any]:
             index = indices[row]
-            return self.dataset.fill(index, slots[row], sample_rng(self.seed, epoch, index))
+            return dataset.fill(index, slots[row], sample_rng(seed, epoch, index))
 
         if self.workers <= 0:
-            return image, [load(row) for row in range(len(indices))]
+            return [load(row) for row in range(len(indices))]
         if self._pool is None:
             self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="loader")
-        return image, [self._pool.submit(load, row) for row in range(len(indices))]
+        return [self._pool.submit(load, row) for row in range(len(indices))]
+
+    def fill(self, indices: Sequence[int], image: np.ndarray, epoch: int = 0) -> list[dict[str, Any]]:
+        """Load the samples ``indices`` into a given batch buffer with the loader's threads; returns their other
+        entries. What a batch costs the host, without allocating its buffer (benchmarks)."""
+        return [s.result() if isinstance(s, Future) else s for s in self._submit(indices, image, epoch)]
 
     @staticmethod
     def _finish(image: torch.Tensor, samples: list[Future | dict]) -> dict[str, Any]:
         records = [s.result() if isinstance(s, Future) else s for s in samples]
         return {"image": image, **collate(records)}
 
-    def close(self) -> None:
+    def close(self, wait: bool = True) -> None:
+        """Stop the threads; batches already queued are dropped."""
         if self._pool is not None:
-            self._pool.shutdown(wait=True, cancel_futures=True)
+            self._pool.shutdown(wait=wait, cancel_futures=True)
             self._pool = None
 
     def __del__(self) -> None:
-        self.close()
+        self.close(wait=False)  # never block a garbage collection; the threads end after their current sample
 
 
 def collate(records: list[dict[str, Any]]) -> dict[str, Any]:

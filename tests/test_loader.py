@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import gc
+import sys
+import time
+import weakref
+
 import numpy as np
 import pytest
 import torch
@@ -75,3 +80,35 @@ def test_a_failing_sample_raises_its_own_error() -> None:
 def test_collate_stacks_arrays_and_numbers_and_lists_the_rest() -> None:
     out = collate([{"a": np.zeros(2), "n": 1, "s": "x"}, {"a": np.ones(2), "n": 2, "s": "y"}])
     assert out["a"].shape == (2, 2) and out["n"].tolist() == [1, 2] and out["s"] == ["x", "y"]
+
+
+class Slow(Numbers):
+    """Samples that take a while, so that loads are still queued when the loader is dropped."""
+
+    def fill(self, index: int, image: np.ndarray, rng: np.random.Generator) -> dict:
+        time.sleep(0.05)
+        return super().fill(index, image, rng)
+
+
+def test_a_loader_dropped_mid_epoch_is_freed_at_once_and_quietly(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Queued loads must not hold the loader: freed in a loader thread, it would try to join that thread.
+    unraisable = []
+    monkeypatch.setattr(sys, "unraisablehook", unraisable.append)
+    loader = BatchLoader(Slow(40), batch_size=2, workers=2, prefetch=4, pin_memory=False)
+    batches = iter(loader)
+    next(batches)
+    alive = weakref.ref(loader)
+    del loader, batches
+    gc.collect()
+    assert alive() is None
+    time.sleep(0.3)  # the threads finish their current samples
+    assert unraisable == []
+
+
+def test_fill_writes_given_samples_into_a_given_buffer() -> None:
+    loader = BatchLoader(Numbers(5), batch_size=2, workers=2, pin_memory=False)
+    image = np.zeros((3, *Numbers(5).image_shape()), np.uint8)
+    records = loader.fill([4, 1, 4], image, epoch=1)
+    loader.close()
+    assert [r["index"] for r in records] == [4, 1, 4] and image[:, 0, 0, 0].tolist() == [4, 1, 4]
+    assert records[0]["draw"] == records[2]["draw"]  # the same sample in the same epoch draws the same
