@@ -134,8 +134,8 @@ class CachedArrays:
         rows = []
         for study in range(1, n_studies + 1):
             for plane, series in (("t1", 10 * study), ("t2", 10 * study + 1)):
-                volume = rng.integers(0, 256, (256, 256, n_slices), dtype=np.uint8)
-                crops = np.repeat(volume[:, :, None], len(LEVELS), axis=2)
+                volume = rng.integers(0, 256, (n_slices, 256, 256), dtype=np.uint8)
+                crops = np.repeat(volume[None], len(LEVELS), axis=0)
                 for path, array in (
                     (paths.stage1_array(study, series), volume),
                     (paths.stage2_array(study, series), crops),

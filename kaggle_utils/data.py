@@ -1,8 +1,8 @@
 """Datasets for both stages: read cached uint8 arrays, pick frames, build masks and targets.
 
-Datasets only read arrays (memory-mapped) and write each sample's uint8 slices, in the cached layout with
-the slices last, straight into a row of the batch (``loader.BatchLoader``); the tasks move the slices to the
-channel axis and augment on the device, in batches (``augment.py``).
+Datasets only read arrays (memory-mapped) and write each sample's uint8 slices, in the cached layout
+(``(N, H, W)``, or ``(5, N, H, W)`` for crops), straight into a row of the batch (``loader.BatchLoader``); the tasks
+augment on the device, in batches (``augment.py``).
 The one augmentation done here is the sequence flip, because it also swaps left and right labels.
 """
 
@@ -39,32 +39,32 @@ def select_frames(n_total: int, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
 def take_frames(
     array: np.ndarray, n_frames: int, out: np.ndarray | None = None, reverse: bool = False
 ) -> tuple[np.ndarray, np.ndarray]:
-    """The middle ``n_frames`` slices of an array whose last axis is the slice axis, zero-padded, slices still last.
+    """The middle ``n_frames`` slices of an array shaped ``(..., N, H, W)``, zero-padded: ``(..., n_frames, H, W)``.
 
-    The chosen slices are one contiguous range, so this is a single slice copy, into ``out`` when given (a row
-    of a batch buffer). ``reverse`` takes them in reverse order (the mask too). Moving the slice axis in front
-    (a transpose of every byte) is left to the device, where it is free: on the host it was most of a loader's
-    time.
+    The chosen slices are one contiguous range, and every slice is one contiguous block of the cached array, so
+    this is a block copy per level (the slice axis last made it a copy of a few bytes per pixel, ten times slower),
+    into ``out`` when given (a row of a batch buffer). ``reverse`` takes them in reverse order (the mask too).
     """
-    _, mask = select_frames(array.shape[-1], n_frames)
-    shape = (*array.shape[:-1], n_frames)
+    *lead, n_total, height, width = array.shape
+    _, mask = select_frames(n_total, n_frames)
+    shape = (*lead, n_frames, height, width)
     if out is None:
         out = np.empty(shape, np.uint8)
     elif out.shape != shape:
-        raise ValueError(f"slices of shape {array.shape[:-1]} do not fit a batch of {out.shape[:-1]}")
+        raise ValueError(f"slices of shape {array.shape} do not fit a batch row of {out.shape}")
     valid = np.flatnonzero(mask)
     if not len(valid):
         out[...] = 0
         return out, mask
     first, stop = int(valid[0]), int(valid[-1]) + 1
-    start = (array.shape[-1] - n_frames) // 2 if array.shape[-1] >= n_frames else 0
-    source = array[..., start : start + stop - first]
+    start = (n_total - n_frames) // 2 if n_total >= n_frames else 0
+    source = array[..., start : start + stop - first, :, :]
     if reverse:
-        source, mask = source[..., ::-1], mask[::-1].copy()
+        source, mask = source[..., ::-1, :, :], mask[::-1].copy()
         first, stop = n_frames - stop, n_frames - first
-    out[..., :first] = 0
-    out[..., stop:] = 0
-    out[..., first:stop] = source
+    out[..., :first, :, :] = 0
+    out[..., stop:, :, :] = 0
+    out[..., first:stop, :, :] = source
     return out, mask
 
 
@@ -100,9 +100,10 @@ class _ArrayDataset(Dataset, abc.ABC):
         """The cached array of a sample, memory-mapped."""
 
     def image_shape(self) -> tuple[int, ...]:
-        """The image of one sample: the cached slice shape with ``n_frames`` slices last."""
+        """The image of one sample: the cached shape with ``n_frames`` slices."""
         if self._shape is None:
-            self._shape = (*self._array(0).shape[:-1], self.n_frames)
+            *lead, _, height, width = self._array(0).shape
+            self._shape = (*lead, self.n_frames, height, width)
         return self._shape
 
     @abc.abstractmethod
@@ -123,7 +124,7 @@ def _tensor(value: object) -> object:
 class KeypointDataset(_ArrayDataset):
     """Stage 1: one sample per sagittal series: its middle frames and its 10 keypoints.
 
-    A sample is ``image`` (256, 256, F) uint8, ``mask`` (F,) bool, ``target`` (10, 2) relative (x, y) with the
+    A sample is ``image`` (F, 256, 256) uint8, ``mask`` (F,) bool, ``target`` (10, 2) relative (x, y) with the
     points of each level ordered by x, ``study_id``, ``series_id``. Without a keypoint table (inference)
     the target is zeros.
     """
@@ -164,7 +165,7 @@ class CropDataset(_ArrayDataset):
     """Stage 2: per-level crop sequences of a series and the labels of the conditions the plane shows.
 
     Training draws one record per study and picks one of its series at random on every access; evaluation
-    has one record per series. A sample is ``image`` (256, 256, 5, F) uint8, ``mask`` (F,) bool, ``target``
+    has one record per series. A sample is ``image`` (5, F, 256, 256) uint8, ``mask`` (F,) bool, ``target``
     (5, R, 3) one-hot (``IGNORE_INDEX`` rows where missing) for the condition rows ``rows``; with a ``pseudo``
     table (``soft_targets``) also ``pseudo`` (5, R, 3), flipped with the labels.
     """
@@ -208,7 +209,7 @@ class CropDataset(_ArrayDataset):
     def _array(self, index: int, series_id: int | None = None) -> np.ndarray:
         study_id, series_ids = self.records[index]
         path = self.paths.stage2_array(study_id, series_ids[0] if series_id is None else series_id, self.root)
-        return np.load(path, mmap_mode="r")  # (H, W, 5, N)
+        return np.load(path, mmap_mode="r")  # (5, N, H, W)
 
     def fill(self, index: int, image: np.ndarray, rng: np.random.Generator) -> dict:
         study_id, series_ids = self.records[index]

@@ -84,14 +84,9 @@ class Task(Protocol):
     def evaluate(self, model: nn.Module, loader: Any) -> tuple[dict[str, float], pd.DataFrame]: ...
 
 
-def frames_first(image: torch.Tensor, device: torch.device) -> torch.Tensor:
-    """A loader batch (B, H, W, [levels,] F) uint8 on ``device`` as float (B, [levels,] F, H, W) in [0, 1].
-
-    Loaders keep the slice axis last, as cached; the transpose costs nothing on the device.
-    """
-    image = image.to(device, non_blocking=True)
-    order = (0, *range(3, image.dim()), 1, 2)
-    return image.permute(order).float().div_(255.0).contiguous()
+def device_images(image: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A loader batch (B, [levels,] F, H, W) uint8 on ``device`` as float in [0, 1]; only uint8 crosses the bus."""
+    return image.to(device, non_blocking=True).float().div_(255.0)
 
 
 @dataclass
@@ -106,7 +101,7 @@ class KeypointTask:
         self.augment = Stage1Augment(self.cfg).to(self.device)
 
     def inputs(self, batch: dict, train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image = frames_first(batch["image"], self.device)  # (B, F, H, W)
+        image = device_images(batch["image"], self.device)  # (B, F, H, W)
         mask = batch["mask"].to(self.device)
         target = batch["target"].to(self.device)  # (B, 10, 2) relative
         size = self.cfg.img_size
@@ -177,7 +172,7 @@ class ClassifierTask:
         self.rows = condition_rows(self.cfg.condition)
 
     def inputs(self, batch: dict, train: bool, angles: tuple[float, ...] = (0.0,)) -> tuple[torch.Tensor, ...]:
-        image = frames_first(batch["image"], self.device)  # (B, 5, F, H, W)
+        image = device_images(batch["image"], self.device)  # (B, 5, F, H, W)
         b, levels, frames, h, w = image.shape
         flat = image.reshape(b, levels * frames, h, w)
         size = self.cfg.img_size

@@ -101,7 +101,7 @@ def predict_levels(crops: np.ndarray, models: list[LoadedModel], angles: tuple[f
     """(5, R, 3) probabilities of a series' crops, averaged over TTA rotations and models."""
     predictions = []
     for loaded in models:
-        frames, mask = take_frames(crops, loaded.cfg.n_frames)  # (H, W, 5, F), as a loader gives it
+        frames, mask = take_frames(crops, loaded.cfg.n_frames)  # (5, F, H, W), as a loader gives it
         batch = {
             "image": torch.from_numpy(frames)[None],
             "mask": torch.from_numpy(mask)[None],

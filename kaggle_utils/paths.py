@@ -170,11 +170,11 @@ class Paths:
         return self.tables_dir / f"{name}.csv"
 
     def stage1_array(self, study_id: int, series_id: int) -> Path:
-        """Stage-1 volume: (256, 256, N) uint8, every slice of the series, left to right."""
+        """Stage-1 volume: (N, 256, 256) uint8, every slice of the series, left to right."""
         return self.work_dir / "stage1" / str(study_id) / f"{series_id}.npy"
 
     def stage2_array(self, study_id: int, series_id: int, root: str = "stage2") -> Path:
-        """Stage-2 crops (256, 256, 5, N) uint8; training crops use ``stage2``, inference crops ``infer/stage2``."""
+        """Stage-2 crops (5, N, 256, 256) uint8; training crops use ``stage2``, inference crops ``infer/stage2``."""
         return self.work_dir / root / str(study_id) / f"{series_id}.npy"
 
     @property

@@ -1,10 +1,10 @@
 """Deterministic preprocessing: stage-1 volumes and stage-2 per-level crops, cached as uint8 arrays.
 
 Stage 1: every slice of a sagittal series resized to 256x256 (aspect not kept), windowed with the
-series' 1st/99th percentiles of the native pixels -> ``(256, 256, N)`` uint8, slices left to right.
+series' 1st/99th percentiles of the native pixels -> ``(N, 256, 256)`` uint8, slices left to right.
 
 Stage 2: per disc level one crop of every slice, from the level's two keypoints (the solution's
-geometry, see ``level_boxes``) -> ``(256, 256, 5, N)`` uint8. The solution's steps and interpolations
+geometry, see ``level_boxes``) -> ``(5, N, 256, 256)`` uint8. The solution's steps and interpolations
 (T2: rotate with Lanczos; crop; Lanczos resize of the longest side; centred zero padding), with the same
 pixels, but the rotation is computed for the box only instead of the whole slice, and the resize of all slices
 of a level is one cv2 call. Windowing comes after resampling, on the fewer output pixels, and the window's
@@ -123,17 +123,16 @@ def resize_slice(image: np.ndarray, size: int, dst: np.ndarray | None = None) ->
 
 
 def stage1_volume(series: Series, cfg: PreprocessConfig, window: tuple[float, float] | None = None) -> np.ndarray:
-    """``(size, size, N)`` uint8: every slice resized, windowed with the series' percentiles (pass ``window`` when
+    """``(N, size, size)`` uint8: every slice resized, windowed with the series' percentiles (pass ``window`` when
     it is already known, e.g. for :func:`stage2_crops` of the same series)."""
     if window is None:
         window = intensity_window(series.slices, cfg.percentiles)
     size = cfg.img_size
-    # Slice-major while resizing (each slice one contiguous block); windowing after resizing touches fewer pixels,
-    # and the move to (H, W, slice) is done on uint8, a quarter of the bytes.
+    # Windowing after resizing touches fewer pixels.
     resized = np.empty((series.n_slices, size, size), np.float32)
     for image, dst in zip(series.slices, resized, strict=True):
         resize_slice(image, size, dst)
-    return np.ascontiguousarray(to_uint8(resized, window).transpose(1, 2, 0))
+    return to_uint8(resized, window)
 
 
 # --- stage 2 geometry ----------------------------------------------------------------------------
@@ -294,7 +293,7 @@ def crop_stack(slices: Sequence[np.ndarray], box: LevelBox, out_size: int) -> np
 def stage2_crops(
     series: Series, points: np.ndarray, plane: str, cfg: PreprocessConfig, window: tuple[float, float] | None = None
 ) -> np.ndarray:
-    """``(size, size, 5, N)`` uint8 per-level crops of every slice from relative keypoints (5, 2, 2).
+    """``(5, N, size, size)`` uint8 per-level crops of every slice from relative keypoints (5, 2, 2).
 
     Keypoints that are missing, degenerate or outside the image never fail the series: the levels they
     leave without a usable box stay black, and a warning names the series and the levels. ``window``: the
@@ -304,18 +303,19 @@ def stage2_crops(
     if window is None:
         window = intensity_window(series.slices, cfg.percentiles)
     size = cfg.img_size
-    out = np.zeros((size, size, len(points), series.n_slices), np.uint8)  # padding stays black
+    out = np.zeros((len(points), series.n_slices, size, size), np.uint8)  # padding stays black
     empty: set[int] = set()
     for (height, width), indices in _slices_by_shape(series):
         slices = [series.slices[i] for i in indices]
-        columns = slice(None) if len(indices) == series.n_slices else indices
+        at = slice(None) if len(indices) == series.n_slices else indices
         for level, box in enumerate(level_boxes(points, plane, width, height, cfg)):
             if box.empty:
                 empty.add(level)
                 continue
             new_w, new_h, pad_x, pad_y = crop_layout(box, size)
             crops = to_uint8(crop_stack(slices, box, size), window)  # window after resizing, as the solution
-            out[pad_y : pad_y + new_h, pad_x : pad_x + new_w, level, columns] = crops
+            # cv2 works on (h, w, slice) stacks; the cache keeps each slice contiguous (see ARRAYS_VERSION).
+            out[level, at, pad_y : pad_y + new_h, pad_x : pad_x + new_w] = crops.transpose(2, 0, 1)
     _warn_about_points(series, points, sorted(empty))
     return out
 
@@ -350,9 +350,10 @@ def save_atomic(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-ARRAYS_VERSION = 2
+ARRAYS_VERSION = 3
 """Part of the cache key: raised when the code changes the arrays made from the same parameters (2: T2 crops
-rotated and resized in the solution's two steps instead of one combined warp)."""
+rotated and resized in the solution's two steps instead of one combined warp; 3: slices before rows and columns,
+``(N, H, W)`` and ``(5, N, H, W)``, so that a loader copies a run of slices as whole contiguous blocks)."""
 
 
 def params_key(cfg: PreprocessConfig) -> str:

@@ -23,23 +23,23 @@ def study_figure(
     """One row per sagittal plane: the middle slice with its 10 keypoints, then the 5 level crops (middle frame).
 
     Args:
-        volumes: plane -> stage-1 volume (256, 256, N) uint8.
+        volumes: plane -> stage-1 volume (N, 256, 256) uint8.
         points: plane -> (5, 2, 2) relative keypoints.
-        crops: plane -> stage-2 crops (256, 256, 5, N) uint8.
+        crops: plane -> stage-2 crops (5, N, 256, 256) uint8.
     """
     planes = [p for p in PLANES if p in volumes]
     fig, axes = plt.subplots(len(planes), 1 + len(LEVEL_NAMES), figsize=(15, 3.2 * len(planes)), squeeze=False)
     for ax_row, plane in zip(axes, planes, strict=True):
         volume = volumes[plane]
-        size = volume.shape[0]
-        ax_row[0].imshow(volume[:, :, volume.shape[-1] // 2], cmap="gray")
+        size = volume.shape[-1]
+        ax_row[0].imshow(volume[len(volume) // 2], cmap="gray")
         for level, (pair, colour) in enumerate(zip(points[plane], LEVEL_COLOURS, strict=True)):
             ax_row[0].scatter(pair[:, 0] * size, pair[:, 1] * size, s=14, c=colour, label=LEVEL_NAMES[level])
         ax_row[0].set_title(f"{PLANES[plane]}: middle slice")
         for level, ax in enumerate(ax_row[1:]):
             if plane in crops:
-                stack = crops[plane][:, :, level]
-                ax.imshow(stack[:, :, stack.shape[-1] // 2], cmap="gray")
+                stack = crops[plane][level]
+                ax.imshow(stack[len(stack) // 2], cmap="gray")
             ax.set_title(LEVEL_NAMES[level], color=LEVEL_COLOURS[level])
         for ax in ax_row:
             ax.axis("off")

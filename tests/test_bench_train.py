@@ -13,8 +13,8 @@ from kaggle_utils.config import preset
 
 def test_cached_arrays_have_the_real_shapes_and_feed_both_stages(tmp_path: Path) -> None:
     data = bench_train.CachedArrays.write(tmp_path, n_studies=2, n_slices=5)
-    assert np.load(data.paths.stage2_array(1, 11)).shape == (256, 256, 5, 5)
-    for name, shape in (("stage1_t1", (2, 256, 256, 8)), ("su", (2, 256, 256, 5, 8))):
+    assert np.load(data.paths.stage2_array(1, 11)).shape == (5, 5, 256, 256)
+    for name, shape in (("stage1_t1", (2, 8, 256, 256)), ("su", (2, 5, 8, 256, 256))):
         cfg = preset(name, "smoke", {"batch_size": 2})
         batch = data.first_batch(cfg, torch.device("cpu"))
         assert tuple(batch["image"].shape) == shape

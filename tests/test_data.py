@@ -11,7 +11,7 @@ import torch
 
 from kaggle_utils.constants import FORAMINAL_CONDITIONS, IGNORE_INDEX, LABEL_COLUMNS, LEVELS, SEVERITY_COLUMNS, row_id
 from kaggle_utils.data import CropDataset, one_hot_targets, select_frames, soft_targets, take_frames
-from kaggle_utils.engine import frames_first
+from kaggle_utils.engine import device_images
 from kaggle_utils.models import condition_rows, left_right_pairs_of
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import load_table
@@ -29,19 +29,19 @@ def test_middle_frames_and_symmetric_padding(n_total, n_frames, indices):
 
 @pytest.mark.parametrize(("n_total", "n_frames"), [(3, 5), (4, 5), (7, 3), (6, 6), (0, 2)])
 def test_take_frames_equals_indexing_by_the_selected_slices(n_total, n_frames):
-    array = np.random.default_rng(0).integers(1, 256, (2, 3, 4, n_total), dtype=np.uint8)
+    array = np.random.default_rng(0).integers(1, 256, (2, n_total, 3, 4), dtype=np.uint8)  # (levels, N, H, W)
     frames, mask = take_frames(array, n_frames)
     indices, expected_mask = select_frames(n_total, n_frames)
-    assert frames.shape == (2, 3, 4, n_frames) and mask.tolist() == expected_mask.tolist()
+    assert frames.shape == (2, n_frames, 3, 4) and mask.tolist() == expected_mask.tolist()
     for i, source in enumerate(indices):
-        assert (frames[..., i] == (array[..., source] if source >= 0 else 0)).all()
+        assert (frames[:, i] == (array[:, source] if source >= 0 else 0)).all()
 
 
-def test_the_device_puts_the_slices_in_front():
-    image = torch.arange(2 * 4 * 5 * 3 * 6, dtype=torch.uint8).reshape(2, 4, 5, 3, 6)  # (B, H, W, levels, F)
-    moved = frames_first(image, torch.device("cpu"))
-    assert moved.shape == (2, 3, 6, 4, 5) and moved.is_contiguous()
-    assert torch.equal(moved[1, 2, 4], image[1, :, :, 2, 4].float() / 255)
+def test_device_images_are_the_uint8_batch_scaled_to_unit_floats():
+    image = torch.arange(2 * 3 * 6 * 4 * 5, dtype=torch.uint8).reshape(2, 3, 6, 4, 5)  # (B, levels, F, H, W)
+    moved = device_images(image, torch.device("cpu"))
+    assert moved.dtype == torch.float32 and moved.shape == image.shape and moved.is_contiguous()
+    assert torch.equal(moved, image.float() / 255)
 
 
 def test_one_hot_targets_mark_missing_rows():
@@ -52,15 +52,16 @@ def test_one_hot_targets_mark_missing_rows():
 
 @pytest.mark.parametrize(("n_total", "n_frames"), [(3, 6), (8, 5), (5, 5)])
 def test_reversed_frames_are_the_frames_reversed_written_into_the_given_row(n_total, n_frames):
-    array = np.random.default_rng(1).integers(1, 256, (2, 3, n_total), dtype=np.uint8)
+    array = np.random.default_rng(1).integers(1, 256, (n_total, 2, 3), dtype=np.uint8)  # (N, H, W)
     forward, mask = take_frames(array, n_frames)
-    row = np.full((2, 3, n_frames), 7, np.uint8)  # a reused batch row: stale bytes must not survive
+    row = np.full((n_frames, 2, 3), 7, np.uint8)  # a reused batch row: stale bytes must not survive
     backward, reversed_mask = take_frames(array, n_frames, out=row, reverse=True)
     assert backward is row
-    np.testing.assert_array_equal(backward, forward[..., ::-1])
+    np.testing.assert_array_equal(backward, forward[::-1])
     assert reversed_mask.tolist() == mask[::-1].tolist()
-    with pytest.raises(ValueError, match=r"slices of shape \(2, 3\) do not fit a batch of \(3, 3\)"):
-        take_frames(array, n_frames, out=np.empty((3, 3, n_frames), np.uint8))
+    message = rf"slices of shape \({n_total}, 2, 3\) do not fit a batch row of \({n_frames}, 3, 3\)"
+    with pytest.raises(ValueError, match=message):
+        take_frames(array, n_frames, out=np.empty((n_frames, 3, 3), np.uint8))
 
 
 class FixedDraws:
@@ -83,7 +84,7 @@ def test_the_sequence_flip_reverses_the_slices_and_swaps_left_and_right_labels(p
     plain_image, flipped_image = (np.empty(dataset.image_shape(), np.uint8) for _ in range(2))
     plain = dataset.fill(0, plain_image, FixedDraws(0.9))
     flipped = dataset.fill(0, flipped_image, FixedDraws(0.1))
-    np.testing.assert_array_equal(flipped_image, plain_image[..., ::-1])
+    np.testing.assert_array_equal(flipped_image, plain_image[:, ::-1])  # (5, F, H, W)
     assert flipped["mask"].tolist() == plain["mask"][::-1].tolist()
     rows = condition_rows("all")
     for left, right in left_right_pairs_of(rows):
@@ -95,8 +96,8 @@ def test_the_sequence_flip_reverses_the_slices_and_swaps_left_and_right_labels(p
 def _crop_dataset(tmp_path, pseudo_values: dict[str, list[float]] | None, train: bool = True) -> CropDataset:
     """One T1 study (foraminal rows: left Normal, right Severe) with a cached crop array of 3 distinct slices."""
     paths = Paths(tmp_path, tmp_path)
-    array = np.zeros((8, 8, 5, 3), np.uint8)
-    array[..., 0] = 10  # the patient's left slice
+    array = np.zeros((5, 3, 8, 8), np.uint8)
+    array[:, 0] = 10  # the patient's left slice
     paths.stage2_array(1, 2).parent.mkdir(parents=True)
     np.save(paths.stage2_array(1, 2), array)
     right = FORAMINAL_CONDITIONS[1]
@@ -120,7 +121,7 @@ def test_pseudo_targets_follow_the_sequence_flip(tmp_path):
         sample = dataset[0]
         target, pseudo = sample["target"].numpy(), sample["pseudo"].numpy()
         assert pseudo.shape == target.shape == (5, 2, 3)
-        is_flipped = bool(sample["image"][..., -1].max() == 10)  # the left slice went last
+        is_flipped = bool(sample["image"][:, -1].max() == 10)  # the left slice went last
         flipped.add(is_flipped)
         sides = [1, 0] if is_flipped else [0, 1]
         np.testing.assert_array_equal(target[:, sides[0]], np.tile([1, 0, 0], (5, 1)))  # left Normal, wherever it is

@@ -103,7 +103,7 @@ def _pseudo_batch(cfg: TrainConfig) -> dict:
     generator = torch.Generator().manual_seed(5)
     rows = 2 if cfg.condition == "foraminal" else 5
     return {
-        "image": torch.randint(0, 255, (2, 40, 40, 5, cfg.n_frames), dtype=torch.uint8, generator=generator),
+        "image": torch.randint(0, 255, (2, 5, cfg.n_frames, 40, 40), dtype=torch.uint8, generator=generator),
         "mask": torch.ones(2, cfg.n_frames, dtype=torch.bool),
         "target": torch.eye(3)[torch.randint(3, (2, 5, rows), generator=generator)],
         "pseudo": torch.rand(2, 5, rows, 3, generator=generator).softmax(-1),

@@ -46,9 +46,9 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
 
     series = pd.read_csv(work / "tables" / "series.csv")
     first = series.iloc[0]
-    assert np.load(work / "stage1" / str(first.study_id) / f"{first.series_id}.npy").shape[:2] == (256, 256)
+    assert np.load(work / "stage1" / str(first.study_id) / f"{first.series_id}.npy").shape[1:] == (256, 256)
     crops = np.load(work / "stage2" / str(first.study_id) / f"{first.series_id}.npy")
-    assert crops.shape[:3] == (256, 256, 5) and crops.dtype == np.uint8
+    assert crops.shape[0] == 5 and crops.shape[2:] == (256, 256) and crops.dtype == np.uint8
     assert list((work / "figures").glob("study_*.png"))
     for name in ("stage1_t1", "stage1_t2", "fo", "sp1", "sp2", "su"):
         sidecar = json.loads((work / "models" / f"{name}-f0-s42.json").read_text())

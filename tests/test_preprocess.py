@@ -92,14 +92,14 @@ def test_crops_match_the_plain_implementation(plane, shape):
     image = smooth_image(*shape)
     points = t2_points()
     crops = stage2_crops(make_series([image, image * 0.9]), points, plane, CFG)
-    assert crops.shape == (256, 256, 5, 2) and crops.dtype == np.uint8
+    assert crops.shape == (5, 2, 256, 256) and crops.dtype == np.uint8
     window = (
         float(np.percentile(np.r_[image.ravel(), image.ravel() * 0.9], 1)),
         float(np.percentile(np.r_[image.ravel(), image.ravel() * 0.9], 99)),
     )
     for level in range(5):
         expected = to_uint8(reference_crop(image, points, plane, level), window).astype(float)
-        ours = crops[:, :, level, 0].astype(float)
+        ours = crops[level, 0].astype(float)
         inside = expected > 0
         # the same interpolation steps: equal but for cv2's fixed-point warp coordinates (T2) and rare roundings
         assert np.abs(ours - expected).mean() < 0.05
@@ -119,7 +119,7 @@ def test_t2_box_follows_the_formulas():
 def test_stage1_volume_resizes_every_slice_and_windows():
     slices = [smooth_image(320, 256, seed) for seed in range(3)]
     volume = stage1_volume(make_series(slices), CFG)
-    assert volume.shape == (256, 256, 3) and volume.dtype == np.uint8
+    assert volume.shape == (3, 256, 256) and volume.dtype == np.uint8
     assert volume.min() == 0 and volume.max() == 255
 
 
@@ -132,13 +132,13 @@ def test_slices_of_different_sizes_are_resized_and_cropped_per_size():
     small, large = smooth_image(320, 256, 1), smooth_image(384, 448, 2)
     series = make_series([small, large, small])
     volume = stage1_volume(series, CFG)
-    assert volume.shape == (256, 256, 3)
-    np.testing.assert_array_equal(volume[:, :, 0], volume[:, :, 2])
+    assert volume.shape == (3, 256, 256)
+    np.testing.assert_array_equal(volume[0], volume[2])
     crops = stage2_crops(series, t2_points(), "t2", CFG)
-    assert crops.shape == (256, 256, 5, 3)
-    np.testing.assert_array_equal(crops[:, :, :, 0], crops[:, :, :, 2])
+    assert crops.shape == (5, 3, 256, 256)
+    np.testing.assert_array_equal(crops[:, 0], crops[:, 2])
     # each size is cropped from its own geometry: the same relative box, so similar fill, different pixels
-    assert (crops[:, :, :, 1] > 0).mean() > 0.3 and not np.array_equal(crops[:, :, :, 0], crops[:, :, :, 1])
+    assert (crops[:, 1] > 0).mean() > 0.3 and not np.array_equal(crops[:, 0], crops[:, 1])
 
 
 def _degenerate(kind: str) -> np.ndarray:
@@ -160,14 +160,14 @@ def test_bad_keypoints_of_one_level_leave_that_level_black(plane, kind):
     good = stage2_crops(make_series([smooth_image(320, 320)] * 2), t2_points(), plane, CFG)
     with pytest.warns(UserWarning, match=r"synthetic: .*levels \[2\]"):
         crops = stage2_crops(make_series([smooth_image(320, 320)] * 2), _degenerate(kind), plane, CFG)
-    assert not crops[:, :, 2].any()
+    assert not crops[2].any()
     for level in (0, 1, 3, 4):  # the other levels keep their geometry (the scale comes from the valid levels)
-        assert np.abs(crops[:, :, level].astype(float) - good[:, :, level]).mean() < 1.0
+        assert np.abs(crops[level].astype(float) - good[level]).mean() < 1.0
 
 
 def test_two_equal_points_of_a_level_do_not_crash():
     crops = stage2_crops(make_series([smooth_image(320, 320)]), _degenerate("equal"), "t2", CFG)
-    assert crops.shape == (256, 256, 5, 1) and crops[:, :, 2].any()
+    assert crops.shape == (5, 1, 256, 256) and crops[2].any()
 
 
 @pytest.mark.parametrize("plane", ["t2", "t1"])
@@ -176,7 +176,7 @@ def test_all_points_equal_or_nan_give_black_crops_with_a_warning(plane):
     for points in (np.full((5, 2, 2), 0.5), np.full((5, 2, 2), np.nan)):
         with pytest.warns(UserWarning, match=r"synthetic: empty crop at levels \[0, 1, 2, 3, 4\]"):
             crops = stage2_crops(series, points, plane, CFG)
-        assert crops.shape == (256, 256, 5, 1) and not crops.any()
+        assert crops.shape == (5, 1, 256, 256) and not crops.any()
 
 
 # --- the fast paths against the plain operations they replace ------------------------------------
@@ -269,6 +269,6 @@ def test_stage1_volume_equals_per_slice_resize_then_numpy_window():
         shrink = image.shape[0] >= 256 and image.shape[1] >= 256
         interpolation = cv2.INTER_AREA if shrink else cv2.INTER_LANCZOS4
         expected.append(cv2.resize(image, (256, 256), interpolation=interpolation))
-    expected = np.clip((np.stack(expected, axis=-1) - low) * (255 / (high - low)), 0, 255).round()
+    expected = np.clip((np.stack(expected) - low) * (255 / (high - low)), 0, 255).round()
     diff = np.abs(stage1_volume(make_series(slices), CFG) - expected)
     assert diff.max() <= 1 and (diff > 0).mean() < 1e-3
