@@ -15,6 +15,10 @@ Targets: compute <= 0.5 x seed for ``fo`` and ``su``, <= 0.6 x for the others; l
 On a machine without a GPU the same table is printed for the ``smoke`` profile's tiny backbone (the
 ratios then say little; the run checks that the benchmark works).
 
+A second table, on any machine, is the host's side of loading at the full presets' batch shapes: ms for the
+loader's threads to fill one batch into a buffer that is reused, as PyTorch's pinned-memory cache reuses them on
+a GPU machine, and the bytes per second. On a GPU it is set beside the compute step it has to hide behind.
+
 Run: ``python -m kaggle_utils.bench_train [--presets fo su] [--steps 8]`` or ``make bench-train``.
 """
 
@@ -117,6 +121,50 @@ def loader_ms(step: Callable[[dict], object], batches: BatchLoader, device, step
 def _forever(batches: BatchLoader):
     while True:
         yield from batches
+
+
+@dataclass
+class HostRow:
+    preset: str
+    shape: tuple[int, ...]
+    fill_ms: float
+    compute_ms: float | None = None
+
+    @property
+    def megabytes(self) -> float:
+        return float(np.prod(self.shape)) / 1e6
+
+    @property
+    def gigabytes_per_s(self) -> float:
+        return self.megabytes / self.fill_ms
+
+
+def host_fill_ms(batches: BatchLoader, batch_size: int, repeats: int) -> tuple[float, tuple[int, ...]]:
+    """Median ms for the loader's threads to fill one batch of ``batch_size`` samples into a reused buffer."""
+    shape = (batch_size, *batches.dataset.image_shape())
+    image = np.ones(shape, np.uint8)  # touched once, then reused: no page faults, like a pinned cached buffer
+    n = len(batches.dataset)
+    times = []
+    for k in range(repeats + 1):  # the first fill warms the pool and the page cache
+        indices = [(k * batch_size + i) % n for i in range(batch_size)]
+        started = time.perf_counter()
+        batches.fill(indices, image, epoch=k)
+        times.append((time.perf_counter() - started) * 1000)
+    return statistics.median(times[1:]), shape
+
+
+def format_host_table(rows: list[HostRow], workers: int) -> str:
+    lines = [
+        f"host side of loading, full batch shapes: median ms for {workers} threads to fill a reused batch buffer",
+        f"{'preset':<10} {'batch (uint8)':<26} {'MB':>6} {'fill ms':>8} {'GB/s':>6}  {'compute ms':>10} {'share':>6}",
+    ]
+    for r in rows:
+        compute = f"{r.compute_ms:>10.1f} {r.fill_ms / r.compute_ms:>6.0%}" if r.compute_ms else f"{'-':>10} {'-':>6}"
+        shape = " x ".join(map(str, r.shape))
+        lines.append(
+            f"{r.preset:<10} {shape:<26} {r.megabytes:>6.0f} {r.fill_ms:>8.1f} {r.gigabytes_per_s:>6.2f}  {compute}"
+        )
+    return "\n".join(lines)
 
 
 # --- cached arrays of the real shapes ------------------------------------------------------------
@@ -255,6 +303,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--studies", type=int, default=0, help="cached studies (default: enough for the steps)")
     parser.add_argument("--slices", type=int, default=17, help="slices per cached series")
     parser.add_argument("--seed-script", type=Path, default=DEFAULT_SEED_SCRIPT)
+    parser.add_argument("--host-batches", type=int, default=5, help="batches timed for the host table (0: none)")
     config.add_override_arguments(parser)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -264,9 +313,10 @@ def main(argv: list[str] | None = None) -> list[Row]:
     overrides = {"num_workers": args.workers, "pretrained": False, **config.parsed_overrides(args)}
     configs = [preset(name, profile, overrides) for name in args.presets]
     seed_script = load_seed_script(args.seed_script) if device.type == "cuda" else None
-    batch = max(c.batch_size for c in configs)
+    full = [preset(name, "full", overrides) for name in args.presets]  # the host table's batch shapes
+    batch = max(c.batch_size for c in (configs + full if args.host_batches else configs))
     n_studies = args.studies or batch * 2
-    rows = []
+    rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         data = CachedArrays.write(Path(tmp), n_studies, args.slices)
         name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
@@ -279,7 +329,21 @@ def main(argv: list[str] | None = None) -> list[Row]:
             print(format_table(rows[-1:], name).splitlines()[-1], flush=True)
         print()
         print(format_table(rows, name))
+        if args.host_batches:
+            host = [host_row(cfg, data, args.host_batches, rows, profile) for cfg in full]
+            print()
+            print(format_host_table(host, args.workers))
     return rows
+
+
+def host_row(cfg: TrainConfig, data: CachedArrays, repeats: int, rows: list[Row], profile: str) -> HostRow:
+    batches = loader(data.training_set(cfg), cfg, train=True)
+    try:
+        fill, shape = host_fill_ms(batches, cfg.batch_size, repeats)
+    finally:
+        batches.close()
+    compute = next((r.compute_ms for r in rows if r.preset == cfg.name), None) if profile == "full" else None
+    return HostRow(cfg.name, shape, fill, compute)
 
 
 if __name__ == "__main__":

@@ -21,10 +21,27 @@ def test_cached_arrays_have_the_real_shapes_and_feed_both_stages(tmp_path: Path)
 
 
 def test_the_table_has_a_row_per_preset_with_ratios_and_verdicts(capsys) -> None:
-    rows = bench_train.main(["--presets", "sp2", "stage1_t2", "--steps", "1", "--warmup", "0", "--workers", "0"])
+    rows = bench_train.main(
+        ["--presets", "sp2", "stage1_t2", "--steps", "1", "--warmup", "0", "--workers", "0", "--studies", "4"]
+        + ["--host-batches", "1"]
+    )
     assert [r.preset for r in rows] == ["sp2", "stage1_t2"]
     assert all(r.compute_ms > 0 and r.loader_ms > 0 and r.seed_ms > 0 for r in rows)
     assert rows[0].seed_source == "our model, seed settings"  # no GPU: the seed's script is not run
     assert rows[0].target == 0.6 and bench_train.Row("fo", "", 1, 1, 2, "", None).target == 0.5
     table = capsys.readouterr().out
-    assert "seed ms" in table and "overhead" in table and table.count("sp2 ") >= 2
+    assert "seed ms" in table and "overhead" in table and table.count("sp2 ") >= 3
+    host = table.split("host side of loading")[1]
+    assert "32 x 5 x 5 x 256 x 256" in host and "32 x 8 x 256 x 256" in host  # the full presets' batches
+
+
+def test_the_host_fill_writes_every_sample_of_the_batch(tmp_path: Path) -> None:
+    data = bench_train.CachedArrays.write(tmp_path, n_studies=3, n_slices=5)
+    cfg = preset("stage1_t1", "smoke", {"batch_size": 4, "num_workers": 2})
+    batches = bench_train.loader(data.training_set(cfg), cfg, train=True)
+    ms, shape = bench_train.host_fill_ms(batches, 4, repeats=2)
+    image = np.zeros(shape, np.uint8)
+    batches.fill([0, 1, 2, 0], image)
+    batches.close()
+    assert ms > 0 and shape == (4, cfg.n_frames, 256, 256)
+    assert all(image[row].any() for row in range(4))  # random volumes: every row was written
