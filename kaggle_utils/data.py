@@ -1,8 +1,8 @@
-"""Datasets for both stages: read cached uint8 arrays, pick frames, build masks and targets.
+"""Datasets for both stages: read the frames of cached uint8 arrays, build masks and targets.
 
-Datasets only read arrays (memory-mapped) and write each sample's uint8 slices, in the cached layout
-(``(N, H, W)``, or ``(5, N, H, W)`` for crops), straight into a row of the batch (``loader.BatchLoader``); the tasks
-augment on the device, in batches (``augment.py``).
+Datasets only read each sample's frames from the cached arrays, in their layout (``(N, H, W)``, or ``(5, N, H, W)``
+for crops), straight into a row of the batch (``frames.read_frames``, ``loader.BatchLoader``); the tasks augment on
+the device, in batches (``augment.py``).
 The one augmentation done here is the sequence flip, because it also swaps left and right labels.
 """
 
@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import abc
 import random
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -17,55 +18,10 @@ import torch
 from torch.utils.data import Dataset
 
 from kaggle_utils.constants import IGNORE_INDEX, LEVELS, SEVERITY_COLUMNS, row_id
+from kaggle_utils.frames import array_shape, read_frames
 from kaggle_utils.models import left_right_pairs_of
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import series_points
-
-
-def select_frames(n_total: int, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the middle ``n_frames`` of ``n_total`` slices (-1 marks padding) and the validity mask.
-
-    With fewer slices than frames the series is padded symmetrically (the extra pad on the right).
-    """
-    if n_total >= n_frames:
-        start = (n_total - n_frames) // 2
-        return np.arange(start, start + n_frames), np.ones(n_frames, bool)
-    left = (n_frames - n_total) // 2
-    indices = np.full(n_frames, -1)
-    indices[left : left + n_total] = np.arange(n_total)
-    return indices, indices >= 0
-
-
-def take_frames(
-    array: np.ndarray, n_frames: int, out: np.ndarray | None = None, reverse: bool = False
-) -> tuple[np.ndarray, np.ndarray]:
-    """The middle ``n_frames`` slices of an array shaped ``(..., N, H, W)``, zero-padded: ``(..., n_frames, H, W)``.
-
-    The chosen slices are one contiguous range, and every slice is one contiguous block of the cached array, so
-    this is a block copy per level (the slice axis last made it a copy of a few bytes per pixel, ten times slower),
-    into ``out`` when given (a row of a batch buffer). ``reverse`` takes them in reverse order (the mask too).
-    """
-    *lead, n_total, height, width = array.shape
-    _, mask = select_frames(n_total, n_frames)
-    shape = (*lead, n_frames, height, width)
-    if out is None:
-        out = np.empty(shape, np.uint8)
-    elif out.shape != shape:
-        raise ValueError(f"slices of shape {array.shape} do not fit a batch row of {out.shape}")
-    valid = np.flatnonzero(mask)
-    if not len(valid):
-        out[...] = 0
-        return out, mask
-    first, stop = int(valid[0]), int(valid[-1]) + 1
-    start = (n_total - n_frames) // 2 if n_total >= n_frames else 0
-    source = array[..., start : start + stop - first, :, :]
-    if reverse:
-        source, mask = source[..., ::-1, :, :], mask[::-1].copy()
-        first, stop = n_frames - stop, n_frames - first
-    out[..., :first, :, :] = 0
-    out[..., stop:, :, :] = 0
-    out[..., first:stop, :, :] = source
-    return out, mask
 
 
 def one_hot_targets(labels: np.ndarray) -> np.ndarray:
@@ -96,13 +52,13 @@ class _ArrayDataset(Dataset, abc.ABC):
     _shape: tuple[int, ...] | None = None
 
     @abc.abstractmethod
-    def _array(self, index: int) -> np.ndarray:
-        """The cached array of a sample, memory-mapped."""
+    def _path(self, index: int) -> Path:
+        """The cached array of a sample (for training, of its first series)."""
 
     def image_shape(self) -> tuple[int, ...]:
         """The image of one sample: the cached shape with ``n_frames`` slices."""
         if self._shape is None:
-            *lead, _, height, width = self._array(0).shape
+            *lead, _, height, width = array_shape(self._path(0))
             self._shape = (*lead, self.n_frames, height, width)
         return self._shape
 
@@ -149,13 +105,13 @@ class KeypointDataset(_ArrayDataset):
     def __len__(self) -> int:
         return len(self.series)
 
-    def _array(self, index: int) -> np.ndarray:
+    def _path(self, index: int) -> Path:
         study_id, series_id = (int(v) for v in self.series[index])
-        return np.load(self.paths.stage1_array(study_id, series_id), mmap_mode="r")
+        return self.paths.stage1_array(study_id, series_id)
 
     def fill(self, index: int, image: np.ndarray, rng: np.random.Generator) -> dict:
         # Keypoints are 2-D (they live on the middle slices), so reversing the slices keeps the targets.
-        _, mask = take_frames(self._array(index), self.n_frames, image, reverse=self.flip and rng.random() < 0.5)
+        mask = read_frames(self._path(index), self.n_frames, image, reverse=self.flip and rng.random() < 0.5)
         study_id, series_id = (int(v) for v in self.series[index])
         target = self.targets[index].astype(np.float32)
         return {"mask": mask, "target": target, "study_id": study_id, "series_id": series_id}
@@ -206,16 +162,15 @@ class CropDataset(_ArrayDataset):
     def __len__(self) -> int:
         return len(self.records)
 
-    def _array(self, index: int, series_id: int | None = None) -> np.ndarray:
+    def _path(self, index: int, series_id: int | None = None) -> Path:
         study_id, series_ids = self.records[index]
-        path = self.paths.stage2_array(study_id, series_ids[0] if series_id is None else series_id, self.root)
-        return np.load(path, mmap_mode="r")  # (5, N, H, W)
+        return self.paths.stage2_array(study_id, series_ids[0] if series_id is None else series_id, self.root)
 
     def fill(self, index: int, image: np.ndarray, rng: np.random.Generator) -> dict:
         study_id, series_ids = self.records[index]
         series_id = series_ids[rng.integers(len(series_ids))] if self.train else series_ids[0]
         flip = self.flip and rng.random() < 0.5
-        _, mask = take_frames(self._array(index, series_id), self.n_frames, image, reverse=flip)
+        mask = read_frames(self._path(index, series_id), self.n_frames, image, reverse=flip)
         shape = (len(LEVELS), len(self.rows), 3)
         targets = {"target": self.labels.get(study_id, np.zeros(shape, np.float32)).copy()}
         if self.pseudo is not None:

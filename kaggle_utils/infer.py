@@ -34,9 +34,9 @@ from kaggle_utils.constants import (
     condition_family,
     row_id,
 )
-from kaggle_utils.data import take_frames
 from kaggle_utils.dicom import SeriesError, read_series
 from kaggle_utils.engine import ClassifierTask, KeypointTask, default_device, level_frame, load_checkpoint
+from kaggle_utils.frames import take_frames
 from kaggle_utils.metric import score_parts, solution_from_targets
 from kaggle_utils.models import condition_rows
 from kaggle_utils.paths import Paths

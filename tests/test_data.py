@@ -1,4 +1,4 @@
-"""Frame selection, the loader layout, targets and pseudo targets of the datasets."""
+"""The datasets' samples: the device layout, the sequence flip, targets and pseudo targets."""
 
 from __future__ import annotations
 
@@ -6,35 +6,14 @@ import random
 
 import numpy as np
 import pandas as pd
-import pytest
 import torch
 
 from kaggle_utils.constants import FORAMINAL_CONDITIONS, IGNORE_INDEX, LABEL_COLUMNS, LEVELS, SEVERITY_COLUMNS, row_id
-from kaggle_utils.data import CropDataset, one_hot_targets, select_frames, soft_targets, take_frames
+from kaggle_utils.data import CropDataset, one_hot_targets, soft_targets
 from kaggle_utils.engine import device_images
 from kaggle_utils.models import condition_rows, left_right_pairs_of
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import load_table
-
-
-@pytest.mark.parametrize(
-    ("n_total", "n_frames", "indices"),
-    [(10, 4, [3, 4, 5, 6]), (11, 4, [3, 4, 5, 6]), (4, 4, [0, 1, 2, 3]), (3, 8, [-1, -1, 0, 1, 2, -1, -1, -1])],
-)
-def test_middle_frames_and_symmetric_padding(n_total, n_frames, indices):
-    chosen, mask = select_frames(n_total, n_frames)
-    assert chosen.tolist() == indices
-    assert mask.tolist() == [i >= 0 for i in indices]
-
-
-@pytest.mark.parametrize(("n_total", "n_frames"), [(3, 5), (4, 5), (7, 3), (6, 6), (0, 2)])
-def test_take_frames_equals_indexing_by_the_selected_slices(n_total, n_frames):
-    array = np.random.default_rng(0).integers(1, 256, (2, n_total, 3, 4), dtype=np.uint8)  # (levels, N, H, W)
-    frames, mask = take_frames(array, n_frames)
-    indices, expected_mask = select_frames(n_total, n_frames)
-    assert frames.shape == (2, n_frames, 3, 4) and mask.tolist() == expected_mask.tolist()
-    for i, source in enumerate(indices):
-        assert (frames[:, i] == (array[:, source] if source >= 0 else 0)).all()
 
 
 def test_device_images_are_the_uint8_batch_scaled_to_unit_floats():
@@ -48,20 +27,6 @@ def test_one_hot_targets_mark_missing_rows():
     out = one_hot_targets(np.array([[0, 2], [IGNORE_INDEX, 1]]))
     assert out.shape == (2, 2, 3)
     assert out[0, 1].tolist() == [0, 0, 1] and (out[1, 0] == IGNORE_INDEX).all()
-
-
-@pytest.mark.parametrize(("n_total", "n_frames"), [(3, 6), (8, 5), (5, 5)])
-def test_reversed_frames_are_the_frames_reversed_written_into_the_given_row(n_total, n_frames):
-    array = np.random.default_rng(1).integers(1, 256, (n_total, 2, 3), dtype=np.uint8)  # (N, H, W)
-    forward, mask = take_frames(array, n_frames)
-    row = np.full((n_frames, 2, 3), 7, np.uint8)  # a reused batch row: stale bytes must not survive
-    backward, reversed_mask = take_frames(array, n_frames, out=row, reverse=True)
-    assert backward is row
-    np.testing.assert_array_equal(backward, forward[::-1])
-    assert reversed_mask.tolist() == mask[::-1].tolist()
-    message = rf"slices of shape \({n_total}, 2, 3\) do not fit a batch row of \({n_frames}, 3, 3\)"
-    with pytest.raises(ValueError, match=message):
-        take_frames(array, n_frames, out=np.empty((n_frames, 3, 3), np.uint8))
 
 
 class FixedDraws:
