@@ -16,20 +16,6 @@ from typing import NamedTuple
 import numpy as np
 
 
-def select_frames(n_total: int, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
-    """Indices of the middle ``n_frames`` of ``n_total`` slices (-1 marks padding) and the validity mask.
-
-    With fewer slices than frames the series is padded symmetrically (the extra pad on the right).
-    """
-    if n_total >= n_frames:
-        start = (n_total - n_frames) // 2
-        return np.arange(start, start + n_frames), np.ones(n_frames, bool)
-    left = (n_frames - n_total) // 2
-    indices = np.full(n_frames, -1)
-    indices[left : left + n_total] = np.arange(n_total)
-    return indices, indices >= 0
-
-
 class Span(NamedTuple):
     """Frames ``[first, stop)`` of the output hold slices ``[start, start + stop - first)`` of the array (in reverse
     order when reversed); the other frames are padding. ``mask`` marks the real frames."""
@@ -41,15 +27,26 @@ class Span(NamedTuple):
 
 
 def frame_span(n_total: int, n_frames: int, reverse: bool = False) -> Span:
-    """Where the middle ``n_frames`` of ``n_total`` slices go (:func:`select_frames`), as one contiguous run."""
-    _, mask = select_frames(n_total, n_frames)
-    real = min(n_total, n_frames)
-    start = (n_total - n_frames) // 2 if n_total >= n_frames else 0
-    first = (n_frames - n_total) // 2 if n_total < n_frames else 0
-    stop = first + real
+    """Where the middle ``n_frames`` of ``n_total`` slices go: one contiguous run of the output.
+
+    With fewer slices than frames the series is padded symmetrically (the extra pad on the right).
+    """
+    start = max(n_total - n_frames, 0) // 2  # the first slice taken
+    first = max(n_frames - n_total, 0) // 2  # the first real frame, after the left padding
+    stop = first + min(n_total, n_frames)
     if reverse:
-        first, stop, mask = n_frames - stop, n_frames - first, mask[::-1].copy()
+        first, stop = n_frames - stop, n_frames - first
+    mask = np.zeros(n_frames, bool)
+    mask[first:stop] = True
     return Span(first, stop, start, mask)
+
+
+def select_frames(n_total: int, n_frames: int) -> tuple[np.ndarray, np.ndarray]:
+    """The slice index of every frame (-1 marks padding) and the validity mask: :func:`frame_span` as indices."""
+    span = frame_span(n_total, n_frames)
+    indices = np.full(n_frames, -1)
+    indices[span.first : span.stop] = np.arange(span.start, span.start + span.stop - span.first)
+    return indices, span.mask
 
 
 def _padded(out: np.ndarray, span: Span) -> None:
