@@ -299,7 +299,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--profile", default="auto", help="full on a GPU, smoke on the CPU (default)")
     parser.add_argument("--steps", type=int, help="timed steps (default 8 on a GPU, 2 on the CPU)")
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 3 on a GPU, 1 on the CPU)")
-    parser.add_argument("--workers", type=int, default=4, help="loader processes")
+    parser.add_argument("--workers", type=int, default=4, help="loader threads")
     parser.add_argument("--studies", type=int, default=0, help="cached studies (default: enough for the steps)")
     parser.add_argument("--slices", type=int, default=17, help="slices per cached series")
     parser.add_argument("--seed-script", type=Path, default=DEFAULT_SEED_SCRIPT)

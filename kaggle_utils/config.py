@@ -63,7 +63,7 @@ class TrainConfig:
     amp_dtype: str = "auto"  # "auto" (bf16 where the card supports it, else fp16 + grad scaler), "bf16", "fp16"
     channels_last: bool = True
     grad_checkpointing: bool = False  # trades ~30 % speed for memory; a 16 GB card needs it at batch 32
-    num_workers: int = 4
+    num_workers: int = 4  # threads that load batches (loader.BatchLoader); 0 loads them in the training thread
     seed: int = 42
     eval_every: int = 0  # evaluate every N optimizer steps; 0 = once per epoch
     resume: bool = True  # continue an interrupted run from its last finished epoch; skip folds already trained
