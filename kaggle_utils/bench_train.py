@@ -6,7 +6,9 @@ Per preset, in one run on one device:
   already sits on the device, with the preset's own settings (autocast, channels_last, no checkpointing);
 - **loader**: the same steps fed by the training loader (``--workers`` threads, pinned memory) over
   cached arrays of the real shapes (256 x 256 slices, ``--slices`` per series) written to a temporary work
-  folder; ``loader / compute - 1`` is what loading and the host-to-device copy add;
+  folder; ``loader / compute - 1`` is what loading and the host-to-device copy add. The timed steps come from one
+  epoch: a new epoch starts the loader's prefetching again, which training does once in dozens of steps, while a
+  cache of a few batches would start one every other step;
 - **seed settings**: the seed's model of the same shape with its settings (fp16, NCHW, gradient
   checkpointing, no augmentation), timed by the seed's own script when it is found (``--seed-script``,
   default ``../shared/bench/seed_shapes_gpu.py``), else our model with those settings.
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 import argparse
 import importlib.util
+import os
+import shutil
 import statistics
 import sys
 import tempfile
@@ -106,8 +110,13 @@ def median_ms(step: Callable[[], object], device: torch.device, steps: int, warm
 
 
 def loader_ms(step: Callable[[dict], object], batches: BatchLoader, device, steps, warmup) -> float:
-    """Mean ms per step over ``steps`` consecutive loader batches, waiting for data included."""
-    iterator = iter(_forever(batches))
+    """Mean ms per step over ``steps`` consecutive loader batches of one epoch, waiting for data included."""
+    if len(batches) < warmup + steps:
+        raise ValueError(
+            f"an epoch of the cached studies has {len(batches)} batches; the loader timing needs {warmup + steps} "
+            "(raise --studies, or leave it out)"
+        )
+    iterator = iter(batches)
     for _ in range(warmup):
         step(next(iterator))
     _sync(device)
@@ -116,11 +125,6 @@ def loader_ms(step: Callable[[dict], object], batches: BatchLoader, device, step
         step(next(iterator))
     _sync(device)
     return (time.perf_counter() - started) * 1000 / steps
-
-
-def _forever(batches: BatchLoader):
-    while True:
-        yield from batches
 
 
 @dataclass
@@ -170,26 +174,34 @@ def format_host_table(rows: list[HostRow], workers: int) -> str:
 # --- cached arrays of the real shapes ------------------------------------------------------------
 @dataclass(frozen=True)
 class CachedArrays:
-    """Stage-1 volumes and stage-2 crops of one T1 and one T2 series per study, in a work folder."""
+    """Stage-1 volumes and stage-2 crops of one T1 and one T2 series per study, in a work folder.
+
+    The first ``distinct`` studies get arrays of their own; the others are hard links to them (a copy where the
+    file system has no links), so an epoch of many batches costs the disk only ``distinct`` studies.
+    """
 
     paths: Paths
     series: pd.DataFrame
 
     @classmethod
-    def write(cls, work_dir: Path, n_studies: int, n_slices: int, seed: int = 0) -> CachedArrays:
+    def write(cls, work_dir: Path, n_studies: int, n_slices: int, seed: int = 0, distinct: int = 64) -> CachedArrays:
         paths = Paths(data_dir=work_dir, work_dir=work_dir)
         rng = np.random.default_rng(seed)
         rows = []
         for study in range(1, n_studies + 1):
-            for plane, series in (("t1", 10 * study), ("t2", 10 * study + 1)):
-                volume = rng.integers(0, 256, (n_slices, 256, 256), dtype=np.uint8)
-                crops = np.repeat(volume[None], len(LEVELS), axis=0)
-                for path, array in (
-                    (paths.stage1_array(study, series), volume),
-                    (paths.stage2_array(study, series), crops),
-                ):
+            twin = (study - 1) % distinct + 1  # the study whose arrays this one shares
+            for plane, offset in (("t1", 0), ("t2", 1)):
+                series, twin_series = 10 * study + offset, 10 * twin + offset
+                volume, crops = paths.stage1_array(study, series), paths.stage2_array(study, series)
+                for path in (volume, crops):
                     path.parent.mkdir(parents=True, exist_ok=True)
-                    np.save(path, array)
+                if study == twin:
+                    slices = rng.integers(0, 256, (n_slices, 256, 256), dtype=np.uint8)
+                    np.save(volume, slices)
+                    np.save(crops, np.repeat(slices[None], len(LEVELS), axis=0))
+                else:
+                    _link(paths.stage1_array(twin, twin_series), volume)
+                    _link(paths.stage2_array(twin, twin_series), crops)
                 rows.append({"study_id": study, "series_id": series, "plane": plane})
         return cls(paths, pd.DataFrame(rows))
 
@@ -206,6 +218,13 @@ class CachedArrays:
     def first_batch(self, cfg: TrainConfig, device: torch.device) -> dict:
         batch = next(iter(loader(self.training_set(cfg), cfg, train=True)))
         return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def _link(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:
+        shutil.copyfile(source, target)
 
 
 # --- one preset ----------------------------------------------------------------------------------
@@ -315,7 +334,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     seed_script = load_seed_script(args.seed_script) if device.type == "cuda" else None
     full = [preset(name, "full", overrides) for name in args.presets]  # the host table's batch shapes
     batch = max(c.batch_size for c in (configs + full if args.host_batches else configs))
-    n_studies = args.studies or batch * 2
+    n_studies = args.studies or batch * (warmup + steps + 1)  # the timed loader steps within one epoch
     rows: list[Row] = []
     with tempfile.TemporaryDirectory() as tmp:
         data = CachedArrays.write(Path(tmp), n_studies, args.slices)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 
 from kaggle_utils import bench_train
@@ -45,3 +46,22 @@ def test_the_host_fill_writes_every_sample_of_the_batch(tmp_path: Path) -> None:
     batches.close()
     assert ms > 0 and shape == (4, cfg.n_frames, 256, 256)
     assert all(image[row].any() for row in range(4))  # random volumes: every row was written
+
+
+def test_studies_beyond_the_distinct_ones_share_their_arrays(tmp_path: Path) -> None:
+    data = bench_train.CachedArrays.write(tmp_path, n_studies=5, n_slices=3, distinct=2)
+    assert len(data.series) == 10
+    for study, twin in ((3, 1), (4, 2), (5, 1)):
+        for plane in (0, 1):
+            ours = np.load(data.paths.stage2_array(study, 10 * study + plane))
+            np.testing.assert_array_equal(ours, np.load(data.paths.stage2_array(twin, 10 * twin + plane)))
+    assert not np.array_equal(np.load(data.paths.stage1_array(1, 10)), np.load(data.paths.stage1_array(2, 20)))
+
+
+def test_the_loader_timing_asks_for_one_epoch_of_batches(tmp_path: Path) -> None:
+    data = bench_train.CachedArrays.write(tmp_path, n_studies=4, n_slices=3)
+    cfg = preset("stage1_t1", "smoke", {"batch_size": 2, "num_workers": 0})
+    batches = bench_train.loader(data.training_set(cfg), cfg, train=True)
+    with pytest.raises(ValueError, match=r"has 2 batches; the loader timing needs 3 \(raise --studies"):
+        bench_train.loader_ms(lambda batch: None, batches, torch.device("cpu"), steps=2, warmup=1)
+    assert bench_train.loader_ms(lambda batch: None, batches, torch.device("cpu"), steps=1, warmup=1) >= 0
