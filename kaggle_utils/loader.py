@@ -101,12 +101,11 @@ class BatchLoader:
     def fill(self, indices: Sequence[int], image: np.ndarray, epoch: int = 0) -> list[dict[str, Any]]:
         """Load the samples ``indices`` into a given batch buffer with the loader's threads; returns their other
         entries. What a batch costs the host, without allocating its buffer (benchmarks)."""
-        return [s.result() if isinstance(s, Future) else s for s in self._submit(indices, image, epoch)]
+        return _results(self._submit(indices, image, epoch))
 
     @staticmethod
     def _finish(image: torch.Tensor, samples: list[Future | dict]) -> dict[str, Any]:
-        records = [s.result() if isinstance(s, Future) else s for s in samples]
-        return {"image": image, **collate(records)}
+        return {"image": image, **collate(_results(samples))}
 
     def close(self, wait: bool = True) -> None:
         """Stop the threads; batches already queued are dropped."""
@@ -116,6 +115,11 @@ class BatchLoader:
 
     def __del__(self) -> None:
         self.close(wait=False)  # never block a garbage collection; the threads end after their current sample
+
+
+def _results(samples: list[Future | dict]) -> list[dict[str, Any]]:
+    """The samples' other entries, waiting for those still loading in a thread."""
+    return [s.result() if isinstance(s, Future) else s for s in samples]
 
 
 def collate(records: list[dict[str, Any]]) -> dict[str, Any]:
