@@ -4,9 +4,10 @@ Per preset, in one run on one device:
 
 - **compute**: ``engine.train_step`` (GPU augmentation, forward, backward, clipping, AdamW) on a batch that
   already sits on the device, with the preset's own settings (autocast, channels_last, no checkpointing);
-- **loader**: the same steps fed by the training loader (``--workers`` threads, pinned memory) over
-  cached arrays of the real shapes (256 x 256 slices, ``--slices`` per series) written to a temporary work
-  folder; ``loader / compute - 1`` is what loading and the host-to-device copy add. The timed steps come from one
+- **loader**: the same steps fed as training feeds them (``--workers`` loader threads, pinned memory, the next
+  batch copied to the device on a side stream) over cached arrays of the real shapes (256 x 256 slices,
+  ``--slices`` per series) written to a temporary work folder; ``loader / compute - 1`` is what loading and the
+  host-to-device copy add. The timed steps come from one
   epoch: a new epoch starts the loader's prefetching again, which training does once in dozens of steps, while a
   cache of a few batches would start one every other step;
 - **seed settings**: the seed's model of the same shape with its settings (fp16, NCHW, gradient
@@ -48,7 +49,7 @@ from kaggle_utils.config import FULL_PRESETS, TrainConfig, preset
 from kaggle_utils.constants import LABEL_COLUMNS, LEVELS
 from kaggle_utils.data import CropDataset, KeypointDataset
 from kaggle_utils.engine import ClassifierTask, KeypointTask, autocast_dtype, prepare_model, train_step
-from kaggle_utils.loader import BatchLoader
+from kaggle_utils.loader import BatchLoader, DeviceBatches, to_device
 from kaggle_utils.models import condition_rows
 from kaggle_utils.paths import REPO_ROOT, Paths
 from kaggle_utils.train import loader
@@ -217,7 +218,7 @@ class CachedArrays:
 
     def first_batch(self, cfg: TrainConfig, device: torch.device) -> dict:
         batch = next(iter(loader(self.training_set(cfg), cfg, train=True)))
-        return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+        return to_device(batch, device)
 
 
 def _link(source: Path, target: Path) -> None:
@@ -276,7 +277,7 @@ def bench_preset(
     batches = loader(data.training_set(cfg), cfg, train=True)
     compute = median_ms(lambda: step(resident), device, steps, warmup)
     peak = _peak_gb(device)
-    fed = loader_ms(step, batches, device, steps, warmup)
+    fed = loader_ms(step, DeviceBatches(batches, device), device, steps, warmup)
     _reset_memory(device)
     seed, source = seed_settings_ms(cfg, data, device, seed_script, steps, warmup)
     levels = "" if cfg.stage == 1 else f"{len(LEVELS)} x "

@@ -32,6 +32,7 @@ from kaggle_utils import distributed
 from kaggle_utils.augment import Stage1Augment, Stage2Augment, resize, rotate_resize
 from kaggle_utils.config import ConfigError, TrainConfig, apply_overrides, from_dict, to_dict
 from kaggle_utils.constants import LEVELS, row_id
+from kaggle_utils.loader import DeviceBatches
 from kaggle_utils.losses import keypoint_l1, pseudo_label_loss, weighted_soft_cross_entropy
 from kaggle_utils.metric import score_parts, solution_from_targets
 from kaggle_utils.models import build_model, condition_rows
@@ -396,7 +397,7 @@ def fit(
     if device.type == "cuda":
         torch.backends.cudnn.benchmark = True  # input shapes are fixed within a run
     epochs = 1 if cfg.fast_dev_run else cfg.epochs
-    batches = _limit(train_loader, cfg)
+    batches = DeviceBatches(_limit(train_loader, cfg), device)
     steps = epochs * len(batches)
     optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
@@ -409,7 +410,7 @@ def fit(
     )
     state_path = resume_path(checkpoint)
     _restore(trainer, cfg, state_path, ctx)
-    val_batches = batches if cfg.overfit_batch else _limit(val_loader, cfg)
+    val_batches = batches if cfg.overfit_batch else DeviceBatches(_limit(val_loader, cfg), device)
 
     def evaluate(row: dict) -> None:
         """Rank 0 evaluates and logs; the others wait for it."""

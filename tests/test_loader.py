@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from kaggle_utils.loader import BatchLoader, collate
+from kaggle_utils.loader import BatchLoader, DeviceBatches, collate, to_device
 
 
 class Numbers:
@@ -112,3 +112,35 @@ def test_fill_writes_given_samples_into_a_given_buffer() -> None:
     loader.close()
     assert [r["index"] for r in records] == [4, 1, 4] and image[:, 0, 0, 0].tolist() == [4, 1, 4]
     assert records[0]["draw"] == records[2]["draw"]  # the same sample in the same epoch draws the same
+
+
+def test_device_batches_move_every_tensor_and_keep_the_rest() -> None:
+    batches = list(BatchLoader(Numbers(5), batch_size=2, workers=0, pin_memory=False))
+    moved = DeviceBatches(batches, torch.device("cpu"))
+    assert len(moved) == 3
+    for _ in range(2):  # as often as the batches can be iterated
+        out = list(moved)
+        assert [b["index"].tolist() for b in out] == [[0, 1], [2, 3], [4]]
+        assert all(torch.equal(b["image"], a["image"]) for a, b in zip(batches, out, strict=True))
+    assert to_device({"s": ["x"], "t": torch.ones(1)}, torch.device("cpu"))["s"] == ["x"]
+
+
+class Large(Numbers):
+    """Samples of 16 MB, so that a batch's copy to the device takes a while."""
+
+    def image_shape(self) -> tuple[int, ...]:
+        return (64, 512, 512)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the side-stream copy needs a GPU")
+def test_device_batches_on_a_gpu_are_whole_when_the_step_reads_them() -> None:
+    device = torch.device("cuda")
+    batches = list(BatchLoader(Large(9), batch_size=2, workers=2, pin_memory=True))
+    busy = torch.randn(2048, 2048, device=device)
+    sums = []
+    for batch in DeviceBatches(batches, device):
+        assert batch["image"].is_cuda and batch["index"].is_cuda
+        sums.append(batch["image"].sum(dtype=torch.int64))  # read at once, while the next copy is queued
+        for _ in range(10):  # keep the main stream busy while the next batch is copied
+            busy = (busy @ busy).clamp_(-1, 1)
+    assert [int(t) for t in sums] == [int(b["image"].sum(dtype=torch.int64)) for b in batches]
