@@ -6,7 +6,8 @@ what the solution gets by calling albumentations once on the (H, W, C) stack of 
 
 Where a few tensor lines are both closer to albumentations and faster than a kornia op, they are used
 instead: brightness/contrast (one multiply-add and a single clip), Gaussian noise (variance range),
-optical and grid distortion (one ``grid_sample`` each), single-pixel coarse dropout and the resize.
+optical and grid distortion (one ``grid_sample`` each, and the inverse map for stage-1 keypoints),
+single-pixel coarse dropout and the resize.
 """
 
 from __future__ import annotations
@@ -108,7 +109,46 @@ def _identity_grid(h: int, w: int, device: torch.device) -> torch.Tensor:
     return torch.stack([x, y], dim=-1).unsqueeze(0)
 
 
-class OpticalDistortion(nn.Module):
+def _normalised(points: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """Pixel (x, y) -> ``grid_sample`` coordinates with ``align_corners=True`` (pixel centres 0 and n - 1 at -1, 1)."""
+    return points * points.new_tensor([2 / (w - 1), 2 / (h - 1)]) - 1
+
+
+def _pixels(points: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    return (points + 1) * points.new_tensor([(w - 1) / 2, (h - 1) / 2])
+
+
+class Distortion(nn.Module):
+    """A random warp given by a sampling grid: ``draw`` its parameters per sample, ``grid`` maps output pixels to
+    source positions, ``move`` maps source keypoints to their output positions (the inverse of ``grid``).
+
+    ``forward(images)`` warps images; ``forward(images, points)`` also moves pixel keypoints (B, K, 2) in (x, y),
+    so that they stay on what they marked.
+    """
+
+    def draw(self, b: int, device: torch.device) -> torch.Tensor:
+        raise NotImplementedError
+
+    def grid(self, params: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """(B, H, W, 2) normalised source (x, y) of every output pixel."""
+        raise NotImplementedError
+
+    def move(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        """Normalised source positions (B, K, 2) -> their normalised output positions."""
+        raise NotImplementedError
+
+    def forward(
+        self, images: torch.Tensor, points: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        b, _, h, w = images.shape
+        params = self.draw(b, images.device)
+        warped = _remap(images, self.grid(params, h, w))
+        if points is None:
+            return warped
+        return warped, _pixels(self.move(params, _normalised(points, h, w)), h, w)
+
+
+class OpticalDistortion(Distortion):
     """Radial barrel/pincushion distortion like albumentations OpticalDistortion(distort_limit).
 
     cv2's undistort map with focal length = image size and coefficients k1 = k2 = k, k ~ U(-limit, limit):
@@ -119,46 +159,94 @@ class OpticalDistortion(nn.Module):
         super().__init__()
         self.limit = limit
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = images.shape
-        grid = _identity_grid(h, w, images.device)
+    def draw(self, b: int, device: torch.device) -> torch.Tensor:
+        return torch.empty(b, device=device).uniform_(-self.limit, self.limit)
+
+    @staticmethod
+    def _source_radius(k: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+        """Normalised radius of the source of an output point at normalised radius ``rho`` (r = rho / 2)."""
+        r2 = rho.square() / 4
+        return rho * (1 + k * r2 + k * r2.square())
+
+    def grid(self, params: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        grid = _identity_grid(h, w, params.device)
         r2 = grid.square().sum(dim=-1, keepdim=True) / 4  # normalised half-width 1 -> r = 0.5
-        k = _uniform(b, -self.limit, self.limit, images)
-        return _remap(images, grid * (1 + k * r2 + k * r2.square()))
+        k = params.view(-1, 1, 1, 1)
+        return grid * (1 + k * r2 + k * r2.square())
+
+    def move(self, params: torch.Tensor, points: torch.Tensor, iterations: int = 40) -> torch.Tensor:
+        """Solve source_radius(rho) = |point| by bisection along the point's ray.
+
+        The source radius grows with rho up to a fold (only for k < 0; beyond it the map turns back). The root
+        lies in [0, |point|] for k >= 0 and in [|point|, fold] for k < 0; a point beyond the fold's source
+        radius is not visible in the output and is pushed past the fold in proportion.
+        """
+        k = params.view(-1, 1)
+        target = points.norm(dim=-1)  # (B, K)
+        # The fold: the positive root u = rho^2 of d(source radius)/d(rho) = 1 + 3k/4 u + 5k/16 u^2 (k < 0).
+        a, b = 5 * k / 16, 3 * k / 4
+        fold_u = (-b - (b.square() - 4 * a).clamp(min=0).sqrt()) / (2 * a).clamp(max=-1e-12)
+        high = torch.where(k < 0, fold_u.sqrt().expand_as(target), target)
+        low = torch.zeros_like(target)
+        for _ in range(iterations):
+            mid = (low + high) / 2
+            below = self._source_radius(k, mid) < target
+            low, high = torch.where(below, mid, low), torch.where(below, high, mid)
+        rho = (low + high) / 2
+        reach = self._source_radius(k, rho)
+        rho = torch.where(reach < target - 1e-6, rho * target / reach.clamp(min=1e-12), rho)
+        scale = torch.where(target > 0, rho / target.clamp(min=1e-12), torch.ones_like(rho))
+        return points * scale.unsqueeze(-1)
 
 
-class GridDistortion(nn.Module):
+class GridDistortion(Distortion):
     """Separable grid distortion like albumentations GridDistortion(num_steps, distort_limit, normalized=True).
 
     Each axis is cut into ``steps`` equal output cells; cell i samples a source stretch proportional to
-    ``1 + U(-limit, limit)``, rescaled so that the source still spans the whole image.
+    ``1 + U(-limit, limit)``, rescaled so that the source still spans the whole image. The map is piecewise
+    linear and increasing along each axis, so moving a keypoint is the same interpolation the other way.
     """
 
     def __init__(self, steps: int = GRID_STEPS, limit: float = DISTORT_LIMIT) -> None:
         super().__init__()
         self.steps, self.limit = steps, limit
 
-    def _axis(self, b: int, n: int, device: torch.device) -> torch.Tensor:
+    def draw(self, b: int, device: torch.device) -> torch.Tensor:
+        """(B, 2, steps + 1) source knots in [0, 1] of the x and y axes, at output 0, 1/steps, ..., 1."""
+        stretch = 1 + torch.empty(b, 2, self.steps, device=device).uniform_(-self.limit, self.limit)
+        return F.pad(stretch.cumsum(dim=-1), (1, 0)) / stretch.sum(dim=-1, keepdim=True)
+
+    def _axis(self, knots: torch.Tensor, n: int) -> torch.Tensor:
         """(B, n) normalised source coordinates of the n output positions along one axis."""
-        stretch = 1 + torch.empty(b, self.steps, device=device).uniform_(-self.limit, self.limit)
-        knots = F.pad(stretch.cumsum(dim=1), (1, 0)) / stretch.sum(dim=1, keepdim=True)  # (B, steps + 1) in [0, 1]
-        t = torch.linspace(0, self.steps, n, device=device)
+        t = torch.linspace(0, self.steps, n, device=knots.device)
         cell = t.long().clamp_(max=self.steps - 1)
         src = knots[:, cell] + (t - cell) * (knots[:, cell + 1] - knots[:, cell])
         return src * 2 - 1
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        b, _, h, w = images.shape
-        x = self._axis(b, w, images.device)[:, None, :].expand(b, h, w)
-        y = self._axis(b, h, images.device)[:, :, None].expand(b, h, w)
-        return _remap(images, torch.stack([x, y], dim=-1))
+    def grid(self, params: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        b = params.shape[0]
+        x = self._axis(params[:, 0], w)[:, None, :].expand(b, h, w)
+        y = self._axis(params[:, 1], h)[:, :, None].expand(b, h, w)
+        return torch.stack([x, y], dim=-1)
+
+    def move(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+        source = (points + 1) / 2  # (B, K, 2) in [0, 1]
+        moved = []
+        for axis in range(2):
+            knots, s = params[:, axis].contiguous(), source[..., axis].contiguous()
+            # the cell whose source stretch holds s; the end cells extend past the image
+            cell = (torch.searchsorted(knots, s, right=True) - 1).clamp_(0, self.steps - 1)
+            start, stop = knots.gather(1, cell), knots.gather(1, cell + 1)
+            moved.append((cell + (s - start) / (stop - start)) / self.steps)
+        return torch.stack(moved, dim=-1) * 2 - 1
 
 
 class OneOf(nn.Module):
     """Per sample: with probability ``p`` apply one of ``ops`` (drawn uniformly), otherwise nothing.
 
     Each op runs once on the subset of samples that drew it, so the cost is that of one op on the chosen
-    samples. The ops must apply themselves unconditionally (kornia ops with ``p=1``).
+    samples. The ops must apply themselves unconditionally (kornia ops with ``p=1``). With keypoints
+    (``Distortion`` ops only), ``forward(images, points)`` returns both, moved together.
     """
 
     def __init__(self, ops: Sequence[nn.Module], p: float) -> None:
@@ -166,17 +254,31 @@ class OneOf(nn.Module):
         self.ops = nn.ModuleList(ops)
         self.p = p
 
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self, images: torch.Tensor, points: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
         b = images.shape[0]
         applied = torch.rand(b, device=images.device) < self.p
         choice = torch.randint(len(self.ops), (b,), device=images.device)
-        out = None  # copied on first use: no copy when no sample drew an op
+        out, moved = images, points  # copied on first use: no copy when no sample drew an op
         for i, op in enumerate(self.ops):
             rows = (applied & (choice == i)).nonzero().squeeze(1)
-            if len(rows):
-                out = images.clone() if out is None else out
+            if not len(rows):
+                continue
+            out = images.clone() if out is images else out
+            if points is None:
                 out.index_copy_(0, rows, op(images[rows]))
-        return images if out is None else out
+            else:
+                moved = points.clone() if moved is points else moved
+                warped, warped_points = op(images[rows], points[rows])
+                out.index_copy_(0, rows, warped)
+                moved.index_copy_(0, rows, warped_points)
+        return out if points is None else (out, moved)
+
+
+def distortion(p: float) -> OneOf:
+    """albumentations OneOf([OpticalDistortion(1.0), GridDistortion(5, 1.0)], p)."""
+    return OneOf([OpticalDistortion(), GridDistortion()], p)
 
 
 def blur_or_noise(p: float = 0.5) -> OneOf:
@@ -220,10 +322,9 @@ def coarse_dropout(images: torch.Tensor, p: float = 0.5) -> torch.Tensor:
 class Stage1Augment(nn.Module):
     """Stage-1 training augmentation of frames (B, C, H, W) and pixel keypoints (B, 10, 2) in (x, y).
 
-    Brightness/contrast, then a random affine that moves the keypoints with the image, then one of
-    blur/noise (p = 0.5), then a resize to ``cfg.img_size`` (keypoints scaled by the same factor).
-    The solution's optical/grid distortions are left out: kornia would warp the image but silently leave
-    the keypoints where they were, which would teach the localiser wrong targets.
+    Brightness/contrast, then a random affine, one of blur/noise (p = 0.5), one of optical/grid distortion
+    (p = 0.5), then a resize to ``cfg.img_size``. The affine and the distortions move the keypoints with the
+    image (kornia's own distortions would leave them where they were); the resize scales them.
     """
 
     def __init__(self, cfg: TrainConfig) -> None:
@@ -231,12 +332,13 @@ class Stage1Augment(nn.Module):
         self.size = cfg.img_size
         self.geometry = K.AugmentationSequential(random_affine(cfg), data_keys=["input", "keypoints"])
         self.blur_or_noise = blur_or_noise(cfg.blur_p)
+        self.distortion = distortion(cfg.distort_p)
 
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with _float32(images.device):
             images = brightness_contrast(images.float())
             images, keypoints = self.geometry(images, keypoints.float())
-            images = self.blur_or_noise(images)
+            images, keypoints = self.distortion(self.blur_or_noise(images), keypoints)
             h, w = images.shape[-2:]
             scale = keypoints.new_tensor([self.size / w, self.size / h])
             return resize(images, self.size), keypoints * scale
@@ -257,7 +359,7 @@ class Stage2Augment(nn.Module):
         self.vflip = K.RandomVerticalFlip(p=0.5) if cfg.vflip else nn.Identity()
         self.affine = random_affine(cfg)
         self.blur_or_noise = blur_or_noise(cfg.blur_p)
-        self.distortion = OneOf([OpticalDistortion(), GridDistortion()], p=cfg.distort_p)
+        self.distortion = distortion(cfg.distort_p)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         with _float32(images.device):

@@ -75,7 +75,7 @@ class TrainConfig:
     scale_limit: float = 0.25  # zoom in [1 - limit, 1 + limit]
     rotate_limit: float = 30.0  # degrees
     blur_p: float = 0.5  # one of motion/median/gaussian blur or gaussian noise
-    distort_p: float = 0.5  # one of optical/grid distortion (stage 2 only)
+    distort_p: float = 0.5  # one of optical/grid distortion
     vflip: bool = False
     coarse_dropout: bool = False
 

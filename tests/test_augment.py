@@ -49,9 +49,14 @@ def test_stage1_keypoints_follow_the_image(out_size, monkeypatch):
     # Brightness/contrast can clip a blob flat; the test is about geometry, so it is switched off here.
     monkeypatch.setattr(augment, "brightness_contrast", lambda images: images)
     torch.manual_seed(0)
-    cfg = dataclasses.replace(config.FULL_PRESETS["stage1_t2"], img_size=out_size)
+    cfg = dataclasses.replace(config.FULL_PRESETS["stage1_t2"], img_size=out_size, distort_p=1.0)
     keypoints = 44 + 40 * torch.rand(6, 10, 2)  # central, so no blob leaves the 128-px image
-    images, moved = Stage1Augment(cfg)(blobs(keypoints, 128), keypoints)
+    aug = Stage1Augment(cfg)
+    for op in aug.distortion.ops:
+        # Milder warps: a cell magnified many times spreads a blob into a plateau whose maximum says little.
+        # The distortions' own tests hold their full strength to the exact inverse.
+        op.limit = 0.3
+    images, moved = aug(blobs(keypoints, 128), keypoints)
     assert images.shape == (6, 10, out_size, out_size) and moved.shape == (6, 10, 2)
     assert not torch.allclose(moved * 128 / out_size, keypoints, atol=1.0)  # the geometry did change
     where, value = peaks_near(images, moved)
@@ -82,6 +87,56 @@ def test_distortions_with_zero_limit_are_the_identity():
     images = torch.rand(2, 3, 20, 24)
     assert torch.allclose(OpticalDistortion(limit=0.0)(images), images, atol=1e-5)
     assert torch.allclose(GridDistortion(limit=0.0)(images), images, atol=1e-5)
+
+
+def _sample(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """A (B, H, W, 2) sampling grid read at normalised points (B, K, 2), bilinearly."""
+    values = F.grid_sample(field.permute(0, 3, 1, 2), points[:, None], mode="bilinear", align_corners=True)
+    return values[:, :, 0].transpose(1, 2)
+
+
+def _knots(*stretches: list[float]) -> torch.Tensor:
+    """GridDistortion parameters (B, 2, 6) from the source stretch of each of the five cells, both axes alike."""
+    stretch = torch.tensor(stretches)
+    knots = F.pad(stretch.cumsum(dim=1), (1, 0)) / stretch.sum(dim=1, keepdim=True)
+    return torch.stack([knots, knots.flip(1).neg().add(1)], dim=1)  # y: the same cells in reverse order
+
+
+DISTORTIONS = {
+    "optical": (OpticalDistortion(), torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0])),
+    "grid": (
+        GridDistortion(),
+        _knots([1, 1, 1, 1, 1], [0.2, 1.8, 1, 0.5, 1.5], [1.9, 0.3, 0.6, 1.2, 1], [1, 1, 2, 1, 1]),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", DISTORTIONS)
+def test_distortions_move_a_keypoint_to_where_its_source_is_shown(name):
+    op, params = DISTORTIONS[name]
+    torch.manual_seed(1)
+    source = torch.rand(len(params), 12, 2) * 1.2 - 0.6  # normalised, inside the image
+    moved = op.move(params, source)
+    assert (moved - source).abs().max() > 0.02  # the warp does move points
+    # the output pixel at the moved position samples the source point (bilinear reading of the grid)
+    assert torch.allclose(_sample(op.grid(params, 257, 257), moved), source, atol=2e-3)
+
+
+@pytest.mark.parametrize("name", DISTORTIONS)
+def test_distortions_carry_keypoints_with_the_image(name, monkeypatch):
+    op, params = DISTORTIONS[name]
+    monkeypatch.setattr(op, "draw", lambda b, device: params)
+    torch.manual_seed(2)
+    keypoints = 44 + 40 * torch.rand(len(params), 10, 2)  # pixels of a 128-px image
+    images, moved = op(blobs(keypoints, 128), keypoints)
+    where, value = peaks_near(images, moved)
+    assert (where - moved).norm(dim=-1).max() < 1.5 and value.min() > 0.5
+
+
+def test_optical_barrel_pushes_unseen_keypoints_past_the_fold():
+    # k = -1 shows only the source within radius ~0.69 of the centre; a point beyond it cannot stay inside.
+    moved = OpticalDistortion().move(torch.tensor([-1.0]), torch.tensor([[[0.9, 0.0], [0.0, -0.8]]]))
+    assert (moved.norm(dim=-1) > 0.97).all() and (moved.sign() == torch.tensor([[1.0, 0.0], [0.0, -1.0]])).all()
 
 
 def test_grid_distortion_keeps_the_image_extent():
