@@ -157,9 +157,12 @@ def keypoints_table(paths: P.Paths, series: pd.DataFrame) -> pd.DataFrame:
     if paths.data_file(P.COORDS_PRETRAIN_CSV).exists():
         table = _from_pretrain(read_csv(paths, P.COORDS_PRETRAIN_CSV), series)
     else:
-        print(
-            f"{P.COORDS_PRETRAIN_CSV} not found: keypoints come from {P.TRAIN_COORDINATES_CSV}; T2 front-of-disc "
-            "points are placed 0.9 level spacings in front of the spinal canal point, on a horizontal disc line"
+        warnings.warn(
+            f"{P.COORDS_PRETRAIN_CSV} not found in {paths.data_dir}: keypoints come from {P.TRAIN_COORDINATES_CSV}, "
+            "whose T2 series mark only the spinal canal; each front-of-disc point is placed 0.9 level spacings in "
+            "front of it, square to the line of the canal points. Corrected coordinates of both points give "
+            "better T2 crops (see the README)",
+            stacklevel=2,
         )
         table = _from_competition(paths, read_csv(paths, P.TRAIN_COORDINATES_CSV), series)
     counts = table.groupby("series_id").size()
@@ -203,12 +206,34 @@ def _series_points(group: pd.DataFrame, plane: str, width: int, height: int, stu
     spinal = group[group["condition"] == CONDITION_TITLES[CONDITIONS[0]]].sort_values("level")
     if len(spinal) < 2:
         return []
-    spacing = float(np.median(np.abs(np.diff(spinal["y"].to_numpy()))))
+    canal = spinal[["x", "y"]].to_numpy(float)
+    fronts = canal + DISC_DEPTH * _level_spacing(canal) * _anterior_normals(canal)
     rows = []
-    for r in spinal.itertuples():
-        rows.append((study_id, series_id, plane, r.level, "L", (r.x - 0.9 * spacing) / width, r.y / height, source))
-        rows.append((study_id, series_id, plane, r.level, "R", r.x / width, r.y / height, source))
+    for level, (fx, fy), (bx, by) in zip(spinal["level"], fronts, canal, strict=True):
+        rows.append((study_id, series_id, plane, level, "L", fx / width, fy / height, source))
+        rows.append((study_id, series_id, plane, level, "R", bx / width, by / height, source))
     return rows
+
+
+DISC_DEPTH = 0.9
+"""Front-to-back depth of a lumbar disc in level spacings, for T2 series without a front-of-disc point."""
+
+
+def _level_spacing(points: np.ndarray) -> float:
+    """Median distance between successive levels' points (pixels)."""
+    return float(np.median(np.linalg.norm(np.diff(points, axis=0), axis=1)))
+
+
+def _anterior_normals(canal: np.ndarray) -> np.ndarray:
+    """(n, 2) unit vectors square to the spine at each level's canal point, pointing to the front (smaller x).
+
+    The spine's direction at a level is that of its neighbours' points (one-sided at the ends), so the disc
+    lines follow the lordosis instead of lying flat, and the T2 crops are turned like the solution's.
+    """
+    tangent = np.gradient(canal, axis=0)
+    tangent /= np.linalg.norm(tangent, axis=1, keepdims=True).clip(min=1e-9)
+    normal = np.c_[tangent[:, 1], -tangent[:, 0]]
+    return np.where(normal[:, :1] > 0, -normal, normal)
 
 
 def series_points(keypoints: pd.DataFrame, series_id: int) -> np.ndarray:

@@ -132,6 +132,7 @@ class Large(Numbers):
         return (64, 512, 512)
 
 
+@pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="the side-stream copy needs a GPU")
 def test_device_batches_on_a_gpu_are_whole_when_the_step_reads_them() -> None:
     device = torch.device("cuda")
