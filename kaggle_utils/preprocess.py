@@ -170,7 +170,8 @@ def level_boxes(points: np.ndarray, plane: str, width: int, height: int, cfg: Pr
     T2/STIR crops are rotated so the front->back line is horizontal and span
     x in [b - 1.125 D, b + 0.375 D], y in b +- 1.3 S around the back point b;
     T1 crops are not rotated and span the midpoint of the two foramina +- 1.25 S (relative to the
-    width) horizontally and +- S vertically. Boxes are clamped to the image, not padded.
+    width) horizontally and +- S vertically, S measured between the levels' midpoints. Boxes are clamped to
+    the image, not padded.
     Levels with a missing (non-finite) point get an empty box; D and S come from the levels inside the image.
     """
     if plane not in (T2_PLANE, T1_PLANE):
@@ -220,7 +221,11 @@ def _crop_scale(points: np.ndarray, valid: np.ndarray, plane: str, cfg: Preproce
         x_pct = cfg.t2_width_mult * np.median(back[:, 0] - front[:, 0])
         y_pct = cfg.t2_height_mult * np.median(np.abs(np.diff(back[:, 1])) / steps)
     else:
-        y_pct = cfg.t1_height_mult * np.median(np.abs(np.diff(front[:, 1])) / steps)
+        # The solution measures one side's points. The two foramina of a level sit at nearly the same height, and
+        # which of them is "front" (smaller x) changes from level to level, so their mid-height spaces the levels
+        # without a side's offset creeping in.
+        mid_y = points[levels, :, 1].mean(axis=1)
+        y_pct = cfg.t1_height_mult * np.median(np.abs(np.diff(mid_y)) / steps)
         x_pct = cfg.t1_width_mult * y_pct
     return float(x_pct), float(y_pct)
 
@@ -350,10 +355,11 @@ def save_atomic(path: Path, array: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
-ARRAYS_VERSION = 3
+ARRAYS_VERSION = 4
 """Part of the cache key: raised when the code changes the arrays made from the same parameters (2: T2 crops
 rotated and resized in the solution's two steps instead of one combined warp; 3: slices before rows and columns,
-``(N, H, W)`` and ``(5, N, H, W)``, so that a loader copies a run of slices as whole contiguous blocks)."""
+``(N, H, W)`` and ``(5, N, H, W)``, so that a loader copies a run of slices as whole contiguous blocks; 4: T1 level
+spacing measured between the midpoints of the two foramina)."""
 
 
 def params_key(cfg: PreprocessConfig) -> str:

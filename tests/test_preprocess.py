@@ -116,6 +116,23 @@ def test_t2_box_follows_the_formulas():
     assert box.angle == pytest.approx(-np.degrees(np.arctan2(0.04, 0.17)), abs=0.01)
 
 
+def test_t1_box_spaces_levels_by_the_midpoints_of_the_two_foramina():
+    y = np.linspace(0.3, 0.7, 5)
+    left = np.c_[np.full(5, 0.50), y]
+    right = np.c_[np.full(5, 0.52), y]
+    # a tilted spine: the left foramen of each level sits lower than the right one, the more so the lower the
+    # level, and which of the two is in front (smaller x) changes from level to level
+    tilt = np.array([0.0, 0.01, 0.02, 0.03, 0.04])
+    left[:, 1] += tilt
+    right[:, 1] -= tilt
+    right[:, 0] = [0.52, 0.48, 0.52, 0.48, 0.52]
+    boxes = level_boxes(np.stack([left, right], axis=1), "t1", 400, 400, CFG)
+    spacing = 0.1 * 400
+    for box in boxes[1:4]:
+        assert box.bottom - box.top == pytest.approx(2 * spacing, abs=2)
+        assert box.right - box.left == pytest.approx(2 * 1.25 * spacing, abs=2)
+
+
 def test_stage1_volume_resizes_every_slice_and_windows():
     slices = [smooth_image(320, 256, seed) for seed in range(3)]
     volume = stage1_volume(make_series(slices), CFG)
