@@ -172,9 +172,10 @@ class CropDataset(_ArrayDataset):
         flip = self.flip and rng.random() < 0.5
         mask = read_frames(self._path(index, series_id), self.n_frames, image, reverse=flip)
         shape = (len(LEVELS), len(self.rows), 3)
-        targets = {"target": self.labels.get(study_id, np.zeros(shape, np.float32)).copy()}
+        unlabelled = np.full(shape, IGNORE_INDEX, np.float32)  # a study without labels teaches nothing
+        targets = {"target": self.labels.get(study_id, unlabelled).copy()}
         if self.pseudo is not None:
-            targets["pseudo"] = self.pseudo.get(study_id, np.full(shape, IGNORE_INDEX, np.float32)).copy()
+            targets["pseudo"] = self.pseudo.get(study_id, unlabelled).copy()
         if flip:
             # Index 0 is the patient's left: reversing the slices mirrors the patient, so left and right swap.
             for target in targets.values():

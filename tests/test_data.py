@@ -99,3 +99,10 @@ def test_pseudo_targets_follow_the_sequence_flip(tmp_path):
 def test_without_a_pseudo_table_there_is_no_pseudo_key(tmp_path):
     assert "pseudo" not in _crop_dataset(tmp_path, None)[0]
     assert set(soft_targets(pd.DataFrame(columns=["study_id", "row_id", *SEVERITY_COLUMNS]), ("x",))) == set()
+
+
+def test_a_study_without_labels_has_every_target_ignored(tmp_path):
+    dataset = _crop_dataset(tmp_path, None)
+    dataset.labels.clear()  # as for a study that train.csv lacks
+    target = dataset[0]["target"].numpy()
+    assert target.shape == (5, 2, 3) and (target == IGNORE_INDEX).all()
