@@ -256,9 +256,15 @@ MODELS: dict[str, type[nn.Module]] = {
 }
 """Model classes by the ``model`` name of a config."""
 
+MODEL_CONDITIONS = {"sagittal_1head": "foraminal", "sagittal_3heads": "all"}
+"""The condition each stage-2 model name is for: its heads follow from the condition's rows."""
+
 
 def build_model(cfg: TrainConfig) -> nn.Module:
     """The model a config names."""
     if cfg.model not in MODELS:
         raise ValueError(f"unknown model {cfg.model!r}; valid names: {', '.join(MODELS)}")
+    expected = MODEL_CONDITIONS.get(cfg.model)
+    if expected is not None and cfg.condition != expected:
+        raise ValueError(f"model {cfg.model!r} is for condition {expected!r}, but the config has {cfg.condition!r}")
     return MODELS[cfg.model](cfg)

@@ -86,6 +86,13 @@ def test_unknown_model_and_condition_name_the_valid_ones():
         condition_rows("spinal")
 
 
+def test_a_model_name_that_contradicts_the_condition_is_refused():
+    with pytest.raises(ValueError, match="'sagittal_3heads' is for condition 'all'.*'foraminal'"):
+        build_model(tiny("fo", model="sagittal_3heads"))
+    with pytest.raises(ValueError, match="'sagittal_1head' is for condition 'foraminal'"):
+        build_model(tiny("sp1", model="sagittal_1head"))
+
+
 @pytest.mark.parametrize("pool", [Attention(8), AttentionLSTM(8)], ids=["attention", "attention_lstm"])
 def test_masked_frames_do_not_change_the_pooled_output(pool):
     pool.eval()
