@@ -11,7 +11,14 @@ import pytest
 import torch
 
 from kaggle_utils.config import ConfigError, TrainConfig, preset
-from kaggle_utils.engine import MODEL_FIELDS_KEY, ClassifierTask, CurveLog, load_checkpoint, save_checkpoint
+from kaggle_utils.engine import (
+    MODEL_FIELDS_KEY,
+    ClassifierTask,
+    CurveLog,
+    keypoint_metrics,
+    load_checkpoint,
+    save_checkpoint,
+)
 from kaggle_utils.losses import weighted_soft_cross_entropy
 from kaggle_utils.models import build_model
 
@@ -47,7 +54,6 @@ def _inputs(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     ("name", "edit"),
     [
         ("sp1", {"backbone": "test_resnet"}),
-        ("fo", {"condition": "all"}),  # a 1-head foraminal model described as the 25-row one
         ("stage1_t2", {"model": "sagittal_3heads", "config_class": "Stage2Config"}),
         ("sp1", {"n_frames": 5}),  # no weight shape changes: the copy of the fields in the weights file tells
         ("stage1_t1", {"img_size": 128}),
@@ -57,6 +63,13 @@ def test_sidecar_of_another_model_is_named(tmp_path: Path, name: str, edit: dict
     _, _, path = _saved(tmp_path, name)
     _edit_sidecar(path, **edit)
     with pytest.raises(RuntimeError, match=re.escape(f"{path}: weights do not match the model its sidecar describes")):
+        load_checkpoint(path, torch.device("cpu"))
+
+
+def test_sidecar_whose_model_contradicts_its_condition_is_named(tmp_path: Path) -> None:
+    _, _, path = _saved(tmp_path, "fo")
+    _edit_sidecar(path, condition="all")  # a 1-head foraminal model described as the 25-row one
+    with pytest.raises(ConfigError, match=re.escape(f"{path.with_suffix('.json')}: this version cannot rebuild")):
         load_checkpoint(path, torch.device("cpu"))
 
 
@@ -143,3 +156,16 @@ def test_curve_log_appends_rows_and_rewrites_when_a_column_appears_or_rows_are_r
     log.rows = log.rows[:2]  # a resumed run keeps what its saved state had logged
     log.write({"step": 3, "train_loss": 0.35})
     assert pd.read_csv(log.path)["train_loss"].tolist() == [0.5, 0.4, 0.35]
+
+
+def test_keypoint_metrics_count_points_in_pixels_and_coordinates_in_shares_of_the_image() -> None:
+    target = torch.full((1, 4, 2), 0.5)
+    # per point (x, y) errors in relative units: none, 0.004 in x, 0.03 in both, 0.1 in y
+    pred = target + torch.tensor([[[0.0, 0.0], [0.004, 0.0], [0.03, 0.03], [0.0, 0.1]]])
+    metrics = keypoint_metrics(pred, target)
+    distances = torch.tensor([0.0, 0.004, 0.03 * 2**0.5, 0.1]) * 256  # 0, 1.0, 10.9, 25.6 px
+    assert metrics["mean_px"] == pytest.approx(float(distances.mean()), rel=1e-5)
+    assert metrics["within_5px"] == pytest.approx(2 / 4)
+    assert metrics["within_1pct"] == pytest.approx(5 / 8)  # coordinates: 0, 0, .004, 0, .03, .03, 0, .1
+    assert metrics["within_5pct"] == pytest.approx(7 / 8)
+    assert metrics["loss"] == pytest.approx((0.004 + 0.06 + 0.1) / 8, rel=1e-5)
