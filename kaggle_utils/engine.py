@@ -130,7 +130,7 @@ class KeypointTask:
         preds, targets, series = [], [], []
         for batch in loader:
             preds.append(self.predict(model, batch).cpu())
-            targets.append(batch["target"])
+            targets.append(batch["target"].cpu())
             series += [int(s) for s in batch["series_id"]]
         pred, target = torch.cat(preds), torch.cat(targets)
         return keypoint_metrics(pred, target), keypoint_frame(series, pred)

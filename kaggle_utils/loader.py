@@ -145,16 +145,24 @@ class DeviceBatches:
         while ahead is not None:
             steps.wait_stream(copies)  # only this batch's copy is queued there yet
             for value in ahead.values():
-                if isinstance(value, torch.Tensor):
+                if isinstance(value, torch.Tensor) and value.device.type == "cuda":
                     # made on the side stream, used on the main one: not to be reused before the step is done
                     value.record_stream(steps)
             batch, ahead = ahead, _ship(next(batches, None), self.device, copies)
             yield batch
 
 
+HOST_KEYS = frozenset({"study_id", "series_id"})
+"""Batch entries that stay on the host: identifiers, read back one by one to label predictions."""
+
+
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
-    """The batch with its tensors on ``device`` (asynchronous from pinned memory); other entries as they are."""
-    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+    """The batch with its tensors on ``device`` (asynchronous from pinned memory), but for ``HOST_KEYS``; other
+    entries as they are."""
+    return {
+        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and k not in HOST_KEYS else v
+        for k, v in batch.items()
+    }
 
 
 def _ship(batch: dict[str, Any] | None, device: torch.device, stream: torch.cuda.Stream) -> dict[str, Any] | None:

@@ -122,7 +122,9 @@ def test_device_batches_move_every_tensor_and_keep_the_rest() -> None:
         out = list(moved)
         assert [b["index"].tolist() for b in out] == [[0, 1], [2, 3], [4]]
         assert all(torch.equal(b["image"], a["image"]) for a, b in zip(batches, out, strict=True))
-    assert to_device({"s": ["x"], "t": torch.ones(1)}, torch.device("cpu"))["s"] == ["x"]
+    # on a device (here the meta device, which holds no data): identifiers stay on the host, lists as they are
+    moved = to_device({"image": torch.ones(2, 3), "series_id": torch.tensor([7, 8]), "s": ["x"]}, torch.device("meta"))
+    assert moved["image"].is_meta and not moved["series_id"].is_meta and moved["s"] == ["x"]
 
 
 class Large(Numbers):
