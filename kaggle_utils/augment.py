@@ -174,7 +174,7 @@ class OpticalDistortion(Distortion):
         k = params.view(-1, 1, 1, 1)
         return grid * (1 + k * r2 + k * r2.square())
 
-    def move(self, params: torch.Tensor, points: torch.Tensor, iterations: int = 40) -> torch.Tensor:
+    def move(self, params: torch.Tensor, points: torch.Tensor, iterations: int = 30) -> torch.Tensor:
         """Solve source_radius(rho) = |point| by bisection along the point's ray.
 
         The source radius grows with rho up to a fold (only for k < 0; beyond it the map turns back). The root
