@@ -257,6 +257,8 @@ class OneOf(nn.Module):
     def forward(
         self, images: torch.Tensor, points: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        if self.p <= 0:  # switched off: no random draws either, so the other ops draw as they would alone
+            return images if points is None else (images, points)
         b = images.shape[0]
         applied = torch.rand(b, device=images.device) < self.p
         choice = torch.randint(len(self.ops), (b,), device=images.device)
