@@ -175,3 +175,10 @@ def test_rotate_resize_is_sample_major_and_rotates_counter_clockwise():
 def test_rotate_resize_output_size():
     out = rotate_resize(torch.rand(3, 5, 64, 64), [0.0, -15.0, 15.0], 24)
     assert out.shape == (9, 5, 24, 24) and ((out >= 0) & (out <= 1)).all()
+
+
+def test_one_of_switched_off_returns_its_input_and_draws_nothing():
+    images, points = torch.rand(3, 2, 8, 8), torch.rand(3, 4, 2)
+    state = torch.get_rng_state()
+    out, moved = augment.distortion(0.0)(images, points)
+    assert out is images and moved is points and torch.equal(torch.get_rng_state(), state)
