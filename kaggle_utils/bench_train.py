@@ -10,6 +10,8 @@ Per preset, in one run on one device:
   host-to-device copy add. The timed steps come from one
   epoch: a new epoch starts the loader's prefetching again, which training does once in dozens of steps, while a
   cache of a few batches would start one every other step;
+- **in-step copy** (GPU only): the loader's overhead when each step begins by copying its own batch, as without the
+  side stream; set beside the overhead above, it shows what the side stream saves;
 - **seed settings**: the seed's model of the same shape with its settings (fp16, NCHW, gradient
   checkpointing, no augmentation), timed by the seed's own script when it is found (``--seed-script``,
   default ``../shared/bench/seed_shapes_gpu.py``), else our model with those settings.
@@ -76,6 +78,7 @@ class Row:
     seed_ms: float | None
     seed_source: str
     peak_gb: float | None
+    in_step_copy_ms: float | None = None  # loader batches copied to the device inside the step (GPU only)
 
     @property
     def ratio(self) -> float | None:
@@ -84,6 +87,10 @@ class Row:
     @property
     def loader_overhead(self) -> float:
         return self.loader_ms / self.compute_ms - 1
+
+    @property
+    def in_step_copy_overhead(self) -> float | None:
+        return self.in_step_copy_ms / self.compute_ms - 1 if self.in_step_copy_ms else None
 
     @property
     def target(self) -> float:
@@ -274,15 +281,17 @@ def bench_preset(
 ) -> Row:
     _reset_memory(device)
     step, resident = _stepper(cfg, device), data.first_batch(cfg, device)
-    batches = loader(data.training_set(cfg), cfg, train=True)
     compute = median_ms(lambda: step(resident), device, steps, warmup)
     peak = _peak_gb(device)
-    fed = loader_ms(step, DeviceBatches(batches, device), device, steps, warmup)
+    fed = loader_ms(step, DeviceBatches(loader(data.training_set(cfg), cfg, True), device), device, steps, warmup)
+    in_step = None
+    if device.type == "cuda":  # the same without the side stream: each step starts with its batch's copy
+        in_step = loader_ms(step, loader(data.training_set(cfg), cfg, True), device, steps, warmup)
     _reset_memory(device)
     seed, source = seed_settings_ms(cfg, data, device, seed_script, steps, warmup)
     levels = "" if cfg.stage == 1 else f"{len(LEVELS)} x "
     shape = f"{cfg.batch_size} x {levels}{cfg.n_frames} x {cfg.img_size}px"
-    return Row(cfg.name, shape, compute, fed, seed, source, peak)
+    return Row(cfg.name, shape, compute, fed, seed, source, peak, in_step)
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -290,16 +299,17 @@ def format_table(rows: list[Row], device: str) -> str:
     lines = [
         f"training step, {device}: median ms per optimizer step (batch resident on the device) and with the loader",
         f"{'preset':<10} {'batch shape':<26} {'seed ms':>9} {'ours ms':>9} {'ratio':>6} {'target':>7}  "
-        f"{'+loader ms':>10} {'overhead':>8}  {'peak GB':>7}  seed timed by",
+        f"{'+loader ms':>10} {'overhead':>8}     {'in-step copy':>12}  {'peak GB':>7}  seed timed by",
     ]
     for r in rows:
         ratio = f"{r.ratio:.2f}" if r.ratio else "-"
         verdict = "ok" if r.ratio and r.ratio <= r.target else "MISS"
         loaded = "ok" if r.loader_overhead <= LOADER_TARGET else "MISS"
+        in_step = f"{r.in_step_copy_overhead:>+12.1%}" if r.in_step_copy_overhead is not None else f"{'-':>12}"
         lines.append(
             f"{r.preset:<10} {r.shape:<26} {r.seed_ms or 0:>9.1f} {r.compute_ms:>9.1f} {ratio:>6} "
             f"{'<=' + str(r.target):>5} {verdict:<4} {r.loader_ms:>7.1f} {r.loader_overhead:>+8.1%} {loaded:<4} "
-            f"{r.peak_gb or 0:>5.1f}  {r.seed_source}"
+            f"{in_step}  {r.peak_gb or 0:>7.1f}  {r.seed_source}"
         )
     return "\n".join(lines)
 
