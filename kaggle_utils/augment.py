@@ -237,7 +237,8 @@ class GridDistortion(Distortion):
             # the cell whose source stretch holds s; the end cells extend past the image
             cell = (torch.searchsorted(knots, s, right=True) - 1).clamp_(0, self.steps - 1)
             start, stop = knots.gather(1, cell), knots.gather(1, cell + 1)
-            moved.append((cell + (s - start) / (stop - start)) / self.steps)
+            width = (stop - start).clamp(min=1e-6)  # a cell whose stretch drew exactly 0 has no width
+            moved.append((cell + (s - start) / width) / self.steps)
         return torch.stack(moved, dim=-1) * 2 - 1
 
 

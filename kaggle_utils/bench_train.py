@@ -4,12 +4,12 @@ Per preset, in one run on one device:
 
 - **compute**: ``engine.train_step`` (GPU augmentation, forward, backward, clipping, AdamW) on a batch that
   already sits on the device, with the preset's own settings (autocast, channels_last, no checkpointing);
-- **loader**: the same steps fed as training feeds them (``--workers`` loader threads, pinned memory, the next
-  batch copied to the device on a side stream) over cached arrays of the real shapes (256 x 256 slices,
-  ``--slices`` per series) written to a temporary work folder; ``loader / compute - 1`` is what loading and the
-  host-to-device copy add. The timed steps come from one
-  epoch: a new epoch starts the loader's prefetching again, which training does once in dozens of steps, while a
-  cache of a few batches would start one every other step;
+- **loader**: the same steps fed and read back as training does it (``--workers`` loader threads, pinned memory,
+  the next batch copied to the device on a side stream, the previous step's loss read) over cached arrays of the
+  real shapes (256 x 256 slices, ``--slices`` per series) written to a temporary work folder;
+  ``loader / compute - 1`` is what loading and the host-to-device copy add. The timed steps come from one epoch:
+  a new epoch starts the loader's prefetching again, which training does once in dozens of steps, while a cache
+  of a few batches would start one every other step;
 - **in-step copy** (GPU only): the loader's overhead when each step begins by copying its own batch, as without the
   side stream; set beside the overhead above, it shows what the side stream saves;
 - **seed settings**: the seed's model of the same shape with its settings (fp16, NCHW, gradient
@@ -50,7 +50,14 @@ from kaggle_utils import config
 from kaggle_utils.config import FULL_PRESETS, TrainConfig, preset
 from kaggle_utils.constants import LABEL_COLUMNS, LEVELS
 from kaggle_utils.data import CropDataset, KeypointDataset
-from kaggle_utils.engine import ClassifierTask, KeypointTask, autocast_dtype, prepare_model, train_step
+from kaggle_utils.engine import (
+    ClassifierTask,
+    KeypointTask,
+    StepReadout,
+    autocast_dtype,
+    prepare_model,
+    train_step,
+)
 from kaggle_utils.loader import BatchLoader, DeviceBatches, to_device
 from kaggle_utils.models import condition_rows
 from kaggle_utils.paths import REPO_ROOT, Paths
@@ -250,6 +257,20 @@ def _stepper(cfg: TrainConfig, device: torch.device) -> Callable[[dict], object]
     return lambda batch: train_step(model, task, batch, optimizer, scaler, dtype, cfg.grad_clip)
 
 
+def reading_back(step: Callable[[dict], tuple[torch.Tensor, torch.Tensor]]) -> Callable[[dict], None]:
+    """``step`` followed by what the training loop does after it: read the previous step's loss and gradient norm
+    (``engine.StepReadout``), so the host runs as far ahead of the device as it does in training."""
+    pending: list[StepReadout] = []
+
+    def fed(batch: dict) -> None:
+        readout = StepReadout(*step(batch))
+        if pending:
+            pending.pop().read()
+        pending.append(readout)
+
+    return fed
+
+
 def _peak_gb(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
@@ -283,10 +304,11 @@ def bench_preset(
     step, resident = _stepper(cfg, device), data.first_batch(cfg, device)
     compute = median_ms(lambda: step(resident), device, steps, warmup)
     peak = _peak_gb(device)
-    fed = loader_ms(step, DeviceBatches(loader(data.training_set(cfg), cfg, True), device), device, steps, warmup)
+    fed_step = reading_back(step)
+    fed = loader_ms(fed_step, DeviceBatches(loader(data.training_set(cfg), cfg, True), device), device, steps, warmup)
     in_step = None
     if device.type == "cuda":  # the same without the side stream: each step starts with its batch's copy
-        in_step = loader_ms(step, loader(data.training_set(cfg), cfg, True), device, steps, warmup)
+        in_step = loader_ms(fed_step, loader(data.training_set(cfg), cfg, True), device, steps, warmup)
     _reset_memory(device)
     seed, source = seed_settings_ms(cfg, data, device, seed_script, steps, warmup)
     levels = "" if cfg.stage == 1 else f"{len(LEVELS)} x "

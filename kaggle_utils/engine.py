@@ -426,8 +426,8 @@ def fit(
         distributed.barrier()
 
     def log_step(row: dict, progress: tqdm) -> None:
-        """Read a step's loss and gradient norm (one device sync), show them and log the row (rank 0)."""
-        row["train_loss"], row["grad_norm"] = torch.stack([row["train_loss"], row["grad_norm"]]).float().tolist()
+        """Read a step's loss and gradient norm, show them and log the row (rank 0)."""
+        row["train_loss"], row["grad_norm"] = row.pop("readout").read()
         progress.set_postfix(loss=f"{row['train_loss']:.4f}", grad=f"{row['grad_norm']:.2f}")
         if ctx.is_main:
             trainer.log.write(row)
@@ -439,13 +439,13 @@ def fit(
         progress = tqdm(
             batches, desc=f"{cfg.name} f{fold} epoch {epoch + 1}/{epochs}", leave=False, disable=not ctx.is_main
         )
-        pending = None  # the previous step's row: read once this step is queued, so the device never waits
+        pending = None  # the previous step's row: read once this step is queued, so the device never idles
         for batch in progress:
             loss, grad_norm = train_step(trained, task, batch, optimizer, trainer.scaler, dtype, cfg.grad_clip)
             trainer.scheduler.step()
             trainer.step += 1
             row = {"epoch": epoch + 1, "step": trainer.step, "lr": trainer.scheduler.get_last_lr()[0]}
-            row |= {"train_loss": loss, "grad_norm": grad_norm}
+            row["readout"] = StepReadout(loss, grad_norm)
             if pending is not None:
                 log_step(pending, progress)
             pending = row
@@ -472,6 +472,30 @@ def fit(
     sidecar = save_checkpoint(model, cfg, checkpoint, fold, metrics, seconds, extra)
     state_path.unlink(missing_ok=True)
     return model, sidecar, preds
+
+
+class StepReadout:
+    """A step's loss and gradient norm on their way to the host.
+
+    On a GPU the copy is queued behind the step and waited for only when read, one step later: reading at once
+    (``.tolist()``) would wait for every step queued so far, leaving the device idle until the host queues the
+    next one.
+    """
+
+    def __init__(self, loss: torch.Tensor, grad_norm: torch.Tensor) -> None:
+        values = torch.stack([loss, grad_norm]).float()
+        self.ready: torch.cuda.Event | None = None
+        if values.is_cuda:
+            values = values.to("cpu", non_blocking=True)  # into pinned memory, asynchronously
+            self.ready = torch.cuda.Event()
+            self.ready.record()
+        self.values = values
+
+    def read(self) -> tuple[float, float]:
+        if self.ready is not None:
+            self.ready.synchronize()  # this step only, not the ones queued after it
+        loss, grad_norm = self.values.tolist()
+        return loss, grad_norm
 
 
 def set_epoch(loader: Any, epoch: int) -> None:

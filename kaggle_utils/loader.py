@@ -158,11 +158,21 @@ HOST_KEYS = frozenset({"study_id", "series_id"})
 
 def to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """The batch with its tensors on ``device`` (asynchronous from pinned memory), but for ``HOST_KEYS``; other
-    entries as they are."""
-    return {
-        k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and k not in HOST_KEYS else v
-        for k, v in batch.items()
+    entries as they are.
+
+    The smallest tensors go first: a copy from pageable memory (masks, targets) may wait for the copies queued
+    before it on its stream, and should not wait for the image.
+    """
+    moved = {
+        k: v.to(device, non_blocking=True)
+        for k, v in sorted(batch.items(), key=lambda item: _numel(item[1]))
+        if isinstance(v, torch.Tensor) and k not in HOST_KEYS
     }
+    return {k: moved.get(k, v) for k, v in batch.items()}
+
+
+def _numel(value: Any) -> int:
+    return value.numel() if isinstance(value, torch.Tensor) else 0
 
 
 def _ship(batch: dict[str, Any] | None, device: torch.device, stream: torch.cuda.Stream) -> dict[str, Any] | None:

@@ -15,6 +15,7 @@ from kaggle_utils.engine import (
     MODEL_FIELDS_KEY,
     ClassifierTask,
     CurveLog,
+    StepReadout,
     keypoint_metrics,
     load_checkpoint,
     save_checkpoint,
@@ -169,3 +170,18 @@ def test_keypoint_metrics_count_points_in_pixels_and_coordinates_in_shares_of_th
     assert metrics["within_1pct"] == pytest.approx(5 / 8)  # coordinates: 0, 0, .004, 0, .03, .03, 0, .1
     assert metrics["within_5pct"] == pytest.approx(7 / 8)
     assert metrics["loss"] == pytest.approx((0.004 + 0.06 + 0.1) / 8, rel=1e-5)
+
+
+def test_step_readout_gives_the_loss_and_gradient_norm_as_floats() -> None:
+    assert StepReadout(torch.tensor(1.5), torch.tensor(2.0, dtype=torch.float64)).read() == (1.5, 2.0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="the asynchronous readout needs a GPU")
+def test_step_readout_on_a_gpu_reads_its_own_step_while_later_work_is_queued() -> None:
+    x = torch.randn(2048, 2048, device="cuda")
+    readouts = []
+    for step in range(5):
+        x = (x @ x).clamp_(-1, 1)
+        readouts.append(StepReadout(x.abs().sum() * 0 + step, x.new_tensor(10.0 * step)))
+    assert [r.read() for r in readouts] == [(float(k), 10.0 * k) for k in range(5)]

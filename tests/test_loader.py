@@ -125,6 +125,7 @@ def test_device_batches_move_every_tensor_and_keep_the_rest() -> None:
     # on a device (here the meta device, which holds no data): identifiers stay on the host, lists as they are
     moved = to_device({"image": torch.ones(2, 3), "series_id": torch.tensor([7, 8]), "s": ["x"]}, torch.device("meta"))
     assert moved["image"].is_meta and not moved["series_id"].is_meta and moved["s"] == ["x"]
+    assert list(moved) == ["image", "series_id", "s"]  # the batch's order, whatever the order of the copies
 
 
 class Large(Numbers):
