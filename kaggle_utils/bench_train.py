@@ -55,6 +55,7 @@ from kaggle_utils.engine import (
     KeypointTask,
     StepReadout,
     autocast_dtype,
+    make_optimizer,
     prepare_model,
     train_step,
 )
@@ -251,7 +252,7 @@ def _stepper(cfg: TrainConfig, device: torch.device) -> Callable[[dict], object]
     """A closure doing one training step of ``cfg`` (fresh model and optimizer) on a given batch."""
     model = prepare_model(cfg, device).train()
     task = _task(cfg, device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg, device)
     dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
     return lambda batch: train_step(model, task, batch, optimizer, scaler, dtype, cfg.grad_clip)

@@ -279,6 +279,14 @@ def prepare_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
     return model
 
 
+def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+    """AdamW over all parameters, as the solution. On a GPU the fused kernel: fewer launches per step, and a grad
+    scaler (fp16) hands it the overflow flag on the device instead of reading it back every step."""
+    return torch.optim.AdamW(
+        model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, fused=device.type == "cuda" or None
+    )
+
+
 @dataclass
 class Trainer:
     """What a run carries from step to step, and what its resume state saves."""
@@ -404,7 +412,7 @@ def fit(
     epochs = 1 if cfg.fast_dev_run else cfg.epochs
     batches = DeviceBatches(_limit(train_loader, cfg), device)
     steps = epochs * len(batches)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = make_optimizer(model, cfg, device)
     dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
     trainer = Trainer(
         model,
