@@ -148,3 +148,20 @@ def test_overfit_batch_drives_the_loss_down(prepared: Paths, tmp_path: Path) -> 
     checkpoint = _fit(_copy_work(prepared, tmp_path), cfg)
     losses = pd.read_csv(checkpoint.with_suffix(".log.csv"))["train_loss"].dropna()
     assert losses.iloc[-5:].mean() < 0.3 * losses.iloc[:3].mean()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="trains on the GPU")
+@pytest.mark.parametrize("name", ["stage1_t1", "sp1"])
+def test_a_gpu_trains_and_evaluates_like_the_cpu(prepared: Paths, tmp_path: Path, name: str) -> None:
+    # The GPU path: batches copied on a side stream, losses read one step late, fused AdamW, autocast.
+    cfg = preset(name, "smoke", {"epochs": 2, "num_workers": 2})
+    gpu, cpu = (
+        train.train_folds(_copy_work(prepared, tmp_path / device), cfg, [0], torch.device(device))[0]
+        for device in ("cuda", "cpu")
+    )
+    assert gpu.metrics.keys() == cpu.metrics.keys()
+    assert all(torch.isfinite(torch.tensor(v)) for v in gpu.metrics.values())
+    log = pd.read_csv(gpu.checkpoint.with_suffix(".log.csv"))
+    losses = log["train_loss"].dropna()
+    assert len(losses) == log["step"].max() and losses.map(lambda v: torch.isfinite(torch.tensor(v))).all()
