@@ -13,6 +13,7 @@ single-pixel coarse dropout and the resize.
 from __future__ import annotations
 
 import contextlib
+from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
 import kornia.augmentation as K
@@ -118,7 +119,7 @@ def _pixels(points: torch.Tensor, h: int, w: int) -> torch.Tensor:
     return (points + 1) * points.new_tensor([(w - 1) / 2, (h - 1) / 2])
 
 
-class Distortion(nn.Module):
+class Distortion(nn.Module, ABC):
     """A random warp given by a sampling grid: ``draw`` its parameters per sample, ``grid`` maps output pixels to
     source positions, ``move`` maps source keypoints to their output positions (the inverse of ``grid``).
 
@@ -126,16 +127,17 @@ class Distortion(nn.Module):
     so that they stay on what they marked.
     """
 
+    @abstractmethod
     def draw(self, b: int, device: torch.device) -> torch.Tensor:
-        raise NotImplementedError
+        """Random parameters of ``b`` warps."""
 
+    @abstractmethod
     def grid(self, params: torch.Tensor, h: int, w: int) -> torch.Tensor:
         """(B, H, W, 2) normalised source (x, y) of every output pixel."""
-        raise NotImplementedError
 
+    @abstractmethod
     def move(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """Normalised source positions (B, K, 2) -> their normalised output positions."""
-        raise NotImplementedError
 
     def forward(
         self, images: torch.Tensor, points: torch.Tensor | None = None
