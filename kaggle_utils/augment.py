@@ -165,16 +165,18 @@ class OpticalDistortion(Distortion):
         return torch.empty(b, device=device).uniform_(-self.limit, self.limit)
 
     @staticmethod
-    def _source_radius(k: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-        """Normalised radius of the source of an output point at normalised radius ``rho`` (r = rho / 2)."""
-        r2 = rho.square() / 4
-        return rho * (1 + k * r2 + k * r2.square())
+    def _stretch(k: torch.Tensor, rho2: torch.Tensor) -> torch.Tensor:
+        """How far out the source of an output point lies, over its own offset, at squared normalised radius
+        ``rho2`` (normalised half-width 1 is r = 0.5)."""
+        r2 = rho2 / 4
+        return 1 + k * r2 + k * r2.square()
+
+    def _source_radius(self, k: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
+        return rho * self._stretch(k, rho.square())
 
     def grid(self, params: torch.Tensor, h: int, w: int) -> torch.Tensor:
         grid = _identity_grid(h, w, params.device)
-        r2 = grid.square().sum(dim=-1, keepdim=True) / 4  # normalised half-width 1 -> r = 0.5
-        k = params.view(-1, 1, 1, 1)
-        return grid * (1 + k * r2 + k * r2.square())
+        return grid * self._stretch(params.view(-1, 1, 1, 1), grid.square().sum(dim=-1, keepdim=True))
 
     def move(self, params: torch.Tensor, points: torch.Tensor, iterations: int = 30) -> torch.Tensor:
         """Solve source_radius(rho) = |point| by bisection along the point's ray.
