@@ -5,19 +5,23 @@ Frames are channels: a batch is (B, C, H, W) float in [0, 1], C = frames (stage 
 what the solution gets by calling albumentations once on the (H, W, C) stack of a sample.
 
 Where a few tensor lines are both closer to albumentations and faster than a kornia op, they are used
-instead: brightness/contrast (one multiply-add and a single clip), Gaussian noise (variance range),
-optical and grid distortion (one ``grid_sample`` each, and the inverse map for stage-1 keypoints),
-single-pixel coarse dropout and the resize.
+instead: brightness/contrast (one multiply-add and a single clip), Gaussian noise (variance range), motion
+blur (albumentations' random-line kernel), median blur, optical and grid distortion (one ``grid_sample``
+each, and the inverse map for stage-1 keypoints), single-pixel coarse dropout and the resize.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
+import itertools
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
+import cv2
 import kornia.augmentation as K
 import kornia.geometry.transform as KT
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -95,6 +99,51 @@ class MedianBlur3(nn.Module):
         max_low = torch.maximum(torch.maximum(*columns(low)[:2]), columns(low)[2])
         min_high = torch.minimum(torch.minimum(*columns(high)[:2]), columns(high)[2])
         return _med3(max_low, _med3(*columns(mid)), min_high)
+
+
+@functools.cache
+def _line_kernels() -> torch.Tensor:
+    """(3, 3, 3, 3, 3, 3) normalised 3x3 kernels of the line from (x1, y1) to (x2, y2), indexed [x1, y1, x2, y2],
+    drawn by cv2.line as albumentations draws them."""
+    kernels = torch.zeros(3, 3, 3, 3, 3, 3)
+    for x1, y1, x2, y2 in itertools.product(range(3), repeat=4):
+        line = cv2.line(np.zeros((3, 3), np.uint8), (x1, y1), (x2, y2), 1, thickness=1)
+        kernels[x1, y1, x2, y2] = torch.from_numpy(line / line.sum())
+    return kernels
+
+
+class MotionBlur3(nn.Module):
+    """albumentations 1.4.11 MotionBlur(3): a 3x3 kernel holding a random line, reflect-101 border.
+
+    The line joins two distinct random cells of the kernel, as albumentations' default ``allow_shifted=True``
+    draws it, so it need not pass through the centre (a two-cell line also shifts the image by half a pixel).
+    kornia's motion blur only draws lines through the centre and pads with zeros, which darkens the border.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.register_buffer("kernels", _line_kernels(), persistent=False)
+
+    def draw(self, b: int, device: torch.device) -> torch.Tensor:
+        """(B, 3, 3) kernels: columns x1, x2 and row y1 uniform; y2 another row when x1 = x2, else uniform."""
+
+        def cells() -> torch.Tensor:
+            return torch.randint(3, (b,), device=device)
+
+        x1, x2, y1 = cells(), cells(), cells()
+        other_row = (y1 + torch.randint(1, 3, (b,), device=device)) % 3
+        return self.kernels[x1, y1, x2, torch.where(x1 == x2, other_row, cells())]
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return filter3x3(images, self.draw(images.shape[0], images.device).to(images.dtype))
+
+
+def filter3x3(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
+    """cv2.filter2D (a correlation, reflect-101 border) of every channel of sample i with ``kernels[i]`` (3, 3)."""
+    b, c, h, w = images.shape
+    padded = F.pad(images, (1, 1, 1, 1), mode="reflect").reshape(1, b * c, h + 2, w + 2)
+    weight = kernels.repeat_interleave(c, dim=0).unsqueeze(1)  # (B * C, 1, 3, 3), one group per channel
+    return F.conv2d(padded, weight, groups=b * c).view(b, c, h, w)
 
 
 def _remap(images: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
@@ -204,21 +253,25 @@ class OpticalDistortion(Distortion):
 
 
 class GridDistortion(Distortion):
-    """Separable grid distortion like albumentations GridDistortion(num_steps, distort_limit, normalized=True).
+    """Separable grid distortion like albumentations 1.4.11 GridDistortion(num_steps, distort_limit).
 
-    Each axis is cut into ``steps`` equal output cells; cell i samples a source stretch proportional to
-    ``1 + U(-limit, limit)``, rescaled so that the source still spans the whole image. The map is piecewise
-    linear and increasing along each axis, so moving a keypoint is the same interpolation the other way.
+    Each axis is cut into ``steps`` equal output cells; cell i shows a source stretch of ``1 + U(-limit, limit)``
+    times its own width, counted from the top-left corner. As in albumentations' default (``normalized=False``)
+    the stretches are not rescaled: wide ones on the whole show the reflected border past the right and bottom
+    edges, narrow ones leave the source's far side out. With ``normalized=True`` they are rescaled so
+    that the source spans exactly the image. The map is piecewise linear and increasing along each axis, so
+    moving a keypoint is the same interpolation the other way.
     """
 
-    def __init__(self, steps: int = GRID_STEPS, limit: float = DISTORT_LIMIT) -> None:
+    def __init__(self, steps: int = GRID_STEPS, limit: float = DISTORT_LIMIT, normalized: bool = False) -> None:
         super().__init__()
-        self.steps, self.limit = steps, limit
+        self.steps, self.limit, self.normalized = steps, limit, normalized
 
     def draw(self, b: int, device: torch.device) -> torch.Tensor:
-        """(B, 2, steps + 1) source knots in [0, 1] of the x and y axes, at output 0, 1/steps, ..., 1."""
+        """(B, 2, steps + 1) source knots of the x and y axes at output 0, 1/steps, ..., 1 (image width = 1)."""
         stretch = 1 + torch.empty(b, 2, self.steps, device=device).uniform_(-self.limit, self.limit)
-        return F.pad(stretch.cumsum(dim=-1), (1, 0)) / stretch.sum(dim=-1, keepdim=True)
+        total = stretch.sum(dim=-1, keepdim=True) if self.normalized else self.steps
+        return F.pad(stretch.cumsum(dim=-1), (1, 0)) / total
 
     def _axis(self, knots: torch.Tensor, n: int) -> torch.Tensor:
         """(B, n) normalised source coordinates of the n output positions along one axis."""
@@ -292,7 +345,7 @@ def blur_or_noise(p: float = 0.5) -> OneOf:
     """albumentations OneOf([MotionBlur(3), MedianBlur(3), GaussianBlur(3), GaussNoise(3-9)], p)."""
     return OneOf(
         [
-            K.RandomMotionBlur(3, angle=(-90.0, 90.0), direction=(-1.0, 1.0), p=1.0),
+            MotionBlur3(),
             MedianBlur3(),
             K.RandomGaussianBlur((3, 3), sigma=(0.8, 0.8), p=1.0),  # cv2's sigma for a 3x3 kernel
             GaussianNoise(),

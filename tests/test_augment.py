@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 
+import cv2
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -13,10 +16,12 @@ from kaggle_utils import augment, config
 from kaggle_utils.augment import (
     GridDistortion,
     MedianBlur3,
+    MotionBlur3,
     OpticalDistortion,
     Stage1Augment,
     Stage2Augment,
     coarse_dropout,
+    filter3x3,
     rotate_resize,
 )
 
@@ -96,17 +101,24 @@ def _sample(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
 
 
 def _knots(*stretches: list[float]) -> torch.Tensor:
-    """GridDistortion parameters (B, 2, 6) from the source stretch of each of the five cells, both axes alike."""
+    """GridDistortion parameters (B, 2, 6) from the source stretch of each of the five cells (not normalised, as
+    albumentations' default); the y axis takes the same cells in reverse order."""
     stretch = torch.tensor(stretches)
-    knots = F.pad(stretch.cumsum(dim=1), (1, 0)) / stretch.sum(dim=1, keepdim=True)
-    return torch.stack([knots, knots.flip(1).neg().add(1)], dim=1)  # y: the same cells in reverse order
+    return torch.stack([F.pad(s.cumsum(dim=1), (1, 0)) / 5 for s in (stretch, stretch.flip(1))], dim=1)
 
 
 DISTORTIONS = {
     "optical": (OpticalDistortion(), torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0])),
     "grid": (
         GridDistortion(),
-        _knots([1, 1, 1, 1, 1], [0.2, 1.8, 1, 0.5, 1.5], [1.9, 0.3, 0.6, 1.2, 1], [1, 1, 2, 1, 1]),
+        # the identity, three that span the image, one zooming out (sum 6), one zooming in (sum 4.1)
+        _knots(
+            [1, 1, 1, 1, 1],
+            [0.2, 1.8, 1, 0.5, 1.5],
+            [1.9, 0.3, 0.6, 1.2, 1],
+            [1, 1, 2, 1, 1],
+            [0.5, 0.9, 1, 0.8, 0.9],
+        ),
     ),
 }
 
@@ -139,11 +151,44 @@ def test_optical_barrel_pushes_unseen_keypoints_past_the_fold():
     assert (moved.norm(dim=-1) > 0.97).all() and (moved.sign() == torch.tensor([[1.0, 0.0], [0.0, -1.0]])).all()
 
 
-def test_grid_distortion_keeps_the_image_extent():
+def test_grid_distortion_spans_the_image_by_mean_stretch_from_the_top_left_corner():
+    # albumentations 1.4.11's default: cell stretches 1 + U(-1, 1) are not rescaled, so the source shown
+    # ends at the mean stretch (mean 1, sd sqrt(5 / 3) / 5 over five cells), and the top-left pixel stays put.
+    torch.manual_seed(0)
+    ends = GridDistortion().draw(4000, torch.device("cpu"))[..., -1]
+    assert abs(ends.mean() - 1) < 0.02 and abs(ends.std() - (5 / 3) ** 0.5 / 5) < 0.01
     images = torch.rand(4, 2, 32, 32)
-    out = GridDistortion()(images)
+    assert torch.allclose(GridDistortion()(images)[..., 0, 0], images[..., 0, 0], atol=1e-5)
+
+
+def test_normalised_grid_distortion_keeps_the_image_extent():
+    images = torch.rand(4, 2, 32, 32)
+    out = GridDistortion(normalized=True)(images)
     corners = (..., [0, -1], [0, -1])
     assert torch.allclose(out[corners], images[corners], atol=1e-4)
+
+
+def test_motion_blur_draws_a_line_between_two_distinct_kernel_cells():
+    blur = MotionBlur3()
+    torch.manual_seed(0)
+    kernels = blur.draw(20000, torch.device("cpu"))
+    assert torch.allclose(kernels.sum(dim=(1, 2)), torch.ones(len(kernels)))
+    cells = (kernels > 0).sum(dim=(1, 2))
+    assert cells.min() == 2 and cells.max() == 3
+    # every line between two distinct cells turns up (and nothing else); columns are shared one time in three
+    lines = {tuple(k.flatten().tolist()) for k in blur.kernels.flatten(0, 3) if (k > 0).sum() > 1}
+    assert {tuple(k.flatten().tolist()) for k in kernels.unique(dim=0)} == lines
+    columns = (kernels > 0).any(dim=1).sum(dim=1)
+    assert abs((columns == 1).float().mean() - 1 / 3) < 0.015
+
+
+def test_filter3x3_matches_cv2_filter2d_with_reflect101_border():
+    torch.manual_seed(0)
+    images, kernels = torch.rand(3, 2, 9, 11), MotionBlur3().draw(3, torch.device("cpu"))
+    out = filter3x3(images, kernels)
+    for i, c in itertools.product(range(3), range(2)):
+        reference = cv2.filter2D(images[i, c].numpy(), -1, kernels[i].numpy(), borderType=cv2.BORDER_REFLECT_101)
+        assert np.allclose(out[i, c].numpy(), reference, atol=1e-6)
 
 
 def test_median_blur_matches_a_reference():
