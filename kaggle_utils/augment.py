@@ -355,11 +355,16 @@ def blur_or_noise(p: float = 0.5) -> OneOf:
 
 
 def random_affine(cfg: TrainConfig) -> K.RandomAffine:
-    """albumentations ShiftScaleRotate (shift, scale, rotate limits of the config; linear, reflect-101), p = 1."""
+    """albumentations 1.4.11 ShiftScaleRotate (limits of the config; linear, reflect-101), p = 1.
+
+    That version builds it as an ``Affine`` with ``keep_ratio=False``, so the x and y scales are drawn
+    independently, and both compose scale, then rotation (about the centre), then shift, as kornia does.
+    """
+    zoom = (1 - cfg.scale_limit, 1 + cfg.scale_limit)
     return K.RandomAffine(
         degrees=cfg.rotate_limit,
         translate=(cfg.shift_limit, cfg.shift_limit),
-        scale=(1 - cfg.scale_limit, 1 + cfg.scale_limit),
+        scale=zoom + zoom,  # (x low, x high, y low, y high)
         padding_mode="reflection",
         align_corners=True,
         p=1.0,

@@ -72,7 +72,7 @@ class TrainConfig:
     augment: bool = True  # False: no training augmentation at all (no sequence flip either), for debugging
     # augmentation (the solution's strengths; the small profiles soften them to learn in CPU minutes)
     shift_limit: float = 0.15  # fraction of the image
-    scale_limit: float = 0.25  # zoom in [1 - limit, 1 + limit]
+    scale_limit: float = 0.25  # zoom of each axis in [1 - limit, 1 + limit], drawn independently
     rotate_limit: float = 30.0  # degrees
     blur_p: float = 0.5  # one of motion/median/gaussian blur or gaussian noise
     distort_p: float = 0.5  # one of optical/grid distortion

@@ -81,6 +81,18 @@ def test_stage2_channels_share_the_geometry_and_samples_differ():
     assert not torch.allclose(out[0], out[1])  # parameters are drawn per sample
 
 
+def test_affine_scales_each_axis_independently_as_shift_scale_rotate():
+    # albumentations 1.4.11's ShiftScaleRotate is an Affine with keep_ratio=False: x and y zooms are two draws.
+    cfg = config.FULL_PRESETS["fo"]
+    torch.manual_seed(0)
+    params = augment.random_affine(cfg).forward_parameters(torch.Size([4000, 1, 32, 32]))
+    zoom, angle, shift = params["scale"], params["angle"], params["translations"] / 32
+    assert zoom.min() >= 1 - cfg.scale_limit and zoom.max() <= 1 + cfg.scale_limit
+    assert abs(torch.corrcoef(zoom.T)[0, 1]) < 0.05 and (zoom[:, 0] - zoom[:, 1]).abs().max() > 0.4
+    assert angle.abs().max() <= cfg.rotate_limit and angle.abs().max() > 0.95 * cfg.rotate_limit
+    assert shift.abs().max() <= cfg.shift_limit and shift.abs().max() > 0.95 * cfg.shift_limit
+
+
 def test_stage2_runs_under_autocast():
     cfg = dataclasses.replace(config.FULL_PRESETS["sp1"], img_size=16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
