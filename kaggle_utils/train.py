@@ -15,11 +15,13 @@ The command line runs the same on one or several GPUs (``make train-all`` uses i
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import torch
 from torch.utils.data import Dataset, DistributedSampler
@@ -28,7 +30,7 @@ from kaggle_utils import config, denoise, distributed, viz
 from kaggle_utils.config import TrainConfig
 from kaggle_utils.data import CropDataset, KeypointDataset
 from kaggle_utils.engine import ClassifierTask, KeypointTask, default_device, fit, same_run
-from kaggle_utils.loader import BatchLoader
+from kaggle_utils.loader import BatchLoader, collate
 from kaggle_utils.models import condition_rows
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import load_table
@@ -149,6 +151,41 @@ def train_folds(
         save_curves(checkpoint)
         results.append(FoldResult(cfg.name, fold, sidecar["metrics"]["val"], sidecar["train_seconds"], checkpoint))
     return results
+
+
+def augmentation_preview(paths: Paths, cfg: TrainConfig, views: int = 5, fold: int = 0, seed: int = 0) -> plt.Figure:
+    """The first training sample of ``fold`` as the model sees it: without augmentation (as validation shows it),
+    then ``views`` draws of the training augmentation, the random sequence flip included; stage 1's keypoints
+    are drawn where the augmentation moved them. Draws come from ``seed``, apart from the global random state."""
+    train_set, _ = datasets(paths, cfg, plane_series(paths, cfg), fold)
+    plain_set = copy.copy(train_set)
+    plain_set.flip = False
+    image = np.empty((1 + views, *train_set.image_shape()), np.uint8)
+    samples = [
+        (train_set if view else plain_set).fill(0, image[view], np.random.default_rng((seed, view)))
+        for view in range(1 + views)
+    ]
+    batch = {"image": torch.from_numpy(image), **collate(samples)}
+    cpu = torch.device("cpu")
+    task = KeypointTask(cfg, cpu) if cfg.stage == 1 else ClassifierTask(cfg, cpu)
+    with torch.random.fork_rng(devices=[]), torch.no_grad():
+        torch.manual_seed(seed)
+        plain = task.inputs(_rows(batch, slice(0, 1)), train=False)
+        augmented = task.inputs(_rows(batch, slice(1, None)), train=True)
+    image, mask, target = (torch.cat(pair) for pair in zip(plain, augmented, strict=True))
+    shown = middle_frames(image.squeeze(-3), mask).numpy()
+    keypoints = target.numpy() if cfg.stage == 1 else None
+    return viz.augmentation_figure(shown, keypoints, title=f"{cfg.name}: a training sample of fold {fold}")
+
+
+def _rows(batch: dict, rows: slice) -> dict:
+    return {key: value[rows] for key, value in batch.items()}
+
+
+def middle_frames(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """(B, [levels,] F, S, S) -> (B, [levels,] S, S): each sample's middle frame among those its mask keeps."""
+    middle = [kept.nonzero()[len(kept.nonzero()) // 2, 0] for kept in mask]
+    return torch.stack([sample[..., m, :, :] for sample, m in zip(frames, middle, strict=True)])
 
 
 def save_curves(checkpoint: Path) -> Path:

@@ -1,5 +1,5 @@
-"""Pictures people look at: a study's sagittal slices with keypoints and its level crops, training curves,
-score tables."""
+"""Pictures people look at: a study's sagittal slices with keypoints and its level crops, training samples through
+the augmentation, training curves, score tables."""
 
 from __future__ import annotations
 
@@ -64,6 +64,42 @@ def draw_study(
         if crop_path.exists():
             crops[row.plane] = np.load(crop_path)
     return study_figure(volumes, points, crops, title=f"study {study_id}")
+
+
+def augmentation_figure(images: np.ndarray, keypoints: np.ndarray | None = None, title: str = "") -> plt.Figure:
+    """Views of one training sample as the model sees them: the first without augmentation, then augmented.
+
+    Args:
+        images: (V, S, S) the middle frame of each view (stage 1), or (V, 5, S, S) the middle frame of each level
+            (stage 2: one row per view, so the levels of a view are seen to share their geometry), in [0, 1].
+        keypoints: (V, 10, 2) relative keypoints of the stage-1 views, coloured by level.
+    """
+    per_level = images.ndim == 4
+    views = len(images)
+    rows, columns = (views, len(LEVEL_NAMES)) if per_level else (1, views)
+    fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.3 * rows), squeeze=False)
+    for view in range(views):
+        name = f"augmented {view}" if view else "no augmentation"
+        if per_level:
+            panels = list(zip(axes[view], images[view], strict=True))
+            axes[view, 0].set_ylabel(name)
+        else:
+            panels = [(axes[0, view], images[view])]
+            axes[0, view].set_title(name)
+        for ax, image in panels:
+            ax.imshow(image, cmap="gray", vmin=0, vmax=1)
+            ax.set_xticks([])
+            ax.set_yticks([])
+        if keypoints is not None:
+            pixels = keypoints[view].reshape(len(LEVEL_NAMES), 2, 2) * images.shape[-1]
+            for pair, colour in zip(pixels, LEVEL_COLOURS, strict=True):
+                axes[0, view].scatter(pair[:, 0], pair[:, 1], s=10, c=colour)
+    if per_level:
+        for ax, name, colour in zip(axes[0], LEVEL_NAMES, LEVEL_COLOURS, strict=True):
+            ax.set_title(name, color=colour)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig
 
 
 def save_figure(fig: plt.Figure, path: Path) -> Path:

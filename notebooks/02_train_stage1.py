@@ -50,6 +50,18 @@ presets = [config.preset(f"stage1_{plane}", profile, p.TRAIN_OVERRIDES) for plan
 print(f"profile {profile}: {[(c.name, c.backbone, c.img_size, c.epochs) for c in presets]}")
 
 # %% [markdown]
+# ## What the localiser sees
+# A training series of each plane as validation shows it, then five draws of the training augmentation
+# (brightness/contrast, shift-scale-rotate, blur or noise, optical or grid distortion, at the profile's rates).
+# In every view the keypoints must still mark the disc levels.
+
+# %%
+from kaggle_utils import viz
+
+for cfg in presets:
+    viz.save_figure(train.augmentation_preview(paths, cfg), paths.figures_dir / f"augment_{cfg.name}.png")
+
+# %% [markdown]
 # ## Train every plane on every fold
 # Validation reports the mean distance of a predicted point to its target and the share within 5 px, both on
 # the 256 x 256 stage-1 grid (the solution reports about 99 % within 5 px on the real data).

@@ -51,6 +51,17 @@ presets = [config.preset(name, profile, p.TRAIN_OVERRIDES) for name in p.PRESETS
 print(f"profile {profile}: {[(c.name, c.backbone, c.n_frames, c.img_size, c.epochs) for c in presets]}")
 
 # %% [markdown]
+# ## What the classifiers see
+# A training study of each preset, one row per view: as validation shows it, then five draws of the training
+# augmentation. The five level crops (and all frames) of a view share one draw; the T2 presets also flip vertically.
+
+# %%
+from kaggle_utils import viz
+
+for cfg in presets:
+    viz.save_figure(train.augmentation_preview(paths, cfg), paths.figures_dir / f"augment_{cfg.name}.png")
+
+# %% [markdown]
 # ## Train every preset on every fold
 # The validation score is the competition metric restricted to the condition families the preset predicts,
 # with the plain view (no TTA) and ground-truth crops.

@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import matplotlib.pyplot as plt
+import numpy as np
 import pandas as pd
 import pytest
 import torch
@@ -101,6 +103,29 @@ def test_finished_folds_are_skipped_unless_the_configuration_changed(prepared: P
 
     train.train_folds(paths, preset("fo", "smoke", {"fast_dev_run": True, "lr": 5e-4}), [0], CPU)
     assert first.checkpoint.stat().st_mtime_ns != written
+
+
+@pytest.mark.parametrize("name", ["stage1_t1", "fo"])
+def test_augmentation_preview_shows_a_training_sample_plain_then_augmented(prepared: Paths, name: str) -> None:
+    cfg = preset(name, "smoke", {})
+    state = torch.get_rng_state()
+    figure = train.augmentation_preview(prepared, cfg, views=3)
+    assert torch.equal(torch.get_rng_state(), state)  # drawn apart from the training's random state
+    shown = [ax.images[0].get_array() for ax in figure.axes]
+    per_view = 1 if cfg.stage == 1 else 5  # stage 2: a row of five levels per view
+    assert len(shown) == 4 * per_view and all(s.shape == (cfg.img_size, cfg.img_size) for s in shown)
+    # the first view is the sample as validation resizes it: the middle frame of its first level
+    train_set, _ = train.datasets(prepared, cfg, train.plane_series(prepared, cfg), fold=0)
+    train_set.flip = False  # the plain view has no sequence flip (the synthetic studies have one series a plane)
+    sample = train_set[0]
+    plain = train.middle_frames(sample["image"][None].float() / 255, sample["mask"][None])[0]
+    plain = torch.nn.functional.interpolate(plain.reshape(1, -1, *plain.shape[-2:]), size=cfg.img_size, mode="bicubic")
+    torch.testing.assert_close(torch.as_tensor(shown[0]).float(), plain[0, 0].clamp(0, 1), atol=1e-5, rtol=0)
+    assert all(not np.allclose(shown[0], s) for s in shown[per_view::per_view])  # each draw changes the view
+    if cfg.stage == 1:
+        offsets = np.concatenate([c.get_offsets() for c in figure.axes[0].collections])
+        np.testing.assert_allclose(offsets, sample["target"].numpy() * cfg.img_size, atol=1e-4)
+    plt.close(figure)
 
 
 DDP_SETTINGS = {

@@ -30,3 +30,18 @@ def test_noisy_label_figure_separates_flipped_labels_and_draws_the_detection_cur
     ]
     plt.close(figure)
     assert len(viz.noisy_label_figure(noisy, 0.85).axes) == 1  # real data: no flips, no curve
+
+
+def test_augmentation_figure_draws_stage1_keypoints_and_stage2_levels_by_row() -> None:
+    rng = np.random.default_rng(0)
+    frames, keypoints = rng.random((3, 16, 16)), rng.random((3, 10, 2))
+    figure = viz.augmentation_figure(frames, keypoints)
+    assert [ax.get_title() for ax in figure.axes] == ["no augmentation", "augmented 1", "augmented 2"]
+    offsets = np.concatenate([c.get_offsets() for c in figure.axes[2].collections])
+    np.testing.assert_allclose(offsets, keypoints[2] * 16)  # one colour per level, pixels of the shown frame
+    plt.close(figure)
+
+    figure = viz.augmentation_figure(rng.random((2, 5, 16, 16)))
+    assert len(figure.axes) == 10 and [ax.get_ylabel() for ax in figure.axes[::5]] == ["no augmentation", "augmented 1"]
+    assert [ax.get_title() for ax in figure.axes[:5]] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]
+    plt.close(figure)
