@@ -5,9 +5,10 @@ Frames are channels: a batch is (B, C, H, W) float in [0, 1], C = frames (stage 
 what the solution gets by calling albumentations once on the (H, W, C) stack of a sample.
 
 Where a few tensor lines are both closer to albumentations and faster than a kornia op, they are used
-instead: brightness/contrast (one multiply-add and a single clip), Gaussian noise (variance range), motion
-blur (albumentations' random-line kernel), median blur, optical and grid distortion (one ``grid_sample``
-each, and the inverse map for stage-1 keypoints), single-pixel coarse dropout and the resize.
+instead: brightness/contrast (one multiply-add and a single clip), Gaussian noise (variance range), the
+3x3 blurs (motion blur's random-line kernel, cv2's fixed Gaussian kernel, an exact median), optical and grid
+distortion (one ``grid_sample`` each, and the inverse map for stage-1 keypoints), single-pixel coarse dropout
+and the resize.
 """
 
 from __future__ import annotations
@@ -136,6 +137,19 @@ class MotionBlur3(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return filter3x3(images, self.draw(images.shape[0], images.device).to(images.dtype))
+
+
+class GaussianBlur3(nn.Module):
+    """albumentations 1.4.11 GaussianBlur(3): cv2.GaussianBlur with a 3x3 kernel and sigma 0, which takes cv2's
+    fixed kernel (1, 2, 1) / 4 on each axis (not the Gaussian of sigma 0.8 that the formula in its docs gives)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        taps = torch.tensor([0.25, 0.5, 0.25])
+        self.register_buffer("kernel", taps[:, None] * taps[None, :], persistent=False)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return filter3x3(images, self.kernel.to(images.dtype).expand(images.shape[0], 3, 3))
 
 
 def filter3x3(images: torch.Tensor, kernels: torch.Tensor) -> torch.Tensor:
@@ -347,7 +361,7 @@ def blur_or_noise(p: float = 0.5) -> OneOf:
         [
             MotionBlur3(),
             MedianBlur3(),
-            K.RandomGaussianBlur((3, 3), sigma=(0.8, 0.8), p=1.0),  # cv2's sigma for a 3x3 kernel
+            GaussianBlur3(),
             GaussianNoise(),
         ],
         p,

@@ -14,6 +14,7 @@ from torch import nn
 
 from kaggle_utils import augment, config
 from kaggle_utils.augment import (
+    GaussianBlur3,
     GridDistortion,
     MedianBlur3,
     MotionBlur3,
@@ -192,6 +193,13 @@ def test_motion_blur_draws_a_line_between_two_distinct_kernel_cells():
     assert {tuple(k.flatten().tolist()) for k in kernels.unique(dim=0)} == lines
     columns = (kernels > 0).any(dim=1).sum(dim=1)
     assert abs((columns == 1).float().mean() - 1 / 3) < 0.015
+
+
+def test_gaussian_blur_matches_cv2_with_sigma_zero():
+    images = torch.rand(2, 3, 9, 11)
+    out = GaussianBlur3()(images)
+    for i, c in itertools.product(range(2), range(3)):
+        assert np.allclose(out[i, c].numpy(), cv2.GaussianBlur(images[i, c].numpy(), (3, 3), 0), atol=1e-6)
 
 
 def test_filter3x3_matches_cv2_filter2d_with_reflect101_border():
