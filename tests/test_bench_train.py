@@ -27,13 +27,23 @@ def test_the_table_has_a_row_per_preset_with_ratios_and_verdicts(capsys) -> None
         + ["--host-batches", "1"]
     )
     assert [r.preset for r in rows] == ["sp2", "stage1_t2"]
-    assert all(r.compute_ms > 0 and r.loader_ms > 0 and r.seed_ms > 0 for r in rows)
+    assert all(r.compute_ms > 0 and r.pure_ms > 0 and r.loader_ms > 0 and r.seed_ms > 0 for r in rows)
     assert rows[0].seed_source == "our model, seed settings"  # no GPU: the seed's script is not run
-    assert rows[0].target == 0.6 and bench_train.Row("fo", "", 1, 1, 2, "", None).target == 0.5
+    assert rows[0].target == 0.6 and bench_train.Row("fo", "", 1, 1, 1, 2, "", None).target == 0.5
     table = capsys.readouterr().out
-    assert "seed ms" in table and "overhead" in table and table.count("sp2 ") >= 3
+    assert all(column in table for column in ("seed ms", "step ms", "pure ms", "augment", "overhead"))
+    assert table.count("sp2 ") >= 3
     host = table.split("host side of loading")[1]
     assert "32 x 5 x 5 x 256 x 256" in host and "32 x 8 x 256 x 256" in host  # the full presets' batches
+
+
+def test_overheads_are_over_the_pure_compute_step() -> None:
+    # loading plus augmentation against the step without augmentation, as the speed target defines it
+    row = bench_train.Row(
+        "su", "", compute_ms=105, pure_ms=100, loader_ms=112, seed_ms=300, seed_source="", peak_gb=None
+    )
+    assert row.ratio == pytest.approx(0.35) and row.augment_overhead == pytest.approx(0.05)
+    assert row.loader_overhead == pytest.approx(0.12)
 
 
 def test_the_host_fill_writes_every_sample_of_the_batch(tmp_path: Path) -> None:
