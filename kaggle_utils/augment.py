@@ -199,8 +199,8 @@ class Distortion(nn.Module, ABC):
         """(B, H, W, 2) normalised source (x, y) of every output pixel."""
 
     @abstractmethod
-    def move(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        """Normalised source positions (B, K, 2) -> their normalised output positions."""
+    def move(self, params: torch.Tensor, points: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        """Normalised source positions (B, K, 2) in an (h, w) image -> their normalised output positions."""
 
     def forward(
         self, images: torch.Tensor, points: torch.Tensor | None = None
@@ -210,14 +210,16 @@ class Distortion(nn.Module, ABC):
         warped = _remap(images, self.grid(params, h, w))
         if points is None:
             return warped
-        return warped, _pixels(self.move(params, _normalised(points, h, w)), h, w)
+        return warped, _pixels(self.move(params, _normalised(points, h, w), h, w), h, w)
 
 
 class OpticalDistortion(Distortion):
-    """Radial barrel/pincushion distortion like albumentations OpticalDistortion(distort_limit).
+    """Radial barrel/pincushion distortion, pixel for pixel as albumentations 1.4.11 OpticalDistortion(limit).
 
-    cv2's undistort map with focal length = image size and coefficients k1 = k2 = k, k ~ U(-limit, limit):
-    the source of an output pixel at offset d from the centre is ``d * (1 + k r^2 + k r^4)``, r = d / size.
+    albumentations asks cv2.initUndistortRectifyMap for k1 = k2 = k ~ U(-limit, limit), focal length = image size
+    and the principal point at (W / 2, H / 2); cv2 centres the output grid at ((W - 1) / 2, (H - 1) / 2) instead.
+    So an output pixel at offset d from that centre samples the source at ``centre + 0.5 + d (1 + k r^2 + k r^4)``,
+    r = |d / size|: the warp also shifts the image by half a pixel towards the top left.
     """
 
     def __init__(self, limit: float = DISTORT_LIMIT) -> None:
@@ -228,71 +230,90 @@ class OpticalDistortion(Distortion):
         return torch.empty(b, device=device).uniform_(-self.limit, self.limit)
 
     @staticmethod
-    def _stretch(k: torch.Tensor, rho2: torch.Tensor) -> torch.Tensor:
-        """How far out the source of an output point lies, over its own offset, at squared normalised radius
-        ``rho2`` (normalised half-width 1 is r = 0.5)."""
-        r2 = rho2 / 4
-        return 1 + k * r2 + k * r2.square()
+    def _geometry(h: int, w: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per axis (x, y): normalised offset -> cv2's radius units (offset / size), and cv2's half-pixel shift
+        in normalised units."""
+        to_radius = like.new_tensor([(w - 1) / (2 * w), (h - 1) / (2 * h)])
+        return to_radius, like.new_tensor([1 / (w - 1), 1 / (h - 1)])
 
-    def _source_radius(self, k: torch.Tensor, rho: torch.Tensor) -> torch.Tensor:
-        return rho * self._stretch(k, rho.square())
+    @staticmethod
+    def _stretch(k: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
+        return 1 + k * r2 + k * r2.square()
 
     def grid(self, params: torch.Tensor, h: int, w: int) -> torch.Tensor:
         grid = _identity_grid(h, w, params.device)
-        return grid * self._stretch(params.view(-1, 1, 1, 1), grid.square().sum(dim=-1, keepdim=True))
+        to_radius, shift = self._geometry(h, w, grid)
+        r2 = (grid * to_radius).square().sum(dim=-1, keepdim=True)
+        return grid * self._stretch(params.view(-1, 1, 1, 1), r2) + shift
 
-    def move(self, params: torch.Tensor, points: torch.Tensor, iterations: int = 30) -> torch.Tensor:
-        """Solve source_radius(rho) = |point| by bisection along the point's ray.
+    def move(self, params: torch.Tensor, points: torch.Tensor, h: int, w: int, iterations: int = 30) -> torch.Tensor:
+        """Undo the shift, then solve ``r (1 + k r^2 + k r^4) = R`` for the output radius r of a source point at
+        radius R by bisection, and scale the point along its ray by r / R.
 
-        The source radius grows with rho up to a fold (only for k < 0; beyond it the map turns back). The root
-        lies in [0, |point|] for k >= 0 and in [|point|, fold] for k < 0; a point beyond the fold's source
-        radius is not visible in the output and is pushed past the fold in proportion.
+        The source radius grows with r up to a fold (only for k < 0; beyond it the map turns back). The root
+        lies in [0, R] for k >= 0 and in [R, fold] for k < 0; a point beyond the fold's source radius is not
+        visible in the output and is pushed past the fold in proportion.
         """
+        to_radius, shift = self._geometry(h, w, points)
+        offset = points - shift
         k = params.view(-1, 1)
-        target = points.norm(dim=-1)  # (B, K)
-        # The fold: the positive root u = rho^2 of d(source radius)/d(rho) = 1 + 3k/4 u + 5k/16 u^2 (k < 0).
-        a, b = 5 * k / 16, 3 * k / 4
+        target = (offset * to_radius).norm(dim=-1)  # R, (B, K)
+
+        def source_radius(r: torch.Tensor) -> torch.Tensor:
+            return r * self._stretch(k, r.square())
+
+        # The fold: the positive root u = r^2 of d(source radius)/dr = 1 + 3k u + 5k u^2 (k < 0).
+        a, b = 5 * k, 3 * k
         fold_u = (-b - (b.square() - 4 * a).clamp(min=0).sqrt()) / (2 * a).clamp(max=-1e-12)
         high = torch.where(k < 0, fold_u.sqrt().expand_as(target), target)
         low = torch.zeros_like(target)
         for _ in range(iterations):
             mid = (low + high) / 2
-            below = self._source_radius(k, mid) < target
+            below = source_radius(mid) < target
             low, high = torch.where(below, mid, low), torch.where(below, high, mid)
-        rho = (low + high) / 2
-        reach = self._source_radius(k, rho)
-        rho = torch.where(reach < target - 1e-6, rho * target / reach.clamp(min=1e-12), rho)
-        scale = torch.where(target > 0, rho / target.clamp(min=1e-12), torch.ones_like(rho))
-        return points * scale.unsqueeze(-1)
+        r = (low + high) / 2
+        reach = source_radius(r)
+        r = torch.where(reach < target - 1e-6, r * target / reach.clamp(min=1e-12), r)
+        scale = torch.where(target > 0, r / target.clamp(min=1e-12), torch.ones_like(r))
+        return offset * scale.unsqueeze(-1)
 
 
 class GridDistortion(Distortion):
-    """Separable grid distortion like albumentations 1.4.11 GridDistortion(num_steps, distort_limit).
+    """Separable grid distortion, pixel for pixel as albumentations 1.4.11 GridDistortion(num_steps, distort_limit).
 
-    Each axis is cut into ``steps`` equal output cells; cell i shows a source stretch of ``1 + U(-limit, limit)``
-    times its own width, counted from the top-left corner. As in albumentations' default (``normalized=False``)
-    the stretches are not rescaled: wide ones on the whole show the reflected border past the right and bottom
-    edges, narrow ones leave the source's far side out. With ``normalized=True`` they are rescaled so
-    that the source spans exactly the image. The map is piecewise linear and increasing along each axis, so
-    moving a keypoint is the same interpolation the other way.
+    Each axis of n pixels is cut into ``steps`` cells of ``n // steps`` output pixels and a remainder. Cell i shows
+    the source from where cell i - 1 ended, stretched by ``1 + U(-limit, limit)`` times the cell's width (its
+    first and last pixel on the ends, as ``np.linspace`` spaces them); the remainder shows the source from there to
+    n. The stretches are not rescaled (albumentations' default ``normalized=False``): wide ones on the whole show
+    the reflected border past the right and bottom edges, narrow ones leave the source's far side out. The map
+    increases along each axis, so moving a keypoint is the same interpolation the other way.
     """
 
-    def __init__(self, steps: int = GRID_STEPS, limit: float = DISTORT_LIMIT, normalized: bool = False) -> None:
+    def __init__(self, steps: int = GRID_STEPS, limit: float = DISTORT_LIMIT) -> None:
         super().__init__()
-        self.steps, self.limit, self.normalized = steps, limit, normalized
+        self.steps, self.limit = steps, limit
 
     def draw(self, b: int, device: torch.device) -> torch.Tensor:
-        """(B, 2, steps + 1) source knots of the x and y axes at output 0, 1/steps, ..., 1 (image width = 1)."""
-        stretch = 1 + torch.empty(b, 2, self.steps, device=device).uniform_(-self.limit, self.limit)
-        total = stretch.sum(dim=-1, keepdim=True) if self.normalized else self.steps
-        return F.pad(stretch.cumsum(dim=-1), (1, 0)) / total
+        """(B, 2, steps) stretches of the cells of the x and y axes."""
+        return 1 + torch.empty(b, 2, self.steps, device=device).uniform_(-self.limit, self.limit)
 
-    def _axis(self, knots: torch.Tensor, n: int) -> torch.Tensor:
-        """(B, n) normalised source coordinates of the n output positions along one axis."""
-        t = torch.linspace(0, self.steps, n, device=knots.device)
-        cell = t.long().clamp_(max=self.steps - 1)
-        src = knots[:, cell] + (t - cell) * (knots[:, cell + 1] - knots[:, cell])
-        return src * 2 - 1
+    def _cells(self, stretch: torch.Tensor, n: int) -> tuple[int, int, torch.Tensor]:
+        """Cell width and remainder in pixels, and (B, steps + 1) source pixels where each cell and the remainder
+        begin (the remainder ends at n)."""
+        width = n // self.steps
+        return width, n - width * self.steps, F.pad((width * stretch).cumsum(dim=-1), (1, 0))
+
+    def _axis(self, stretch: torch.Tensor, n: int) -> torch.Tensor:
+        """(B, n) normalised source coordinates of the n output pixels along one axis."""
+        width, rest, starts = self._cells(stretch, n)
+        ends = torch.cat([starts[:, 1:], starts.new_full((len(starts), 1), float(n))], dim=1)
+        pixel = torch.arange(n, device=stretch.device)
+        cell = (pixel // width).clamp_(max=self.steps)  # index steps: the remainder
+        along = (pixel - cell * width).float()
+        pixels_in_cell = torch.where(cell < self.steps, width, rest)
+        start, end = starts[:, cell], ends[:, cell]
+        source = start + along / (pixels_in_cell - 1).clamp(min=1) * (end - start)
+        return source * 2 / (n - 1) - 1
 
     def grid(self, params: torch.Tensor, h: int, w: int) -> torch.Tensor:
         b = params.shape[0]
@@ -300,17 +321,22 @@ class GridDistortion(Distortion):
         y = self._axis(params[:, 1], h)[:, :, None].expand(b, h, w)
         return torch.stack([x, y], dim=-1)
 
-    def move(self, params: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-        source = (points + 1) / 2  # (B, K, 2) in [0, 1]
+    def move(self, params: torch.Tensor, points: torch.Tensor, h: int, w: int) -> torch.Tensor:
         moved = []
-        for axis in range(2):
-            knots, s = params[:, axis].contiguous(), source[..., axis].contiguous()
-            # the cell whose source stretch holds s; the end cells extend past the image
-            cell = (torch.searchsorted(knots, s, right=True) - 1).clamp_(0, self.steps - 1)
-            start, stop = knots.gather(1, cell), knots.gather(1, cell + 1)
-            width = (stop - start).clamp(min=1e-6)  # a cell whose stretch drew exactly 0 has no width
-            moved.append((cell + (s - start) / width) / self.steps)
-        return torch.stack(moved, dim=-1) * 2 - 1
+        for axis, n in enumerate((w, h)):
+            width, rest, starts = self._cells(params[:, axis], n)
+            source = ((points[..., axis] + 1) * (n - 1) / 2).contiguous()  # (B, K) pixels
+            # the cell whose source span holds the point (the last cell also takes what lies past the spans)
+            cell = (torch.searchsorted(starts.contiguous(), source, right=True) - 1).clamp_(0, self.steps - 1)
+            start, stop = starts.gather(1, cell), starts.gather(1, cell + 1)
+            span = (stop - start).clamp(min=1e-6)  # a cell whose stretch drew exactly 0 shows no source
+            out = cell * width + (source - start) / span * (width - 1)
+            if rest > 1:  # the remainder shows the source from the last cell's end up to n
+                last = starts[:, -1:]
+                in_rest = self.steps * width + (source - last) / (n - last).clamp(min=1e-6) * (rest - 1)
+                out = torch.where(source >= last, in_rest, out)
+            moved.append(out * 2 / (n - 1) - 1)
+        return torch.stack(moved, dim=-1)
 
 
 class OneOf(nn.Module):

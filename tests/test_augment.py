@@ -101,10 +101,11 @@ def test_stage2_runs_under_autocast():
     assert out.shape == (2, 4, 16, 16) and out.dtype == torch.float32
 
 
-def test_distortions_with_zero_limit_are_the_identity():
+def test_optical_distortion_with_zero_limit_shifts_by_cv2s_half_pixel():
     images = torch.rand(2, 3, 20, 24)
-    assert torch.allclose(OpticalDistortion(limit=0.0)(images), images, atol=1e-5)
-    assert torch.allclose(GridDistortion(limit=0.0)(images), images, atol=1e-5)
+    # the map samples every pixel half a pixel down and right (reflect-101 past the last one)
+    half_pixel = F.avg_pool2d(F.pad(images, (0, 1, 0, 1), mode="reflect"), 2, stride=1)
+    assert torch.allclose(OpticalDistortion(limit=0.0)(images), half_pixel, atol=1e-5)
 
 
 def _sample(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -113,19 +114,18 @@ def _sample(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     return values[:, :, 0].transpose(1, 2)
 
 
-def _knots(*stretches: list[float]) -> torch.Tensor:
-    """GridDistortion parameters (B, 2, 6) from the source stretch of each of the five cells (not normalised, as
-    albumentations' default); the y axis takes the same cells in reverse order."""
+def _stretches(*stretches: list[float]) -> torch.Tensor:
+    """GridDistortion parameters (B, 2, 5): the x axis's cells stretched so, the y axis's in reverse order."""
     stretch = torch.tensor(stretches)
-    return torch.stack([F.pad(s.cumsum(dim=1), (1, 0)) / 5 for s in (stretch, stretch.flip(1))], dim=1)
+    return torch.stack([stretch, stretch.flip(1)], dim=1)
 
 
 DISTORTIONS = {
     "optical": (OpticalDistortion(), torch.tensor([-1.0, -0.5, 0.0, 0.5, 1.0])),
     "grid": (
         GridDistortion(),
-        # the identity, three that span the image, one zooming out (sum 6), one zooming in (sum 4.1)
-        _knots(
+        # no stretch, three that span the image, one zooming out (sum 6), one zooming in (sum 4.1)
+        _stretches(
             [1, 1, 1, 1, 1],
             [0.2, 1.8, 1, 0.5, 1.5],
             [1.9, 0.3, 0.6, 1.2, 1],
@@ -141,7 +141,7 @@ def test_distortions_move_a_keypoint_to_where_its_source_is_shown(name):
     op, params = DISTORTIONS[name]
     torch.manual_seed(1)
     source = torch.rand(len(params), 12, 2) * 1.2 - 0.6  # normalised, inside the image
-    moved = op.move(params, source)
+    moved = op.move(params, source, 257, 257)
     assert (moved - source).abs().max() > 0.02  # the warp does move points
     # the output pixel at the moved position samples the source point (bilinear reading of the grid)
     assert torch.allclose(_sample(op.grid(params, 257, 257), moved), source, atol=2e-3)
@@ -160,25 +160,51 @@ def test_distortions_carry_keypoints_with_the_image(name, monkeypatch):
 
 def test_optical_barrel_pushes_unseen_keypoints_past_the_fold():
     # k = -1 shows only the source within radius ~0.69 of the centre; a point beyond it cannot stay inside.
-    moved = OpticalDistortion().move(torch.tensor([-1.0]), torch.tensor([[[0.9, 0.0], [0.0, -0.8]]]))
-    assert (moved.norm(dim=-1) > 0.97).all() and (moved.sign() == torch.tensor([[1.0, 0.0], [0.0, -1.0]])).all()
+    moved = OpticalDistortion().move(torch.tensor([-1.0]), torch.tensor([[[0.9, 0.0], [0.0, -0.8]]]), 256, 256)
+    assert moved[0, 0, 0] > 0.97 and moved[0, 1, 1] < -0.97
+    assert moved[0, 0, 1].abs() < 0.02 and moved[0, 1, 0].abs() < 0.02  # along their rays
 
 
-def test_grid_distortion_spans_the_image_by_mean_stretch_from_the_top_left_corner():
-    # albumentations 1.4.11's default: cell stretches 1 + U(-1, 1) are not rescaled, so the source shown
-    # ends at the mean stretch (mean 1, sd sqrt(5 / 3) / 5 over five cells), and the top-left pixel stays put.
+@pytest.mark.parametrize("k", [-1.0, -0.4, 0.3, 1.0])
+def test_optical_distortion_is_cv2s_undistort_map_as_albumentations_asks_for_it(k):
+    h, w = 40, 56  # not square: each axis has its own focal length
+    camera = np.array([[w, 0, w * 0.5], [0, h, h * 0.5], [0, 0, 1]], np.float32)
+    coefficients = np.array([k, k, 0, 0, 0], np.float32)
+    map_x, map_y = cv2.initUndistortRectifyMap(camera, coefficients, None, None, (w, h), cv2.CV_32FC1)
+    ours = augment._pixels(OpticalDistortion().grid(torch.tensor([k]), h, w), h, w)[0]
+    np.testing.assert_allclose(ours[..., 0].numpy(), map_x, atol=2e-3)
+    np.testing.assert_allclose(ours[..., 1].numpy(), map_y, atol=2e-3)
+
+
+def _albumentations_axis(stretch: list[float], n: int, steps: int = 5) -> np.ndarray:
+    """albumentations 1.4.11's source pixel of each of n output pixels along one axis, written as its loop: cell i
+    is ``np.linspace(prev, prev + width * stretch[i], width)``, and the remainder runs from there to n."""
+    width, prev = n // steps, 0.0
+    source = np.zeros(n)
+    for i in range(steps + 1):
+        start, end = i * width, min(i * width + width, n)
+        stop = n if i * width + width > n else prev + width * stretch[i]
+        source[start:end] = np.linspace(prev, stop, end - start)
+        prev = stop
+    return source
+
+
+@pytest.mark.parametrize("n", [256, 37, 128])  # remainders of 1, 2 and 3 pixels
+def test_grid_distortion_is_albumentations_map(n):
+    stretch = torch.tensor([[[0.2, 1.8, 1.0, 0.5, 1.5], [1.9, 0.3, 0.6, 1.2, 1.0]]])
+    source = augment._pixels(GridDistortion().grid(stretch, n, n), n, n)[0]  # (n, n, 2) pixels
+    np.testing.assert_allclose(source[0, :, 0], _albumentations_axis(stretch[0, 0].tolist(), n), atol=1e-3)
+    np.testing.assert_allclose(source[:, 0, 1], _albumentations_axis(stretch[0, 1].tolist(), n), atol=1e-3)
+
+
+def test_grid_distortion_stretches_are_not_rescaled_and_keep_the_top_left_corner():
+    # albumentations 1.4.11's default (normalized=False): the source shown ends at the mean stretch (mean 1, sd
+    # sqrt(1 / 3) / sqrt(5) over five cells), so the image zooms in or out, from the top-left pixel.
     torch.manual_seed(0)
-    ends = GridDistortion().draw(4000, torch.device("cpu"))[..., -1]
-    assert abs(ends.mean() - 1) < 0.02 and abs(ends.std() - (5 / 3) ** 0.5 / 5) < 0.01
+    means = GridDistortion().draw(4000, torch.device("cpu")).mean(dim=-1)
+    assert abs(means.mean() - 1) < 0.02 and abs(means.std() - (1 / 15) ** 0.5) < 0.01
     images = torch.rand(4, 2, 32, 32)
     assert torch.allclose(GridDistortion()(images)[..., 0, 0], images[..., 0, 0], atol=1e-5)
-
-
-def test_normalised_grid_distortion_keeps_the_image_extent():
-    images = torch.rand(4, 2, 32, 32)
-    out = GridDistortion(normalized=True)(images)
-    corners = (..., [0, -1], [0, -1])
-    assert torch.allclose(out[corners], images[corners], atol=1e-4)
 
 
 def test_motion_blur_draws_a_line_between_two_distinct_kernel_cells():
