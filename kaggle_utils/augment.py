@@ -117,8 +117,9 @@ class MotionBlur3(nn.Module):
     """albumentations 1.4.11 MotionBlur(3): a 3x3 kernel holding a random line, reflect-101 border.
 
     The line joins two distinct random cells of the kernel, as albumentations' default ``allow_shifted=True``
-    draws it, so it need not pass through the centre (a two-cell line also shifts the image by half a pixel).
-    kornia's motion blur only draws lines through the centre and pads with zeros, which darkens the border.
+    draws it, so it need not pass through the centre: a line off the centre also shifts the image, by up to a
+    pixel (stage-1 keypoints are not moved for it, as albumentations does not move them). kornia's motion blur
+    only draws lines through the centre and pads with zeros, which darkens the border.
     """
 
     def __init__(self) -> None:
@@ -285,8 +286,9 @@ class GridDistortion(Distortion):
     the source from where cell i - 1 ended, stretched by ``1 + U(-limit, limit)`` times the cell's width (its
     first and last pixel on the ends, as ``np.linspace`` spaces them); the remainder shows the source from there to
     n. The stretches are not rescaled (albumentations' default ``normalized=False``): wide ones on the whole show
-    the reflected border past the right and bottom edges, narrow ones leave the source's far side out. The map
-    increases along each axis, so moving a keypoint is the same interpolation the other way.
+    the reflected border past the right and bottom edges, narrow ones leave the source's far side out. Along each
+    axis the map increases (but for a remainder of several pixels after cells that reached past n: it runs back
+    to n), so moving a keypoint is the same interpolation the other way.
     """
 
     def __init__(self, steps: int = GRID_STEPS, limit: float = DISTORT_LIMIT) -> None:
@@ -326,15 +328,20 @@ class GridDistortion(Distortion):
         for axis, n in enumerate((w, h)):
             width, rest, starts = self._cells(params[:, axis], n)
             source = ((points[..., axis] + 1) * (n - 1) / 2).contiguous()  # (B, K) pixels
-            # the cell whose source span holds the point (the last cell also takes what lies past the spans)
+            # the cell whose source span holds the point
             cell = (torch.searchsorted(starts.contiguous(), source, right=True) - 1).clamp_(0, self.steps - 1)
             start, stop = starts.gather(1, cell), starts.gather(1, cell + 1)
             span = (stop - start).clamp(min=1e-6)  # a cell whose stretch drew exactly 0 shows no source
             out = cell * width + (source - start) / span * (width - 1)
-            if rest > 1:  # the remainder shows the source from the last cell's end up to n
-                last = starts[:, -1:]
+            last = starts[:, -1:]
+            reach = last  # the farthest source the output shows
+            if rest > 1:  # the remainder shows the source from ``last`` to n; forward only when last < n
+                forward = last < n
                 in_rest = self.steps * width + (source - last) / (n - last).clamp(min=1e-6) * (rest - 1)
-                out = torch.where(source >= last, in_rest, out)
+                out = torch.where(forward & (source >= last), in_rest, out)
+                reach = torch.where(forward, torch.full_like(last, float(n)), last)
+            # a point the output does not show lands past its far edge, as far as it lies past what is shown
+            out = torch.where(source > reach, (n - 1) + (source - reach), out)
             moved.append(out * 2 / (n - 1) - 1)
         return torch.stack(moved, dim=-1)
 

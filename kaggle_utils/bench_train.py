@@ -12,8 +12,9 @@ Per preset, in one run on one device:
   (``step / pure - 1`` is the augmentation's own part). The timed steps come from one epoch:
   a new epoch starts the loader's prefetching again, which training does once in dozens of steps, while a cache
   of a few batches would start one every other step;
-- **in-step copy** (GPU only): the loader's overhead when each step begins by copying its own batch, as without the
-  side stream; set beside the overhead above, it shows what the side stream saves;
+- **in-step copy** (GPU only): the same overhead (loading, copy and augmentation over the pure step) when each step
+  begins by copying its own batch, as without the side stream; set beside the overhead above, it shows what the
+  side stream saves;
 - **seed settings**: the seed's model of the same shape with its settings (fp16, NCHW, gradient
   checkpointing, no augmentation), timed by the seed's own script when it is found (``--seed-script``,
   default ``../shared/bench/seed_shapes_gpu.py``), else our model with those settings.

@@ -155,9 +155,13 @@ def train_folds(
 
 def augmentation_preview(paths: Paths, cfg: TrainConfig, views: int = 5, fold: int = 0, seed: int = 0) -> plt.Figure:
     """The first training sample of ``fold`` as the model sees it: without augmentation (as validation shows it),
-    then ``views`` draws of the training augmentation, the random sequence flip included; stage 1's keypoints
-    are drawn where the augmentation moved them. Draws come from ``seed``, apart from the global random state."""
-    train_set, _ = datasets(paths, cfg, plane_series(paths, cfg), fold)
+    then ``views`` draws of the training augmentation, the random sequence flip included (with an even number of
+    frames, a flipped view's middle frame is the neighbouring slice); stage 1's keypoints are drawn where the
+    augmentation moved them. Draws come from ``seed``, apart from the global random state."""
+    train_set = copy.copy(datasets(paths, cfg, plane_series(paths, cfg), fold)[0])
+    if isinstance(train_set, CropDataset):  # every view from the same series (training picks one per access)
+        study_id, series_ids = train_set.records[0]
+        train_set.records = [(study_id, series_ids[:1])]
     plain_set = copy.copy(train_set)
     plain_set.flip = False
     image = np.empty((1 + views, *train_set.image_shape()), np.uint8)

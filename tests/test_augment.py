@@ -197,6 +197,22 @@ def test_grid_distortion_is_albumentations_map(n):
     np.testing.assert_allclose(source[:, 0, 1], _albumentations_axis(stretch[0, 1].tolist(), n), atol=1e-3)
 
 
+def test_grid_distortion_puts_points_it_does_not_show_past_the_far_edge():
+    # zooming in (stretches sum to 4.1) shows the source up to 0.82 n; zooming out (sum 6) up to 1.2 n
+    stretch = torch.tensor([[[0.5, 0.9, 1.0, 0.8, 0.9]] * 2, [[1.0, 1.0, 2.0, 1.0, 1.0]] * 2])
+    n = 256  # a remainder of 1 pixel, which shows where the cells end
+
+    def moved(source: list[float], size: int) -> torch.Tensor:
+        points = augment._normalised(torch.tensor(source)[:, None, None].expand(-1, 1, 2), size, size)
+        return augment._pixels(GridDistortion().move(stretch, points, size, size), size, size)[:, 0, 0]
+
+    assert (moved([0.9 * (n - 1), 1.3 * (n - 1)], n) > n - 1).all()
+    # a remainder of 2 pixels shows the source from where the cells end to n (zooming out: back to n)
+    n = 37
+    inside, past = moved([0.9 * (n - 1), 1.3 * (n - 1)], n)
+    assert 35 <= inside <= 36 and past > 36
+
+
 def test_grid_distortion_stretches_are_not_rescaled_and_keep_the_top_left_corner():
     # albumentations 1.4.11's default (normalized=False): the source shown ends at the mean stretch (mean 1, sd
     # sqrt(1 / 3) / sqrt(5) over five cells), so the image zooms in or out, from the top-left pixel.

@@ -128,6 +128,27 @@ def test_augmentation_preview_shows_a_training_sample_plain_then_augmented(prepa
     plt.close(figure)
 
 
+def test_augmentation_preview_takes_every_view_from_one_series(prepared: Paths, tmp_path: Path, monkeypatch) -> None:
+    paths = _copy_work(prepared, tmp_path)
+    cfg = preset("sp1", "smoke", {})
+    train_set, val_set = train.datasets(paths, cfg, train.plane_series(paths, cfg), fold=0)
+    (study_id, series_ids), (other_study, other_ids) = train_set.records[:2]
+    # a study with a second series (another study's crops): training picks one of the two per access
+    shutil.copyfile(paths.stage2_array(other_study, other_ids[0]), paths.stage2_array(study_id, other_ids[0]))
+    train_set.records[0] = (study_id, series_ids + other_ids[:1])
+    monkeypatch.setattr(train, "datasets", lambda *args: (train_set, val_set))
+    shown, fill = [], type(train_set).fill
+
+    def spy(self, *args):
+        sample = fill(self, *args)
+        shown.append(sample["series_id"])
+        return sample
+
+    monkeypatch.setattr(type(train_set), "fill", spy)
+    plt.close(train.augmentation_preview(paths, cfg, views=5))
+    assert shown == [series_ids[0]] * 6
+
+
 DDP_SETTINGS = {
     "backbone": "test_efficientnet_gn",  # group norm: a sample's output does not depend on its batch
     "augment": "false",  # every process draws its own augmentation; without it the runs must agree
