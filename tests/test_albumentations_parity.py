@@ -15,7 +15,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from kornia.geometry.transform import get_affine_matrix2d
+from kornia.geometry.transform import get_affine_matrix2d, warp_affine
 
 from kaggle_utils import augment
 from kaggle_utils.augment import GaussianBlur3, GridDistortion, MotionBlur3, OpticalDistortion
@@ -89,7 +89,7 @@ def test_shift_scale_rotate_is_kornias_affine_with_independent_zooms(picture):
         torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
         assert abs(shift).max() <= 0.15 * SIZE + 1e-3
         warped = A.ShiftScaleRotate(p=1.0).apply(picture, **params, interpolation=cv2.INTER_LINEAR)
-        kornia_warped = augment.KT.warp_affine(
+        kornia_warped = warp_affine(
             torch.from_numpy(picture).permute(2, 0, 1)[None],
             mine[None, :2],
             (SIZE, SIZE),
