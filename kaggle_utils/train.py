@@ -188,8 +188,11 @@ def _rows(batch: dict, rows: slice) -> dict:
 
 def middle_frames(frames: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     """(B, [levels,] F, S, S) -> (B, [levels,] S, S): each sample's middle frame among those its mask keeps."""
-    middle = [kept.nonzero()[len(kept.nonzero()) // 2, 0] for kept in mask]
-    return torch.stack([sample[..., m, :, :] for sample, m in zip(frames, middle, strict=True)])
+    picked = []
+    for sample, kept in zip(frames, mask, strict=True):
+        indices = kept.nonzero().squeeze(1)
+        picked.append(sample[..., indices[len(indices) // 2], :, :])
+    return torch.stack(picked)
 
 
 def save_curves(checkpoint: Path) -> Path:
