@@ -26,7 +26,9 @@ def weighted_soft_cross_entropy(logits: torch.Tensor, target: torch.Tensor) -> t
     target = target.masked_fill(ignored.unsqueeze(1), 0.0)
     # The solution takes the argmax after setting zeros to -inf; targets are non-negative, so a plain argmax
     # (first maximum on ties) picks the same class.
-    weights = logits.new_tensor(SEVERITY_WEIGHTS)[target.argmax(dim=1)].masked_fill(ignored, 0.0)
+    # Weights picked with scalars: a weight table copied to the GPU would wait for all queued work each step.
+    dominant = target.argmax(dim=1)
+    weights = sum((dominant == c) * w for c, w in enumerate(SEVERITY_WEIGHTS)).masked_fill(ignored, 0.0)
     # Zero-target entries contribute exactly 0 even where a log-probability is -inf.
     terms = torch.where(target > 0, target * F.log_softmax(logits, dim=1), 0.0)
     row_loss = -terms.sum(dim=1)
