@@ -1,14 +1,20 @@
-"""Batch augmentation on the GPU (or CPU) with kornia and a few tensor ops, and the stage-2 rotation TTA.
+"""Batch augmentation on the GPU (or CPU) in tensor ops, and the stage-2 rotation TTA (kornia).
 
 Frames are channels: a batch is (B, C, H, W) float in [0, 1], C = frames (stage 1) or 5 levels x frames
 (stage 2). Every op draws its random parameters per sample and applies them to all channels, which is
 what the solution gets by calling albumentations once on the (H, W, C) stack of a sample.
 
-Where a few tensor lines are both closer to albumentations and faster than a kornia op, they are used
-instead: brightness/contrast (one multiply-add and a single clip), Gaussian noise (variance range), the
-3x3 blurs (motion blur's random-line kernel, cv2's fixed Gaussian kernel, an exact median), optical and grid
-distortion (one ``grid_sample`` each, and the inverse map for stage-1 keypoints), single-pixel coarse dropout
+Each op is a few tensor lines, closer to albumentations than kornia's ops and faster: brightness/contrast (one
+multiply-add and a single clip), shift-scale-rotate, optical and grid distortion (one ``grid_sample`` each, and
+the forward map for stage-1 keypoints), Gaussian noise (variance range), the 3x3 blurs (motion blur's
+random-line kernel, cv2's fixed Gaussian kernel, an exact median), vertical flip, single-pixel coarse dropout
 and the resize.
+
+**Nothing here waits for the GPU.** Random parameters are drawn on the device, which samples take an optional
+op is drawn on the host, and host numbers reach the device through pinned memory (``on_device``). A plain copy
+from host memory, or reading a device value, would make the host wait until all queued work is done, so it
+could not queue the augmentation while the GPU still runs the previous step's backward pass; kornia's random
+augmentations do both (their parameters are drawn on the host and copied over).
 """
 
 from __future__ import annotations
@@ -20,7 +26,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Iterator, Sequence
 
 import cv2
-import kornia.augmentation as K
 import kornia.geometry.transform as KT
 import numpy as np
 import torch
@@ -45,6 +50,18 @@ def _float32(device: torch.device) -> Iterator[None]:
     """Run augmentations in float32 even inside an autocast region (interpolation and clamps need it)."""
     with torch.autocast(device_type=device.type, enabled=False):
         yield
+
+
+def on_device(values: object, like: torch.Tensor, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """Host numbers as a tensor on ``like``'s device (its dtype unless given), without waiting for that device.
+
+    A copy from ordinary host memory waits for every kernel already queued; from pinned memory it is queued
+    like a kernel (the pinned buffer is kept until the copy has run).
+    """
+    host = torch.as_tensor(values, dtype=dtype or like.dtype)
+    if like.device.type != "cuda":
+        return host.to(like.device)
+    return host.pin_memory().to(like.device, non_blocking=True)
 
 
 def resize(images: torch.Tensor, size: int) -> torch.Tensor:
@@ -176,16 +193,17 @@ def _identity_grid(h: int, w: int, device: torch.device) -> torch.Tensor:
 
 def _normalised(points: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """Pixel (x, y) -> ``grid_sample`` coordinates with ``align_corners=True`` (pixel centres 0 and n - 1 at -1, 1)."""
-    return points * points.new_tensor([2 / (w - 1), 2 / (h - 1)]) - 1
+    return points * on_device([2 / (w - 1), 2 / (h - 1)], points) - 1
 
 
 def _pixels(points: torch.Tensor, h: int, w: int) -> torch.Tensor:
-    return (points + 1) * points.new_tensor([(w - 1) / 2, (h - 1) / 2])
+    return (points + 1) * on_device([(w - 1) / 2, (h - 1) / 2], points)
 
 
 class Distortion(nn.Module, ABC):
-    """A random warp given by a sampling grid: ``draw`` its parameters per sample, ``grid`` maps output pixels to
-    source positions, ``move`` maps source keypoints to their output positions (the inverse of ``grid``).
+    """A random warp (shift-scale-rotate, optical or grid distortion) given by a sampling grid: ``draw`` its
+    parameters per sample, ``grid`` maps output pixels to source positions, ``move`` maps source keypoints to their
+    output positions (the inverse of ``grid``).
 
     ``forward(images)`` warps images; ``forward(images, points)`` also moves pixel keypoints (B, K, 2) in (x, y),
     so that they stay on what they marked.
@@ -206,8 +224,13 @@ class Distortion(nn.Module, ABC):
     def forward(
         self, images: torch.Tensor, points: torch.Tensor | None = None
     ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
-        b, _, h, w = images.shape
-        params = self.draw(b, images.device)
+        return self.warp(images, self.draw(images.shape[0], images.device), points)
+
+    def warp(
+        self, images: torch.Tensor, params: torch.Tensor, points: torch.Tensor | None = None
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """``forward`` with the given parameters."""
+        h, w = images.shape[-2:]
         warped = _remap(images, self.grid(params, h, w))
         if points is None:
             return warped
@@ -234,8 +257,8 @@ class OpticalDistortion(Distortion):
     def _geometry(h: int, w: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Per axis (x, y): normalised offset -> cv2's radius units (offset / size), and cv2's half-pixel shift
         in normalised units."""
-        to_radius = like.new_tensor([(w - 1) / (2 * w), (h - 1) / (2 * h)])
-        return to_radius, like.new_tensor([1 / (w - 1), 1 / (h - 1)])
+        to_radius = on_device([(w - 1) / (2 * w), (h - 1) / (2 * h)], like)
+        return to_radius, on_device([1 / (w - 1), 1 / (h - 1)], like)
 
     @staticmethod
     def _stretch(k: torch.Tensor, r2: torch.Tensor) -> torch.Tensor:
@@ -346,11 +369,82 @@ class GridDistortion(Distortion):
         return torch.stack(moved, dim=-1)
 
 
+class ShiftScaleRotate(Distortion):
+    """albumentations 1.4.11 ShiftScaleRotate(shift_limit, scale_limit, rotate_limit), linear, reflect-101, p = 1.
+
+    That version builds it as an ``Affine`` with ``keep_ratio=False``: the x and y zooms are two draws from
+    ``1 +- scale_limit``, the angle is drawn from ``+- rotate_limit`` degrees, the shift from ``+- shift_limit``
+    of the width and of the height. A source pixel p goes to ``A (p - c) + c + t`` with A = rotation x zoom and
+    c the centre ((W - 1) / 2, (H - 1) / 2), which is kornia's ``get_affine_matrix2d`` as its RandomAffine
+    draws it; here the parameters are drawn on the device, so the op never waits for it.
+    """
+
+    def __init__(self, shift_limit: float, scale_limit: float, rotate_limit: float) -> None:
+        super().__init__()
+        self.shift_limit, self.scale_limit, self.rotate_limit = shift_limit, scale_limit, rotate_limit
+
+    @classmethod
+    def from_config(cls, cfg: TrainConfig) -> ShiftScaleRotate:
+        return cls(cfg.shift_limit, cfg.scale_limit, cfg.rotate_limit)
+
+    def draw(self, b: int, device: torch.device) -> torch.Tensor:
+        """(B, 5): angle in degrees, x zoom, y zoom, x shift and y shift as fractions of the width and height."""
+        u = torch.empty(b, 5, device=device).uniform_(-1.0, 1.0)
+        angle, zoom_x, zoom_y, shift_x, shift_y = u.unbind(dim=1)
+        return torch.stack(
+            [
+                angle * self.rotate_limit,
+                1 + zoom_x * self.scale_limit,
+                1 + zoom_y * self.scale_limit,
+                shift_x * self.shift_limit,
+                shift_y * self.shift_limit,
+            ],
+            dim=1,
+        )
+
+    @staticmethod
+    def normalised_matrix(params: torch.Tensor, h: int, w: int, inverse: bool = False) -> torch.Tensor:
+        """(B, 2, 3) map of ``grid_sample`` coordinates (align_corners=True): source -> output, or its inverse.
+
+        With D = diag((W - 1) / 2, (H - 1) / 2), pixel offsets from the centre are D times normalised
+        coordinates, so the map is ``D^-1 A D n + D^-1 t`` and its inverse ``D^-1 A^-1 D (n - D^-1 t)``.
+        """
+        radians = torch.deg2rad(params[:, 0])
+        cos, sin = radians.cos(), radians.sin()
+        zoom_x, zoom_y = params[:, 1], params[:, 2]
+        half_w, half_h = (w - 1) / 2, (h - 1) / 2
+        shift_x, shift_y = params[:, 3] * w / half_w, params[:, 4] * h / half_h
+        if inverse:
+            a, b = cos / zoom_x, sin / zoom_x * (half_h / half_w)
+            c, d = -sin / zoom_y * (half_w / half_h), cos / zoom_y
+            row_x = [a, b, -(a * shift_x + b * shift_y)]
+            row_y = [c, d, -(c * shift_x + d * shift_y)]
+        else:
+            row_x = [cos * zoom_x, -sin * zoom_y * (half_h / half_w), shift_x]
+            row_y = [sin * zoom_x * (half_w / half_h), cos * zoom_y, shift_y]
+        return torch.stack(row_x + row_y, dim=1).view(-1, 2, 3)
+
+    def grid(self, params: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        theta = self.normalised_matrix(params, h, w, inverse=True)
+        return F.affine_grid(theta, [len(params), 1, h, w], align_corners=True)
+
+    def move(self, params: torch.Tensor, points: torch.Tensor, h: int, w: int) -> torch.Tensor:
+        matrix = self.normalised_matrix(params, h, w)
+        return points @ matrix[:, :, :2].transpose(1, 2) + matrix[:, None, :, 2]
+
+
+class VerticalFlip(nn.Module):
+    """Rows upside down (with ``OneOf([VerticalFlip()], p)``: albumentations VerticalFlip(p))."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return images.flip(-2)
+
+
 class OneOf(nn.Module):
     """Per sample: with probability ``p`` apply one of ``ops`` (drawn uniformly), otherwise nothing.
 
     Each op runs once on the subset of samples that drew it, so the cost is that of one op on the chosen
-    samples. The ops must apply themselves unconditionally (kornia ops with ``p=1``). With keypoints
+    samples. The ops must apply themselves unconditionally (no probability of their own). With keypoints
     (``Distortion`` ops only), ``forward(images, points)`` returns both, moved together.
     """
 
@@ -365,19 +459,21 @@ class OneOf(nn.Module):
         if self.p <= 0:  # switched off: no random draws either, so the other ops draw as they would alone
             return images if points is None else (images, points)
         b = images.shape[0]
-        applied = torch.rand(b, device=images.device) < self.p
-        choice = torch.randint(len(self.ops), (b,), device=images.device)
+        # Drawn on the host: the rows each op takes are known there without reading the device back.
+        applied = torch.rand(b) < self.p
+        choice = torch.randint(len(self.ops), (b,))
         out, moved = images, points  # copied on first use: no copy when no sample drew an op
         for i, op in enumerate(self.ops):
-            rows = (applied & (choice == i)).nonzero().squeeze(1)
-            if not len(rows):
+            picked = (applied & (choice == i)).nonzero().squeeze(1)
+            if not len(picked):
                 continue
+            rows = on_device(picked, images, torch.long)
             out = images.clone() if out is images else out
             if points is None:
-                out.index_copy_(0, rows, op(images[rows]))
+                out.index_copy_(0, rows, op(images.index_select(0, rows)))
             else:
                 moved = points.clone() if moved is points else moved
-                warped, warped_points = op(images[rows], points[rows])
+                warped, warped_points = op(images.index_select(0, rows), points.index_select(0, rows))
                 out.index_copy_(0, rows, warped)
                 moved.index_copy_(0, rows, warped_points)
         return out if points is None else (out, moved)
@@ -401,23 +497,6 @@ def blur_or_noise(p: float = 0.5) -> OneOf:
     )
 
 
-def random_affine(cfg: TrainConfig) -> K.RandomAffine:
-    """albumentations 1.4.11 ShiftScaleRotate (limits of the config; linear, reflect-101), p = 1.
-
-    That version builds it as an ``Affine`` with ``keep_ratio=False``, so the x and y scales are drawn
-    independently, and both compose scale, then rotation (about the centre), then shift, as kornia does.
-    """
-    zoom = (1 - cfg.scale_limit, 1 + cfg.scale_limit)
-    return K.RandomAffine(
-        degrees=cfg.rotate_limit,
-        translate=(cfg.shift_limit, cfg.shift_limit),
-        scale=zoom + zoom,  # (x low, x high, y low, y high)
-        padding_mode="reflection",
-        align_corners=True,
-        p=1.0,
-    )
-
-
 def coarse_dropout(images: torch.Tensor, p: float = 0.5) -> torch.Tensor:
     """Per sample with probability ``p``: zero 50-250 random single pixels, the same ones in every channel."""
     b, _, h, w = images.shape
@@ -434,32 +513,32 @@ def coarse_dropout(images: torch.Tensor, p: float = 0.5) -> torch.Tensor:
 class Stage1Augment(nn.Module):
     """Stage-1 training augmentation of frames (B, C, H, W) and pixel keypoints (B, 10, 2) in (x, y).
 
-    Brightness/contrast, then a random affine, one of blur/noise (p = 0.5), one of optical/grid distortion
-    (p = 0.5), then a resize to ``cfg.img_size``. The affine and the distortions move the keypoints with the
-    image (kornia's own distortions would leave them where they were); the resize scales them.
+    Brightness/contrast, then shift-scale-rotate, one of blur/noise (p = 0.5), one of optical/grid distortion
+    (p = 0.5), then a resize to ``cfg.img_size``. Shift-scale-rotate and the distortions move the keypoints
+    with the image; the resize scales them.
     """
 
     def __init__(self, cfg: TrainConfig) -> None:
         super().__init__()
         self.size = cfg.img_size
-        self.geometry = K.AugmentationSequential(random_affine(cfg), data_keys=["input", "keypoints"])
+        self.affine = ShiftScaleRotate.from_config(cfg)
         self.blur_or_noise = blur_or_noise(cfg.blur_p)
         self.distortion = distortion(cfg.distort_p)
 
     def forward(self, images: torch.Tensor, keypoints: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with _float32(images.device):
             images = brightness_contrast(images.float())
-            images, keypoints = self.geometry(images, keypoints.float())
+            images, keypoints = self.affine(images, keypoints.float())
             images, keypoints = self.distortion(self.blur_or_noise(images), keypoints)
             h, w = images.shape[-2:]
-            scale = keypoints.new_tensor([self.size / w, self.size / h])
+            scale = on_device([self.size / w, self.size / h], keypoints)
             return resize(images, self.size), keypoints * scale
 
 
 class Stage2Augment(nn.Module):
     """Stage-2 training augmentation of stacked level crops (B, 5 * F, 256, 256) -> (B, 5 * F, S, S).
 
-    Vertical flip (p = 0.5, if ``cfg.vflip``), brightness/contrast, random affine, one of blur/noise
+    Vertical flip (p = 0.5, if ``cfg.vflip``), brightness/contrast, shift-scale-rotate, one of blur/noise
     (p = 0.5), one of optical/grid distortion (p = 0.5), single-pixel coarse dropout (p = 0.5, if
     ``cfg.coarse_dropout``) at full resolution, then the resize to ``cfg.img_size``.
     """
@@ -468,8 +547,8 @@ class Stage2Augment(nn.Module):
         super().__init__()
         self.size = cfg.img_size
         self.coarse_dropout = cfg.coarse_dropout
-        self.vflip = K.RandomVerticalFlip(p=0.5) if cfg.vflip else nn.Identity()
-        self.affine = random_affine(cfg)
+        self.vflip = OneOf([VerticalFlip()], p=0.5) if cfg.vflip else nn.Identity()
+        self.affine = ShiftScaleRotate.from_config(cfg)
         self.blur_or_noise = blur_or_noise(cfg.blur_p)
         self.distortion = distortion(cfg.distort_p)
 

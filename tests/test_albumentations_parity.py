@@ -15,10 +15,8 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from kornia.geometry.transform import get_affine_matrix2d, warp_affine
 
-from kaggle_utils import augment
-from kaggle_utils.augment import GaussianBlur3, GridDistortion, MotionBlur3, OpticalDistortion
+from kaggle_utils.augment import GaussianBlur3, GridDistortion, MotionBlur3, OpticalDistortion, ShiftScaleRotate
 
 A = pytest.importorskip("albumentations")
 if A.__version__ != "1.4.11":
@@ -38,7 +36,7 @@ def picture() -> np.ndarray:
 def ours(picture: np.ndarray, op: torch.nn.Module, params: torch.Tensor | None = None) -> np.ndarray:
     """``op`` on the picture; a distortion with the given parameters (its sampling grid, as it warps)."""
     images = torch.from_numpy(picture).permute(2, 0, 1)[None]
-    out = op(images) if params is None else augment._remap(images, op.grid(params, SIZE, SIZE))
+    out = op(images) if params is None else op.warp(images, params)
     return out[0].permute(1, 2, 0).numpy()
 
 
@@ -73,27 +71,24 @@ def test_motion_blur_kernels_have_the_same_frequencies():
     assert total_variation < 0.04  # sampling noise over 36 kernels is about 0.02
 
 
-def test_shift_scale_rotate_is_kornias_affine_with_independent_zooms(picture):
-    # kornia's matrix from albumentations' draws (x zoom, y zoom, angle about the centre) is its matrix, up to the
-    # shift it drew (read off its matrix), and both warps give the same pixels
+def test_shift_scale_rotate_gives_their_matrix_and_pixels(picture):
+    # from albumentations' draws (x zoom, y zoom, angle, and the shift read off its matrix): the same points move
+    # alike and the warps give the same pixels
     transform = A.ShiftScaleRotate(shift_limit=0.15, scale_limit=0.25, rotate_limit=30, p=1.0)
-    centre = torch.full((1, 2), (SIZE - 1) / 2)
+    op = ShiftScaleRotate(shift_limit=0.15, scale_limit=0.25, rotate_limit=30)
+    centre = np.full(2, (SIZE - 1) / 2)
+    points = np.random.default_rng(0).uniform(0, SIZE - 1, (9, 2))
     for seed in range(5):
         random.seed(seed)
         params = transform.get_params_dependent_on_targets({"image": picture})
-        theirs = torch.tensor(params["matrix"].params, dtype=torch.float32)
-        scale = torch.tensor([[params["scale"]["x"], params["scale"]["y"]]], dtype=torch.float32)
-        linear = get_affine_matrix2d(torch.zeros(1, 2), centre, scale, torch.tensor([params["rotate"]]))[0]
-        shift = theirs[:2, 2] - linear[:2, 2]  # the translation it drew
-        mine = get_affine_matrix2d(shift[None], centre, scale, torch.tensor([params["rotate"]]))[0]
-        torch.testing.assert_close(mine, theirs, atol=1e-4, rtol=0)
+        theirs = params["matrix"].params  # (3, 3), source pixel -> output pixel
+        shift = theirs[:2, 2] - centre + theirs[:2, :2] @ centre  # A (p - c) + c + t = A p + (c - A c + t)
         assert abs(shift).max() <= 0.15 * SIZE + 1e-3
-        warped = A.ShiftScaleRotate(p=1.0).apply(picture, **params, interpolation=cv2.INTER_LINEAR)
-        kornia_warped = warp_affine(
-            torch.from_numpy(picture).permute(2, 0, 1)[None],
-            mine[None, :2],
-            (SIZE, SIZE),
-            padding_mode="reflection",
-            align_corners=True,
+        mine = torch.tensor(
+            [[params["rotate"], params["scale"]["x"], params["scale"]["y"], *(shift / SIZE)]], dtype=torch.float32
         )
-        np.testing.assert_allclose(kornia_warped[0].permute(1, 2, 0).numpy(), warped, atol=1e-4)
+        moved = op.warp(torch.zeros(1, 1, SIZE, SIZE), mine, torch.tensor(points[None], dtype=torch.float32))[1]
+        expected = points @ theirs[:2, :2].T + theirs[:2, 2]
+        np.testing.assert_allclose(moved[0].numpy(), expected, atol=1e-3)
+        warped = A.ShiftScaleRotate(p=1.0).apply(picture, **params, interpolation=cv2.INTER_LINEAR)
+        np.testing.assert_allclose(ours(picture, op, mine), warped, atol=1e-4)

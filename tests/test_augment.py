@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
+from kornia.geometry.transform import get_affine_matrix2d, warp_affine
 from torch import nn
 
 from kaggle_utils import augment, config
@@ -18,9 +19,12 @@ from kaggle_utils.augment import (
     GridDistortion,
     MedianBlur3,
     MotionBlur3,
+    OneOf,
     OpticalDistortion,
+    ShiftScaleRotate,
     Stage1Augment,
     Stage2Augment,
+    VerticalFlip,
     coarse_dropout,
     filter3x3,
     rotate_resize,
@@ -86,12 +90,40 @@ def test_affine_scales_each_axis_independently_as_shift_scale_rotate():
     # albumentations 1.4.11's ShiftScaleRotate is an Affine with keep_ratio=False: x and y zooms are two draws.
     cfg = config.FULL_PRESETS["fo"]
     torch.manual_seed(0)
-    params = augment.random_affine(cfg).forward_parameters(torch.Size([4000, 1, 32, 32]))
-    zoom, angle, shift = params["scale"], params["angle"], params["translations"] / 32
+    angle, zoom_x, zoom_y, shift_x, shift_y = ShiftScaleRotate.from_config(cfg).draw(4000, torch.device("cpu")).T
+    zoom, shift = torch.stack([zoom_x, zoom_y], dim=1), torch.stack([shift_x, shift_y], dim=1)
     assert zoom.min() >= 1 - cfg.scale_limit and zoom.max() <= 1 + cfg.scale_limit
     assert abs(torch.corrcoef(zoom.T)[0, 1]) < 0.05 and (zoom[:, 0] - zoom[:, 1]).abs().max() > 0.4
     assert angle.abs().max() <= cfg.rotate_limit and angle.abs().max() > 0.95 * cfg.rotate_limit
     assert shift.abs().max() <= cfg.shift_limit and shift.abs().max() > 0.95 * cfg.shift_limit
+
+
+def test_shift_scale_rotate_is_kornias_affine_of_the_same_draws():
+    # kornia's RandomAffine matrix (scale, rotate about ((W-1)/2, (H-1)/2), shift in pixels) and warp on a
+    # non-square image; keypoints go where kornia's matrix sends them
+    h, w = 24, 40
+    op = ShiftScaleRotate(shift_limit=0.15, scale_limit=0.25, rotate_limit=30)
+    torch.manual_seed(0)
+    params = op.draw(6, torch.device("cpu"))
+    angle, zoom, shift = params[:, 0], params[:, 1:3], params[:, 3:] * torch.tensor([w, h])
+    centre = torch.tensor([[(w - 1) / 2, (h - 1) / 2]]).expand(6, 2)
+    matrix = get_affine_matrix2d(shift, centre, zoom, angle)
+    images = torch.rand(6, 3, h, w)
+    theirs = warp_affine(images, matrix[:, :2], (h, w), padding_mode="reflection", align_corners=True)
+    points = torch.rand(6, 7, 2) * torch.tensor([w - 1, h - 1])
+    warped, moved = op.warp(images, params, points)
+    torch.testing.assert_close(warped, theirs, atol=1e-4, rtol=0)
+    expected = points @ matrix[:, :2, :2].transpose(1, 2) + matrix[:, None, :2, 2]
+    torch.testing.assert_close(moved, expected, atol=1e-4, rtol=0)
+
+
+def test_one_of_applies_each_op_to_the_samples_that_drew_it():
+    torch.manual_seed(0)
+    images = torch.rand(64, 2, 4, 4)
+    out = OneOf([VerticalFlip(), nn.Identity()], p=0.5)(images)
+    flipped = (out == images.flip(-2)).flatten(1).all(dim=1)
+    kept = (out == images).flatten(1).all(dim=1)
+    assert (flipped | kept).all() and 8 < flipped.sum() < 26  # about a quarter flipped
 
 
 def test_stage2_runs_under_autocast():

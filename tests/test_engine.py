@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 from pathlib import Path
@@ -10,15 +11,21 @@ import pandas as pd
 import pytest
 import torch
 
+from kaggle_utils.bench_train import CachedArrays
 from kaggle_utils.config import ConfigError, TrainConfig, preset
 from kaggle_utils.engine import (
     MODEL_FIELDS_KEY,
     ClassifierTask,
     CurveLog,
+    KeypointTask,
     StepReadout,
+    autocast_dtype,
     keypoint_metrics,
     load_checkpoint,
+    make_optimizer,
+    prepare_model,
     save_checkpoint,
+    train_step,
 )
 from kaggle_utils.losses import weighted_soft_cross_entropy
 from kaggle_utils.models import build_model
@@ -185,3 +192,28 @@ def test_step_readout_on_a_gpu_reads_its_own_step_while_later_work_is_queued() -
         x = (x @ x).clamp_(-1, 1)
         readouts.append(StepReadout(x.abs().sum() * 0 + step, x.new_tensor(10.0 * step)))
     assert [r.read() for r in readouts] == [(float(k), 10.0 * k) for k in range(5)]
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="waiting for the device is a GPU matter")
+@pytest.mark.parametrize("name", ["stage1_t1", "sp1"])
+def test_a_training_step_on_a_gpu_never_waits_for_it(tmp_path: Path, name: str) -> None:
+    # Augmentation (every op drawn), forward, loss, backward, clipping and AdamW are queued without a read-back or
+    # a copy from pageable memory, so the host queues the next step while the GPU still runs this one.
+    device = torch.device("cuda")
+    cfg = dataclasses.replace(preset(name, "smoke"), blur_p=1.0, distort_p=1.0, batch_size=16)
+    batch = CachedArrays.write(tmp_path, n_studies=16, n_slices=17).first_batch(cfg, device)
+    model = prepare_model(cfg, device).train()
+    task = KeypointTask(cfg, device) if cfg.stage == 1 else ClassifierTask(cfg, device)
+    optimizer = make_optimizer(model, cfg, device)
+    dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
+    scaler = torch.amp.GradScaler("cuda", enabled=dtype == torch.float16)
+    for _ in range(2):  # first calls may set up libraries (cuDNN, cuBLAS), which can wait once
+        train_step(model, task, batch, optimizer, scaler, dtype, cfg.grad_clip)
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for _ in range(3):
+            train_step(model, task, batch, optimizer, scaler, dtype, cfg.grad_clip)
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
