@@ -79,11 +79,20 @@ def create_backbone(cfg: TrainConfig) -> nn.Module:
 
 
 class Attention(nn.Module):
-    """Attention pooling over frames: tanh-scored softmax weights, masked frames get none."""
+    """Attention pooling over frames: tanh-scored softmax weights, masked frames get none.
+
+    The last scoring layer has no bias: it would add one constant to every frame's score, which the softmax
+    cancels, so its gradient is zero up to rounding and the optimizer could only make it drift (by lr-sized
+    steps of random sign, different on every machine). Checkpoints that still hold it load without it.
+    """
 
     def __init__(self, dim: int) -> None:
         super().__init__()
-        self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1))
+        self.score = nn.Sequential(nn.Linear(dim, dim), nn.Tanh(), nn.Linear(dim, 1, bias=False))
+
+    def _load_from_state_dict(self, state_dict: dict, prefix: str, *args, **kwargs) -> None:
+        state_dict.pop(f"{prefix}score.2.bias", None)  # a softmax-invariant constant of older checkpoints
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
 
     def frame_weights(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """Softmax weights (B, F) of features ``x`` (B, F, E) with ``mask`` (B, F) True on valid frames."""

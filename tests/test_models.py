@@ -262,3 +262,15 @@ def test_an_ignored_pseudo_row_is_never_mixed_into_another():
 def test_the_config_chooses_how_padded_frames_enter_the_lstm():
     assert all(pool.zero_masked for pool in SagittalNet(tiny("sp1")).pools.values())
     assert not any(pool.zero_masked for pool in SagittalNet(tiny("sp1", lstm_zero_masked=False)).pools.values())
+
+
+def test_attention_scores_have_no_bias_and_older_checkpoints_still_load():
+    """A constant added to every frame's score cancels in the softmax: such a parameter could only drift."""
+    pool = Attention(8).eval()
+    assert pool.score[-1].bias is None
+    old = {**pool.state_dict(), "score.2.bias": torch.tensor([0.3])}  # as checkpoints before the change hold it
+    loaded = Attention(8).eval()
+    loaded.load_state_dict(old)  # strict: nothing missing, nothing unexpected
+    x, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
+    with torch.no_grad():
+        assert torch.equal(loaded(x, mask), pool(x, mask))

@@ -17,7 +17,7 @@ import torch
 
 from kaggle_utils import train
 from kaggle_utils.config import TrainConfig, preset
-from kaggle_utils.engine import KeypointTask, fit, prepare_model, resume_path
+from kaggle_utils.engine import KeypointTask, fit, load_checkpoint, prepare_model, resume_path
 from kaggle_utils.loader import BatchLoader
 from kaggle_utils.paths import Paths
 
@@ -172,12 +172,24 @@ def _train_cli(paths: Paths, processes: int) -> Path:
     return paths.checkpoint("stage1_t2", 0, 42)
 
 
+def _validation_points(paths: Paths, checkpoint: Path) -> torch.Tensor:
+    """The relative keypoints (N, 10, 2) a trained localiser predicts for fold 0's validation series."""
+    model, cfg, _ = load_checkpoint(checkpoint, CPU)
+    _, val_set = train.datasets(paths, cfg, train.plane_series(paths, cfg), fold=0)
+    task = KeypointTask(cfg, CPU)
+    with torch.no_grad():
+        return torch.cat([task.predict(model, batch) for batch in train.loader(val_set, cfg, train=False)])
+
+
 def test_two_processes_under_torchrun_train_the_same_model_as_one(prepared: Paths, tmp_path: Path) -> None:
     one = _train_cli(_copy_work(prepared, tmp_path / "one"), processes=1)
     two = _train_cli(_copy_work(prepared, tmp_path / "two"), processes=2)
     expected, got = _weights(one), _weights(two)
+    assert expected.keys() == got.keys()
     for name in expected:
         torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+    points = [_validation_points(prepared, checkpoint) for checkpoint in (one, two)]
+    torch.testing.assert_close(points[1], points[0], rtol=0, atol=1e-5)  # what the models compute agrees too
     initial = prepare_model(preset("stage1_t2", "smoke", DDP_SETTINGS), CPU).state_dict()
     assert max(float((expected[k] - initial[k]).abs().max()) for k in expected) > 1e-3  # both runs trained
     val = [pd.read_csv(c.with_suffix(".log.csv"))["val_mean_px"].dropna().iloc[-1] for c in (one, two)]
