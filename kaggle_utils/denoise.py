@@ -222,7 +222,7 @@ def copy_stage1(source: Paths, target: Paths) -> list[Path]:
     folder is complete for inference (notebook 04 with ``RUN``) and for publishing as a weights dataset."""
     copied = []
     target.models_dir.mkdir(parents=True, exist_ok=True)
-    for weights in sorted(source.models_dir.glob("*.pt")):
+    for weights in source.checkpoints():
         sidecar = weights.with_suffix(".json")
         if sidecar.exists() and json.loads(sidecar.read_text())["config"]["model"] == "keypoint":
             for path in (weights, sidecar):

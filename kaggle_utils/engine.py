@@ -36,7 +36,7 @@ from kaggle_utils.loader import DeviceBatches
 from kaggle_utils.losses import keypoint_l1, pseudo_label_loss, weighted_soft_cross_entropy
 from kaggle_utils.metric import score_parts, solution_from_targets
 from kaggle_utils.models import build_model, condition_rows
-from kaggle_utils.paths import REPO_ROOT
+from kaggle_utils.paths import REPO_ROOT, resume_state
 
 STAGE1_GRID = 256  # keypoint errors are reported in pixels of the 256 x 256 stage-1 grid
 
@@ -354,7 +354,7 @@ def set_rng_state(state: dict) -> None:
 
 def resume_path(checkpoint: Path) -> Path:
     """The resume state of a run in progress, beside its future checkpoint; removed when the run ends."""
-    return checkpoint.with_suffix(".state.pt")
+    return resume_state(checkpoint)
 
 
 def _restore(trainer: Trainer, cfg: TrainConfig, path: Path, ctx: distributed.Context) -> None:

@@ -68,7 +68,7 @@ def load_models(paths: Paths, folds: list[int] | None = None, device: torch.devi
     """Every checkpoint in ``models/`` (of the given folds), rebuilt from its sidecar."""
     device = device or default_device()
     models = ModelSet()
-    for path in sorted(paths.models_dir.glob("*.pt")):
+    for path in paths.checkpoints():
         model, cfg, sidecar = load_checkpoint(path, device)
         if folds is not None and sidecar["fold"] not in folds:
             continue

@@ -35,6 +35,7 @@ from kaggle_utils.paths import (
     WEIGHTS_DATASET,
     WHEELS_DATASET,
     WHEELS_REQUIREMENTS,
+    finished_checkpoints,
 )
 
 METADATA_DIR = REPO_ROOT / "datasets-metadata"
@@ -149,8 +150,9 @@ def stage_code(owner: str, build: Path = DEFAULT_BUILD_DIR) -> Path:
 
 
 def stage_weights(owner: str, models: Path = DEFAULT_WORK_DIR / "models", build: Path = DEFAULT_BUILD_DIR) -> Path:
-    """``build/<weights slug>/``: every checkpoint of ``models`` with its JSON sidecar (logs and plots stay)."""
-    checkpoints = sorted(Path(models).glob("*.pt"))
+    """``build/<weights slug>/``: every finished checkpoint of ``models`` with its JSON sidecar (logs, plots and an
+    interrupted run's resume state stay)."""
+    checkpoints = finished_checkpoints(models)
     if not checkpoints:
         raise KaggleSetupError(f"no checkpoints (*.pt) in {models}: train first, or pass WORK_DIR=<folder>")
     out = fresh_dir(build / WEIGHTS_DATASET)

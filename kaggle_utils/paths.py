@@ -24,6 +24,7 @@ CODE_DATASET = "rsna24-kaggle-utils"
 WEIGHTS_DATASET = "rsna24-weights"
 WHEELS_DATASET = "rsna24-wheels"
 KERNEL_SLUG = "rsna24-infer"
+RESUME_SUFFIX = ".state.pt"  # training state of an unfinished run: never a model
 WHEELS_REQUIREMENTS = "requirements.txt"  # inside the wheels dataset: what the kernel installs from it
 
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "synthetic"
@@ -86,6 +87,16 @@ def find_dataset(slug: str, root: Path | None = None, max_depth: int = 3) -> Pat
         if hits:
             return hits[0]
     return None
+
+
+def resume_state(checkpoint: Path) -> Path:
+    """Where the resume state of a run in progress sits, beside its future checkpoint."""
+    return checkpoint.with_suffix(RESUME_SUFFIX)
+
+
+def finished_checkpoints(folder: Path) -> list[Path]:
+    """``folder``'s model weights (``*.pt``), without the ``*.state.pt`` of an interrupted run."""
+    return sorted(p for p in Path(folder).glob("*.pt") if not p.name.endswith(RESUME_SUFFIX))
 
 
 def wheels_requirements() -> Path | None:
@@ -185,6 +196,10 @@ class Paths:
     def checkpoint(self, preset: str, fold: int, seed: int) -> Path:
         """Model weights ``models/{preset}-f{fold}-s{seed}.pt``; the JSON sidecar sits beside it."""
         return self.models_dir / f"{preset}-f{fold}-s{seed}.pt"
+
+    def checkpoints(self) -> list[Path]:
+        """The finished checkpoints in ``models/``, sorted; an interrupted run's resume state is not one."""
+        return finished_checkpoints(self.models_dir)
 
     @property
     def oof_dir(self) -> Path:

@@ -50,6 +50,7 @@ def work(tmp_path: Path) -> Path:
     (models / "sp1-f0-s42.pt").write_bytes(b"weights")
     (models / "sp1-f0-s42.json").write_text(json.dumps({"fold": 0}))
     (models / "sp1-f0-s42.log.csv").write_text("epoch\n0\n")
+    (models / "fo-f1-s42.state.pt").write_bytes(b"an interrupted run")  # neither a model nor uploaded
     return tmp_path / "work"
 
 

@@ -62,3 +62,13 @@ def test_a_training_round_has_its_own_outputs_and_shares_the_inputs():
     assert paths.with_run("").oof_dir == Path("/w/oof") and paths.with_run("").cv_json == Path("/w/cv.json")
     weights = P.Paths(Path("/d"), Path("/w"), Path("/kaggle/input/weights"), run="denoised")
     assert weights.models_dir == Path("/kaggle/input/weights")  # a weights dataset wins, as in round 1
+
+
+def test_an_interrupted_runs_resume_state_is_not_a_checkpoint(tmp_path):
+    paths = P.Paths(data_dir=tmp_path, work_dir=tmp_path / "work")
+    paths.models_dir.mkdir(parents=True)
+    finished, running = paths.checkpoint("sp1", 0, 42), paths.checkpoint("fo", 1, 42)
+    finished.write_bytes(b"")
+    P.resume_state(running).write_bytes(b"")
+    assert P.resume_state(running).name == "fo-f1-s42.state.pt"
+    assert paths.checkpoints() == [finished]
