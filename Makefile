@@ -117,6 +117,7 @@ KAGGLE ?= kaggle
 KAGGLE_USER ?= $(shell $(PY) -m kaggle_utils.kaggle owner 2>/dev/null)
 KAGGLE_BUILD ?= $(CURDIR)/build/kaggle
 MSG ?=
+KAGGLE_POLL ?= 30
 # Extra packages the submission kernel installs offline, for Kaggle's Python and platform.
 WHEELS ?= timm pydicom pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle pyjpegls
 WHEELS_PYTHON ?= 3.11
@@ -128,9 +129,10 @@ STAGE = $(PY) -m kaggle_utils.kaggle stage --owner '$(KAGGLE_USER)' --build '$(K
 # --dir-mode zip because the CLI's default (skip) silently drops sub-folders such as kaggle_utils/.
 define publish_dataset
 	@set -eo pipefail; dir=$$($(STAGE) $(1) $(2)); id='$(KAGGLE_USER)'/$$(basename "$$dir"); \
-	if $(KAGGLE) datasets status "$$id" >/dev/null 2>&1; then \
-		echo "version $$id"; $(KAGGLE) datasets version -p "$$dir" -m "$(strip $(GIT_COMMIT) $(MSG))" --dir-mode zip; \
-	else echo "create $$id"; $(KAGGLE) datasets create -p "$$dir" --dir-mode zip; fi
+	action=$$($(PY) -m kaggle_utils.kaggle publish-action "$$id" --cli '$(KAGGLE)'); echo "$$action $$id"; \
+	if [ "$$action" = version ]; then \
+		$(KAGGLE) datasets version -p "$$dir" -m "$(strip $(GIT_COMMIT) $(MSG))" --dir-mode zip; \
+	else $(KAGGLE) datasets create -p "$$dir" --dir-mode zip; fi
 endef
 
 sync: ## Publish the kaggle_utils code and WORK_DIR/models weights datasets as KAGGLE_USER (message: commit id, MSG)
@@ -138,9 +140,11 @@ sync: ## Publish the kaggle_utils code and WORK_DIR/models weights datasets as K
 	$(call publish_dataset,code)
 	$(call publish_dataset,weights,--models '$(WORK_DIR)/models')
 
-submit: ## Push the submission kernel (notebook 04 as .ipynb; internet off, GPU, our datasets) as KAGGLE_USER
+submit: ## Wait until our datasets' new versions are ready, then push the submission kernel (notebook 04) as KAGGLE_USER
 	@$(PY) -m kaggle_utils.kaggle check
-	@set -eo pipefail; dir=$$($(STAGE) kernel); $(KAGGLE) kernels push -p "$$dir"
+	@set -eo pipefail; dir=$$($(STAGE) kernel); \
+	$(PY) -m kaggle_utils.kaggle wait-ready "$$dir/kernel-metadata.json" --cli '$(KAGGLE)' --poll $(KAGGLE_POLL); \
+	$(KAGGLE) kernels push -p "$$dir"
 
 wheels: ## pip download WHEELS for Kaggle's Python (WHEELS_PYTHON) and publish them as the wheels dataset
 	@$(PY) -m kaggle_utils.kaggle check

@@ -9,6 +9,8 @@ user's ``kaggle.json``, else ``KAGGLE_USERNAME``.
     python -m kaggle_utils.kaggle stage code --owner me --build build/kaggle
     python -m kaggle_utils.kaggle stage weights --owner me --models work/models
     python -m kaggle_utils.kaggle stage wheels --owner me --packages timm pydicom --downloads build/kaggle/downloads
+    python -m kaggle_utils.kaggle publish-action me/rsna24-weights      # create or version
+    python -m kaggle_utils.kaggle wait-ready build/kaggle/rsna24-infer/kernel-metadata.json
 """
 
 from __future__ import annotations
@@ -17,8 +19,11 @@ import argparse
 import json
 import os
 import re
+import shlex
 import shutil
+import subprocess
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -53,23 +58,24 @@ class KaggleSetupError(RuntimeError):
 
 
 # --- credentials and owner ---------------------------------------------------------------------------
-def kaggle_json(env: Mapping[str, str] | None = None) -> Path | None:
-    """The user's ``kaggle.json`` where the CLI looks for it: ``$KAGGLE_CONFIG_DIR``, ``~/.kaggle``,
-    ``~/.config/kaggle``."""
+def config_folders(env: Mapping[str, str] | None = None) -> list[Path]:
+    """Where the CLI looks for its credential files: ``$KAGGLE_CONFIG_DIR``, ``~/.kaggle``, ``~/.config/kaggle``."""
     env = os.environ if env is None else env
     home = Path(env.get("HOME") or Path.home())
     folders = [Path(env["KAGGLE_CONFIG_DIR"])] if env.get("KAGGLE_CONFIG_DIR") else []
-    for folder in (*folders, home / ".kaggle", home / ".config" / "kaggle"):
-        if (folder / "kaggle.json").is_file():
-            return folder / "kaggle.json"
-    return None
+    return [*folders, home / ".kaggle", home / ".config" / "kaggle"]
+
+
+def kaggle_json(env: Mapping[str, str] | None = None) -> Path | None:
+    """The user's ``kaggle.json`` in the first of the CLI's folders that has one."""
+    return next((f / "kaggle.json" for f in config_folders(env) if (f / "kaggle.json").is_file()), None)
 
 
 def has_credentials(env: Mapping[str, str] | None = None) -> bool:
     """True when the CLI has something to authenticate with: a token, a key pair or ``kaggle.json``."""
     env = os.environ if env is None else env
-    home = Path(env.get("HOME") or Path.home())
-    token_file = any((home / ".kaggle" / name).is_file() for name in ("access_token", "access_token.txt"))
+    names = ("access_token", "access_token.txt")
+    token_file = any((folder / name).is_file() for folder in config_folders(env) for name in names)
     key_pair = bool(env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"))
     return bool(env.get("KAGGLE_API_TOKEN")) or token_file or key_pair or kaggle_json(env) is not None
 
@@ -206,6 +212,53 @@ def stage_kernel(owner: str, build: Path = DEFAULT_BUILD_DIR, source: Path = KER
     return out
 
 
+# --- dataset status ----------------------------------------------------------------------------------
+def dataset_status(dataset_id: str, cli: str = "kaggle") -> str:
+    """What ``kaggle datasets status`` says of ``dataset_id`` (``ready``, ``pending``, ...), or ``missing`` when
+    Kaggle has no such dataset. Any other failure (no CLI, a CLI that crashes, no network) raises with its output,
+    so that it is never mistaken for a dataset still to be created."""
+    command = [*shlex.split(cli), "datasets", "status", dataset_id]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    except FileNotFoundError as error:
+        raise KaggleSetupError(f"the Kaggle CLI {cli!r} was not found: `pip install kaggle six`") from error
+    except subprocess.TimeoutExpired as error:
+        raise KaggleSetupError(f"`{shlex.join(command)}` gave no answer in 5 minutes (no network?)") from error
+    output = (done.stdout + done.stderr).strip()
+    if done.returncode == 0 and done.stdout.strip():
+        return done.stdout.strip().splitlines()[-1].strip().lower()
+    if "404" in output or "Not Found" in output:
+        return "missing"
+    raise KaggleSetupError(f"`{shlex.join(command)}` failed (exit {done.returncode}): {output[-800:] or 'no output'}")
+
+
+def kernel_datasets(kernel_metadata: Path) -> list[str]:
+    """The datasets a staged kernel mounts, from its rendered metadata."""
+    return list(json.loads(Path(kernel_metadata).read_text())["dataset_sources"])
+
+
+def wait_until_ready(dataset_ids: list[str], cli: str = "kaggle", timeout: float = 1800, poll: float = 30) -> None:
+    """Return once every dataset's newest version is ready, saying which it waits for: a kernel pushed earlier
+    would mount the previous versions."""
+    deadline = time.monotonic() + timeout
+    waiting = list(dataset_ids)
+    while True:
+        states = {dataset: dataset_status(dataset, cli) for dataset in waiting}
+        missing = [d for d, state in states.items() if state == "missing"]
+        if missing:
+            raise KaggleSetupError(
+                f"the kernel mounts datasets that do not exist yet: {missing} (make sync, make wheels)"
+            )
+        waiting = [d for d, state in states.items() if state != "ready"]
+        if not waiting:
+            print(f"datasets ready: {', '.join(dataset_ids)}", file=sys.stderr)
+            return
+        if time.monotonic() > deadline:
+            raise KaggleSetupError(f"still not ready after {timeout:.0f} s: {states}")
+        print(f"waiting for Kaggle to process {', '.join(f'{d} ({states[d]})' for d in waiting)}", file=sys.stderr)
+        time.sleep(poll)
+
+
 # --- command line ------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -219,6 +272,14 @@ def main(argv: list[str] | None = None) -> int:
     stage.add_argument("--models", type=Path, default=DEFAULT_WORK_DIR / "models", help="checkpoints (weights)")
     stage.add_argument("--packages", nargs="*", default=[], help="requirements (wheels)")
     stage.add_argument("--downloads", type=Path, default=DEFAULT_BUILD_DIR / "downloads", help="pip download dir")
+    action = commands.add_parser("publish-action", help="print `create` or `version` for a dataset id")
+    action.add_argument("dataset")
+    wait = commands.add_parser("wait-ready", help="wait until the datasets a staged kernel mounts are ready")
+    wait.add_argument("kernel_metadata", type=Path, help="the staged kernel-metadata.json")
+    wait.add_argument("--timeout", type=float, default=1800)
+    wait.add_argument("--poll", type=float, default=30)
+    for command in (action, wait):
+        command.add_argument("--cli", default="kaggle", help="the Kaggle CLI command")
     args = parser.parse_args(argv)
     try:
         return _run(args)
@@ -233,6 +294,12 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "check":
         require_credentials()
+        return 0
+    if args.command == "publish-action":
+        print("create" if dataset_status(args.dataset, args.cli) == "missing" else "version")
+        return 0
+    if args.command == "wait-ready":
+        wait_until_ready(kernel_datasets(args.kernel_metadata), args.cli, args.timeout, args.poll)
         return 0
     owner = args.owner or kaggle_user()
     staged = {

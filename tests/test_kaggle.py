@@ -120,10 +120,13 @@ def test_owner_comes_from_kaggle_user_or_the_environment(tmp_path, work):
     assert [c["metadata"]["id"] for c in uploads(tmp_path)] == [f"team-x/{CODE_DATASET}", f"team-x/{WEIGHTS_DATASET}"]
 
 
+OUR_DATASETS = ",".join(f"tester/{slug}" for slug in (CODE_DATASET, WEIGHTS_DATASET, WHEELS_DATASET))
+
+
 def test_submit_pushes_the_offline_kernel(tmp_path, home, work):
-    result = make("submit", tmp_path, home)
+    result = make("submit", tmp_path, home, FAKE_KAGGLE_EXISTING=OUR_DATASETS)
     assert result.returncode == 0, result.stdout + result.stderr
-    (push,) = calls(tmp_path)
+    (push,) = uploads(tmp_path)
     assert push["argv"][:2] == ["kernels", "push"]
     meta = push["metadata"]
     assert meta["id"] == f"tester/{KERNEL_SLUG}" and len(meta["title"]) >= 5
@@ -238,3 +241,40 @@ def test_paths_in_a_kernel_read_checkpoints_from_the_weights_dataset(tmp_path, m
     (wheels / "requirements.txt").write_text("timm==1.0.31\n")
     assert wheels_requirements() == wheels / "requirements.txt"
     assert Paths(tmp_path / "d", tmp_path / "w").models_dir == tmp_path / "w" / "models"  # local runs: unchanged
+
+
+@pytest.mark.parametrize("folder", ["config_dir", ".kaggle", ".config/kaggle"])
+def test_an_access_token_counts_in_every_folder_the_cli_reads(tmp_path, folder):
+    home, config_dir = tmp_path / "home", tmp_path / "config_dir"
+    env = {"HOME": str(home), "KAGGLE_CONFIG_DIR": str(config_dir)}
+    assert not kaggle.has_credentials(env)
+    token = (config_dir if folder == "config_dir" else home / folder) / "access_token"
+    token.parent.mkdir(parents=True)
+    token.write_text("a-token")
+    assert kaggle.has_credentials(env)
+
+
+def test_submit_waits_until_the_new_dataset_versions_are_ready(tmp_path, home, work):
+    weights = f"tester/{WEIGHTS_DATASET}"
+    result = make(
+        "submit", tmp_path, home, "KAGGLE_POLL=0", FAKE_KAGGLE_EXISTING=OUR_DATASETS, FAKE_KAGGLE_PENDING=f"{weights}:2"
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"waiting for Kaggle to process {weights} (pending)" in result.stderr
+    argvs = [c["argv"][:2] for c in calls(tmp_path)]
+    assert argvs.count(["datasets", "status"]) == 3 + 2 and argvs[-1] == ["kernels", "push"]
+
+
+def test_submit_refuses_a_kernel_whose_datasets_do_not_exist(tmp_path, home, work):
+    result = make("submit", tmp_path, home, FAKE_KAGGLE_EXISTING=f"tester/{CODE_DATASET}")
+    assert result.returncode != 0 and "do not exist" in result.stderr and WEIGHTS_DATASET in result.stderr
+    assert not uploads(tmp_path)
+
+
+def test_a_cli_that_fails_is_shown_not_taken_for_a_missing_dataset(tmp_path, home, work):
+    result = make("sync", tmp_path, home, FAKE_KAGGLE_CRASH="1")
+    assert result.returncode != 0
+    assert "No module named 'six'" in result.stderr and "datasets status" in result.stderr
+    assert not uploads(tmp_path)  # no "create" that would then fail with "already exists"
+    missing_cli = make("sync", tmp_path, home, "KAGGLE=no-such-kaggle-cli")
+    assert missing_cli.returncode != 0 and "pip install kaggle six" in missing_cli.stderr
