@@ -118,9 +118,12 @@ KAGGLE_USER ?= $(shell $(PY) -m kaggle_utils.kaggle owner 2>/dev/null)
 KAGGLE_BUILD ?= $(CURDIR)/build/kaggle
 MSG ?=
 KAGGLE_POLL ?= 30
-# Extra packages the submission kernel installs offline, for Kaggle's Python and platform.
-WHEELS ?= timm pydicom pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle pyjpegls
-WHEELS_PYTHON ?= 3.11
+# What the submission kernel may install offline (only where Kaggle's image lacks it or has it too old), at the
+# versions installed here, for every Python Kaggle's image has had (3.11; 3.12 since December 2025; 3.13 on Colab).
+# Platforms up to glibc 2.34: Kaggle's image is Ubuntu 22.04 (glibc 2.35).
+WHEELS ?= timm pydicom kornia kornia-rs pylibjpeg pylibjpeg-libjpeg pylibjpeg-openjpeg pylibjpeg-rle pyjpegls
+WHEELS_PYTHONS ?= 3.11 3.12 3.13
+WHEELS_PLATFORMS := manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_28_x86_64 manylinux_2_31_x86_64 manylinux_2_34_x86_64
 PIP ?= $(PY) -m pip
 GIT_COMMIT = $(shell git rev-parse --short HEAD 2>/dev/null || echo no-git)$(if $(shell git status --porcelain 2>/dev/null),-dirty)
 STAGE = $(PY) -m kaggle_utils.kaggle stage --owner '$(KAGGLE_USER)' --build '$(KAGGLE_BUILD)'
@@ -146,10 +149,13 @@ submit: ## Wait until our datasets' new versions are ready, then push the submis
 	$(PY) -m kaggle_utils.kaggle wait-ready "$$dir/kernel-metadata.json" --cli '$(KAGGLE)' --poll $(KAGGLE_POLL); \
 	$(KAGGLE) kernels push -p "$$dir"
 
-wheels: ## pip download WHEELS for Kaggle's Python (WHEELS_PYTHON) and publish them as the wheels dataset
+wheels: ## pip download WHEELS as installed here for WHEELS_PYTHONS and publish them as the wheels dataset
 	@$(PY) -m kaggle_utils.kaggle check
-	$(PIP) download --dest '$(KAGGLE_BUILD)/downloads' --no-deps --only-binary=:all: \
-		--python-version $(WHEELS_PYTHON) --platform manylinux2014_x86_64 --platform manylinux_2_28_x86_64 $(WHEELS)
+	@set -eo pipefail; pins=$$($(PY) -m kaggle_utils.kaggle pins $(WHEELS)); echo "pins: $$pins"; \
+	for python in $(WHEELS_PYTHONS); do \
+		$(PIP) download --dest '$(KAGGLE_BUILD)/downloads' --no-deps --only-binary=:all: --python-version $$python \
+			$(addprefix --platform ,$(WHEELS_PLATFORMS)) $$pins; \
+	done
 	$(call publish_dataset,wheels,--downloads '$(KAGGLE_BUILD)/downloads' --packages $(WHEELS))
 
 clean: ## Remove WORK_DIR (outputs) and the synthetic data

@@ -9,6 +9,7 @@ user's ``kaggle.json``, else ``KAGGLE_USERNAME``.
     python -m kaggle_utils.kaggle stage code --owner me --build build/kaggle
     python -m kaggle_utils.kaggle stage weights --owner me --models work/models
     python -m kaggle_utils.kaggle stage wheels --owner me --packages timm pydicom --downloads build/kaggle/downloads
+    python -m kaggle_utils.kaggle pins timm pydicom                     # as installed here
     python -m kaggle_utils.kaggle publish-action me/rsna24-weights      # create or version
     python -m kaggle_utils.kaggle wait-ready build/kaggle/rsna24-infer/kernel-metadata.json
 """
@@ -16,9 +17,9 @@ user's ``kaggle.json``, else ``KAGGLE_USERNAME``.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import json
 import os
-import re
 import shlex
 import shutil
 import subprocess
@@ -29,7 +30,8 @@ from pathlib import Path
 from typing import Any
 
 import jupytext
-from packaging.utils import canonicalize_name, parse_wheel_filename
+from packaging.requirements import Requirement
+from packaging.utils import canonicalize_name
 
 from kaggle_utils.paths import (
     CODE_DATASET,
@@ -39,9 +41,9 @@ from kaggle_utils.paths import (
     REPO_ROOT,
     WEIGHTS_DATASET,
     WHEELS_DATASET,
-    WHEELS_REQUIREMENTS,
     finished_checkpoints,
 )
+from kaggle_utils.wheels import Wheel, write_manifest
 
 METADATA_DIR = REPO_ROOT / "datasets-metadata"
 SUBMISSION_DIR = REPO_ROOT / "submission"
@@ -51,6 +53,9 @@ DATASET_METADATA = "dataset-metadata.json"
 KERNEL_METADATA = "kernel-metadata.json"
 # The CLI uploads these unless told otherwise (spec: only .git and caches are ignored by default).
 JUNK = ("__pycache__", "*.pyc", ".ipynb_checkpoints", ".DS_Store")
+
+
+DISTRIBUTION = "kaggle-utils-rsna24"  # pyproject's project name: its metadata holds the accepted versions
 
 
 class KaggleSetupError(RuntimeError):
@@ -172,32 +177,44 @@ def stage_weights(owner: str, models: Path = DEFAULT_WORK_DIR / "models", build:
     return out
 
 
-def newest_wheel(package: str, downloads: Path) -> tuple[Path, str]:
-    """The wheel of ``package`` with the highest version in ``downloads``, and its ``name==version`` pin."""
-    wanted = canonicalize_name(re.split(r"[\s<>=!~;\[]", package.strip(), maxsplit=1)[0])
-    found = []
-    for wheel in Path(downloads).glob("*.whl"):
-        name, version, _, _ = parse_wheel_filename(wheel.name)
-        if name == wanted:
-            found.append((version, wheel))
-    if not found:
-        raise KaggleSetupError(f"no wheel of {package} in {downloads}: `pip download` it first (make wheels)")
-    version, wheel = max(found)
-    return wheel, f"{wanted}=={version}"
+def project_requirements() -> dict[str, str]:
+    """The version range the project accepts per dependency, as its installed metadata declares it."""
+    accepted = {}
+    for line in importlib.metadata.requires(DISTRIBUTION) or []:
+        requirement = Requirement(line)
+        if requirement.marker is None:  # extras such as [dev] carry a marker
+            accepted[canonicalize_name(requirement.name)] = str(requirement.specifier)
+    return accepted
+
+
+def pinned(packages: list[str]) -> list[Wheel]:
+    """Each package at the version this environment has (the one the tests ran), with the project's range."""
+    accepted = project_requirements()
+    wheels = []
+    for package in packages:
+        name = canonicalize_name(package)
+        try:
+            version = importlib.metadata.version(name)
+        except importlib.metadata.PackageNotFoundError as error:
+            raise KaggleSetupError(f"{package} is not installed here, so there is no tested version to pin") from error
+        wheels.append(Wheel(name, version, accepted.get(name, "")))
+    return wheels
 
 
 def stage_wheels(owner: str, packages: list[str], downloads: Path, build: Path = DEFAULT_BUILD_DIR) -> Path:
-    """``build/<wheels slug>/``: the newest downloaded wheel of each package and a pinned requirements file, so
-    the kernel installs exactly these versions (``--no-deps``: Kaggle's image brings the dependencies)."""
+    """``build/<wheels slug>/``: every downloaded wheel of each package at its pinned version (one per Python
+    and platform tag for compiled ones, one for pure ones) and ``wheels.json``, which the kernel installs from."""
     if not packages:
         raise KaggleSetupError("no packages given for the wheels dataset (WHEELS=...)")
     out = fresh_dir(build / WHEELS_DATASET)
-    pins = []
-    for package in packages:
-        wheel, pin = newest_wheel(package, downloads)
-        shutil.copy2(wheel, out / wheel.name)
-        pins.append(pin)
-    (out / WHEELS_REQUIREMENTS).write_text("\n".join(pins) + "\n")
+    wheels = pinned(packages)
+    for wheel in wheels:
+        files = wheel.files(downloads)
+        if not files:
+            raise KaggleSetupError(f"no wheel of {wheel.name}=={wheel.version} in {downloads}: `make wheels` first")
+        for name in files:
+            shutil.copy2(Path(downloads) / name, out / name)
+    write_manifest(out, wheels)
     write_metadata(METADATA_DIR / WHEELS_DATASET / DATASET_METADATA, out, owner)
     return out
 
@@ -272,6 +289,8 @@ def main(argv: list[str] | None = None) -> int:
     stage.add_argument("--models", type=Path, default=DEFAULT_WORK_DIR / "models", help="checkpoints (weights)")
     stage.add_argument("--packages", nargs="*", default=[], help="requirements (wheels)")
     stage.add_argument("--downloads", type=Path, default=DEFAULT_BUILD_DIR / "downloads", help="pip download dir")
+    pins = commands.add_parser("pins", help="print name==version of each package as installed here")
+    pins.add_argument("packages", nargs="+")
     action = commands.add_parser("publish-action", help="print `create` or `version` for a dataset id")
     action.add_argument("dataset")
     wait = commands.add_parser("wait-ready", help="wait until the datasets a staged kernel mounts are ready")
@@ -294,6 +313,9 @@ def _run(args: argparse.Namespace) -> int:
         return 0
     if args.command == "check":
         require_credentials()
+        return 0
+    if args.command == "pins":
+        print(" ".join(f"{w.name}=={w.version}" for w in pinned(args.packages)))
         return 0
     if args.command == "publish-action":
         print("create" if dataset_status(args.dataset, args.cli) == "missing" else "version")

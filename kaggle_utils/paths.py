@@ -25,7 +25,7 @@ WEIGHTS_DATASET = "rsna24-weights"
 WHEELS_DATASET = "rsna24-wheels"
 KERNEL_SLUG = "rsna24-infer"
 RESUME_SUFFIX = ".state.pt"  # training state of an unfinished run: never a model
-WHEELS_REQUIREMENTS = "requirements.txt"  # inside the wheels dataset: what the kernel installs from it
+WHEELS_MANIFEST = "wheels.json"  # inside the wheels dataset: what the kernel may install from it
 
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "synthetic"
 DEFAULT_WORK_DIR = REPO_ROOT / "work"
@@ -99,10 +99,10 @@ def finished_checkpoints(folder: Path) -> list[Path]:
     return sorted(p for p in Path(folder).glob("*.pt") if not p.name.endswith(RESUME_SUFFIX))
 
 
-def wheels_requirements() -> Path | None:
-    """The requirements file of the attached wheels dataset (what the kernel installs offline), or None."""
+def wheels_dataset() -> Path | None:
+    """The folder of the attached wheels dataset (what the kernel may install offline), or None."""
     found = find_dataset(WHEELS_DATASET)
-    return found / WHEELS_REQUIREMENTS if found and (found / WHEELS_REQUIREMENTS).is_file() else None
+    return found if found and (found / WHEELS_MANIFEST).is_file() else None
 
 
 def _from_env(value: str | os.PathLike | None, env_name: str, kaggle_default: Path | None, default: Path) -> Path:

@@ -16,7 +16,6 @@
 # Bootstrap: import kaggle_utils from this repository, or on Kaggle from the code dataset under /kaggle/input
 # (KAGGLE_INPUT_DIR moves it), then install the wheels dataset offline when it is attached.
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -35,14 +34,13 @@ def package_root() -> Path:
 # The copy found here wins over an installed one, so a kernel runs the code dataset it was given.
 sys.path.insert(0, str(package_root()))
 import kaggle_utils
-from kaggle_utils.paths import wheels_requirements
+from kaggle_utils.paths import wheels_dataset
 
 print(f"kaggle_utils from {Path(kaggle_utils.__file__).parent}")
-requirements = wheels_requirements()
-if requirements is not None:  # internet is off in a submission: pip reads only the attached wheels, pinned
-    wheels = str(requirements.parent)
-    pip = [sys.executable, "-m", "pip", "install", "--quiet", "--no-index", "--no-deps", "--find-links", wheels]
-    subprocess.check_call([*pip, "-r", str(requirements)])
+if wheels_dataset() is not None:  # internet is off in a submission: only what the image lacks, from the wheels
+    from kaggle_utils.wheels import install_offline
+
+    print(f"installed offline: {install_offline(wheels_dataset()) or 'nothing (the image has it all)'}")
 
 # %% tags=["parameters"]
 DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)

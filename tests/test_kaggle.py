@@ -4,6 +4,7 @@ simulated ``/kaggle/input``."""
 
 from __future__ import annotations
 
+import importlib.metadata
 import json
 import os
 import shutil
@@ -14,6 +15,7 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+from wheelhouse import build_wheel, pip_resolves
 
 from kaggle_utils import kaggle
 from kaggle_utils.constants import LABEL_COLUMNS
@@ -24,11 +26,13 @@ from kaggle_utils.paths import (
     WEIGHTS_DATASET,
     WHEELS_DATASET,
     Paths,
-    wheels_requirements,
+    wheels_dataset,
 )
 from kaggle_utils.runner import run_notebook
+from kaggle_utils.wheels import Wheel, read_manifest, write_manifest
 
 REPO = Path(__file__).resolve().parent.parent
+PYTHONS = ("3.11", "3.12", "3.13")  # the Pythons of Kaggle's and Colab's images
 FAKEBIN = Path(__file__).parent / "fakebin"
 NOTEBOOKS = REPO / "notebooks"
 
@@ -137,21 +141,32 @@ def test_submit_pushes_the_offline_kernel(tmp_path, home, work):
     notebook = nbformat.read(code_file, as_version=4)
     nbformat.validate(notebook)
     assert not any(cell.get("outputs") for cell in notebook.cells)
-    assert "wheels_requirements" in notebook.cells[1].source  # the bootstrap with the offline install
+    assert "install_offline" in notebook.cells[1].source  # the bootstrap with the offline install
 
 
-def test_wheels_pins_the_downloaded_versions(tmp_path, home):
+def test_wheels_pins_the_versions_installed_here_for_every_python(tmp_path, home):
     downloads = tmp_path / "build" / "downloads"
-    downloads.mkdir(parents=True)
-    for name in ("timm-1.0.9-py3-none-any.whl", "timm-1.0.31-py3-none-any.whl", "pydicom-3.0.2-py3-none-any.whl"):
-        (downloads / name).write_bytes(b"")
-    result = make("wheels", tmp_path, home, "PIP=true", "WHEELS=timm pydicom")  # `true download ...` is a no-op
+    timm, rle = importlib.metadata.version("timm"), importlib.metadata.version("pylibjpeg-rle")
+    build_wheel(downloads, "timm", "1.0.9")  # an older release in the download folder is not shipped
+    build_wheel(downloads, "timm", timm)
+    for python in PYTHONS:
+        tag = f"cp{python.replace('.', '')}"
+        build_wheel(downloads, "pylibjpeg-rle", rle, tag=f"{tag}-{tag}-manylinux_2_17_x86_64", module="rle")
+    result = make("wheels", tmp_path, home, "PIP=true", "WHEELS=timm pylibjpeg-rle")  # `true download ...`: a no-op
     assert result.returncode == 0, result.stdout + result.stderr
+    assert f"pins: timm=={timm} pylibjpeg-rle=={rle}" in result.stdout
     (create,) = uploads(tmp_path)
     assert_dataset_metadata(create["metadata"], "tester", WHEELS_DATASET)
     staged = tmp_path / "build" / WHEELS_DATASET
-    assert (staged / "requirements.txt").read_text().split() == ["timm==1.0.31", "pydicom==3.0.2"]
+    manifest = read_manifest(staged)
+    assert [(w.name, w.version) for w in manifest] == [("timm", timm), ("pylibjpeg-rle", rle)]
+    assert manifest[0].accepts == ">=1.0.9"  # the range pyproject declares
     assert "timm-1.0.9-py3-none-any.whl" not in create["files"]
+    for python in PYTHONS:  # what the kernel's pip would pick on each of Kaggle's Pythons
+        for wheel in manifest:
+            resolved = pip_resolves(staged, python, f"{wheel.name}=={wheel.version}", tmp_path / "t")
+            assert resolved.returncode == 0, (python, resolved.stderr[-2000:])
+    assert pip_resolves(staged, "3.14", f"pylibjpeg-rle=={rle}", tmp_path / "t").returncode != 0
 
 
 @pytest.mark.parametrize("target", ["sync", "submit"])
@@ -205,14 +220,21 @@ def test_kernel_notebook_runs_in_a_simulated_kaggle(tiny_data, tmp_path):
     kaggle.stage_code("tester", root / "datasets" / "tester")
     kaggle.stage_weights("tester", work / "models", root)
     kernel = kaggle.stage_kernel("tester", tmp_path / "build")
+    wheels = root / WHEELS_DATASET  # the image has timm at an accepted version; the probe it lacks
+    build_wheel(wheels, "rsna-probe", "1.0")
+    write_manifest(wheels, [Wheel("timm", importlib.metadata.version("timm"), ">=1.0.9"), Wheel("rsna-probe", "1.0")])
 
     working = tmp_path / "working"
     kaggle_env = {"KAGGLE_KERNEL_RUN_TYPE": "Batch", "KAGGLE_INPUT_DIR": str(root), "KAGGLE_WORKING_DIR": str(working)}
+    kaggle_env["TMPDIR"] = str(tmp_path / "tmp")  # where the kernel's offline installs go
+    (tmp_path / "tmp").mkdir()
     assert not {"DATA_DIR", "WORK_DIR", "WEIGHTS_DIR"} & set(os.environ)
     executed = run_notebook(kernel / f"{KERNEL_SLUG}.ipynb", None, kaggle_env, timeout=600, echo=False)
 
     bootstrap = "".join(o.get("text", "") for o in executed.cells[1].outputs)
     assert str(root / "datasets" / "tester" / CODE_DATASET / "kaggle_utils") in bootstrap
+    assert "installed offline: ['rsna-probe==1.0']" in bootstrap
+    assert (tmp_path / "tmp" / "rsna24-site" / "rsna_probe" / "__init__.py").is_file()
     submission = pd.read_csv(working / "submission.csv")
     test_studies = pd.read_csv(tiny_data / "test_series_descriptions.csv")["study_id"].unique()
     assert len(submission) == 25 * len(test_studies)
@@ -235,11 +257,11 @@ def test_paths_in_a_kernel_read_checkpoints_from_the_weights_dataset(tmp_path, m
     resolved = Paths.resolve()
     assert resolved.data_dir == competition and resolved.work_dir == tmp_path / "working"
     assert resolved.models_dir == weights and resolved.checkpoint("fo", 0, 42) == weights / "fo-f0-s42.pt"
-    assert wheels_requirements() is None
+    assert wheels_dataset() is None
     wheels = root / WHEELS_DATASET
     wheels.mkdir()
-    (wheels / "requirements.txt").write_text("timm==1.0.31\n")
-    assert wheels_requirements() == wheels / "requirements.txt"
+    write_manifest(wheels, [Wheel("timm", "1.0.31")])
+    assert wheels_dataset() == wheels
     assert Paths(tmp_path / "d", tmp_path / "w").models_dir == tmp_path / "w" / "models"  # local runs: unchanged
 
 
