@@ -54,15 +54,22 @@ def default_device() -> torch.device:
 
 
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+NATIVE_BF16 = (8, 0)  # compute capability from which a card computes bf16 natively (Ampere: A100, then H100, ...)
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Whether ``device`` computes bf16 in hardware. Not ``torch.cuda.is_bf16_supported()``: it says True on a
+    T4 (7.5), which only emulates bf16, far slower than its fp16 tensor cores."""
+    return device.type == "cuda" and torch.cuda.get_device_capability(device) >= NATIVE_BF16
 
 
 def autocast_dtype(device: torch.device, enabled: bool, preferred: str = "auto") -> torch.dtype | None:
-    """The autocast type: None (fp32) on the CPU or when disabled; ``auto`` is bf16 on cards that support it
-    (no grad scaler needed), fp16 on older ones (T4)."""
+    """The autocast type: None (fp32) on the CPU or when disabled; ``auto`` is bf16 on cards with native bf16
+    (no grad scaler needed), fp16 with the grad scaler on older ones (T4, P100)."""
     if not enabled or device.type != "cuda":
         return None
     if preferred == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.bfloat16 if native_bf16(device) else torch.float16
     if preferred not in AMP_DTYPES:
         raise ConfigError(f"amp_dtype {preferred!r} is not one of auto, {', '.join(AMP_DTYPES)}")
     return AMP_DTYPES[preferred]
