@@ -11,6 +11,7 @@ to load instead of predicting with the wrong input.
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import json
@@ -75,6 +76,12 @@ def autocast_dtype(device: torch.device, enabled: bool, preferred: str = "auto")
     return AMP_DTYPES[preferred]
 
 
+def inference_precision(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractContextManager:
+    """Autocast for prediction as in training (fp16 on a T4, bf16 on cards with it natively); fp32 on the CPU."""
+    dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
 def git_commit() -> str:
     try:
         out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True)
@@ -128,7 +135,8 @@ class KeypointTask:
     @torch.no_grad()
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         image, mask, _ = self.inputs(batch, train=False)
-        return model(image, mask).float()
+        with inference_precision(self.device, self.cfg):
+            return model(image, mask).float()
 
     @torch.no_grad()
     def evaluate(self, model: nn.Module, loader: Any) -> tuple[dict[str, float], pd.DataFrame]:
@@ -214,7 +222,9 @@ class ClassifierTask:
     def predict(self, model: nn.Module, batch: dict, angles: tuple[float, ...] = (0.0,)) -> torch.Tensor:
         """Probabilities (B, 5, R, 3), averaged over the TTA rotations (all in one forward pass)."""
         image, mask, _ = self.inputs(batch, train=False, angles=angles)
-        probs = model(image, mask)["logits"].float().softmax(-1)
+        with inference_precision(self.device, self.cfg):
+            logits = model(image, mask)["logits"]
+        probs = logits.float().softmax(-1)
         return probs.reshape(-1, len(angles), *probs.shape[1:]).mean(1)
 
     @torch.no_grad()
@@ -624,4 +634,8 @@ def load_checkpoint(path: Path, device: torch.device | None = None) -> tuple[nn.
         raise RuntimeError(
             f"{path}: weights do not match the model its sidecar describes ({cfg.name}): {error}"
         ) from error
-    return model.to(device or default_device()).eval(), cfg, sidecar
+    device = device or default_device()
+    model = model.to(device).eval()
+    if cfg.channels_last and device.type == "cuda":
+        model = model.to(memory_format=torch.channels_last)
+    return model, cfg, sidecar
