@@ -99,12 +99,13 @@ def pip_install(wheel: Wheel, folder: Path, target: Path) -> str | None:
     return lines[-1] if lines else f"pip exited {done.returncode}"
 
 
-def importable(module: str) -> bool:
+def import_error(module: str) -> str | None:
+    """Why ``module`` cannot be imported (a dependency of it may be what is missing), or None when it can."""
     try:
         importlib.import_module(module)
-    except ImportError:
-        return False
-    return True
+    except ImportError as error:
+        return str(error)
+    return None
 
 
 def install_offline(folder: Path, target: Path = INSTALL_DIR) -> list[str]:
@@ -127,10 +128,11 @@ def install_offline(folder: Path, target: Path = INSTALL_DIR) -> list[str]:
             print(
                 f"warning: {wheel.name}=={wheel.version} not installed on Python {python}: {problem}", file=sys.stderr
             )
-        if importable(wheel.module):
+        error = import_error(wheel.module)
+        if error is None:
             continue
         found = ", ".join(wheel.files(folder)) or "none"
-        line = f"cannot import {wheel.module} ({wheel.name} {wheel.accepts or ''}) on Python {python}; wheels: {found}"
+        line = f"cannot import {wheel.module} ({error}) on Python {python}; wheels of {wheel.name}: {found}"
         if not wheel.optional:
             raise MissingModuleError(line + (f"; pip: {problem}" if problem else ""))
         print(f"warning: {line} (compressed DICOMs of that syntax will not decode)", file=sys.stderr)
