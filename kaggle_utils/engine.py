@@ -11,7 +11,6 @@ to load instead of predicting with the wrong input.
 
 from __future__ import annotations
 
-import contextlib
 import csv
 import dataclasses
 import json
@@ -76,10 +75,14 @@ def autocast_dtype(device: torch.device, enabled: bool, preferred: str = "auto")
     return AMP_DTYPES[preferred]
 
 
-def inference_precision(device: torch.device, cfg: TrainConfig) -> contextlib.AbstractContextManager:
-    """Autocast for prediction as in training (fp16 on a T4, bf16 on cards with it natively); fp32 on the CPU."""
-    dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
-    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+def mixed_precision(device: torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    """Autocast to ``dtype`` (from ``autocast_dtype``) on ``device``; None runs fp32, as on the CPU."""
+    return torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None)
+
+
+def inference_precision(device: torch.device, cfg: TrainConfig) -> torch.autocast:
+    """Prediction in the training's precision: fp16 on a T4, bf16 on cards with it natively, fp32 on the CPU."""
+    return mixed_precision(device, autocast_dtype(device, cfg.amp, cfg.amp_dtype))
 
 
 def git_commit() -> str:
@@ -275,8 +278,7 @@ def train_step(
     grad_clip: float,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One optimizer step (augmentation included): returns the loss and the gradient norm before clipping."""
-    device_type = task.device.type
-    with torch.autocast(device_type, dtype=dtype or torch.float32, enabled=dtype is not None):
+    with mixed_precision(task.device, dtype):
         loss, _ = task.loss(model, batch, train=True)
     optimizer.zero_grad(set_to_none=True)
     scaler.scale(loss).backward()
@@ -290,10 +292,13 @@ def train_step(
 def prepare_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
     """The config's model on ``device``: the same initial weights in every process, channels_last on a GPU."""
     seed_everything(cfg.seed)
-    model = build_model(cfg).to(device)
-    if cfg.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model
+    return place_model(build_model(cfg), cfg, device)
+
+
+def place_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
+    """``model`` on ``device``, channels_last on a GPU when the config asks for it."""
+    model = model.to(device)
+    return model.to(memory_format=torch.channels_last) if cfg.channels_last and device.type == "cuda" else model
 
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
@@ -369,11 +374,6 @@ def set_rng_state(state: dict) -> None:
         torch.cuda.set_rng_state_all(state["cuda"])
 
 
-def resume_path(checkpoint: Path) -> Path:
-    """The resume state of a run in progress, beside its future checkpoint; removed when the run ends."""
-    return resume_state(checkpoint)
-
-
 def _restore(trainer: Trainer, cfg: TrainConfig, path: Path, ctx: distributed.Context) -> None:
     """Continue from ``path`` when it holds this run's state; a state of another config is discarded."""
     if not (cfg.resume and path.exists()):
@@ -438,7 +438,7 @@ def fit(
         torch.amp.GradScaler(device.type, enabled=dtype == torch.float16),
         CurveLog(checkpoint.with_suffix(".log.csv")),
     )
-    state_path = resume_path(checkpoint)
+    state_path = resume_state(checkpoint)
     _restore(trainer, cfg, state_path, ctx)
     val_batches = batches if cfg.overfit_batch else DeviceBatches(_limit(val_loader, cfg), device)
 
@@ -634,8 +634,4 @@ def load_checkpoint(path: Path, device: torch.device | None = None) -> tuple[nn.
         raise RuntimeError(
             f"{path}: weights do not match the model its sidecar describes ({cfg.name}): {error}"
         ) from error
-    device = device or default_device()
-    model = model.to(device).eval()
-    if cfg.channels_last and device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
-    return model, cfg, sidecar
+    return place_model(model, cfg, device or default_device()).eval(), cfg, sidecar

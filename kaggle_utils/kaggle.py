@@ -53,8 +53,6 @@ DATASET_METADATA = "dataset-metadata.json"
 KERNEL_METADATA = "kernel-metadata.json"
 # The CLI uploads these unless told otherwise (spec: only .git and caches are ignored by default).
 JUNK = ("__pycache__", "*.pyc", ".ipynb_checkpoints", ".DS_Store")
-
-
 DISTRIBUTION = "kaggle-utils-rsna24"  # pyproject's project name: its metadata holds the accepted versions
 
 

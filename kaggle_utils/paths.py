@@ -90,7 +90,7 @@ def find_dataset(slug: str, root: Path | None = None, max_depth: int = 3) -> Pat
 
 
 def resume_state(checkpoint: Path) -> Path:
-    """Where the resume state of a run in progress sits, beside its future checkpoint."""
+    """The resume state of a run in progress, beside its future checkpoint; removed when the run ends."""
     return checkpoint.with_suffix(RESUME_SUFFIX)
 
 

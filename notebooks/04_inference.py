@@ -37,10 +37,11 @@ import kaggle_utils
 from kaggle_utils.paths import wheels_dataset
 
 print(f"kaggle_utils from {Path(kaggle_utils.__file__).parent}")
-if wheels_dataset() is not None:  # internet is off in a submission: only what the image lacks, from the wheels
+wheels = wheels_dataset()
+if wheels is not None:  # internet is off in a submission: only what the image lacks, from the attached wheels
     from kaggle_utils.wheels import install_offline
 
-    print(f"installed offline: {install_offline(wheels_dataset()) or 'nothing (the image has it all)'}")
+    print(f"installed offline: {install_offline(wheels) or 'nothing (the image has it all)'}")
 
 # %% tags=["parameters"]
 DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)

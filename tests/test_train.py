@@ -17,9 +17,9 @@ import torch
 
 from kaggle_utils import train
 from kaggle_utils.config import TrainConfig, preset
-from kaggle_utils.engine import KeypointTask, fit, load_checkpoint, prepare_model, resume_path
+from kaggle_utils.engine import KeypointTask, fit, load_checkpoint, prepare_model
 from kaggle_utils.loader import BatchLoader
-from kaggle_utils.paths import Paths
+from kaggle_utils.paths import Paths, resume_state
 
 CPU = torch.device("cpu")
 
@@ -69,7 +69,7 @@ def test_an_interrupted_run_resumes_to_the_weights_of_an_uninterrupted_one(prepa
     with pytest.raises(KeyboardInterrupt):
         _fit(paths, cfg, interrupt_at=2)
     checkpoint = paths.checkpoint(cfg.name, 0, cfg.seed)
-    state = resume_path(checkpoint)
+    state = resume_state(checkpoint)
     assert state.exists() and not checkpoint.exists()
     resumed = _fit(paths, cfg)
 
