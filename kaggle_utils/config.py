@@ -36,6 +36,9 @@ class PreprocessConfig:
     t1_height_mult: float = 1.0  # half-height of a T1 crop, in median level spacings
     n_folds: int = 4
     fold_seed: int = 42
+    # The solution's metadata files, each a path or a bare name looked for in DATA_DIR and the attached datasets.
+    keypoints_file: str = ""  # corrected keypoints; "" = coords_v7.csv or coords_rsna_improved.csv where found
+    folds_file: str = ""  # the solution's metadata.csv, to train on its folds; "" = the project's own folds
     num_workers: int = 2
 
 
@@ -52,6 +55,7 @@ class TrainConfig:
     backbone: str = "hgnetv2_b5.ssld_stage2_ft_in1k"
     pretrained: bool = True
     weights_file: str = ""  # local pretrained backbone weights (.safetensors/.pth); Kaggle has no hub access
+    init_checkpoint: str = ""  # start from all the weights of a finished checkpoint of ours (*.pt), to fine-tune
     drop_path_rate: float = 0.2
     fc_dropout: float = 0.05
     batch_size: int = 32

@@ -58,6 +58,9 @@ PLANES: dict[str, str] = {"t1": SAGITTAL_T1, "t2": SAGITTAL_T2}
 TTA_ANGLES: tuple[float, ...] = (0.0, -15.0, 15.0, -10.0, 10.0, -5.0, 5.0, -20.0, 20.0)
 """Stage-2 test-time rotations in degrees, in the solution's order (index 0 is the plain view)."""
 
+ALL_STUDIES_FOLD = -1
+"""The fold of a final model: trained on every training study, without validation (what a submission uses)."""
+
 N_KEYPOINTS = 2 * len(LEVELS)
 """Stage 1 predicts two points per level: T1 the two foramina, T2 the front and back of the disc."""
 

@@ -15,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from kaggle_utils.constants import ALL_STUDIES_FOLD
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 KAGGLE_INPUT = Path("/kaggle/input")
 KAGGLE_WORKING = Path("/kaggle/working")
@@ -30,15 +32,19 @@ WHEELS_MANIFEST = "wheels.json"  # inside the wheels dataset: what the kernel ma
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "synthetic"
 DEFAULT_WORK_DIR = REPO_ROOT / "work"
 
-# File names of the competition layout (plus the two optional extras this project reads).
+# File names of the competition layout.
 TRAIN_CSV = "train.csv"
 TRAIN_SERIES_CSV = "train_series_descriptions.csv"
 TEST_SERIES_CSV = "test_series_descriptions.csv"
 TRAIN_COORDINATES_CSV = "train_label_coordinates.csv"
 SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
-COORDS_PRETRAIN_CSV = "coords_pretrain.csv"
 TEST_LABELS_CSV = "test_labels.csv"  # hidden test labels; only the synthetic data has them
 LABEL_FLIPS_CSV = "label_flips.csv"  # train.csv cells the synthetic generator flipped on purpose (--label-noise)
+
+# The solution's metadata files, read by their own names from DATA_DIR or from any attached Kaggle dataset.
+COORDS_V7_CSV = "coords_v7.csv"  # corrected sagittal keypoints, 10 per series (the solution's metadata dataset)
+COORDS_IMPROVED_CSV = "coords_rsna_improved.csv"  # the same points per condition (the coordinate-pretraining dataset)
+SOLUTION_METADATA_CSV = "metadata.csv"  # the solution's series and folds (study_id, series_id, ..., fold)
 
 
 def kaggle_input() -> Path:
@@ -87,6 +93,16 @@ def find_dataset(slug: str, root: Path | None = None, max_depth: int = 3) -> Pat
         if hits:
             return hits[0]
     return None
+
+
+def find_metadata(name: str, data_dir: Path) -> Path | None:
+    """A metadata file by name: ``data_dir/name``, else the shallowest ``name`` in an attached Kaggle dataset
+    (datasets are read-only folders of their own there, never inside the competition folder)."""
+    if (data_dir / name).is_file():
+        return data_dir / name
+    root = kaggle_input()
+    found = find_under(root, name) if root.is_dir() else None
+    return found / name if found is not None else None
 
 
 def resume_state(checkpoint: Path) -> Path:
@@ -194,8 +210,9 @@ class Paths:
         return self.weights_dir or self.run_dir / "models"
 
     def checkpoint(self, preset: str, fold: int, seed: int) -> Path:
-        """Model weights ``models/{preset}-f{fold}-s{seed}.pt``; the JSON sidecar sits beside it."""
-        return self.models_dir / f"{preset}-f{fold}-s{seed}.pt"
+        """Model weights ``models/{preset}-f{fold}-s{seed}.pt`` (``{preset}-all-s{seed}.pt`` for a final model of
+        fold -1, trained on every study); the JSON sidecar sits beside it."""
+        return self.models_dir / f"{preset}-{'all' if fold == ALL_STUDIES_FOLD else f'f{fold}'}-s{seed}.pt"
 
     def checkpoints(self) -> list[Path]:
         """The finished checkpoints in ``models/``, sorted; an interrupted run's resume state is not one."""

@@ -362,9 +362,13 @@ rotated and resized in the solution's two steps instead of one combined warp; 3:
 spacing measured between the midpoints of the two foramina)."""
 
 
+_KEYLESS_FIELDS = ("num_workers", "n_folds", "fold_seed", "folds_file")
+"""Preprocessing fields that do not change any cached array."""
+
+
 def params_key(cfg: PreprocessConfig) -> str:
     """A short hash of the parameters that change the cached arrays, and of :data:`ARRAYS_VERSION`."""
-    relevant = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("num_workers", "n_folds", "fold_seed")}
+    relevant = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in _KEYLESS_FIELDS}
     relevant["arrays_version"] = ARRAYS_VERSION
     return hashlib.sha1(json.dumps(relevant, sort_keys=True).encode()).hexdigest()[:10]
 

@@ -57,7 +57,7 @@ from kaggle_utils.constants import (
 )
 from kaggle_utils.dicom import slice_normal, world_to_pixel
 from kaggle_utils.paths import (
-    COORDS_PRETRAIN_CSV,
+    COORDS_V7_CSV,
     LABEL_FLIPS_CSV,
     SAMPLE_SUBMISSION_CSV,
     TEST_LABELS_CSV,
@@ -962,7 +962,7 @@ class StudyRecord:
     label: dict
     series: list[dict] = field(default_factory=list)
     coordinates: list[dict] = field(default_factory=list)
-    pretrain: list[dict] = field(default_factory=list)
+    corrected: list[dict] = field(default_factory=list)
 
 
 def _label_coordinates(study_id: int, ph: Phantom, plans: dict[str, SeriesPlan], missing: np.ndarray) -> list[dict]:
@@ -988,7 +988,7 @@ def _label_coordinates(study_id: int, ph: Phantom, plans: dict[str, SeriesPlan],
     return rows
 
 
-def _pretrain_coordinates(study_id: int, ph: Phantom, plans: dict[str, SeriesPlan]) -> list[dict]:
+def _corrected_coordinates(study_id: int, ph: Phantom, plans: dict[str, SeriesPlan]) -> list[dict]:
     """Two points per level per sagittal series: T1 left/right foramen, T2 front/back of the disc."""
     rows = []
     for description in (SAGITTAL_T1, SAGITTAL_T2):
@@ -1037,7 +1037,7 @@ def make_study(task: StudyTask) -> StudyRecord:
         )
     if task.split == TRAIN:
         record.coordinates = _label_coordinates(task.study_id, ph, plans, missing)
-        record.pretrain = _pretrain_coordinates(task.study_id, ph, plans)
+        record.corrected = _corrected_coordinates(task.study_id, ph, plans)
     return record
 
 
@@ -1049,7 +1049,7 @@ _OUTPUT_FILES = (
     TRAIN_SERIES_CSV,
     TEST_SERIES_CSV,
     TRAIN_COORDINATES_CSV,
-    COORDS_PRETRAIN_CSV,
+    COORDS_V7_CSV,
     SAMPLE_SUBMISSION_CSV,
     TEST_LABELS_CSV,
     LABEL_FLIPS_CSV,
@@ -1111,7 +1111,7 @@ def _write_tables(
     label_columns = ["study_id", *LABEL_COLUMNS]
     series_columns = ["study_id", "series_id", "series_description"]
     coordinate_columns = ["study_id", "series_id", "instance_number", "condition", "level", "x", "y"]
-    pretrain_columns = ["study_id", "series_id", "level", "side", "relative_x", "relative_y"]
+    corrected_columns = ["study_id", "series_id", "level", "side", "relative_x", "relative_y"]
 
     def table(rows: list[dict], columns: list[str], name: str) -> None:
         pd.DataFrame(rows, columns=columns).to_csv(out_dir / name, index=False)
@@ -1125,7 +1125,7 @@ def _write_tables(
     table([s for r in train for s in r.series], series_columns, TRAIN_SERIES_CSV)
     table([s for r in test for s in r.series], series_columns, TEST_SERIES_CSV)
     table([c for r in train for c in r.coordinates], coordinate_columns, TRAIN_COORDINATES_CSV)
-    table([c for r in train for c in r.pretrain], pretrain_columns, COORDS_PRETRAIN_CSV)
+    table([c for r in train for c in r.corrected], corrected_columns, COORDS_V7_CSV)
     submission = [
         {"row_id": row_id(r.label["study_id"], column), **dict.fromkeys(SEVERITY_COLUMNS, 1 / 3)}
         for r in test

@@ -1,17 +1,21 @@
 """The hand-off tables of the pipeline: series index, folds, targets and keypoints, each schema-checked.
 
 The solution read these from a metadata dataset it did not build; here they are built from the
-competition files (plus ``coords_pretrain.csv`` when present) and written to ``WORK_DIR/tables``.
+competition files and written to ``WORK_DIR/tables``. The solution's own metadata files are read by their
+names and columns when present (``coords_v7.csv`` or ``coords_rsna_improved.csv`` for corrected keypoints,
+``metadata.csv`` for its folds, when asked), and a file with other columns is named with the columns expected.
 """
 
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from kaggle_utils import paths as P
+from kaggle_utils.config import PreprocessConfig
 from kaggle_utils.constants import (
     CONDITION_TITLES,
     CONDITIONS,
@@ -20,9 +24,11 @@ from kaggle_utils.constants import (
     IGNORE_INDEX,
     LABEL_COLUMNS,
     LEVEL_NAMES,
+    LEVELS,
     PLANES,
     SEVERITIES,
     SEVERITY_COLUMNS,
+    condition_family,
 )
 from kaggle_utils.dicom import read_header
 from kaggle_utils.preprocess import sort_level_points
@@ -39,6 +45,18 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
 """Columns every table must have (extra columns are allowed)."""
 
 PLANE_OF_DESCRIPTION = {description: plane for plane, description in PLANES.items()}
+
+KEYPOINT_FILES: dict[str, tuple[str, ...]] = {
+    P.COORDS_V7_CSV: ("series_id", "level", "side", "relative_x", "relative_y"),
+    P.COORDS_IMPROVED_CSV: ("series_id", "condition", "level", "side", "relative_x", "relative_y"),
+}
+"""Corrected keypoint files by name, in the order they are looked for, and the columns read from each."""
+
+SOLUTION_FOLD_COLUMNS = ("study_id", "fold")
+"""Columns read from the solution's ``metadata.csv`` (one row per series, all of a study's in one fold)."""
+
+PLANE_FAMILY = {"t1": "foraminal", "t2": "spinal"}
+"""The condition family whose points a plane's series carry in a per-condition keypoint file."""
 
 
 class TableError(ValueError):
@@ -65,6 +83,31 @@ def load_table(paths: P.Paths, name: str) -> pd.DataFrame:
     if not path.exists():
         raise TableError(f"{path} does not exist: run notebooks/01_preprocess first")
     return check_schema(name, pd.read_csv(path))
+
+
+def read_metadata(path: Path, expected: tuple[str, ...], what: str) -> pd.DataFrame:
+    """A metadata CSV that must have ``expected`` columns; otherwise the error names the file, what it should
+    be and the columns expected, lacking and found."""
+    table = pd.read_csv(path)
+    missing = [c for c in expected if c not in table.columns]
+    if missing:
+        raise TableError(
+            f"{path} is not {what}: expected columns {', '.join(expected)}; it lacks {', '.join(missing)} "
+            f"(its columns: {', '.join(map(str, table.columns[:12]))})"
+        )
+    return table
+
+
+def metadata_path(paths: P.Paths, value: str, field: str) -> Path:
+    """The file a config field names: a path, or a bare file name looked for in ``DATA_DIR`` and in the
+    attached Kaggle datasets."""
+    path = Path(value).expanduser()
+    found = path if path.is_file() else P.find_metadata(value, paths.data_dir) if path.name == value else None
+    if found is None:
+        raise TableError(
+            f"{field}={value!r}: no such file, nor a file of that name in {paths.data_dir} or an attached dataset"
+        )
+    return found
 
 
 def read_csv(paths: P.Paths, name: str) -> pd.DataFrame:
@@ -136,32 +179,61 @@ def load_or_make_folds(paths: P.Paths, targets: pd.DataFrame, n_folds: int, seed
     return save_table(paths, "folds", make_folds(targets, n_folds, seed))
 
 
+def solution_folds(path: Path, targets: pd.DataFrame, n_folds: int) -> pd.DataFrame:
+    """Per-study folds of the solution's ``metadata.csv``, so fold-by-fold figures compare with its own.
+
+    Every training study must have one fold there, and the file must have ``n_folds`` of them.
+    """
+    meta = read_metadata(path, SOLUTION_FOLD_COLUMNS, f"the solution's {P.SOLUTION_METADATA_CSV}")
+    per_study = meta.groupby("study_id")["fold"].agg(["min", "max"])
+    split = per_study.index[per_study["min"] != per_study["max"]]
+    if len(split):
+        raise TableError(f"{path}: {len(split)} studies have series in more than one fold: {list(split[:5])}")
+    fold_of = per_study["min"].astype(int)
+    missing = targets.loc[~targets["study_id"].isin(fold_of.index), "study_id"]
+    if len(missing):
+        raise TableError(f"{path} gives no fold to {len(missing)} training studies: {missing.head(5).tolist()}")
+    folds = pd.DataFrame({"study_id": targets["study_id"].to_numpy(), "fold": targets["study_id"].map(fold_of)})
+    if folds["fold"].nunique() != n_folds:
+        raise TableError(f"{path} has folds {sorted(folds['fold'].unique())}, but n_folds={n_folds}")
+    return folds
+
+
 # --- keypoints -----------------------------------------------------------------------------------
-def build_training_tables(paths: P.Paths, n_folds: int, fold_seed: int) -> dict[str, pd.DataFrame]:
+def build_training_tables(paths: P.Paths, cfg: PreprocessConfig) -> dict[str, pd.DataFrame]:
     """Series (with folds), targets and keypoints of the training split, saved to ``WORK_DIR/tables``.
 
-    Folds are made once and reused (``load_or_make_folds``); excluded studies and series are left out.
+    Folds come from ``cfg.folds_file`` (the solution's ``metadata.csv``) when set; otherwise they are made once
+    and reused (``load_or_make_folds``). Excluded studies and series are left out.
     """
     series = series_table(paths, "train")
     labels = drop_excluded(read_csv(paths, P.TRAIN_CSV))
     targets = targets_table(labels[labels["study_id"].isin(series["study_id"])])
-    folds = load_or_make_folds(paths, targets, n_folds, fold_seed)
+    if cfg.folds_file:
+        source = metadata_path(paths, cfg.folds_file, "folds_file")
+        folds = save_table(paths, "folds", solution_folds(source, targets, cfg.n_folds))
+        print(f"folds of {source}: {folds.groupby('fold').size().to_dict()} studies per fold")
+    else:
+        folds = load_or_make_folds(paths, targets, cfg.n_folds, cfg.fold_seed)
     series["fold"] = series["study_id"].map(folds.set_index("study_id")["fold"])
-    built = {"series": series, "targets": targets, "keypoints": keypoints_table(paths, series)}
+    keypoints = keypoints_table(paths, series, cfg.keypoints_file)
+    built = {"series": series, "targets": targets, "keypoints": keypoints}
     return {name: save_table(paths, name, table) for name, table in built.items()}
 
 
-def keypoints_table(paths: P.Paths, series: pd.DataFrame) -> pd.DataFrame:
-    """Two points per level per sagittal series, from ``coords_pretrain.csv`` when present, else derived from
-    the competition coordinates. Series without a complete set of 10 points are left out with a warning."""
-    if paths.data_file(P.COORDS_PRETRAIN_CSV).exists():
-        table = _from_pretrain(read_csv(paths, P.COORDS_PRETRAIN_CSV), series)
+def keypoints_table(paths: P.Paths, series: pd.DataFrame, keypoints_file: str = "") -> pd.DataFrame:
+    """Two points per level per sagittal series, from a corrected keypoint file (``keypoints_file``, else the
+    first of ``KEYPOINT_FILES`` found by name), else derived from the competition coordinates. Series without a
+    complete set of 10 points are left out with a warning."""
+    source = corrected_keypoints_file(paths, keypoints_file)
+    if source is not None:
+        table = _from_corrected(read_keypoint_file(source), series, source.name)
     else:
         warnings.warn(
-            f"{P.COORDS_PRETRAIN_CSV} not found in {paths.data_dir}: keypoints come from {P.TRAIN_COORDINATES_CSV}, "
-            "whose T2 series mark only the spinal canal; each front-of-disc point is placed 0.9 level spacings in "
-            "front of it, square to the line of the canal points. Corrected coordinates of both points give "
-            "better T2 crops (see the README)",
+            f"no {' or '.join(KEYPOINT_FILES)} in {paths.data_dir} or an attached dataset: keypoints come from "
+            f"{P.TRAIN_COORDINATES_CSV}, whose T2 series mark only the spinal canal; each front-of-disc point is "
+            "placed 0.9 level spacings in front of it, square to the line of the canal points. Corrected "
+            "coordinates of both points give better T2 crops (see the README)",
             stacklevel=2,
         )
         table = _from_competition(paths, read_csv(paths, P.TRAIN_COORDINATES_CSV), series)
@@ -174,11 +246,40 @@ def keypoints_table(paths: P.Paths, series: pd.DataFrame) -> pd.DataFrame:
     return table[~table["series_id"].isin(incomplete)].reset_index(drop=True)
 
 
-def _from_pretrain(coords: pd.DataFrame, series: pd.DataFrame) -> pd.DataFrame:
-    table = coords[["series_id", "level", "side", "relative_x", "relative_y"]].merge(
+def corrected_keypoints_file(paths: P.Paths, keypoints_file: str = "") -> Path | None:
+    """The corrected keypoint file to read: the one named, else the first of ``KEYPOINT_FILES`` found."""
+    if keypoints_file:
+        return metadata_path(paths, keypoints_file, "keypoints_file")
+    found = (P.find_metadata(name, paths.data_dir) for name in KEYPOINT_FILES)
+    return next((path for path in found if path is not None), None)
+
+
+def read_keypoint_file(path: Path) -> pd.DataFrame:
+    """A corrected keypoint file in either layout: per-condition rows (``coords_rsna_improved.csv``) when it has a
+    ``condition`` column, else 10 rows per series (``coords_v7.csv``)."""
+    header = pd.read_csv(path, nrows=0).columns
+    layout = P.COORDS_IMPROVED_CSV if "condition" in header else P.COORDS_V7_CSV
+    expected = " or ".join(f"{name} ({', '.join(columns)})" for name, columns in KEYPOINT_FILES.items())
+    return read_metadata(path, KEYPOINT_FILES[layout], f"a keypoint file like {expected}")
+
+
+_LEVEL_OF = {**{name: name for name in LEVEL_NAMES}, **dict(zip(LEVELS, LEVEL_NAMES, strict=True))}
+"""Level strings of the keypoint files (``L1/L2`` or ``l1_l2``) -> ``LEVEL_NAMES``."""
+
+
+def _from_corrected(coords: pd.DataFrame, series: pd.DataFrame, source: str) -> pd.DataFrame:
+    unknown = sorted(set(coords["level"].astype(str)) - set(_LEVEL_OF))
+    if unknown:
+        raise TableError(f"{source}: unknown levels {unknown[:5]}; expected {', '.join(LEVEL_NAMES)}")
+    columns = ["series_id", "level", "side", "relative_x", "relative_y"]
+    table = coords[columns + (["condition"] if "condition" in coords else [])].merge(
         series[["study_id", "series_id", "plane"]], on="series_id"
     )
-    table["source"] = P.COORDS_PRETRAIN_CSV
+    table["level"] = table["level"].astype(str).map(_LEVEL_OF)
+    if "condition" in table:  # one plane's points only: a T2 series also carries none of the T1's, and so on
+        family = table["condition"].str.lower().str.replace(" ", "_").map(condition_family)
+        table = table[family == table["plane"].map(PLANE_FAMILY)]
+    table["source"] = source
     return table[list(SCHEMAS["keypoints"])].sort_values(["series_id", "level", "side"]).reset_index(drop=True)
 
 

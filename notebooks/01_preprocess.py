@@ -3,7 +3,9 @@
 # Builds the hand-off tables and the cached arrays both training stages read.
 #
 # **Inputs**: `DATA_DIR`, a folder in the competition layout (`train.csv`, `train_series_descriptions.csv`,
-# `train_label_coordinates.csv`, `train_images/`, optionally `coords_pretrain.csv`).
+# `train_label_coordinates.csv`, `train_images/`), optionally the solution's metadata files, found in `DATA_DIR`
+# or any attached Kaggle dataset: the corrected keypoints `coords_v7.csv` or `coords_rsna_improved.csv`, and
+# `metadata.csv`, whose folds `{"folds_file": "metadata.csv"}` uses so fold-by-fold numbers compare with the solution's.
 #
 # **Outputs** in `WORK_DIR`: `tables/{series,targets,folds,keypoints}.csv`,
 # `stage1/{study}/{series}.npy` (256, 256, N) and `stage2/{study}/{series}.npy` (256, 256, 5, N) uint8,
@@ -34,7 +36,7 @@ except ImportError:
 DATA_DIR = ""  # competition-layout folder; "" = $DATA_DIR, the Kaggle input, or the synthetic demo data
 WORK_DIR = ""  # output folder; "" = $WORK_DIR, /kaggle/working, or ./work
 WORKERS = 2  # processes for DICOM decoding
-PREPROCESS_OVERRIDES = {}  # PreprocessConfig fields, e.g. {"t2_height_mult": 1.2}
+PREPROCESS_OVERRIDES = {}  # PreprocessConfig fields, e.g. {"t2_height_mult": 1.2, "folds_file": "metadata.csv"}
 
 # %%
 from kaggle_utils import config, preprocess, tables, viz
@@ -51,7 +53,7 @@ print(f"data: {paths.data_dir}\nwork: {paths.work_dir}")
 # ## Tables: series, targets, folds, keypoints
 
 # %%
-built = tables.build_training_tables(paths, cfg.n_folds, cfg.fold_seed)
+built = tables.build_training_tables(paths, cfg)
 series, keypoints = built["series"], built["keypoints"]
 print(
     f"{series['study_id'].nunique()} studies, {len(series)} sagittal series, "

@@ -34,7 +34,7 @@ def prepared(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Paths
     """``tiny_data`` after 01: the training tables, stage-1 volumes and stage-2 crops in a work folder."""
     paths = Paths(data_dir=tiny_data, work_dir=tmp_path_factory.mktemp("work"))
     cfg = PreprocessConfig(num_workers=1)
-    built = tables.build_training_tables(paths, cfg.n_folds, cfg.fold_seed)
+    built = tables.build_training_tables(paths, cfg)
     jobs = preprocess.plan_jobs(paths, built["series"], tables.points_by_series(built["keypoints"]), cfg)
     assert not preprocess.run_jobs(jobs, cfg)
     return paths

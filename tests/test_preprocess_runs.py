@@ -13,7 +13,7 @@ import pytest
 
 from kaggle_utils import preprocess, tables
 from kaggle_utils.config import PreprocessConfig
-from kaggle_utils.paths import Paths
+from kaggle_utils.paths import COORDS_V7_CSV, Paths
 from kaggle_utils.synthetic import make_dataset
 
 CFG = PreprocessConfig(num_workers=1)
@@ -63,9 +63,9 @@ def test_study_without_t1_or_t2_and_with_two_t2_series(paths: Paths) -> None:
     t2_second = rows[(second, "Sagittal T2/STIR")]
     descriptions = pd.concat([descriptions[descriptions["series_id"] != t2_second], extra])
     descriptions.to_csv(paths.data_file("train_series_descriptions.csv"), index=False)
-    coords = pd.read_csv(paths.data_file("coords_pretrain.csv"))
+    coords = pd.read_csv(paths.data_file(COORDS_V7_CSV))
     copied = coords[coords["series_id"] == t2_first].assign(series_id=EXTRA_SERIES)
-    pd.concat([coords, copied]).to_csv(paths.data_file("coords_pretrain.csv"), index=False)
+    pd.concat([coords, copied]).to_csv(paths.data_file(COORDS_V7_CSV), index=False)
 
     with pytest.warns(UserWarning, match=rf"no image folder.*{t1_first}"):
         series, jobs, problems = _planned_and_run(paths)

@@ -27,7 +27,7 @@ from kaggle_utils.constants import (
 )
 from kaggle_utils.dicom import read_series
 from kaggle_utils.paths import (
-    COORDS_PRETRAIN_CSV,
+    COORDS_V7_CSV,
     LABEL_FLIPS_CSV,
     SAMPLE_SUBMISSION_CSV,
     TEST_LABELS_CSV,
@@ -46,7 +46,7 @@ CSV_FILES = (
     TRAIN_SERIES_CSV,
     TEST_SERIES_CSV,
     TRAIN_COORDINATES_CSV,
-    COORDS_PRETRAIN_CSV,
+    COORDS_V7_CSV,
     SAMPLE_SUBMISSION_CSV,
     TEST_LABELS_CSV,
 )
@@ -122,17 +122,17 @@ def test_label_coordinates_sit_on_the_right_series_inside_the_image(data_dir: Pa
         assert 0 <= row.x < header.Columns and 0 <= row.y < header.Rows
 
 
-def test_coords_pretrain_has_ten_points_per_sagittal_series(data_dir: Path) -> None:
-    pretrain = _csv(data_dir, COORDS_PRETRAIN_CSV)
-    assert list(pretrain.columns) == ["study_id", "series_id", "level", "side", "relative_x", "relative_y"]
+def test_coords_v7_has_ten_points_per_sagittal_series(data_dir: Path) -> None:
+    corrected = _csv(data_dir, COORDS_V7_CSV)
+    assert list(corrected.columns) == ["study_id", "series_id", "level", "side", "relative_x", "relative_y"]
     series = _csv(data_dir, TRAIN_SERIES_CSV)
     sagittal = series[series.series_description.isin([SAGITTAL_T1, SAGITTAL_T2])]
-    assert set(pretrain.series_id) == set(sagittal.series_id)
-    assert (pretrain.groupby("series_id").size() == 2 * len(LEVELS)).all()
-    assert set(pretrain.side) == {"L", "R"} and set(pretrain.level) == set(LEVEL_NAMES)
-    assert pretrain.relative_x.between(0, 1).all() and pretrain.relative_y.between(0, 1).all()
+    assert set(corrected.series_id) == set(sagittal.series_id)
+    assert (corrected.groupby("series_id").size() == 2 * len(LEVELS)).all()
+    assert set(corrected.side) == {"L", "R"} and set(corrected.level) == set(LEVEL_NAMES)
+    assert corrected.relative_x.between(0, 1).all() and corrected.relative_y.between(0, 1).all()
     # On the T2, "R" is the back of the disc: further posterior, i.e. larger x (columns run front to back).
-    t2 = pretrain[pretrain.series_id.isin(series.series_id[series.series_description == SAGITTAL_T2])]
+    t2 = corrected[corrected.series_id.isin(series.series_id[series.series_description == SAGITTAL_T2])]
     front_back = t2.pivot_table(index=["series_id", "level"], columns="side", values="relative_x")
     assert (front_back.R > front_back.L).all()
 

@@ -1,4 +1,4 @@
-"""Training tables: keypoints from the competition coordinates when no corrected file is given."""
+"""Training tables: keypoints from the corrected files or the competition coordinates, the solution's folds."""
 
 from __future__ import annotations
 
@@ -10,8 +10,9 @@ import pandas as pd
 import pytest
 
 from kaggle_utils import tables
+from kaggle_utils.config import PreprocessConfig
 from kaggle_utils.constants import CONDITION_TITLES, CONDITIONS, LEVEL_NAMES
-from kaggle_utils.paths import COORDS_PRETRAIN_CSV, Paths
+from kaggle_utils.paths import COORDS_IMPROVED_CSV, COORDS_V7_CSV, SOLUTION_METADATA_CSV, Paths
 
 
 def _canal_rows(points: np.ndarray) -> pd.DataFrame:
@@ -46,16 +47,111 @@ def test_a_tilted_spine_gets_disc_lines_square_to_it() -> None:
 def test_without_the_corrected_coordinates_the_keypoints_come_with_a_warning(tiny_data: Path, tmp_path: Path) -> None:
     data = tmp_path / "data"
     shutil.copytree(tiny_data, data)
-    (data / COORDS_PRETRAIN_CSV).unlink()
+    (data / COORDS_V7_CSV).unlink()
     paths = Paths(data_dir=data, work_dir=tmp_path / "work")
     series = tables.series_table(paths, "train")
     # the synthetic labels, like the real ones, miss a level here and there: those series are left out
     with (
         pytest.warns(UserWarning, match="without 10 keypoints are left out"),
-        pytest.warns(UserWarning, match=COORDS_PRETRAIN_CSV),
+        pytest.warns(UserWarning, match=COORDS_V7_CSV),
     ):
         keypoints = tables.keypoints_table(paths, series)
     assert set(keypoints["series_id"]) < set(series["series_id"]) and keypoints["series_id"].nunique() >= 12
     assert (keypoints.groupby("series_id").size() == 2 * len(LEVEL_NAMES)).all()
     t2 = keypoints[keypoints["plane"] == "t2"].pivot_table("relative_x", ["series_id", "level"], "side")
     assert (t2["L"] < t2["R"]).all()  # the derived front-of-disc point lies in front of the canal
+
+
+# --- the solution's metadata files -------------------------------------------------------------------
+def _copy(tiny_data: Path, tmp_path: Path) -> Paths:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    return Paths(data_dir=data, work_dir=tmp_path / "work")
+
+
+def _per_condition(coords: pd.DataFrame, series: pd.DataFrame) -> pd.DataFrame:
+    """``coords_v7``-style rows in the layout of ``coords_rsna_improved.csv``: a condition per row, T1 points as
+    the two foramina, T2 points under the spinal canal, levels written as in train.csv, plus an axial row."""
+    plane = coords["series_id"].map(series.set_index("series_id")["plane"])
+    foramen = coords["side"].map({"L": CONDITION_TITLES[CONDITIONS[1]], "R": CONDITION_TITLES[CONDITIONS[2]]})
+    out = coords.assign(condition=np.where(plane == "t1", foramen, CONDITION_TITLES[CONDITIONS[0]]))
+    out["level"] = out["level"].str.lower().str.replace("/", "_")
+    axial = out.iloc[:1].assign(series_id=123, condition=CONDITION_TITLES[CONDITIONS[3]])
+    return pd.concat([out, axial]).sample(frac=1.0, random_state=0).reset_index(drop=True)
+
+
+def test_coords_rsna_improved_gives_the_keypoints_of_coords_v7(tiny_data: Path, tmp_path: Path) -> None:
+    paths = _copy(tiny_data, tmp_path)
+    series = tables.series_table(paths, "train")
+    expected = tables.keypoints_table(paths, series)
+    v7 = paths.data_file(COORDS_V7_CSV)
+    _per_condition(pd.read_csv(v7), series).to_csv(paths.data_file(COORDS_IMPROVED_CSV))  # with its index column
+    v7.unlink()
+    found = tables.keypoints_table(paths, series)
+    assert set(found["source"]) == {COORDS_IMPROVED_CSV}
+    columns = [c for c in found.columns if c != "source"]
+    pd.testing.assert_frame_equal(found[columns], expected[columns])
+
+
+def test_a_keypoint_file_with_other_columns_is_named_with_the_columns_expected(tiny_data: Path, tmp_path: Path) -> None:
+    paths = _copy(tiny_data, tmp_path)
+    other = tmp_path / "coords_pretrain.csv"  # the pretraining dataset's image coordinates: no series ids
+    pd.DataFrame(columns=["source", "filename", "level", "x", "y", "relative_x", "relative_y"]).to_csv(other)
+    with pytest.raises(tables.TableError, match=r"coords_pretrain\.csv is not a keypoint file") as error:
+        tables.keypoints_table(paths, tables.series_table(paths, "train"), str(other))
+    assert "coords_v7.csv (series_id, level, side, relative_x, relative_y)" in str(error.value)
+    assert "lacks series_id, side" in str(error.value)
+
+
+def test_a_metadata_file_is_found_by_name_in_an_attached_dataset(
+    tiny_data: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    paths = _copy(tiny_data, tmp_path)
+    dataset = tmp_path / "input" / "rsna2024-solution-metadata"
+    dataset.mkdir(parents=True)
+    shutil.move(paths.data_file(COORDS_V7_CSV), dataset / COORDS_V7_CSV)
+    monkeypatch.setenv("KAGGLE_INPUT_DIR", str(tmp_path / "input"))
+    assert tables.corrected_keypoints_file(paths) == dataset / COORDS_V7_CSV
+    assert tables.metadata_path(paths, COORDS_V7_CSV, "keypoints_file") == dataset / COORDS_V7_CSV
+    with pytest.raises(tables.TableError, match=r"folds_file='metadata\.csv': no such file"):
+        tables.metadata_path(paths, SOLUTION_METADATA_CSV, "folds_file")
+
+
+def _solution_metadata(paths: Paths) -> pd.DataFrame:
+    """A ``metadata.csv`` as the solution's: one row per series (every plane), folds dealt by study id."""
+    series = pd.read_csv(paths.data_file("train_series_descriptions.csv"))
+    studies = np.sort(series["study_id"].unique())
+    fold_of = dict(zip(studies, np.arange(len(studies))[::-1] % 4, strict=True))
+    return series.assign(fold=series["study_id"].map(fold_of))
+
+
+def test_the_solutions_folds_are_used_when_asked(tiny_data: Path, tmp_path: Path) -> None:
+    paths = _copy(tiny_data, tmp_path)
+    meta = _solution_metadata(paths)
+    meta.to_csv(paths.data_file(SOLUTION_METADATA_CSV), index=False)
+    built = tables.build_training_tables(paths, PreprocessConfig(folds_file=SOLUTION_METADATA_CSV))
+    fold_of = meta.groupby("study_id")["fold"].first()
+    assert (built["series"]["fold"] == built["series"]["study_id"].map(fold_of)).all()
+    saved = tables.load_table(paths, "folds")
+    assert (saved["fold"].to_numpy() == saved["study_id"].map(fold_of).to_numpy()).all()
+
+
+def test_solution_folds_that_split_or_miss_a_study_are_refused(tiny_data: Path, tmp_path: Path) -> None:
+    paths = _copy(tiny_data, tmp_path)
+    meta = _solution_metadata(paths)
+    targets = tables.targets_table(pd.read_csv(paths.data_file("train.csv")))
+    path = tmp_path / SOLUTION_METADATA_CSV
+    split = meta.copy()
+    split.loc[split.index[0], "fold"] = (split["fold"].iloc[0] + 1) % 4
+    split.to_csv(path, index=False)
+    with pytest.raises(tables.TableError, match="more than one fold"):
+        tables.solution_folds(path, targets, 4)
+    meta[meta["study_id"] != targets["study_id"].iloc[0]].to_csv(path, index=False)
+    with pytest.raises(tables.TableError, match="gives no fold to 1 training studies"):
+        tables.solution_folds(path, targets, 4)
+    meta.to_csv(path, index=False)
+    with pytest.raises(tables.TableError, match="n_folds=5"):
+        tables.solution_folds(path, targets, 5)
+    meta.drop(columns="fold").to_csv(path, index=False)
+    with pytest.raises(tables.TableError, match="expected columns study_id, fold; it lacks fold"):
+        tables.solution_folds(path, targets, 4)
