@@ -36,7 +36,7 @@ from kaggle_utils.loader import DeviceBatches
 from kaggle_utils.losses import keypoint_l1, pseudo_label_loss, weighted_soft_cross_entropy
 from kaggle_utils.metric import score_parts, solution_from_targets
 from kaggle_utils.models import build_model, condition_rows
-from kaggle_utils.paths import REPO_ROOT, resume_state
+from kaggle_utils.paths import REPO_ROOT, RESUME_SUFFIX, resume_state
 
 STAGE1_GRID = 256  # keypoint errors are reported in pixels of the 256 x 256 stage-1 grid
 
@@ -290,9 +290,13 @@ def train_step(
 
 
 def prepare_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
-    """The config's model on ``device``: the same initial weights in every process, channels_last on a GPU."""
+    """The config's model on ``device``: the same initial weights in every process, channels_last on a GPU.
+    With ``cfg.init_checkpoint`` the weights are a finished checkpoint's (no pretrained backbone is loaded)."""
     seed_everything(cfg.seed)
-    return place_model(build_model(cfg), cfg, device)
+    if not cfg.init_checkpoint:
+        return place_model(build_model(cfg), cfg, device)
+    model = build_model(dataclasses.replace(cfg, pretrained=False, weights_file=""))
+    return place_model(load_initial_weights(model, cfg), cfg, device)
 
 
 def place_model(model: nn.Module, cfg: TrainConfig, device: torch.device) -> nn.Module:
@@ -403,7 +407,7 @@ def fit(
     cfg: TrainConfig,
     task: KeypointTask | ClassifierTask,
     train_loader: Any,
-    val_loader: Any,
+    val_loader: Any | None,
     checkpoint: Path,
     fold: int,
     extra: dict | None = None,
@@ -414,7 +418,8 @@ def fit(
     continues from its last finished epoch (``cfg.resume``); the state file goes once the checkpoint is
     written. Under ``torchrun`` the model is wrapped in DistributedDataParallel, every process trains on its
     share of each batch, and rank 0 alone evaluates and writes files (the others return an empty sidecar).
-    Returns the model, the sidecar dict and the final validation predictions (the fold's OOF).
+    Returns the model, the sidecar dict and the final validation predictions (the fold's OOF). Without a
+    ``val_loader`` (a final model on every study) nothing is evaluated: empty metrics and predictions.
     """
     ctx = distributed.context()
     device = task.device
@@ -440,11 +445,16 @@ def fit(
     )
     state_path = resume_state(checkpoint)
     _restore(trainer, cfg, state_path, ctx)
-    val_batches = batches if cfg.overfit_batch else DeviceBatches(_limit(val_loader, cfg), device)
+    if cfg.overfit_batch:
+        val_batches = batches
+    elif val_loader is None:  # a final model on every study: nothing held out
+        val_batches = None
+    else:
+        val_batches = DeviceBatches(_limit(val_loader, cfg), device)
 
     def evaluate(row: dict) -> None:
         """Rank 0 evaluates and logs; the others wait for it."""
-        if ctx.is_main:
+        if ctx.is_main and val_batches is not None:
             metrics, _ = task.evaluate(model, val_batches)
             row.update({f"val_{k}": v for k, v in metrics.items()})
         model.train()
@@ -491,7 +501,7 @@ def fit(
         distributed.barrier()
     if not ctx.is_main:
         return model, {}, pd.DataFrame()
-    metrics, preds = task.evaluate(model, val_batches)
+    metrics, preds = task.evaluate(model, val_batches) if val_batches is not None else ({}, pd.DataFrame())
     trainer.log.write({"epoch": epochs, "step": trainer.step, **{f"val_{k}": v for k, v in metrics.items()}})
     seconds = trainer.seconds + time.time() - started
     sidecar = save_checkpoint(model, cfg, checkpoint, fold, metrics, seconds, extra)
@@ -590,6 +600,33 @@ def _check_model_fields(saved: str | None, config: dict[str, Any]) -> None:
     ]
     if differ:
         raise RuntimeError("; ".join(differ))
+
+
+INIT_FIELDS = ("model", "backbone", "condition")
+"""Fields a checkpoint to fine-tune from must share with the config (the plane, frames and size may differ)."""
+
+
+def load_initial_weights(model: nn.Module, cfg: TrainConfig) -> nn.Module:
+    """``model`` with the weights of ``cfg.init_checkpoint``, a finished checkpoint of this project, to fine-tune
+    from (another plane, more data, a round-2 run). The error names the file and what does not fit."""
+    path = Path(cfg.init_checkpoint).expanduser()
+    if path.name.endswith(RESUME_SUFFIX) or not path.is_file():
+        what = "the resume state of an unfinished run" if path.is_file() else "no such file"
+        raise ConfigError(f"init_checkpoint={cfg.init_checkpoint!r}: {what}; give a finished checkpoint (*.pt)")
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    saved = json.loads(state.pop(MODEL_FIELDS_KEY, "{}"))
+    differ = [
+        f"{k}: {saved[k]!r} there, {getattr(cfg, k, None)!r} here"
+        for k in INIT_FIELDS
+        if k in saved and saved[k] != getattr(cfg, k, None)
+    ]
+    if differ:
+        raise ConfigError(f"init_checkpoint {path} is another network than {cfg.name}'s: {'; '.join(differ)}")
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as error:
+        raise ConfigError(f"init_checkpoint {path}: its weights do not fit {cfg.name}'s model: {error}") from error
+    return model
 
 
 def save_checkpoint(

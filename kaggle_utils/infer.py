@@ -26,6 +26,7 @@ from tqdm.auto import tqdm
 
 from kaggle_utils.config import InferConfig, PreprocessConfig, TrainConfig
 from kaggle_utils.constants import (
+    ALL_STUDIES_FOLD,
     CONDITIONS,
     IGNORE_INDEX,
     LABEL_COLUMNS,
@@ -65,7 +66,8 @@ class ModelSet:
 
 
 def load_models(paths: Paths, folds: list[int] | None = None, device: torch.device | None = None) -> ModelSet:
-    """Every checkpoint in ``models/`` (of the given folds), rebuilt from its sidecar."""
+    """Every checkpoint in ``models/`` (of the given folds), rebuilt from its sidecar; final models (fold -1)
+    count as a fold of their own, so the test-time ensemble (``folds=None``) takes them beside the fold models."""
     device = device or default_device()
     models = ModelSet()
     for path in paths.checkpoints():
@@ -328,7 +330,13 @@ def cross_validate(
     device: torch.device,
 ) -> Prediction:
     """Out-of-fold inference on the training studies: fold f's studies go through fold f's models, from the raw
-    DICOMs as at test time (predicted keypoints, TTA, routing); priors come from the other folds' labels."""
+    DICOMs as at test time (predicted keypoints, TTA, routing); priors come from the other folds' labels.
+    Final models (fold -1, trained on every study) have no held-out studies and take no part."""
+    if ALL_STUDIES_FOLD in folds:
+        print(f"fold {ALL_STUDIES_FOLD} (final models on every study) has no held-out studies: not cross-validated")
+        folds = [f for f in folds if f != ALL_STUDIES_FOLD]
+    if not folds:
+        raise ValueError("no folds to cross-validate: give the folds whose models were trained with validation")
     parts = []
     for fold in folds:
         fold_series = series[series["fold"] == fold]

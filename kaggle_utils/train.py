@@ -28,6 +28,7 @@ from torch.utils.data import Dataset, DistributedSampler
 
 from kaggle_utils import config, denoise, distributed, viz
 from kaggle_utils.config import TrainConfig
+from kaggle_utils.constants import ALL_STUDIES_FOLD
 from kaggle_utils.data import CropDataset, KeypointDataset
 from kaggle_utils.engine import ClassifierTask, KeypointTask, default_device, fit, same_run
 from kaggle_utils.loader import BatchLoader, collate
@@ -56,22 +57,27 @@ def plane_series(paths: Paths, cfg: TrainConfig) -> pd.DataFrame:
     return series.reset_index(drop=True)
 
 
-def datasets(paths: Paths, cfg: TrainConfig, series: pd.DataFrame, fold: int) -> tuple[Dataset, Dataset]:
-    train, val = series[series["fold"] != fold], series[series["fold"] == fold]
-    if train.empty or val.empty:
+def datasets(paths: Paths, cfg: TrainConfig, series: pd.DataFrame, fold: int) -> tuple[Dataset, Dataset | None]:
+    """Training and validation sets of ``fold``; fold -1 (``ALL_STUDIES_FOLD``) trains on every series and has
+    no validation set."""
+    every = fold == ALL_STUDIES_FOLD
+    train, val = (
+        (series, series.iloc[:0]) if every else (series[series["fold"] != fold], series[series["fold"] == fold])
+    )
+    if train.empty or (val.empty and not every):
         raise ValueError(f"fold {fold} leaves {len(train)} training and {len(val)} validation series for {cfg.name}")
     if cfg.stage == 1:
         keypoints = load_table(paths, "keypoints")
         return (
             KeypointDataset(train, paths, cfg.n_frames, keypoints, train=True, flip=cfg.augment),
-            KeypointDataset(val, paths, cfg.n_frames, keypoints),
+            None if every else KeypointDataset(val, paths, cfg.n_frames, keypoints),
         )
     targets = load_table(paths, "targets")
     rows = condition_rows(cfg.condition)
     train_targets, pseudo = round2_inputs(cfg, targets[targets["study_id"].isin(train["study_id"])], fold)
     return (
         CropDataset(train, paths, cfg.n_frames, rows, train_targets, train=True, flip=cfg.augment, pseudo=pseudo),
-        CropDataset(val, paths, cfg.n_frames, rows, targets),  # validation keeps the given labels
+        None if every else CropDataset(val, paths, cfg.n_frames, rows, targets),  # validation keeps the given labels
     )
 
 
@@ -109,7 +115,8 @@ def finished(paths: Paths, cfg: TrainConfig, fold: int) -> FoldResult | None:
     checkpoint = paths.checkpoint(cfg.name, fold, cfg.seed)
     sidecar_path = checkpoint.with_suffix(".json")
     oof = paths.oof_dir / f"{checkpoint.stem}.csv"
-    if not (cfg.resume and checkpoint.exists() and sidecar_path.exists() and oof.exists()):
+    has_oof = oof.exists() or fold == ALL_STUDIES_FOLD  # a final model has no held-out studies
+    if not (cfg.resume and checkpoint.exists() and sidecar_path.exists() and has_oof):
         return None
     sidecar = json.loads(sidecar_path.read_text())
     if not same_run(sidecar["config"], cfg):
@@ -121,6 +128,7 @@ def train_folds(
     paths: Paths, cfg: TrainConfig, folds: list[int], device: torch.device | None = None
 ) -> list[FoldResult]:
     """Train ``cfg`` on each fold; write ``models/{name}-f{fold}-s{seed}.pt`` (+ sidecar, curve log) and OOF.
+    Fold -1 (``ALL_STUDIES_FOLD``) is the final model on every study: ``{name}-all-s{seed}.pt``, no OOF.
 
     Folds trained before with the same configuration are skipped (``cfg.resume``). Under ``torchrun`` every
     process must call this; rank 0 writes the files and returns the results, the others return nothing.
@@ -143,11 +151,13 @@ def train_folds(
             else ClassifierTask(cfg, device, targets=load_table(paths, "targets"))
         )
         checkpoint = paths.checkpoint(cfg.name, fold, cfg.seed)
-        _, sidecar, oof = fit(cfg, task, loader(train_set, cfg, True), loader(val_set, cfg, False), checkpoint, fold)
+        val_loader = None if val_set is None else loader(val_set, cfg, False)
+        _, sidecar, oof = fit(cfg, task, loader(train_set, cfg, True), val_loader, checkpoint, fold)
         if not ctx.is_main:
             continue
-        paths.oof_dir.mkdir(parents=True, exist_ok=True)
-        oof.assign(fold=fold).to_csv(paths.oof_dir / f"{checkpoint.stem}.csv", index=False)
+        if val_set is not None:
+            paths.oof_dir.mkdir(parents=True, exist_ok=True)
+            oof.assign(fold=fold).to_csv(paths.oof_dir / f"{checkpoint.stem}.csv", index=False)
         save_curves(checkpoint)
         results.append(FoldResult(cfg.name, fold, sidecar["metrics"]["val"], sidecar["train_seconds"], checkpoint))
     return results
@@ -212,7 +222,9 @@ def results_table(results: list[FoldResult]) -> pd.DataFrame:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train presets over folds (resumable; run it under torchrun for DDP).")
     parser.add_argument("--presets", nargs="+", required=True, help=f"any of {', '.join(config.FULL_PRESETS)}")
-    parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3])
+    parser.add_argument(
+        "--folds", nargs="+", type=int, default=[0, 1, 2, 3], help="-1: a final model on every study (no validation)"
+    )
     parser.add_argument("--profile", default="auto", help="full, demo, smoke or auto (full on a GPU)")
     parser.add_argument("--data-dir", default="", help="competition-layout folder (default: as the notebooks)")
     parser.add_argument("--work-dir", default="", help="output folder holding 01's tables and arrays")

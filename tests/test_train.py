@@ -15,8 +15,9 @@ import pandas as pd
 import pytest
 import torch
 
-from kaggle_utils import train
-from kaggle_utils.config import TrainConfig, preset
+from kaggle_utils import infer, train
+from kaggle_utils.config import ConfigError, TrainConfig, preset
+from kaggle_utils.constants import ALL_STUDIES_FOLD
 from kaggle_utils.engine import KeypointTask, fit, load_checkpoint, prepare_model
 from kaggle_utils.loader import BatchLoader
 from kaggle_utils.paths import Paths, resume_state
@@ -103,6 +104,45 @@ def test_finished_folds_are_skipped_unless_the_configuration_changed(prepared: P
 
     train.train_folds(paths, preset("fo", "smoke", {"fast_dev_run": True, "lr": 5e-4}), [0], CPU)
     assert first.checkpoint.stat().st_mtime_ns != written
+
+
+def test_fold_minus_one_trains_a_final_model_on_every_study(prepared: Paths, tmp_path: Path, capsys) -> None:
+    paths = _copy_work(prepared, tmp_path)
+    cfg = preset("fo", "smoke", {"fast_dev_run": True})
+    train_set, val_set = train.datasets(paths, cfg, train.plane_series(paths, cfg), ALL_STUDIES_FOLD)
+    assert val_set is None and len(train_set) == train.plane_series(paths, cfg)["study_id"].nunique()
+    (result,) = train.train_folds(paths, cfg, [ALL_STUDIES_FOLD], CPU)
+    assert result.checkpoint == paths.models_dir / "fo-all-s42.pt" and result.metrics == {}
+    assert not paths.oof_dir.exists() or not list(paths.oof_dir.glob("fo-all-*"))  # nothing held out, no OOF
+    (again,) = train.train_folds(paths, cfg, [ALL_STUDIES_FOLD], CPU)
+    assert "trained before with this configuration, skipped" in capsys.readouterr().out
+    _, _, sidecar = load_checkpoint(result.checkpoint, CPU)
+    assert sidecar["fold"] == ALL_STUDIES_FOLD
+
+    train.train_folds(paths, preset("stage1_t1", "smoke", {"fast_dev_run": True}), [ALL_STUDIES_FOLD], CPU)
+    models = infer.load_models(paths, device=CPU)  # the test-time ensemble takes final models like fold models
+    assert [m.cfg.name for m in models.stage2["fo"]] == ["fo"] and len(models.stage1["t1"]) == 1
+    with pytest.raises(ValueError, match="no folds to cross-validate"):
+        infer.cross_validate(paths, pd.DataFrame(), pd.DataFrame(), [ALL_STUDIES_FOLD], None, None, CPU)
+
+
+def test_a_run_starts_from_the_weights_of_a_full_checkpoint(prepared: Paths, tmp_path: Path) -> None:
+    paths = _copy_work(prepared, tmp_path)
+    (trained,) = train.train_folds(paths, preset("fo", "smoke", {"fast_dev_run": True}), [0], CPU)
+    tuned = preset("fo", "smoke", {"init_checkpoint": str(trained.checkpoint), "pretrained": True})  # no download
+    got, expected = prepare_model(tuned, CPU).state_dict(), _weights(trained.checkpoint)
+    assert got.keys() == expected.keys()
+    for name in expected:
+        torch.testing.assert_close(got[name], expected[name], rtol=0, atol=0, msg=name)
+
+    with pytest.raises(ConfigError, match="is another network than sp1's: model: 'sagittal_1head' there"):
+        prepare_model(preset("sp1", "smoke", {"init_checkpoint": str(trained.checkpoint)}), CPU)
+    state = resume_state(trained.checkpoint)
+    shutil.copy(trained.checkpoint, state)
+    with pytest.raises(ConfigError, match="the resume state of an unfinished run"):
+        prepare_model(preset("fo", "smoke", {"init_checkpoint": str(state)}), CPU)
+    with pytest.raises(ConfigError, match="no such file"):
+        prepare_model(preset("fo", "smoke", {"init_checkpoint": str(tmp_path / "nothing.pt")}), CPU)
 
 
 @pytest.mark.parametrize("name", ["stage1_t1", "fo"])
