@@ -53,6 +53,13 @@ def default_device() -> torch.device:
     return distributed.context().device
 
 
+def inference_devices() -> list[torch.device]:
+    """Every GPU of the machine (both cards of Kaggle's "T4 x2"), else the CPU: test studies are split over them."""
+    if not torch.cuda.is_available():
+        return [torch.device("cpu")]
+    return [torch.device("cuda", index) for index in range(torch.cuda.device_count())]
+
+
 AMP_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 NATIVE_BF16 = (8, 0)  # compute capability from which a card computes bf16 natively (Ampere: A100, then H100, ...)
 
@@ -650,6 +657,32 @@ def save_checkpoint(
     }
     path.with_suffix(".json").write_text(json.dumps(sidecar, indent=1))
     return sidecar
+
+
+FP16_MAX = torch.finfo(torch.float16).max
+
+
+def half_precision_copy(source: Path, target: Path) -> tuple[int, int]:
+    """Copy a checkpoint with its float tensors in fp16, as the weights dataset holds them: half the upload and
+    half the files the kernel reads. ``load_checkpoint`` casts them back into the model's fp32 parameters, so an
+    fp16 autocast (a T4) computes with the same weights as from the fp32 file; bf16 and fp32 round them further
+    or not at all (within 1e-3 relative, tested). A tensor beyond fp16's range stays fp32.
+    Returns the sizes in bytes of the source and the copy."""
+    state = torch.load(source, map_location="cpu", weights_only=True)
+    halved = {key: _to_half(value) for key, value in state.items()}
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_suffix(".tmp")
+    torch.save(halved, tmp)
+    tmp.replace(target)
+    return source.stat().st_size, target.stat().st_size
+
+
+def _to_half(value: Any) -> Any:
+    if not isinstance(value, torch.Tensor) or not value.is_floating_point() or value.dtype == torch.float16:
+        return value
+    if value.numel() and value.abs().max() > FP16_MAX:
+        return value
+    return value.half()
 
 
 def load_checkpoint(path: Path, device: torch.device | None = None) -> tuple[nn.Module, TrainConfig, dict]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
+import shutil
 from pathlib import Path
 
 import pandas as pd
@@ -20,6 +21,7 @@ from kaggle_utils.engine import (
     KeypointTask,
     StepReadout,
     autocast_dtype,
+    half_precision_copy,
     keypoint_metrics,
     load_checkpoint,
     make_optimizer,
@@ -118,6 +120,39 @@ def test_weights_without_the_config_entry_still_load(tmp_path: Path) -> None:
     image, mask = _inputs(cfg)
     with torch.no_grad():
         torch.testing.assert_close(loaded(image, mask)["logits"], model(image, mask)["logits"], rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", ["stage1_t2", "su"])
+def test_a_half_precision_copy_is_half_the_size_and_predicts_as_the_original(tmp_path: Path, name: str) -> None:
+    model, cfg, path = _saved(tmp_path, name)
+    copy = tmp_path / "fp16" / path.name
+    copy.parent.mkdir()
+    shutil.copy2(path.with_suffix(".json"), copy.with_suffix(".json"))
+    full, half = half_precision_copy(path, copy)
+    assert half < 0.55 * full and (full, half) == (path.stat().st_size, copy.stat().st_size)
+    stored = torch.load(copy, weights_only=True)
+    floats = [v for v in stored.values() if isinstance(v, torch.Tensor) and v.is_floating_point()]
+    assert floats and all(v.dtype == torch.float16 for v in floats)
+    loaded, _, _ = load_checkpoint(copy, torch.device("cpu"))
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())  # computed in fp32 on the CPU, as before
+    image, mask = _inputs(cfg)
+    with torch.no_grad():
+        expected, got = model(image, mask), loaded(image, mask)
+    if cfg.stage == 2:
+        expected, got = expected["logits"].softmax(-1), got["logits"].softmax(-1)
+    torch.testing.assert_close(got, expected, rtol=0, atol=1e-3)
+
+
+def test_a_tensor_beyond_the_range_of_fp16_stays_fp32(tmp_path: Path) -> None:
+    path = tmp_path / "big.pt"
+    torch.save({"small": torch.ones(3), "big": torch.tensor([1e6]), "steps": torch.tensor(7)}, path)
+    half_precision_copy(path, tmp_path / "copy.pt")
+    stored = torch.load(tmp_path / "copy.pt", weights_only=True)
+    assert (stored["small"].dtype, stored["big"].dtype, stored["steps"].dtype) == (
+        torch.float16,
+        torch.float32,
+        torch.int64,
+    )
 
 
 def _pseudo_batch(cfg: TrainConfig) -> dict:

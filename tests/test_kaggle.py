@@ -15,10 +15,12 @@ from pathlib import Path
 import nbformat
 import pandas as pd
 import pytest
+import torch
 from wheelhouse import build_wheel, pip_resolves
 
 from kaggle_utils import kaggle
 from kaggle_utils.constants import LABEL_COLUMNS
+from kaggle_utils.engine import MODEL_FIELDS_KEY
 from kaggle_utils.paths import (
     CODE_DATASET,
     COMPETITION_SLUG,
@@ -51,7 +53,7 @@ def work(tmp_path: Path) -> Path:
     """A WORK_DIR whose models/ holds one checkpoint with its sidecar, plus files that must not be published."""
     models = tmp_path / "work" / "models"
     models.mkdir(parents=True)
-    (models / "sp1-f0-s42.pt").write_bytes(b"weights")
+    torch.save({"head.weight": torch.full((2, 3), 0.1), MODEL_FIELDS_KEY: "{}"}, models / "sp1-f0-s42.pt")
     (models / "sp1-f0-s42.json").write_text(json.dumps({"fold": 0}))
     (models / "sp1-f0-s42.log.csv").write_text("epoch\n0\n")
     (models / "fo-f1-s42.state.pt").write_bytes(b"an interrupted run")  # neither a model nor uploaded
@@ -99,6 +101,10 @@ def test_sync_creates_then_versions_code_and_weights(tmp_path, home, work):
     assert {"kaggle_utils/__init__.py", "kaggle_utils/paths.py", "kaggle_utils/kaggle.py"} <= set(code["files"])
     assert not [f for f in code["files"] if "__pycache__" in f or f.endswith(".pyc")]
     assert weights["files"] == ["dataset-metadata.json", "sp1-f0-s42.json", "sp1-f0-s42.pt"]
+    staged = tmp_path / "build" / WEIGHTS_DATASET
+    assert torch.load(staged / "sp1-f0-s42.pt", weights_only=True)["head.weight"].dtype == torch.float16
+    assert json.loads((staged / "sp1-f0-s42.json").read_text()) == {"fold": 0, "stored_as": "float16"}
+    assert "weights: 1 checkpoints" in first.stderr and "in fp16" in first.stderr
 
     (tmp_path / "kaggle.log").unlink()
     existing = f"tester/{CODE_DATASET},tester/{WEIGHTS_DATASET}"
