@@ -13,7 +13,8 @@ from __future__ import annotations
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -83,6 +84,12 @@ def load_models(paths: Paths, folds: list[int] | None = None, device: torch.devi
     return models
 
 
+def load_models_on(paths: Paths, devices: Sequence[torch.device], folds: list[int] | None = None) -> list[ModelSet]:
+    """The ensemble once per device, so studies can be split over the cards: each T4 of Kaggle's "T4 x2" holds all
+    of it (24 checkpoints: 8.5 GB in fp32, of its 15 GB)."""
+    return [load_models(paths, folds, device) for device in devices]
+
+
 @torch.no_grad()
 def predict_keypoints(volume: np.ndarray, models: list[LoadedModel]) -> np.ndarray:
     """(5, 2, 2) relative keypoints of a stage-1 volume: the median over the localisers."""
@@ -136,10 +143,18 @@ def _untimed(stage: str) -> Iterator[None]:
     yield
 
 
+def split_by_study(series: pd.DataFrame, n_shards: int) -> list[pd.DataFrame]:
+    """``series`` in ``n_shards`` parts of whole studies, dealt in turn in the table's order (balanced to one study)."""
+    studies = list(dict.fromkeys(series["study_id"]))
+    shard_of = {study: i % n_shards for i, study in enumerate(studies)}
+    shard = series["study_id"].map(shard_of)
+    return [series[shard == i] for i in range(n_shards)]
+
+
 def predict_series_table(
     paths: Paths,
     series: pd.DataFrame,
-    models: ModelSet,
+    models: ModelSet | Sequence[ModelSet],
     pre_cfg: PreprocessConfig,
     infer_cfg: InferConfig,
     desc: str = "inference",
@@ -147,10 +162,42 @@ def predict_series_table(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keypoints and per-preset level probabilities for every series of a table (``study_id, series_id, plane,
     split``). A series that cannot be read is reported and skipped; the submission falls back for it.
-    ``timer`` (for the benchmark) adds up the stages read, volume, keypoints, crop and classify."""
+    ``timer`` (for the benchmark) adds up the stages read, volume, keypoints, crop and classify.
+
+    Given one model set per device (``load_models_on``), the studies are split over the devices, one thread each:
+    a thread's GPU work, cv2 and numpy run without the GIL, so the cards and the CPU stages overlap, and the models
+    stay in this process (no second copy in host memory, no pickling). The timer then sums over the devices."""
+    sets = [models] if isinstance(models, ModelSet) else list(models)
+    if len(sets) == 1:
+        return _predict_shard(paths, series, sets[0], pre_cfg, infer_cfg, desc, timer)
+    shards = split_by_study(series, len(sets))
+    timers = [StageTimer() for _ in sets]
+    with ThreadPoolExecutor(len(sets)) as pool:
+        jobs = [
+            pool.submit(_predict_shard, paths, shard, model_set, pre_cfg, infer_cfg, f"{desc} [{i}]", t, i)
+            for i, (shard, model_set, t) in enumerate(zip(shards, sets, timers, strict=True))
+        ]
+        parts = [job.result() for job in jobs]
+    if timer is not None:
+        for shard_timer in timers:
+            for stage, seconds in shard_timer.seconds.items():
+                timer.seconds[stage] += seconds
+    return _concat([p[0] for p in parts]), _concat([p[1] for p in parts])
+
+
+def _predict_shard(
+    paths: Paths,
+    series: pd.DataFrame,
+    models: ModelSet,
+    pre_cfg: PreprocessConfig,
+    infer_cfg: InferConfig,
+    desc: str,
+    timer: StageTimer | None,
+    position: int = 0,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
     timed = timer or _untimed
     keypoints, levels = [], []
-    for row in tqdm(list(series.itertuples()), desc=desc):
+    for row in tqdm(list(series.itertuples()), desc=desc, position=position):
         if row.plane not in models.stage1:
             continue
         try:
@@ -305,13 +352,14 @@ def predict_studies(
     paths: Paths,
     series: pd.DataFrame,
     study_ids: list[int],
-    models: ModelSet,
+    models: ModelSet | Sequence[ModelSet],
     priors: pd.DataFrame,
     pre_cfg: PreprocessConfig,
     infer_cfg: InferConfig,
     desc: str = "inference",
 ) -> Prediction:
-    """Predict the sagittal ``series`` and complete a 25-row submission for every study in ``study_ids``."""
+    """Predict the sagittal ``series`` and complete a 25-row submission for every study in ``study_ids``; with a
+    model set per device (``load_models_on``), the studies are split over the devices."""
     keypoints, levels = predict_series_table(paths, series, models, pre_cfg, infer_cfg, desc)
     return Prediction(
         submission=complete_submission(route(levels, infer_cfg), study_ids, priors),

@@ -92,7 +92,9 @@ if run_cv:
 # %%
 test_series = tables.series_table(paths, "test")
 study_ids = sorted(int(s) for s in tables.read_csv(paths, TEST_SERIES_CSV)["study_id"].unique())
-models = infer.load_models(paths, device=device)
+devices = engine.inference_devices()  # both cards of a "T4 x2": the studies are split over them
+models = infer.load_models_on(paths, devices)
+print(f"{len(study_ids)} test studies on {', '.join(map(str, devices))}")
 test = infer.predict_studies(paths, test_series, study_ids, models, infer.label_priors(targets), pre_cfg, infer_cfg)
 infer.write_submission(test.submission, paths.submission_csv)
 print(f"{paths.submission_csv}: {len(test.submission)} rows for {len(study_ids)} studies")

@@ -1,21 +1,29 @@
-"""Routing of model outputs to conditions, priors and the completeness of the submission."""
+"""Routing of model outputs to conditions, priors, a complete submission, and studies split over devices."""
 
 from __future__ import annotations
+
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
-from kaggle_utils.config import InferConfig
+from kaggle_utils import bench, tables
+from kaggle_utils.config import InferConfig, PreprocessConfig
 from kaggle_utils.constants import IGNORE_INDEX, LABEL_COLUMNS, SEVERITY_COLUMNS
 from kaggle_utils.infer import (
     StageTimer,
     complete_submission,
     label_priors,
+    load_models_on,
+    predict_series_table,
     route,
     score_submission,
     score_table,
+    split_by_study,
 )
+from kaggle_utils.paths import Paths
 
 
 def level_rows(preset: str, column: str, probs: tuple[float, float, float], study: int = 1) -> dict:
@@ -110,3 +118,31 @@ def test_stage_timer_adds_up_each_stage():
     with pytest.raises(ValueError), timer("crop"):  # a failing stage still counts
         raise ValueError
     assert set(timer.seconds) == {"read", "crop"} and all(s >= 0 for s in timer.seconds.values())
+
+
+def test_studies_are_dealt_whole_over_the_devices() -> None:
+    series = pd.DataFrame({"study_id": [5, 5, 7, 9, 9, 11, 3], "series_id": range(7)})
+    shards = split_by_study(series, 2)
+    assert [list(s["study_id"]) for s in shards] == [[5, 5, 9, 9, 3], [7, 11]]
+    assert [len(s) for s in split_by_study(series, 3)] == [3, 2, 2]
+    assert pd.concat(shards).sort_index().equals(series)
+
+
+def test_two_devices_predict_what_one_does(tiny_data: Path, tmp_path: Path) -> None:
+    """Two CPU "devices" (as the two cards of a T4 x2), each with its own copy of the models, one thread each."""
+    data = Paths(tiny_data, tmp_path)
+    series = tables.series_table(data, "train")
+    series = series[series["study_id"].isin(sorted(series["study_id"].unique())[:3])]
+    paths = Paths(tiny_data, tmp_path / "work")
+    bench.write_bench_models(paths, data, series, "smoke")
+    cpu = torch.device("cpu")
+    args = (PreprocessConfig(), InferConfig(tta_angles=(0.0, 10.0)))
+    one = predict_series_table(paths, series, load_models_on(paths, [cpu], [0])[0], *args)
+    timer = StageTimer()
+    two = predict_series_table(paths, series, load_models_on(paths, [cpu, cpu], [0]), *args, timer=timer)
+    keys = (["series_id", "level", "side"], ["series_id", "preset", "row_id"])
+    for a, b, key in zip(one, two, keys, strict=True):
+        assert len(a) == len(b) and set(a["study_id"]) == set(series["study_id"])
+        a, b = (f.sort_values(key).reset_index(drop=True) for f in (a, b))
+        pd.testing.assert_frame_equal(a, b, rtol=1e-6, atol=1e-6)
+    assert set(timer.seconds) == {"read", "volume", "keypoints", "crop", "classify"}
