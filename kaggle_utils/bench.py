@@ -12,10 +12,12 @@ the matrix size of many real sagittal series; the synthetic ones are ~300 px.
 
 Inference. ``infer.predict_series_table`` on the sagittal series of N studies, with a timer around each stage
 (DICOM reading, stage-1 volume, keypoints, cropping, stage 2 with all TTA rotations in one batch), on the CPU
-and on CUDA when there is one. Models are the checkpoints of WORK_DIR/models when it has them, else small
-ones written to a temporary folder. Then a projection of the full ensemble on 750 hidden studies on a T4:
-the CPU stages as measured, the GPU stages from the H100 anchor of the seed's shapes and an assumed T4/H100
-ratio, all printed with the table.
+with the checkpoints of WORK_DIR/models when it has them, else small ones written to a temporary folder. On a
+GPU, the real ensemble (6 presets x 4 folds of ``hgnetv2_b5``, untrained) per study in fp32 and under autocast,
+side by side, with the peak GPU memory. Then a projection of the full ensemble on 750 hidden studies on one T4
+in fp16 (what the kernel runs) and fp32, and on both cards of a T4 x2: the CPU stages as measured, the GPU stages
+from the H100 anchor of the seed's shapes and T4/H100 ratios from the cards' published peaks, all printed with
+the table.
 
 Run: ``python -m kaggle_utils.bench [--studies 8] [--data DIR] [--repeat 3] [--resample 512]`` or
 ``make bench-preprocess``;
@@ -30,7 +32,7 @@ import json
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,10 +43,10 @@ import torch
 from PIL import Image
 
 from kaggle_utils import infer, tables
-from kaggle_utils.config import FULL_PRESETS, InferConfig, PreprocessConfig, TrainConfig, preset
+from kaggle_utils.config import FULL_PRESETS, InferConfig, PreprocessConfig, TrainConfig, apply_overrides, preset
 from kaggle_utils.constants import LEVELS, TTA_ANGLES
 from kaggle_utils.dicom import Series, read_header, read_series
-from kaggle_utils.engine import save_checkpoint
+from kaggle_utils.engine import half_precision_copy, save_checkpoint
 from kaggle_utils.models import build_model
 from kaggle_utils.paths import Paths
 from kaggle_utils.preprocess import (
@@ -290,18 +292,54 @@ H100_ANCHOR_MS, H100_ANCHOR_IMAGES = 31.0, len(LEVELS) * 5 * len(TTA_ANGLES)
 
 
 @dataclass(frozen=True)
+class Card:
+    """A card's published peaks (NVIDIA's datasheets): dense fp16 tensor-core and fp32 TFLOPS, memory GB/s."""
+
+    name: str
+    fp16_tflops: float
+    fp32_tflops: float
+    bandwidth_gbs: float
+
+
+H100 = Card("H100 SXM", fp16_tflops=989.0, fp32_tflops=67.0, bandwidth_gbs=3350.0)
+T4 = Card("T4", fp16_tflops=65.0, fp32_tflops=8.1, bandwidth_gbs=320.0)  # no tensor cores for fp32
+PRECISIONS = ("fp16", "fp32")
+
+
+def throughput_ratio(card: Card, reference: Card, precision: str) -> float:
+    """``card`` at ``precision`` against ``reference`` in fp16 (the anchor's precision): the geometric mean of the
+    compute-peak ratio and the bandwidth ratio, since these convnets are partly compute-, partly memory-bound.
+    A T4 comes out at 1/12.6 of an H100 in fp16 and 1/35.8 in fp32."""
+    compute = (card.fp16_tflops if precision == "fp16" else card.fp32_tflops) / reference.fp16_tflops
+    return (compute * card.bandwidth_gbs / reference.bandwidth_gbs) ** 0.5
+
+
+@dataclass(frozen=True)
 class GpuAssumptions:
     """How the full ensemble's GPU time is projected; every value is printed with the projection."""
 
+    precision: str = "fp16"  # what a T4 runs: fp16 autocast (``engine.autocast_dtype``)
+    cards: int = 1  # Kaggle's "T4 x2" splits the studies over both (``infer.predict_series_table``)
     h100_ms_per_image: float = H100_ANCHOR_MS / H100_ANCHOR_IMAGES
-    t4_over_h100: float = 1 / 8  # T4 throughput relative to an H100 for fp16 convnets: an assumption, not measured
     reference_px: int = 256  # images of another size cost in proportion to their pixels
     n_folds: int = 4
     n_tta: int = len(TTA_ANGLES)
 
     @property
+    def t4_over_h100(self) -> float:
+        return throughput_ratio(T4, H100, self.precision)
+
+    @property
     def t4_ms_per_image(self) -> float:
         return self.h100_ms_per_image / self.t4_over_h100
+
+    @property
+    def label(self) -> str:
+        return f"{self.cards}x T4 {self.precision}"
+
+
+KAGGLE_SETUPS = (GpuAssumptions("fp16"), GpuAssumptions("fp32"), GpuAssumptions("fp16", cards=2))
+"""The projected set-ups: one T4 as the kernel runs it (fp16), in fp32, and both cards of a T4 x2."""
 
 
 def images_per_series(cfg: TrainConfig, gpu: GpuAssumptions) -> float:
@@ -322,11 +360,12 @@ def full_images_per_study(series_per_study: dict[str, float], gpu: GpuAssumption
 
 @dataclass
 class InferTiming:
-    """Seconds per stage of one inference run over ``n_studies`` studies on one device."""
+    """Seconds per stage of one inference run over ``n_studies`` studies on one device, and its peak GPU memory."""
 
     device: str
     n_studies: int
     seconds: dict[str, float] = field(default_factory=dict)
+    peak_gb: float | None = None
 
     def per_study(self, stage: str) -> float:
         return self.seconds.get(stage, 0.0) / self.n_studies
@@ -337,7 +376,6 @@ class Projection:
     """Seconds per study on Kaggle by stage, where each number comes from, and the total for the hidden test."""
 
     per_study: dict[str, float]
-    source: dict[str, str]
     n_studies: int = 750
     limit_h: float = 9.0
 
@@ -349,65 +387,82 @@ class Projection:
 def project(
     cpu: InferTiming, series_per_study: dict[str, float], gpu: GpuAssumptions, n_studies: int = 750
 ) -> Projection:
-    """The full ensemble on one T4: CPU stages as measured (no overlap with the GPU), GPU stages from the anchor."""
+    """The full ensemble on ``gpu.cards`` T4s: CPU stages as measured (not overlapped with the GPU, not split over
+    the cards' threads, which share the GIL while parsing DICOMs), GPU stages from the anchor, split over the cards."""
     per_study = {stage: cpu.per_study(stage) for stage in CPU_STAGES}
-    source = dict.fromkeys(CPU_STAGES, f"measured ({cpu.device})")
     for stage, images in full_images_per_study(series_per_study, gpu).items():
-        per_study[stage] = images * gpu.t4_ms_per_image / 1000
-        source[stage] = f"{images:.0f} img x {gpu.t4_ms_per_image:.3f} ms"
+        per_study[stage] = images * gpu.t4_ms_per_image / 1000 / gpu.cards
     order = list(STAGES)
-    return Projection(dict(sorted(per_study.items(), key=lambda kv: order.index(kv[0]))), source, n_studies)
+    return Projection(dict(sorted(per_study.items(), key=lambda kv: order.index(kv[0]))), n_studies)
 
 
 def format_timings(timings: list[InferTiming]) -> str:
-    lines = [f"{'stage (s/study)':<22}" + "".join(f"{t.device:>10}" for t in timings)]
+    width = max(12, *(len(t.device) + 2 for t in timings))
+    lines = [f"{'stage (s/study)':<22}" + "".join(f"{t.device:>{width}}" for t in timings)]
     for stage, name in STAGES.items():
-        lines.append(f"{name:<22}" + "".join(f"{t.per_study(stage):10.3f}" for t in timings))
-    lines.append(f"{'total':<22}" + "".join(f"{sum(t.seconds.values()) / t.n_studies:10.3f}" for t in timings))
+        lines.append(f"{name:<22}" + "".join(f"{t.per_study(stage):{width}.3f}" for t in timings))
+    lines.append(f"{'total':<22}" + "".join(f"{sum(t.seconds.values()) / t.n_studies:{width}.3f}" for t in timings))
+    if any(t.peak_gb is not None for t in timings):
+        peaks = ("-" if t.peak_gb is None else f"{t.peak_gb:.2f}" for t in timings)
+        lines.append(f"{'peak GPU memory (GB)':<22}" + "".join(f"{p:>{width}}" for p in peaks))
     return "\n".join(lines)
 
 
-def format_projection(projection: Projection, gpu: GpuAssumptions, series_per_study: dict[str, float]) -> str:
-    n = projection.n_studies
-    series = " + ".join(f"{v:.2f} {k.upper()}" for k, v in sorted(series_per_study.items()))
+def format_projection(projections: list[Projection], setups: list[GpuAssumptions], series: dict[str, float]) -> str:
+    """The projected set-ups side by side, after the assumptions they rest on."""
+    n, gpu = projections[0].n_studies, setups[0]
+    ratios = ", ".join(f"1/{1 / throughput_ratio(T4, H100, p):.3g} in {p}" for p in PRECISIONS)
     lines = [
         f"projection: {n} hidden studies, full ensemble ({len(FULL_PRESETS)} presets x {gpu.n_folds} folds, "
-        f"{FULL_PRESETS['sp1'].backbone.split('.')[0]}, {gpu.n_tta} TTA), one T4, {projection.limit_h:g} h limit",
+        f"{FULL_PRESETS['sp1'].backbone.split('.')[0]}, {gpu.n_tta} TTA), {projections[0].limit_h:g} h limit",
         "assumptions:",
         f"  H100, per {gpu.reference_px} px image: {H100_ANCHOR_MS:g} ms / {H100_ANCHOR_IMAGES} images "
-        f"(5 levels x 5 frames x 9 TTA, one batch; measured on an H100) = {gpu.h100_ms_per_image:.3f} ms",
-        f"  T4 throughput = 1/{1 / gpu.t4_over_h100:.3g} of an H100 (fp16 convnets; assumed) "
-        f"-> {gpu.t4_ms_per_image:.3f} ms per {gpu.reference_px} px image",
+        f"(5 levels x 5 frames x 9 TTA, one batch; measured on an H100, fp16) = {gpu.h100_ms_per_image:.3f} ms",
+        f"  T4 throughput = {ratios} of an H100 in fp16: the geometric mean of the peak-compute ratio and the "
+        "bandwidth ratio",
+        f"    (NVIDIA datasheets: T4 {T4.fp16_tflops:g} TFLOPS fp16 tensor, {T4.fp32_tflops:g} fp32, "
+        f"{T4.bandwidth_gbs:g} GB/s; {H100.name} {H100.fp16_tflops:g} TFLOPS fp16 dense, {H100.bandwidth_gbs:g} GB/s)",
         f"  other sizes cost in proportion to their pixels (96 px = {(96 / gpu.reference_px) ** 2:.2f} image); "
         "stage-1 frames once, stage-2 frames x 5 levels x TTA",
-        f"  series per study as in the benchmark data: {series}",
-        "  CPU stages as measured here, one process, not overlapped with the GPU (pessimistic)",
-        f"{'stage':<22}{'s/study':>9}  {'source':<28}{f'{n} studies':>12}",
+        "  series per study as in the benchmark data: "
+        + " + ".join(f"{v:.2f} {k.upper()}" for k, v in sorted(series.items())),
+        "  full-ensemble images per study (256 px equivalents): "
+        + ", ".join(f"{v:.0f} {STAGES[k]}" for k, v in full_images_per_study(series, gpu).items()),
+        "  CPU stages as measured here, one process, not overlapped with the GPU nor split over 2 cards (pessimistic)",
+        f"{'stage (s/study)':<22}" + "".join(f"{s.label:>14}" for s in setups),
     ]
-    for stage, seconds in projection.per_study.items():
-        total_min = seconds * n / 60
-        lines.append(f"{STAGES[stage]:<22}{seconds:9.3f}  {projection.source[stage]:<28}{total_min:8.1f} min")
-    share = projection.total_h / projection.limit_h
-    total = sum(projection.per_study.values())
-    lines.append(f"{'total':<22}{total:9.3f}  {'':<28}{projection.total_h:10.2f} h  ({share:.0%} of the limit)")
+    for stage, name in STAGES.items():
+        lines.append(f"{name:<22}" + "".join(f"{p.per_study[stage]:14.3f}" for p in projections))
+    lines.append(f"{'total (s/study)':<22}" + "".join(f"{sum(p.per_study.values()):14.3f}" for p in projections))
+    lines.append(f"{f'{n} studies (h)':<22}" + "".join(f"{p.total_h:14.2f}" for p in projections))
+    lines.append(f"{'share of the limit':<22}" + "".join(f"{p.total_h / p.limit_h:14.0%}" for p in projections))
     return "\n".join(lines)
 
 
-def write_bench_models(paths: Paths, data_paths: Paths, series: pd.DataFrame, profile: str) -> list[Path]:
-    """Fold-0 checkpoints of the six presets at ``profile`` size. Timing does not depend on the weights, but crops
-    do depend on the keypoints: the stage-1 heads output the mean training keypoints of their plane (so crop boxes
-    are realistic), and the stage-2 weights stay random."""
+def write_bench_models(
+    paths: Paths, data_paths: Paths, series: pd.DataFrame, profile: str, n_folds: int = 1
+) -> list[Path]:
+    """Checkpoints of the six presets at ``profile`` size for folds 0..n_folds-1. Timing does not depend on the
+    weights, but crops do depend on the keypoints: the stage-1 heads output the mean training keypoints of their
+    plane (so crop boxes are realistic), and the stage-2 weights stay random. Folds after the first are fp16 copies
+    of it, as the weights dataset holds them (the same weights: an ensemble's cost, not its diversity)."""
     truth = tables.keypoints_table(data_paths, series)
     written = []
     for name in FULL_PRESETS:
-        cfg = preset(name, profile)
+        cfg = apply_overrides(preset(name, profile), {"pretrained": False})
         torch.manual_seed(cfg.seed)
         model = build_model(cfg)
         if cfg.stage == 1:
             _predict_constant(model, truth[truth["plane"] == cfg.plane])
-        path = paths.checkpoint(name, 0, cfg.seed)
-        save_checkpoint(model, cfg, path, fold=0, metrics={}, seconds=0.0, extra={"bench": "untrained"})
-        written.append(path)
+        first = paths.checkpoint(name, 0, cfg.seed)
+        sidecar = save_checkpoint(model, cfg, first, fold=0, metrics={}, seconds=0.0, extra={"bench": "untrained"})
+        written.append(first)
+        del model
+        for fold in range(1, n_folds):
+            path = paths.checkpoint(name, fold, cfg.seed)
+            half_precision_copy(first, path)
+            path.with_suffix(".json").write_text(json.dumps({**sidecar, "fold": fold}, indent=1))
+            written.append(path)
     return written
 
 
@@ -420,18 +475,58 @@ def _predict_constant(model: torch.nn.Module, keypoints: pd.DataFrame) -> None:
         model.fc.bias.copy_(torch.log(mean / (1 - mean)))
 
 
+def in_precision(models: infer.ModelSet, amp: bool) -> infer.ModelSet:
+    """The same networks predicting under autocast (``amp``: fp16 on a T4, bf16 from Ampere on) or in fp32."""
+
+    def switched(loaded: infer.LoadedModel) -> infer.LoadedModel:
+        cfg = dataclasses.replace(loaded.cfg, amp=amp)
+        return dataclasses.replace(loaded, cfg=cfg, task=type(loaded.task)(cfg, loaded.task.device))
+
+    out = infer.ModelSet()
+    for bank, banks in ((out.stage1, models.stage1), (out.stage2, models.stage2)):
+        for key, loaded in banks.items():
+            bank[key] = [switched(m) for m in loaded]
+    return out
+
+
 def time_inference(
-    paths: Paths, series: pd.DataFrame, device: torch.device, pre_cfg: PreprocessConfig, infer_cfg: InferConfig
+    paths: Paths,
+    series: pd.DataFrame,
+    device: torch.device,
+    pre_cfg: PreprocessConfig,
+    infer_cfg: InferConfig,
+    folds: Sequence[int] | None = (0,),
+    amp: bool = True,
+    label: str = "",
 ) -> InferTiming:
-    """Seconds per stage over ``series`` on ``device``, after one warm-up series (lazy CUDA and cuDNN set-up)."""
-    models = infer.load_models(paths, [0], device)
-    infer.predict_series_table(paths, series.iloc[:1], models, pre_cfg, infer_cfg, desc=f"warm-up {device.type}")
+    """Seconds per stage over ``series`` on ``device``, after one warm-up series (lazy CUDA and cuDNN set-up), with
+    the peak GPU memory of the timed run (the loaded models included)."""
+    models = in_precision(infer.load_models(paths, None if folds is None else list(folds), device), amp)
+    label = label or device.type
+    infer.predict_series_table(paths, series.iloc[:1], models, pre_cfg, infer_cfg, desc=f"warm-up {label}")
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
     timer = infer.StageTimer()
-    infer.predict_series_table(paths, series, models, pre_cfg, infer_cfg, desc=f"bench {device.type}", timer=timer)
-    return InferTiming(device.type, series["study_id"].nunique(), dict(timer.seconds))
+    infer.predict_series_table(paths, series, models, pre_cfg, infer_cfg, desc=f"bench {label}", timer=timer)
+    peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    del models
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    return InferTiming(label, series["study_id"].nunique(), dict(timer.seconds), peak)
 
 
-def infer_main(argv: list[str] | None = None) -> tuple[list[InferTiming], Projection]:
+def gpu_timings(
+    paths: Paths, series: pd.DataFrame, device: torch.device, pre_cfg: PreprocessConfig, infer_cfg: InferConfig
+) -> list[InferTiming]:
+    """The ensemble of ``paths`` (every fold) on ``device`` in fp32 and under autocast, one after the other."""
+    return [
+        time_inference(paths, series, device, pre_cfg, infer_cfg, None, amp, f"{device.type} {name}")
+        for name, amp in (("fp32", False), ("autocast", True))
+    ]
+
+
+def infer_main(argv: list[str] | None = None) -> tuple[list[InferTiming], list[Projection]]:
     parser = argparse.ArgumentParser(description="Inference benchmark per study, with a projection for a T4.")
     parser.add_argument("--studies", type=int, default=8, help="number of training studies")
     parser.add_argument("--data", type=Path, default=None, help="competition-layout folder (default: data/synthetic)")
@@ -441,8 +536,10 @@ def infer_main(argv: list[str] | None = None) -> tuple[list[InferTiming], Projec
         "--build-models", action="store_true", help="time small untrained models even if WORK_DIR has some"
     )
     parser.add_argument("--profile", default="smoke", choices=["smoke", "demo"], help="size of the built models")
+    parser.add_argument("--gpu-profile", default="full", help="size of the ensemble timed on a GPU (full: the real)")
+    parser.add_argument("--gpu-folds", type=int, default=4, help="folds of the ensemble timed on a GPU")
     args = parser.parse_args(argv)
-    pre_cfg, infer_cfg, gpu = PreprocessConfig(), InferConfig(), GpuAssumptions()
+    pre_cfg, infer_cfg = PreprocessConfig(), InferConfig()
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = bench_data(args.data, args.studies, args.seed, Path(tmp) / "data")
         work = Paths.resolve(data_dir, args.work_dir)
@@ -454,13 +551,17 @@ def infer_main(argv: list[str] | None = None) -> tuple[list[InferTiming], Projec
             write_bench_models(paths, work, series, args.profile)
         print(f"data: {data_dir}; models: {_describe_models(paths)}; torch threads: {torch.get_num_threads()}")
         print(_describe_series(paths, series))
-        devices = [torch.device("cpu")] + ([torch.device("cuda")] if torch.cuda.is_available() else [])
-        timings = [time_inference(paths, series, d, pre_cfg, infer_cfg) for d in devices]
-    per_study = series.groupby("plane").size() / series["study_id"].nunique()
-    projection = project(timings[0], per_study.to_dict(), gpu)
+        timings = [time_inference(paths, series, torch.device("cpu"), pre_cfg, infer_cfg)]
+        if torch.cuda.is_available():
+            ensemble = Paths(data_dir, Path(tmp) / "ensemble")
+            write_bench_models(ensemble, work, series, args.gpu_profile, args.gpu_folds)
+            print(f"on {torch.cuda.get_device_name()}: {_describe_models(ensemble)} x {args.gpu_folds} folds")
+            timings += gpu_timings(ensemble, series, torch.device("cuda"), pre_cfg, infer_cfg)
+    per_study = (series.groupby("plane").size() / series["study_id"].nunique()).to_dict()
+    projections = [project(timings[0], per_study, gpu) for gpu in KAGGLE_SETUPS]
     print(format_timings(timings))
-    print(format_projection(projection, gpu, per_study.to_dict()))
-    return timings, projection
+    print(format_projection(projections, list(KAGGLE_SETUPS), per_study))
+    return timings, projections
 
 
 def _describe_models(paths: Paths) -> str:
