@@ -45,7 +45,7 @@ DEMO_DEPS := install
 endif
 
 .PHONY: help install data demo train-all denoise test lint format notebooks clean sync submit wheels bench-preprocess \
-	bench-infer bench-train
+	bench-infer bench-train test-kaggle-image
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -90,6 +90,28 @@ denoise: $(DEMO_DEPS) ## Round 2 from WORK_DIR's round-1 OOF (notebook 05: noisy
 
 test: install ## Run the test suite (unit tests and every notebook on a tiny synthetic dataset)
 	$(PY) -m pytest
+
+# make test-kaggle-image: the inference and kernel tests in a second environment close to Kaggle's GPU image (its
+# May 2026 base): Python 3.12 and the image's numpy, pandas, timm and opencv; torch 2.10 as the image has it (the CUDA
+# wheel, run on the CPU here). It downloads about 4 GB, so `make test` leaves it out.
+KAGGLE_IMAGE_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/python3.12) $(shell command -v python3.12))
+KAGGLE_IMAGE_VENV ?= .venv-kaggle-image
+KAGGLE_IMAGE_PINS := torch==2.10.0 torchvision==0.25.0 numpy==2.0.2 pandas==2.2.2 timm==1.0.26 \
+	opencv-python-headless==4.13.0.92
+KAGGLE_IMAGE_TESTS := tests/test_infer.py tests/test_kaggle.py tests/test_wheels.py tests/test_models.py \
+	tests/test_engine.py tests/test_dicom.py
+
+test-kaggle-image: $(KAGGLE_IMAGE_VENV)/.installed ## The inference and kernel tests under Kaggle's Python 3.12, torch 2.10, numpy, pandas, timm
+	$(KAGGLE_IMAGE_VENV)/bin/python -c 'import sys, torch, numpy, pandas, timm, cv2; print("python", sys.version.split()[0], "torch", torch.__version__, "numpy", numpy.__version__, "pandas", pandas.__version__, "timm", timm.__version__, "opencv", cv2.__version__)'
+	$(KAGGLE_IMAGE_VENV)/bin/python -m pytest $(KAGGLE_IMAGE_TESTS)
+
+$(KAGGLE_IMAGE_VENV)/.installed: pyproject.toml
+	@test -n '$(KAGGLE_IMAGE_PYTHON)' || { echo "no python3.12 found: set KAGGLE_IMAGE_PYTHON=/path/to/python3.12"; exit 1; }
+	$(KAGGLE_IMAGE_PYTHON) -m venv $(KAGGLE_IMAGE_VENV)
+	$(KAGGLE_IMAGE_VENV)/bin/pip install --quiet --upgrade pip
+	$(KAGGLE_IMAGE_VENV)/bin/pip install --quiet $(KAGGLE_IMAGE_PINS)
+	$(KAGGLE_IMAGE_VENV)/bin/pip install --quiet -e '.[dev]' $(KAGGLE_IMAGE_PINS)
+	touch $@
 
 bench-preprocess: install ## Time stage-1/2 preprocessing against the plain way on BENCH_STUDIES synthetic studies
 	$(PY) -m kaggle_utils.bench --studies $(BENCH_STUDIES)
