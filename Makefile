@@ -61,16 +61,16 @@ $(VENV)/.installed: pyproject.toml
 
 data: install ## Write the synthetic competition dataset to SYNTHETIC_DIR (N_TRAIN, N_TEST, SEED)
 	@if [ -f $(SYNTHETIC_DIR)/train.csv ]; then echo "$(SYNTHETIC_DIR) exists (make clean to redo)"; \
-	else $(PY) -m kaggle_utils.synthetic $(SYNTHETIC_DIR) --train $(N_TRAIN) --test $(N_TEST) --seed $(SEED); fi
+	else $(PY) -m kaggle_utils.dev.synthetic $(SYNTHETIC_DIR) --train $(N_TRAIN) --test $(N_TEST) --seed $(SEED); fi
 
 demo: $(DEMO_DEPS) ## Run the four notebooks headless on DATA_DIR (default: the synthetic data) into WORK_DIR
-	$(PY) -m kaggle_utils.runner $(DEMO_NOTEBOOKS) --out $(WORK_DIR)/executed \
+	$(PY) -m kaggle_utils.dev.runner $(DEMO_NOTEBOOKS) --out $(WORK_DIR)/executed \
 		--set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR) --set PROFILE=$(PROFILE) \
 		--set 'FOLDS=$(FOLDS)' --set 'PRESETS=$(PRESETS)' --set 'TRAIN_OVERRIDES=$(TRAIN_OVERRIDES)'
 	@echo "submission: $(WORK_DIR)/submission.csv   scores: $(WORK_DIR)/cv.json   pictures: $(WORK_DIR)/figures"
 
 train-all: $(DEMO_DEPS) ## Preprocess, train TRAIN_PRESETS x TRAIN_FOLDS (GPUS=N: torchrun; ROUNDS=2: denoised round too); resumable
-	$(PY) -m kaggle_utils.runner notebooks/01_preprocess.py --out $(WORK_DIR)/executed \
+	$(PY) -m kaggle_utils.dev.runner notebooks/01_preprocess.py --out $(WORK_DIR)/executed \
 		--set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR)
 	$(TRAIN_LAUNCH) -m kaggle_utils.train --presets $(TRAIN_PRESETS) --folds $(TRAIN_FOLDS) \
 		--profile $(TRAIN_PROFILE) --data-dir $(DEMO_DATA) --work-dir $(WORK_DIR) --overrides '$(TRAIN_OVERRIDES)'
@@ -83,7 +83,7 @@ ifeq ($(ROUNDS),2)
 endif
 
 denoise: $(DEMO_DEPS) ## Round 2 from WORK_DIR's round-1 OOF (notebook 05: noisy labels out, pseudo labels in), then 04 on it
-	$(PY) -m kaggle_utils.runner notebooks/05_denoise.py notebooks/04_inference.py --out $(WORK_DIR)/$(DENOISE_RUN)/executed \
+	$(PY) -m kaggle_utils.dev.runner notebooks/05_denoise.py notebooks/04_inference.py --out $(WORK_DIR)/$(DENOISE_RUN)/executed \
 		--set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR) --set PROFILE=$(PROFILE) \
 		--set 'FOLDS=$(FOLDS)' --set 'PRESETS=$(PRESETS)' --set 'TRAIN_OVERRIDES=$(TRAIN_OVERRIDES)' --set RUN=$(DENOISE_RUN)
 	@echo "report: $(WORK_DIR)/$(DENOISE_RUN)/denoise.json   scores: $(WORK_DIR)/$(DENOISE_RUN)/cv.json"
@@ -114,13 +114,13 @@ $(KAGGLE_IMAGE_VENV)/.installed: pyproject.toml
 	touch $@
 
 bench-preprocess: install ## Time stage-1/2 preprocessing against the plain way on BENCH_STUDIES synthetic studies
-	$(PY) -m kaggle_utils.bench --studies $(BENCH_STUDIES)
+	$(PY) -m kaggle_utils.dev.bench_preprocess --studies $(BENCH_STUDIES)
 
 bench-infer: install ## Time inference per study (WORK_DIR/models, else small models; BENCH_FLAGS=--build-models) + T4 projection
-	$(PY) -m kaggle_utils.bench infer --studies $(BENCH_STUDIES) --work-dir '$(WORK_DIR)' $(BENCH_FLAGS)
+	$(PY) -m kaggle_utils.dev.bench_infer --studies $(BENCH_STUDIES) --work-dir '$(WORK_DIR)' $(BENCH_FLAGS)
 
 bench-train: install ## ms per training step of every preset vs the seed's settings, and the loader overhead (BENCH_FLAGS)
-	$(PY) -m kaggle_utils.bench_train $(BENCH_FLAGS)
+	$(PY) -m kaggle_utils.dev.bench_train $(BENCH_FLAGS)
 
 lint: install ## ruff lint and format check
 	$(VENV)/bin/ruff check kaggle_utils tests notebooks
@@ -136,7 +136,7 @@ notebooks: install ## Regenerate the .ipynb twin of every notebooks/*.py (the .p
 # --- Kaggle (needs the CLI: `pip install kaggle six`, and credentials) -------------------------------------
 # The owner of every dataset and of the kernel is set here only; the committed metadata says {owner}.
 KAGGLE ?= kaggle
-KAGGLE_USER ?= $(shell $(PY) -m kaggle_utils.kaggle owner 2>/dev/null)
+KAGGLE_USER ?= $(shell $(PY) -m kaggle_utils.dev.kaggle owner 2>/dev/null)
 KAGGLE_BUILD ?= $(CURDIR)/build/kaggle
 MSG ?=
 KAGGLE_POLL ?= 30
@@ -148,32 +148,32 @@ WHEELS_PYTHONS ?= 3.11 3.12 3.13
 WHEELS_PLATFORMS := manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_28_x86_64 manylinux_2_31_x86_64 manylinux_2_34_x86_64
 PIP ?= $(PY) -m pip
 GIT_COMMIT = $(shell git rev-parse --short HEAD 2>/dev/null || echo no-git)$(if $(shell git status --porcelain 2>/dev/null),-dirty)
-STAGE = $(PY) -m kaggle_utils.kaggle stage --owner '$(KAGGLE_USER)' --build '$(KAGGLE_BUILD)'
+STAGE = $(PY) -m kaggle_utils.dev.kaggle stage --owner '$(KAGGLE_USER)' --build '$(KAGGLE_BUILD)'
 
 # Stage $(1) (code, weights or wheels) and publish it: a new version when the dataset exists, else create it.
 # --dir-mode zip because the CLI's default (skip) silently drops sub-folders such as kaggle_utils/.
 define publish_dataset
 	@set -eo pipefail; dir=$$($(STAGE) $(1) $(2)); id='$(KAGGLE_USER)'/$$(basename "$$dir"); \
-	action=$$($(PY) -m kaggle_utils.kaggle publish-action "$$id" --cli '$(KAGGLE)'); echo "$$action $$id"; \
+	action=$$($(PY) -m kaggle_utils.dev.kaggle publish-action "$$id" --cli '$(KAGGLE)'); echo "$$action $$id"; \
 	if [ "$$action" = version ]; then \
 		$(KAGGLE) datasets version -p "$$dir" -m "$(strip $(GIT_COMMIT) $(MSG))" --dir-mode zip; \
 	else $(KAGGLE) datasets create -p "$$dir" --dir-mode zip; fi
 endef
 
 sync: ## Publish the kaggle_utils code and WORK_DIR/models weights datasets as KAGGLE_USER (message: commit id, MSG)
-	@$(PY) -m kaggle_utils.kaggle check
+	@$(PY) -m kaggle_utils.dev.kaggle check
 	$(call publish_dataset,code)
 	$(call publish_dataset,weights,--models '$(WORK_DIR)/models')
 
 submit: ## Wait until our datasets' new versions are ready, then push the submission kernel (notebook 04) as KAGGLE_USER
-	@$(PY) -m kaggle_utils.kaggle check
+	@$(PY) -m kaggle_utils.dev.kaggle check
 	@set -eo pipefail; dir=$$($(STAGE) kernel); \
-	$(PY) -m kaggle_utils.kaggle wait-ready "$$dir/kernel-metadata.json" --cli '$(KAGGLE)' --poll $(KAGGLE_POLL); \
+	$(PY) -m kaggle_utils.dev.kaggle wait-ready "$$dir/kernel-metadata.json" --cli '$(KAGGLE)' --poll $(KAGGLE_POLL); \
 	$(KAGGLE) kernels push -p "$$dir"
 
 wheels: ## pip download WHEELS as installed here for WHEELS_PYTHONS and publish them as the wheels dataset
-	@$(PY) -m kaggle_utils.kaggle check
-	@set -eo pipefail; pins=$$($(PY) -m kaggle_utils.kaggle pins $(WHEELS)); echo "pins: $$pins"; \
+	@$(PY) -m kaggle_utils.dev.kaggle check
+	@set -eo pipefail; pins=$$($(PY) -m kaggle_utils.dev.kaggle pins $(WHEELS)); echo "pins: $$pins"; \
 	for python in $(WHEELS_PYTHONS); do \
 		$(PIP) download --dest '$(KAGGLE_BUILD)/downloads' --no-deps --only-binary=:all: --python-version $$python \
 			$(addprefix --platform ,$(WHEELS_PLATFORMS)) $$pins; \

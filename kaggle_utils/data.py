@@ -19,7 +19,7 @@ from torch.utils.data import Dataset
 
 from kaggle_utils.constants import IGNORE_INDEX, LEVELS, SEVERITY_COLUMNS, row_id
 from kaggle_utils.frames import array_shape, read_frames
-from kaggle_utils.models import left_right_pairs_of
+from kaggle_utils.labels import left_right_pairs_of
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import series_points
 

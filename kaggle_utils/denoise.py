@@ -53,10 +53,10 @@ from kaggle_utils.constants import (
     condition_family,
     row_id,
 )
-from kaggle_utils.engine import score_predictions
 from kaggle_utils.infer import route
 from kaggle_utils.paths import LABEL_FLIPS_CSV, Paths
 from kaggle_utils.tables import SCHEMAS, load_table, save_table
+from kaggle_utils.tasks import score_predictions
 
 DEFAULT_THRESHOLD = 0.85
 """The solution's threshold: a label is noisy when the ensemble gives it at most 15 %."""

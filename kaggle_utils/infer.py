@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from kaggle_utils.checkpoints import load_checkpoint
 from kaggle_utils.config import InferConfig, PreprocessConfig, TrainConfig
 from kaggle_utils.constants import (
     ALL_STUDIES_FOLD,
@@ -36,23 +37,24 @@ from kaggle_utils.constants import (
     condition_family,
     row_id,
 )
+from kaggle_utils.devices import default_device
 from kaggle_utils.dicom import SeriesError, read_series
-from kaggle_utils.engine import ClassifierTask, KeypointTask, default_device, level_frame, load_checkpoint
 from kaggle_utils.frames import take_frames
+from kaggle_utils.labels import condition_rows, level_frame, sort_level_points
 from kaggle_utils.metric import score_parts, solution_from_targets
-from kaggle_utils.models import condition_rows
 from kaggle_utils.paths import Paths
-from kaggle_utils.preprocess import intensity_window, sort_level_points, stage1_volume, stage2_crops
+from kaggle_utils.predictors import KeypointPredictor, LevelPredictor
+from kaggle_utils.preprocess import intensity_window, stage1_volume, stage2_crops
 from kaggle_utils.tables import points_frame, series_points
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A checkpoint ready to predict: the network, the config its sidecar holds, and its stage's task."""
+    """A checkpoint ready to predict: the network, the config its sidecar holds, and its stage's predictor."""
 
     model: nn.Module
     cfg: TrainConfig
-    task: KeypointTask | ClassifierTask
+    predictor: KeypointPredictor | LevelPredictor
 
 
 @dataclass
@@ -76,9 +78,9 @@ def load_models(paths: Paths, folds: list[int] | None = None, device: torch.devi
         if folds is not None and sidecar["fold"] not in folds:
             continue
         if cfg.stage == 1:
-            models.stage1[cfg.plane].append(LoadedModel(model, cfg, KeypointTask(cfg, device)))
+            models.stage1[cfg.plane].append(LoadedModel(model, cfg, KeypointPredictor(cfg, device)))
         else:
-            models.stage2[cfg.name].append(LoadedModel(model, cfg, ClassifierTask(cfg, device)))
+            models.stage2[cfg.name].append(LoadedModel(model, cfg, LevelPredictor(cfg, device)))
     if not models.stage1 or not models.stage2:
         raise FileNotFoundError(f"no stage-1 and stage-2 checkpoints for folds {folds} in {paths.models_dir}")
     return models
@@ -101,7 +103,7 @@ def predict_keypoints(volume: np.ndarray, models: list[LoadedModel]) -> np.ndarr
             "mask": torch.from_numpy(mask)[None],
             "target": torch.zeros(1, 10, 2),
         }
-        predictions.append(loaded.task.predict(loaded.model, batch)[0].cpu().numpy())
+        predictions.append(loaded.predictor.predict(loaded.model, batch)[0].cpu().numpy())
     return sort_level_points(np.median(predictions, axis=0).reshape(5, 2, 2))
 
 
@@ -116,7 +118,7 @@ def predict_levels(crops: np.ndarray, models: list[LoadedModel], angles: tuple[f
             "mask": torch.from_numpy(mask)[None],
             "target": torch.zeros(1),
         }
-        predictions.append(loaded.task.predict(loaded.model, batch, angles)[0].cpu().numpy())
+        predictions.append(loaded.predictor.predict(loaded.model, batch, angles)[0].cpu().numpy())
     return np.mean(predictions, axis=0)
 
 

@@ -18,49 +18,14 @@ from torch import nn
 
 from kaggle_utils.config import Stage2Config, TrainConfig
 from kaggle_utils.constants import (
-    CONDITIONS,
-    FORAMINAL_CONDITIONS,
     IGNORE_INDEX,
     N_KEYPOINTS,
     SEVERITIES,
     condition_family,
 )
+from kaggle_utils.labels import condition_rows, head_groups, is_sided, left_right_pairs_of
 
 N_CLASSES = len(SEVERITIES)
-_CONDITION_ROWS: dict[str, tuple[str, ...]] = {"all": CONDITIONS, "foraminal": FORAMINAL_CONDITIONS}
-
-
-def condition_rows(condition: str) -> tuple[str, ...]:
-    """Condition names of the rows a stage-2 model predicts per level, in output order."""
-    if condition not in _CONDITION_ROWS:
-        raise ValueError(f"unknown condition {condition!r}; choose from {', '.join(_CONDITION_ROWS)}")
-    return _CONDITION_ROWS[condition]
-
-
-def left_right_pairs(condition: str) -> tuple[tuple[int, int], ...]:
-    """Row indices (left, right) of each sided condition: the rows a sequence flip swaps."""
-    return left_right_pairs_of(condition_rows(condition))
-
-
-def left_right_pairs_of(rows: Sequence[str]) -> tuple[tuple[int, int], ...]:
-    """Row indices (left, right) of each sided condition among ``rows``."""
-    rows = tuple(rows)
-    return tuple(
-        (i, rows.index(name.replace("left_", "right_", 1))) for i, name in enumerate(rows) if name.startswith("left_")
-    )
-
-
-def is_sided(condition: str) -> bool:
-    """Whether a condition has a side (left/right) rather than being central (spinal canal)."""
-    return condition.startswith(("left_", "right_"))
-
-
-def head_groups(condition: str) -> tuple[tuple[str, ...], ...]:
-    """Rows grouped by condition family, one group per head; groups are contiguous in row order."""
-    groups: dict[str, list[str]] = {}
-    for name in condition_rows(condition):
-        groups.setdefault(condition_family(name), []).append(name)
-    return tuple(tuple(rows) for rows in groups.values())
 
 
 def create_backbone(cfg: TrainConfig) -> nn.Module:

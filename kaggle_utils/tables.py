@@ -31,7 +31,7 @@ from kaggle_utils.constants import (
     condition_family,
 )
 from kaggle_utils.dicom import read_header
-from kaggle_utils.preprocess import sort_level_points
+from kaggle_utils.labels import sort_level_points
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "series": ("study_id", "series_id", "series_description", "plane", "split", "fold"),

@@ -27,14 +27,17 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from kaggle_utils import config, denoise, distributed, viz
+from kaggle_utils.checkpoints import same_run
 from kaggle_utils.config import TrainConfig
 from kaggle_utils.constants import ALL_STUDIES_FOLD
 from kaggle_utils.data import CropDataset, KeypointDataset
-from kaggle_utils.engine import ClassifierTask, KeypointTask, default_device, fit, same_run
+from kaggle_utils.devices import default_device
+from kaggle_utils.engine import fit
+from kaggle_utils.labels import condition_rows
 from kaggle_utils.loader import BatchLoader, collate
-from kaggle_utils.models import condition_rows
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import load_table
+from kaggle_utils.tasks import ClassifierTask, KeypointTask
 
 
 @dataclass(frozen=True)

@@ -39,7 +39,7 @@ WORKERS = 2  # processes for DICOM decoding
 PREPROCESS_OVERRIDES = {}  # PreprocessConfig fields, e.g. {"t2_height_mult": 1.2, "folds_file": "metadata.csv"}
 
 # %%
-from kaggle_utils import config, preprocess, tables, viz
+from kaggle_utils import cache, config, tables, viz
 from kaggle_utils.paths import Paths
 
 p = config.notebook_params(
@@ -65,8 +65,8 @@ series.groupby(["fold", "plane"]).size().unstack()
 # ## Arrays: stage-1 volumes and stage-2 crops (ground-truth keypoints), cached
 
 # %%
-jobs = preprocess.plan_jobs(paths, series, tables.points_by_series(keypoints), cfg)
-problems = preprocess.run_jobs(jobs, cfg)
+jobs = cache.plan_jobs(paths, series, tables.points_by_series(keypoints), cfg)
+problems = cache.run_jobs(jobs, cfg)
 print(f"{len(jobs)} series processed ({len(series) - len(jobs)} already cached), {len(problems)} failed")
 
 # %% [markdown]

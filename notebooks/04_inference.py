@@ -54,7 +54,7 @@ RUN = ""  # a training round's sub-folder of WORK_DIR ("denoised" after 05); "" 
 # %%
 import json
 
-from kaggle_utils import config, engine, infer, tables
+from kaggle_utils import config, devices, infer, tables
 from kaggle_utils.paths import TEST_LABELS_CSV, TEST_SERIES_CSV, TRAIN_CSV, Paths, is_kaggle
 
 p = config.notebook_params(
@@ -63,7 +63,7 @@ p = config.notebook_params(
 paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR).with_run(p.RUN)
 infer_cfg = config.apply_overrides(config.InferConfig(), p.INFER_OVERRIDES)
 pre_cfg = config.PreprocessConfig()
-device = engine.default_device()
+device = devices.default_device()
 run_cv = (not is_kaggle()) if p.RUN_CV == "auto" else bool(p.RUN_CV)
 targets = tables.targets_table(tables.drop_excluded(tables.read_csv(paths, TRAIN_CSV)))
 report = {}
@@ -92,9 +92,9 @@ if run_cv:
 # %%
 test_series = tables.series_table(paths, "test")
 study_ids = sorted(int(s) for s in tables.read_csv(paths, TEST_SERIES_CSV)["study_id"].unique())
-devices = engine.inference_devices()  # both cards of a "T4 x2": the studies are split over them
-models = infer.load_models_on(paths, devices)
-print(f"{len(study_ids)} test studies on {', '.join(map(str, devices))}")
+cards = devices.inference_devices()  # both cards of a "T4 x2": the studies are split over them
+models = infer.load_models_on(paths, cards)
+print(f"{len(study_ids)} test studies on {', '.join(map(str, cards))}")
 test = infer.predict_studies(paths, test_series, study_ids, models, infer.label_priors(targets), pre_cfg, infer_cfg)
 infer.write_submission(test.submission, paths.submission_csv)
 print(f"{paths.submission_csv}: {len(test.submission)} rows for {len(study_ids)} studies")

@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from kaggle_utils import preprocess, tables
+from kaggle_utils import cache, tables
 from kaggle_utils.config import PreprocessConfig
+from kaggle_utils.dev.synthetic import make_dataset
 from kaggle_utils.paths import Paths
-from kaggle_utils.synthetic import make_dataset
 
 TINY_TRAIN, TINY_TEST = 8, 2
 
@@ -35,6 +35,6 @@ def prepared(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Paths
     paths = Paths(data_dir=tiny_data, work_dir=tmp_path_factory.mktemp("work"))
     cfg = PreprocessConfig(num_workers=1)
     built = tables.build_training_tables(paths, cfg)
-    jobs = preprocess.plan_jobs(paths, built["series"], tables.points_by_series(built["keypoints"]), cfg)
-    assert not preprocess.run_jobs(jobs, cfg)
+    jobs = cache.plan_jobs(paths, built["series"], tables.points_by_series(built["keypoints"]), cfg)
+    assert not cache.run_jobs(jobs, cfg)
     return paths

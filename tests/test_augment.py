@@ -13,22 +13,20 @@ import torch.nn.functional as F
 from kornia.geometry.transform import get_affine_matrix2d, warp_affine
 from torch import nn
 
-from kaggle_utils import augment, config
+from kaggle_utils import augment, config, warps
 from kaggle_utils.augment import (
     GaussianBlur3,
-    GridDistortion,
     MedianBlur3,
     MotionBlur3,
     OneOf,
-    OpticalDistortion,
-    ShiftScaleRotate,
     Stage1Augment,
     Stage2Augment,
     VerticalFlip,
     coarse_dropout,
     filter3x3,
-    rotate_resize,
 )
+from kaggle_utils.resample import rotate_resize
+from kaggle_utils.warps import GridDistortion, OpticalDistortion, ShiftScaleRotate
 
 
 def blobs(keypoints: torch.Tensor, size: int, sigma: float = 2.0) -> torch.Tensor:
@@ -203,7 +201,7 @@ def test_optical_distortion_is_cv2s_undistort_map_as_albumentations_asks_for_it(
     camera = np.array([[w, 0, w * 0.5], [0, h, h * 0.5], [0, 0, 1]], np.float32)
     coefficients = np.array([k, k, 0, 0, 0], np.float32)
     map_x, map_y = cv2.initUndistortRectifyMap(camera, coefficients, None, None, (w, h), cv2.CV_32FC1)
-    ours = augment._pixels(OpticalDistortion().grid(torch.tensor([k]), h, w), h, w)[0]
+    ours = warps._pixels(OpticalDistortion().grid(torch.tensor([k]), h, w), h, w)[0]
     np.testing.assert_allclose(ours[..., 0].numpy(), map_x, atol=2e-3)
     np.testing.assert_allclose(ours[..., 1].numpy(), map_y, atol=2e-3)
 
@@ -224,7 +222,7 @@ def _albumentations_axis(stretch: list[float], n: int, steps: int = 5) -> np.nda
 @pytest.mark.parametrize("n", [256, 37, 128])  # remainders of 1, 2 and 3 pixels
 def test_grid_distortion_is_albumentations_map(n):
     stretch = torch.tensor([[[0.2, 1.8, 1.0, 0.5, 1.5], [1.9, 0.3, 0.6, 1.2, 1.0]]])
-    source = augment._pixels(GridDistortion().grid(stretch, n, n), n, n)[0]  # (n, n, 2) pixels
+    source = warps._pixels(GridDistortion().grid(stretch, n, n), n, n)[0]  # (n, n, 2) pixels
     np.testing.assert_allclose(source[0, :, 0], _albumentations_axis(stretch[0, 0].tolist(), n), atol=1e-3)
     np.testing.assert_allclose(source[:, 0, 1], _albumentations_axis(stretch[0, 1].tolist(), n), atol=1e-3)
 
@@ -235,8 +233,8 @@ def test_grid_distortion_puts_points_it_does_not_show_past_the_far_edge():
     n = 256  # a remainder of 1 pixel, which shows where the cells end
 
     def moved(source: list[float], size: int) -> torch.Tensor:
-        points = augment._normalised(torch.tensor(source)[:, None, None].expand(-1, 1, 2), size, size)
-        return augment._pixels(GridDistortion().move(stretch, points, size, size), size, size)[:, 0, 0]
+        points = warps._normalised(torch.tensor(source)[:, None, None].expand(-1, 1, 2), size, size)
+        return warps._pixels(GridDistortion().move(stretch, points, size, size), size, size)[:, 0, 0]
 
     assert (moved([0.9 * (n - 1), 1.3 * (n - 1)], n) > n - 1).all()
     # a remainder of 2 pixels shows the source from where the cells end to n (zooming out: back to n)

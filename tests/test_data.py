@@ -10,8 +10,8 @@ import torch
 
 from kaggle_utils.constants import FORAMINAL_CONDITIONS, IGNORE_INDEX, LABEL_COLUMNS, LEVELS, SEVERITY_COLUMNS, row_id
 from kaggle_utils.data import CropDataset, one_hot_targets, soft_targets
-from kaggle_utils.engine import device_images
-from kaggle_utils.models import condition_rows, left_right_pairs_of
+from kaggle_utils.devices import device_images
+from kaggle_utils.labels import condition_rows, left_right_pairs_of
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import load_table
 

@@ -9,9 +9,10 @@ import pandas as pd
 import pytest
 import torch
 
-from kaggle_utils import bench, tables
+from kaggle_utils import tables
 from kaggle_utils.config import InferConfig, PreprocessConfig
 from kaggle_utils.constants import IGNORE_INDEX, LABEL_COLUMNS, SEVERITY_COLUMNS
+from kaggle_utils.dev import bench_infer
 from kaggle_utils.infer import (
     StageTimer,
     complete_submission,
@@ -134,7 +135,7 @@ def test_two_devices_predict_what_one_does(tiny_data: Path, tmp_path: Path) -> N
     series = tables.series_table(data, "train")
     series = series[series["study_id"].isin(sorted(series["study_id"].unique())[:3])]
     paths = Paths(tiny_data, tmp_path / "work")
-    bench.write_bench_models(paths, data, series, "smoke")
+    bench_infer.write_bench_models(paths, data, series, "smoke")
     cpu = torch.device("cpu")
     args = (PreprocessConfig(), InferConfig(tta_angles=(0.0, 10.0)))
     one = predict_series_table(paths, series, load_models_on(paths, [cpu], [0])[0], *args)

@@ -10,6 +10,7 @@ import torch
 
 from kaggle_utils import config
 from kaggle_utils.constants import CONDITIONS, FORAMINAL_CONDITIONS, IGNORE_INDEX
+from kaggle_utils.labels import condition_rows, left_right_pairs
 from kaggle_utils.losses import weighted_soft_cross_entropy
 from kaggle_utils.models import (
     MODELS,
@@ -18,9 +19,7 @@ from kaggle_utils.models import (
     KeypointNet,
     SagittalNet,
     build_model,
-    condition_rows,
     create_backbone,
-    left_right_pairs,
     sequence_cutmix,
 )
 

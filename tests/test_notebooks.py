@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from kaggle_utils.constants import LABEL_COLUMNS
-from kaggle_utils.runner import run_notebook
+from kaggle_utils.dev.runner import run_notebook
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0*.py"))
 # Round 1 trains two folds so that round 2 (05) of fold 0 has OOF predictions for some of its training studies;

@@ -16,11 +16,13 @@ import pytest
 import torch
 
 from kaggle_utils import infer, train
+from kaggle_utils.checkpoints import load_checkpoint
 from kaggle_utils.config import ConfigError, TrainConfig, preset
 from kaggle_utils.constants import ALL_STUDIES_FOLD
-from kaggle_utils.engine import KeypointTask, fit, load_checkpoint, prepare_model
+from kaggle_utils.engine import fit, prepare_model
 from kaggle_utils.loader import BatchLoader
 from kaggle_utils.paths import Paths, resume_state
+from kaggle_utils.tasks import KeypointTask
 
 CPU = torch.device("cpu")
 

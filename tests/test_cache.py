@@ -11,10 +11,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils import preprocess, tables
+from kaggle_utils import cache, tables
 from kaggle_utils.config import PreprocessConfig
+from kaggle_utils.dev.synthetic import make_dataset
 from kaggle_utils.paths import COORDS_V7_CSV, Paths
-from kaggle_utils.synthetic import make_dataset
 
 CFG = PreprocessConfig(num_workers=1)
 EXTRA_SERIES = 123
@@ -40,8 +40,8 @@ def _sagittal(paths: Paths) -> pd.DataFrame:
 def _planned_and_run(paths: Paths, cfg: PreprocessConfig = CFG) -> tuple[pd.DataFrame, list, list[str]]:
     series = tables.series_table(paths, "train")
     keypoints = tables.keypoints_table(paths, series)
-    jobs = preprocess.plan_jobs(paths, series, tables.points_by_series(keypoints), cfg)
-    return series, jobs, preprocess.run_jobs(jobs, cfg)
+    jobs = cache.plan_jobs(paths, series, tables.points_by_series(keypoints), cfg)
+    return series, jobs, cache.run_jobs(jobs, cfg)
 
 
 def _outputs(paths: Paths) -> dict[Path, int]:
@@ -114,21 +114,21 @@ def test_an_interrupted_run_resumes_with_only_the_missing_work(paths: Paths) -> 
 
 def test_changing_a_parameter_invalidates_the_cache_even_after_an_interruption(paths: Paths) -> None:
     series, jobs, _ = _planned_and_run(paths)
-    assert preprocess.plan_jobs(paths, series, {}, dataclasses.replace(CFG, num_workers=3)) == []  # not a parameter
+    assert cache.plan_jobs(paths, series, {}, dataclasses.replace(CFG, num_workers=3)) == []  # not a parameter
 
     changed = dataclasses.replace(CFG, t2_height_mult=1.2)
     points = tables.points_by_series(tables.keypoints_table(paths, series))
-    replanned = preprocess.plan_jobs(paths, series, points, changed)
+    replanned = cache.plan_jobs(paths, series, points, changed)
     assert len(replanned) == len(jobs) and not _outputs(paths)  # stale arrays are gone, not trusted
-    preprocess.run_jobs(replanned[:1], changed)  # then the run stops after one series
+    cache.run_jobs(replanned[:1], changed)  # then the run stops after one series
 
-    remaining = preprocess.plan_jobs(paths, series, points, changed)
+    remaining = cache.plan_jobs(paths, series, points, changed)
     assert [j.series_id for j in remaining] == [j.series_id for j in replanned[1:]]
 
 
 def test_a_new_arrays_version_invalidates_the_cache(paths: Paths, monkeypatch: pytest.MonkeyPatch) -> None:
     series, jobs, _ = _planned_and_run(paths)
     points = tables.points_by_series(tables.keypoints_table(paths, series))
-    assert preprocess.plan_jobs(paths, series, points, CFG) == []
-    monkeypatch.setattr(preprocess, "ARRAYS_VERSION", preprocess.ARRAYS_VERSION + 1)
-    assert len(preprocess.plan_jobs(paths, series, points, CFG)) == len(jobs)
+    assert cache.plan_jobs(paths, series, points, CFG) == []
+    monkeypatch.setattr(cache, "ARRAYS_VERSION", cache.ARRAYS_VERSION + 1)
+    assert len(cache.plan_jobs(paths, series, points, CFG)) == len(jobs)

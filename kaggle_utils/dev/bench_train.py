@@ -28,7 +28,7 @@ A second table, on any machine, is the host's side of loading at the full preset
 loader's threads to fill one batch into a buffer that is reused, as PyTorch's pinned-memory cache reuses them on
 a GPU machine, and the bytes per second. On a GPU it is set beside the compute step it has to hide behind.
 
-Run: ``python -m kaggle_utils.bench_train [--presets fo su] [--steps 8]`` or ``make bench-train``.
+Run: ``python -m kaggle_utils.dev.bench_train [--presets fo su] [--steps 8]`` or ``make bench-train``.
 """
 
 from __future__ import annotations
@@ -54,18 +54,12 @@ from kaggle_utils import config
 from kaggle_utils.config import FULL_PRESETS, TrainConfig, preset
 from kaggle_utils.constants import LABEL_COLUMNS, LEVELS
 from kaggle_utils.data import CropDataset, KeypointDataset
-from kaggle_utils.engine import (
-    ClassifierTask,
-    KeypointTask,
-    StepReadout,
-    autocast_dtype,
-    make_optimizer,
-    prepare_model,
-    train_step,
-)
+from kaggle_utils.devices import autocast_dtype
+from kaggle_utils.engine import StepReadout, make_optimizer, prepare_model, train_step
+from kaggle_utils.labels import condition_rows
 from kaggle_utils.loader import BatchLoader, DeviceBatches, to_device
-from kaggle_utils.models import condition_rows
 from kaggle_utils.paths import REPO_ROOT, Paths
+from kaggle_utils.tasks import ClassifierTask, KeypointTask
 from kaggle_utils.train import loader
 
 DEFAULT_SEED_SCRIPT = REPO_ROOT.parent / "shared" / "bench" / "seed_shapes_gpu.py"

@@ -1,4 +1,4 @@
-"""Publishing to Kaggle, offline: ``make sync|submit|wheels`` against a fake ``kaggle`` CLI (tests/fakebin) that
+"""Publishing to Kaggle, offline: ``make sync|submit|wheels`` against a fake ``kaggle`` CLI (tests/dev/fakebin) that
 runs the real CLI's local checks and records what it was given, and the staged kernel notebook executed in a
 simulated ``/kaggle/input``."""
 
@@ -18,9 +18,10 @@ import pytest
 import torch
 from wheelhouse import build_wheel, pip_resolves
 
-from kaggle_utils import kaggle
+from kaggle_utils.checkpoints import MODEL_FIELDS_KEY
 from kaggle_utils.constants import LABEL_COLUMNS
-from kaggle_utils.engine import MODEL_FIELDS_KEY
+from kaggle_utils.dev import kaggle
+from kaggle_utils.dev.runner import run_notebook
 from kaggle_utils.paths import (
     CODE_DATASET,
     COMPETITION_SLUG,
@@ -30,10 +31,9 @@ from kaggle_utils.paths import (
     Paths,
     wheels_dataset,
 )
-from kaggle_utils.runner import run_notebook
 from kaggle_utils.wheels import Wheel, read_manifest, write_manifest
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 PYTHONS = ("3.11", "3.12", "3.13")  # the Pythons of Kaggle's and Colab's images
 FAKEBIN = Path(__file__).parent / "fakebin"
 NOTEBOOKS = REPO / "notebooks"
@@ -98,7 +98,8 @@ def test_sync_creates_then_versions_code_and_weights(tmp_path, home, work):
     code, weights = created
     assert_dataset_metadata(code["metadata"], "tester", CODE_DATASET)
     assert_dataset_metadata(weights["metadata"], "tester", WEIGHTS_DATASET)
-    assert {"kaggle_utils/__init__.py", "kaggle_utils/paths.py", "kaggle_utils/kaggle.py"} <= set(code["files"])
+    assert {"kaggle_utils/__init__.py", "kaggle_utils/paths.py", "kaggle_utils/wheels.py"} <= set(code["files"])
+    assert not [f for f in code["files"] if f.startswith("kaggle_utils/dev/")]  # the kernel never imports it
     assert not [f for f in code["files"] if "__pycache__" in f or f.endswith(".pyc")]
     assert weights["files"] == ["dataset-metadata.json", "sp1-f0-s42.json", "sp1-f0-s42.pt"]
     staged = tmp_path / "build" / WEIGHTS_DATASET

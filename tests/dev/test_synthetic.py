@@ -25,6 +25,7 @@ from kaggle_utils.constants import (
     condition_family,
     row_id,
 )
+from kaggle_utils.dev.synthetic import flip_labels, make_dataset
 from kaggle_utils.dicom import read_series
 from kaggle_utils.paths import (
     COORDS_V7_CSV,
@@ -36,7 +37,6 @@ from kaggle_utils.paths import (
     TRAIN_CSV,
     TRAIN_SERIES_CSV,
 )
-from kaggle_utils.synthetic import flip_labels, make_dataset
 
 N_TRAIN, N_TEST, SEED = 3, 2, 0
 SPINAL, FORAMINAL, SUBARTICULAR = CONDITION_FAMILIES

@@ -5,13 +5,13 @@ Each goes to ``build/kaggle/<slug>/`` with its metadata rendered for one owner (
 on a ready folder. The owner comes from the caller (``make ... KAGGLE_USER=``), else the ``username`` of the
 user's ``kaggle.json``, else ``KAGGLE_USERNAME``.
 
-    python -m kaggle_utils.kaggle owner
-    python -m kaggle_utils.kaggle stage code --owner me --build build/kaggle
-    python -m kaggle_utils.kaggle stage weights --owner me --models work/models
-    python -m kaggle_utils.kaggle stage wheels --owner me --packages timm pydicom --downloads build/kaggle/downloads
-    python -m kaggle_utils.kaggle pins timm pydicom                     # as installed here
-    python -m kaggle_utils.kaggle publish-action me/rsna24-weights      # create or version
-    python -m kaggle_utils.kaggle wait-ready build/kaggle/rsna24-infer/kernel-metadata.json
+    python -m kaggle_utils.dev.kaggle owner
+    python -m kaggle_utils.dev.kaggle stage code --owner me --build build/kaggle
+    python -m kaggle_utils.dev.kaggle stage weights --owner me --models work/models
+    python -m kaggle_utils.dev.kaggle stage wheels --owner me --packages timm pydicom --downloads build/kaggle/downloads
+    python -m kaggle_utils.dev.kaggle pins timm pydicom                     # as installed here
+    python -m kaggle_utils.dev.kaggle publish-action me/rsna24-weights      # create or version
+    python -m kaggle_utils.dev.kaggle wait-ready build/kaggle/rsna24-infer/kernel-metadata.json
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ import jupytext
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from kaggle_utils.engine import half_precision_copy
+from kaggle_utils.checkpoints import half_precision_copy
 from kaggle_utils.paths import (
     CODE_DATASET,
     COMPETITION_SLUG,
@@ -54,6 +54,7 @@ DATASET_METADATA = "dataset-metadata.json"
 KERNEL_METADATA = "kernel-metadata.json"
 # The CLI uploads these unless told otherwise (spec: only .git and caches are ignored by default).
 JUNK = ("__pycache__", "*.pyc", ".ipynb_checkpoints", ".DS_Store")
+DEV_PACKAGE = "dev"  # kaggle_utils/dev: the generator, benchmarks, the notebook runner and this module
 DISTRIBUTION = "kaggle-utils-rsna24"  # pyproject's project name: its metadata holds the accepted versions
 
 
@@ -151,9 +152,11 @@ def fresh_dir(folder: Path) -> Path:
 
 # --- what we publish ---------------------------------------------------------------------------------
 def stage_code(owner: str, build: Path = DEFAULT_BUILD_DIR) -> Path:
-    """``build/<code slug>/kaggle_utils/`` (the package, no caches) plus its metadata."""
+    """``build/<code slug>/kaggle_utils/`` (the package without ``dev/``, which the kernel never imports, and no
+    caches) plus its metadata."""
     out = fresh_dir(build / CODE_DATASET)
-    shutil.copytree(REPO_ROOT / "kaggle_utils", out / "kaggle_utils", ignore=shutil.ignore_patterns(*JUNK))
+    ignore = shutil.ignore_patterns(*JUNK, DEV_PACKAGE)
+    shutil.copytree(REPO_ROOT / "kaggle_utils", out / "kaggle_utils", ignore=ignore)
     write_metadata(METADATA_DIR / CODE_DATASET / DATASET_METADATA, out, owner)
     clean(out)
     return out

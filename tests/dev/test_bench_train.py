@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from kaggle_utils import bench_train
 from kaggle_utils.config import preset
+from kaggle_utils.dev import bench_train
 
 
 def test_cached_arrays_have_the_real_shapes_and_feed_both_stages(tmp_path: Path) -> None:

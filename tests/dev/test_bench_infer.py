@@ -1,57 +1,18 @@
-"""The preprocessing benchmark's plain implementations agree with ours; the inference projection's arithmetic."""
+"""The inference benchmark: the T4 projection's arithmetic, its models and its GPU columns (run on the CPU)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-import cv2
-import numpy as np
 import pandas as pd
 import pytest
 import torch
 
-from kaggle_utils import bench, infer, tables
+from kaggle_utils import infer, tables
 from kaggle_utils.config import InferConfig, PreprocessConfig, preset
-from kaggle_utils.dicom import Series
+from kaggle_utils.dev import bench_infer as bench
 from kaggle_utils.paths import Paths
-
-
-def _case(plane: str) -> tuple[Series, np.ndarray, str]:
-    rng = np.random.default_rng(0)
-    slices = [cv2.resize(rng.random((20, 16), np.float32), (256, 320), interpolation=cv2.INTER_CUBIC) * 900 + 50]
-    slices.append(slices[0] * 0.8)
-    series = Series(
-        slices=slices,
-        positions=np.array([[4.0, 0, 0], [0.0, 0, 0]]),
-        orientation=np.array([0, 1, 0, 0, 0, -1.0]),
-        pixel_spacing=np.ones((2, 2)),
-        instance_numbers=np.array([1, 2]),
-        description="",
-        folder=Path("bench"),
-    )
-    y = np.linspace(0.3, 0.7, 5)
-    points = np.stack([np.c_[np.full(5, 0.4), y + 0.02], np.c_[np.full(5, 0.57), y - 0.02]], axis=1)
-    return series, points, plane
-
-
-def test_compare_reports_close_outputs_and_a_table() -> None:
-    rows = bench.compare([_case("t1"), _case("t2")], PreprocessConfig())
-    assert [r.stage for r in rows] == ["stage 1", "stage 2 t1", "stage 2 t2"]
-    assert all(r.ours_per_s > 0 and r.plain_per_s > 0 for r in rows)
-    # stage 1 resamples differently (cv2 area vs PIL's antialiased Lanczos); stage 2 takes the solution's steps
-    assert rows[0].mad < 1.0 and rows[1].mad < 0.05 and rows[2].mad < 0.05
-    table = bench.format_table(rows, 2, 4)
-    assert "speed-up" in table and "stage 2 t2" in table
-
-
-def test_resampled_cases_keep_points_and_agree_at_512_px() -> None:
-    cases = bench.resampled([_case("t1"), _case("t2")], 512)
-    assert all(shape == (512, 512) for series, _, _ in cases for shape in series.shapes)
-    np.testing.assert_array_equal(cases[0][1], _case("t1")[1])
-    rows = bench.compare(cases, PreprocessConfig(), repeat=2)
-    assert rows[0].mad < 1.0 and rows[1].mad < 0.05 and rows[2].mad < 0.05
-    assert "resized to 512^2 px" in bench.format_table(rows, 2, 4, " resized to 512^2 px")
 
 
 def test_t4_throughput_follows_the_datasheets() -> None:
@@ -128,7 +89,7 @@ def test_the_gpu_columns_time_every_fold_in_fp32_and_under_autocast(tiny_data: P
     models = infer.load_models(paths, None, torch.device("cpu"))
     assert {len(bank) for bank in (*models.stage1.values(), *models.stage2.values())} == {2}
     fp32 = bench.in_precision(models, amp=False)
-    assert all(not m.cfg.amp and not m.task.cfg.amp for bank in fp32.stage2.values() for m in bank)
+    assert all(not m.cfg.amp and not m.predictor.cfg.amp for bank in fp32.stage2.values() for m in bank)
     timings = bench.gpu_timings(paths, series, torch.device("cpu"), PreprocessConfig(), InferConfig(tta_angles=(0.0,)))
     assert [t.device for t in timings] == ["cpu fp32", "cpu autocast"]
     assert all(set(t.seconds) == set(bench.STAGES) and t.peak_gb is None for t in timings)

@@ -1,7 +1,7 @@
 """Run the paired notebooks headless: read the percent ``.py`` with jupytext, execute it in a Jupyter kernel
 (nbclient) and save the executed ``.ipynb`` with its outputs. Used by ``make demo`` and the tests.
 
-    python -m kaggle_utils.runner notebooks/01_preprocess.py --out work/executed --set PROFILE=demo
+    python -m kaggle_utils.dev.runner notebooks/01_preprocess.py --out work/executed --set PROFILE=demo
 """
 
 from __future__ import annotations

@@ -1,0 +1,64 @@
+"""The label vocabulary: the condition rows a stage-2 model predicts per level and their left/right pairs, the
+per-level probabilities as submission-style rows, and the order of a level's two keypoints."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from kaggle_utils.constants import CONDITIONS, FORAMINAL_CONDITIONS, LEVELS, condition_family, row_id
+
+_CONDITION_ROWS: dict[str, tuple[str, ...]] = {"all": CONDITIONS, "foraminal": FORAMINAL_CONDITIONS}
+
+
+def condition_rows(condition: str) -> tuple[str, ...]:
+    """Condition names of the rows a stage-2 model predicts per level, in output order."""
+    if condition not in _CONDITION_ROWS:
+        raise ValueError(f"unknown condition {condition!r}; choose from {', '.join(_CONDITION_ROWS)}")
+    return _CONDITION_ROWS[condition]
+
+
+def left_right_pairs(condition: str) -> tuple[tuple[int, int], ...]:
+    """Row indices (left, right) of each sided condition: the rows a sequence flip swaps."""
+    return left_right_pairs_of(condition_rows(condition))
+
+
+def left_right_pairs_of(rows: Sequence[str]) -> tuple[tuple[int, int], ...]:
+    """Row indices (left, right) of each sided condition among ``rows``."""
+    rows = tuple(rows)
+    return tuple(
+        (i, rows.index(name.replace("left_", "right_", 1))) for i, name in enumerate(rows) if name.startswith("left_")
+    )
+
+
+def is_sided(condition: str) -> bool:
+    """Whether a condition has a side (left/right) rather than being central (spinal canal)."""
+    return condition.startswith(("left_", "right_"))
+
+
+def head_groups(condition: str) -> tuple[tuple[str, ...], ...]:
+    """Rows grouped by condition family, one group per head; groups are contiguous in row order."""
+    groups: dict[str, list[str]] = {}
+    for name in condition_rows(condition):
+        groups.setdefault(condition_family(name), []).append(name)
+    return tuple(tuple(rows) for rows in groups.values())
+
+
+def level_frame(study_ids: Any, series_ids: Any, probs: np.ndarray, rows: tuple[str, ...]) -> pd.DataFrame:
+    """Per-series probabilities (B, 5, R, 3) as rows ``study_id, series_id, row_id, normal_mild, moderate, severe``."""
+    records = []
+    for study, series, per_level in zip(study_ids, series_ids, probs, strict=True):
+        for level, per_row in zip(LEVELS, per_level, strict=True):
+            for condition, p in zip(rows, per_row, strict=True):
+                records.append((int(study), int(series), row_id(int(study), f"{condition}_{level}"), *p.tolist()))
+    return pd.DataFrame(records, columns=["study_id", "series_id", "row_id", "normal_mild", "moderate", "severe"])
+
+
+def sort_level_points(points: np.ndarray) -> np.ndarray:
+    """(5, 2, 2) relative (x, y): the two points of each level ordered by x (front of the disc first on T2)."""
+    points = np.asarray(points, np.float64)
+    order = np.argsort(points[:, :, 0], axis=1, kind="stable")
+    return np.take_along_axis(points, order[:, :, None], axis=1)
