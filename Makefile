@@ -17,12 +17,13 @@ BENCH_STUDIES ?= 8
 BENCH_FLAGS ?=
 PROFILE ?= demo
 # The CPU demo trains fold 0 of 4 with the T1 foraminal and one T2 model; on a GPU use
-# PROFILE=full FOLDS='[0, 1, 2, 3]' PRESETS='["fo", "sp1", "sp2", "su"]'.
+# PROFILE=full FOLDS='[0, 1, 2, 3]' PRESETS='[]' (every stage-2 preset).
 FOLDS ?= [0]
 PRESETS ?= ["fo", "sp1"]
 TRAIN_OVERRIDES ?= {}
 # make train-all: the solution's full recipe (every preset x 4 folds) from DATA_DIR (default: the synthetic data)
-TRAIN_PRESETS ?= stage1_t1 stage1_t2 fo sp1 sp2 su
+# The default list is config.STAGE1_PRESETS + STAGE2_PRESETS (asked when used, so `make install` comes first).
+TRAIN_PRESETS ?= $(shell $(PY) -m kaggle_utils.config presets)
 TRAIN_FOLDS ?= 0 1 2 3
 TRAIN_PROFILE ?= auto
 GPUS ?= 1

@@ -153,7 +153,7 @@ def load_checkpoint(path: Path, device: torch.device | None = None) -> tuple[nn.
     return place_model(model, cfg, device or default_device()).eval(), cfg, sidecar
 
 
-RUN_INDEPENDENT_FIELDS = ("resume", "num_workers", "eval_every")
+RUN_INDEPENDENT_FIELDS = ("resume", "num_workers", "eval_every", "routes")
 """Config fields that do not change what a run computes: a resume state or a finished checkpoint saved with
 other values of these still counts as the same run."""
 

@@ -10,17 +10,46 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import difflib
+import functools
 import json
 import os
+import typing
+from collections.abc import Iterable
 from dataclasses import dataclass
 from types import SimpleNamespace
-from typing import Any
+from typing import Any, Literal
 
-from kaggle_utils.constants import PLANES, TTA_ANGLES
+from kaggle_utils.constants import CONDITION_FAMILIES, PLANES, TTA_ANGLES
+
+Plane = Literal["t1", "t2"]  # constants.PLANES: Sagittal T1, Sagittal T2/STIR
+ModelName = Literal["keypoint", "sagittal_1head", "sagittal_3heads"]  # models.MODELS
+Condition = Literal["all", "foraminal"]  # labels.CONDITION_ROWS: the rows a stage-2 model predicts
+AmpDtype = Literal["auto", "bf16", "fp16"]
+Routes = tuple[tuple[str, int], ...]
+"""A stage-2 preset's routing: (condition family, rank) pairs. For each row of a family, the presets of the first
+rank that predicted it give it, averaged; a family a preset does not list takes nothing from it."""
 
 
 class ConfigError(ValueError):
     """A configuration key or value that does not exist or does not fit."""
+
+
+@functools.cache
+def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
+    """The fields of a config class that name a choice (a ``Literal``), with the values allowed."""
+    hints = typing.get_type_hints(cls)
+    return {name: typing.get_args(hint) for name, hint in hints.items() if typing.get_origin(hint) is Literal}
+
+
+def check_choices(cfg: Any) -> None:
+    """Raise a ``ConfigError`` naming the field, the value and the allowed ones when a choice does not exist."""
+    for name, choices in _choices(type(cfg)).items():
+        value = getattr(cfg, name)
+        if value not in choices:
+            near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
+            hint = f"; did you mean {near[0]}?" if near else ""
+            allowed = ", ".join(map(str, choices))
+            raise ConfigError(f"{type(cfg).__name__} {name}={value!r} is not one of {allowed}{hint}")
 
 
 @dataclass(frozen=True)
@@ -47,8 +76,8 @@ class TrainConfig:
     """Settings shared by both stages."""
 
     name: str
-    plane: str  # "t1" (Sagittal T1) or "t2" (Sagittal T2/STIR)
-    model: str  # "keypoint", "sagittal_1head" or "sagittal_3heads" (see models.MODELS)
+    plane: Plane  # "t1" (Sagittal T1) or "t2" (Sagittal T2/STIR)
+    model: ModelName  # "keypoint", "sagittal_1head" or "sagittal_3heads" (see models.MODELS)
     n_frames: int
     img_size: int
     epochs: int
@@ -64,7 +93,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     grad_clip: float = 1.0
     amp: bool = True  # mixed precision on a GPU (see amp_dtype); off on the CPU
-    amp_dtype: str = "auto"  # "auto" (bf16 where the card supports it, else fp16 + grad scaler), "bf16", "fp16"
+    amp_dtype: AmpDtype = "auto"  # "auto" (bf16 where the card supports it, else fp16 + grad scaler), "bf16", "fp16"
     channels_last: bool = True
     grad_checkpointing: bool = False  # trades ~30 % speed for memory; a 16 GB card needs it at batch 32
     num_workers: int = 4  # threads that load batches (loader.BatchLoader); 0 loads them in the training thread
@@ -83,6 +112,9 @@ class TrainConfig:
     vflip: bool = False
     coarse_dropout: bool = False
 
+    def __post_init__(self) -> None:
+        check_choices(self)
+
     @property
     def stage(self) -> int:
         return 1 if self.model == "keypoint" else 2
@@ -97,8 +129,8 @@ class Stage1Config(TrainConfig):
     """Keypoint localiser: middle frames of a sagittal series -> 10 (x, y) points."""
 
     name: str = "stage1_t2"
-    plane: str = "t2"
-    model: str = "keypoint"
+    plane: Plane = "t2"
+    model: ModelName = "keypoint"
     n_frames: int = 8
     img_size: int = 256
     epochs: int = 60
@@ -110,9 +142,12 @@ class Stage2Config(TrainConfig):
     """Per-level classifier: crop sequences -> severity of the conditions the plane shows."""
 
     name: str = "sp1"
-    plane: str = "t2"
-    model: str = "sagittal_3heads"
-    condition: str = "all"  # "all" (25 labels, T2) or "foraminal" (10 labels, T1)
+    plane: Plane = "t2"
+    model: ModelName = "sagittal_3heads"
+    condition: Condition = "all"  # "all" (25 labels, T2) or "foraminal" (10 labels, T1)
+    # Which condition families inference takes from this preset, and in which rank (see ``Routes``): spinal
+    # from every T2 model; subarticular from su, else from the other T2 models; foraminal from T1, else from T2.
+    routes: Routes = (("spinal", 1), ("subarticular", 2), ("foraminal", 2))
     n_frames: int = 8
     img_size: int = 128
     epochs: int = 40
@@ -128,17 +163,22 @@ class Stage2Config(TrainConfig):
     pseudo_labels: str = ""  # CSV of soft targets per study and row (denoise.pseudo_table)
     pseudo_weight: float = 0.5  # with pseudo_labels: loss = (1 - w) * label loss + w * pseudo-label loss
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        unknown = [family for family, _ in self.routes if family not in CONDITION_FAMILIES]
+        if unknown or any(not isinstance(rank, int) or rank < 1 for _, rank in self.routes):
+            raise ConfigError(
+                f"Stage2Config {self.name} routes={self.routes!r}: (family, rank) pairs of "
+                f"{', '.join(CONDITION_FAMILIES)} and ranks from 1"
+            )
+
 
 @dataclass(frozen=True)
 class InferConfig:
-    """Inference: which stage-2 presets feed which condition, TTA and batching."""
+    """Inference: TTA and batching (which preset feeds which condition is each preset's ``routes``)."""
 
     tta_angles: tuple[float, ...] = TTA_ANGLES
     batch_size: int = 8
-    spinal_presets: tuple[str, ...] = ("sp1", "sp2", "su")
-    subarticular_presets: tuple[str, ...] = ("su",)
-    foraminal_t1_presets: tuple[str, ...] = ("fo",)
-    foraminal_t2_presets: tuple[str, ...] = ("sp1", "sp2", "su")
 
 
 _STAGE1_T2 = Stage1Config()
@@ -157,12 +197,30 @@ FULL_PRESETS: dict[str, TrainConfig] = {
         img_size=96,
         epochs=32,
         vflip=False,
+        routes=(("foraminal", 1),),
     ),
     "sp1": _STAGE2_T2,
     "sp2": dataclasses.replace(_STAGE2_T2, name="sp2", n_frames=5, img_size=256),
-    "su": dataclasses.replace(_STAGE2_T2, name="su", n_frames=24, img_size=96),
+    "su": dataclasses.replace(
+        _STAGE2_T2, name="su", n_frames=24, img_size=96, routes=(("spinal", 1), ("subarticular", 1), ("foraminal", 2))
+    ),
 }
 """The solution's six configurations."""
+
+STAGE1_PRESETS: tuple[str, ...] = tuple(n for n, c in FULL_PRESETS.items() if c.stage == 1)
+STAGE2_PRESETS: tuple[str, ...] = tuple(n for n, c in FULL_PRESETS.items() if c.stage == 2)
+"""The default preset lists of the notebooks and the Makefile (``python -m kaggle_utils.config presets``)."""
+
+
+def preset_routes(configs: Iterable[TrainConfig]) -> dict[str, dict[str, int]]:
+    """Preset name -> {condition family: rank} of stage-2 configs (``Stage2Config.routes``); a preset that routes
+    nothing is an error that names it, since its predictions would be dropped."""
+    routes = {cfg.name: dict(getattr(cfg, "routes", ())) for cfg in configs}
+    unrouted = [name for name, families in routes.items() if not families]
+    if unrouted:
+        raise ConfigError(f"stage-2 presets {', '.join(unrouted)} route no condition family: set their routes")
+    return routes
+
 
 _CPU_DELTA: dict[str, Any] = dict(
     # timm's tiny test network with batch norm: trains from scratch in CPU minutes (a LayerNorm stem, as in
@@ -238,9 +296,14 @@ def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
     return dataclasses.replace(cfg, **changes)
 
 
+def _as_tuples(value: Any) -> Any:
+    """JSON lists back into the tuples of a tuple field, nested ones too (``routes``)."""
+    return tuple(_as_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
 def _cast(key: str, value: Any, current: Any) -> Any:
     if not isinstance(value, str) or isinstance(current, str):
-        return tuple(value) if isinstance(current, tuple) and isinstance(value, list) else value
+        return _as_tuples(value) if isinstance(current, tuple) and isinstance(value, list) else value
     try:
         if isinstance(current, bool):
             if value.lower() not in ("true", "false", "1", "0"):
@@ -273,6 +336,9 @@ def from_dict(values: dict[str, Any]) -> Any:
     values = dict(values)
     classes = {c.__name__: c for c in (Stage1Config, Stage2Config, PreprocessConfig, InferConfig)}
     cls = classes[values.pop("config_class")]
+    known = FULL_PRESETS.get(values.get("name", ""))
+    if cls is Stage2Config and "routes" not in values and isinstance(known, Stage2Config):
+        values["routes"] = known.routes  # a sidecar from before routes were declared: its preset's
     return apply_overrides(cls(), values)
 
 
@@ -314,6 +380,11 @@ def parsed_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return {**overrides, **dict(item.split("=", 1) for item in args.set)}
 
 
+def presets_or_default(names: Iterable[str]) -> list[str]:
+    """A notebook's ``PRESETS``: the names given, or every stage-2 preset for an empty list."""
+    return list(names) or list(STAGE2_PRESETS)
+
+
 def resolve_profile(profile: str) -> str:
     """``auto`` means the solution's recipe on a GPU and the CPU demo elsewhere."""
     if profile == "auto":
@@ -321,3 +392,11 @@ def resolve_profile(profile: str) -> str:
 
         return "full" if torch.cuda.is_available() else "demo"
     return _look_up(profile, PROFILES, "profile")
+
+
+if __name__ == "__main__":  # `python -m kaggle_utils.config presets`: the Makefile's default list
+    import sys
+
+    if sys.argv[1:] != ["presets"]:
+        sys.exit("usage: python -m kaggle_utils.config presets")
+    print(" ".join(STAGE1_PRESETS + STAGE2_PRESETS))

@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 
 from kaggle_utils import config
-from kaggle_utils.config import InferConfig, TrainConfig
+from kaggle_utils.config import FULL_PRESETS, TrainConfig, preset_routes
 from kaggle_utils.constants import (
     CONDITION_FAMILIES,
     CONDITIONS,
@@ -102,9 +102,10 @@ def load_oof(paths: Paths, presets: Iterable[TrainConfig], folds: Sequence[int])
 
 
 # --- the ensemble and its tables -----------------------------------------------------------------
-def oof_ensemble(oof: pd.DataFrame, infer_cfg: InferConfig | None = None) -> pd.DataFrame:
-    """One prediction per row id (``study_id, row_id`` + probabilities), routed per condition like inference."""
-    merged = route(oof, infer_cfg or InferConfig())
+def oof_ensemble(oof: pd.DataFrame) -> pd.DataFrame:
+    """One prediction per row id (``study_id, row_id`` + probabilities), routed per condition like inference
+    (each preset's ``routes``)."""
+    merged = route(oof, preset_routes(FULL_PRESETS[name] for name in oof["preset"].unique()))
     merged.insert(0, "study_id", merged["row_id"].str.split("_").str[0].astype(np.int64))
     return merged.sort_values("row_id", ignore_index=True)
 
@@ -270,7 +271,6 @@ def cv_compare(
     before: pd.DataFrame,
     after: pd.DataFrame,
     labels: dict[str, pd.DataFrame],
-    infer_cfg: InferConfig | None = None,
 ) -> pd.DataFrame:
     """The competition score of two rounds' OOF predictions on the same studies, per preset and for the routed
     ensemble, against each named targets table (e.g. the given labels and, on synthetic data, the true ones).
@@ -281,7 +281,7 @@ def cv_compare(
     models = {
         name: (before[before["preset"] == name], after[after["preset"] == name]) for name in after["preset"].unique()
     }
-    models["ensemble (routed)"] = (oof_ensemble(before, infer_cfg), oof_ensemble(after, infer_cfg))
+    models["ensemble (routed)"] = (oof_ensemble(before), oof_ensemble(after))
     rows = []
     for name, (one, two) in models.items():
         for label_name, targets in labels.items():

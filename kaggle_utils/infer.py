@@ -26,7 +26,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kaggle_utils.checkpoints import load_checkpoint
-from kaggle_utils.config import InferConfig, PreprocessConfig, TrainConfig
+from kaggle_utils.config import ConfigError, InferConfig, PreprocessConfig, TrainConfig, preset_routes
 from kaggle_utils.constants import (
     ALL_STUDIES_FOLD,
     CONDITIONS,
@@ -231,30 +231,29 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 
 
 # --- merging -------------------------------------------------------------------------------------
-def route(levels: pd.DataFrame, infer_cfg: InferConfig) -> pd.DataFrame:
-    """One prediction per row id: average over series and models per preset, then over the presets that
-    the routing picks for the row's condition (the first group with any prediction for that row wins)."""
+def route(levels: pd.DataFrame, routes: dict[str, dict[str, int]]) -> pd.DataFrame:
+    """One prediction per row id: average over series and models per preset, then over the presets of the first
+    rank that predicted the row, as each preset's ``routes`` (``config.preset_routes``) rank it for the row's
+    condition family. A preset in ``levels`` that ``routes`` does not know is an error that names it."""
     if levels.empty:
         return pd.DataFrame(columns=["row_id", *SEVERITY_COLUMNS])
+    unknown = sorted(set(levels["preset"]) - set(routes))
+    if unknown:
+        raise ConfigError(f"predictions of presets {', '.join(unknown)}, which the routing does not know")
     per_preset = levels.groupby(["row_id", "preset"])[list(SEVERITY_COLUMNS)].mean().reset_index()
     per_preset["family"] = per_preset["row_id"].map(condition_family)
-    groups = {
-        "spinal": [infer_cfg.spinal_presets],
-        "subarticular": [infer_cfg.subarticular_presets, infer_cfg.spinal_presets],
-        "foraminal": [infer_cfg.foraminal_t1_presets, infer_cfg.foraminal_t2_presets],
-    }
-    chosen = []
-    for family, ranked in groups.items():
-        rows = per_preset[per_preset["family"] == family]
-        taken: set[str] = set()
-        for presets in ranked:
-            picked = rows[rows["preset"].isin(presets) & ~rows["row_id"].isin(taken)]
-            chosen.append(picked)
-            taken |= set(picked["row_id"])
-        leftover = rows[~rows["row_id"].isin(taken)]  # presets outside the routing table: plain mean
-        chosen.append(leftover)
-    merged = pd.concat(chosen).groupby("row_id")[list(SEVERITY_COLUMNS)].mean()
+    ranks = [routes[p].get(f, np.nan) for p, f in zip(per_preset["preset"], per_preset["family"], strict=True)]
+    per_preset["rank"] = np.asarray(ranks, dtype=float)  # NaN: the preset does not route that family
+    routed = per_preset.dropna(subset=["rank"])
+    first = routed.groupby("row_id")["rank"].transform("min")
+    merged = routed[routed["rank"] == first].groupby("row_id")[list(SEVERITY_COLUMNS)].mean()
     return merged.reset_index()
+
+
+def model_routes(models: ModelSet | Sequence[ModelSet]) -> dict[str, dict[str, int]]:
+    """The routing of a model set's stage-2 presets, from the configs their sidecars hold."""
+    first = models if isinstance(models, ModelSet) else models[0]
+    return preset_routes(bank[0].cfg for bank in first.stage2.values())
 
 
 def label_priors(targets: pd.DataFrame) -> pd.DataFrame:
@@ -364,7 +363,7 @@ def predict_studies(
     model set per device (``load_models_on``), the studies are split over the devices."""
     keypoints, levels = predict_series_table(paths, series, models, pre_cfg, infer_cfg, desc)
     return Prediction(
-        submission=complete_submission(route(levels, infer_cfg), study_ids, priors),
+        submission=complete_submission(route(levels, model_routes(models)), study_ids, priors),
         baseline=prior_submission(study_ids, priors),
         keypoints=keypoints,
     )

@@ -11,14 +11,14 @@ import pandas as pd
 
 from kaggle_utils.constants import CONDITIONS, FORAMINAL_CONDITIONS, LEVELS, condition_family, row_id
 
-_CONDITION_ROWS: dict[str, tuple[str, ...]] = {"all": CONDITIONS, "foraminal": FORAMINAL_CONDITIONS}
+CONDITION_ROWS: dict[str, tuple[str, ...]] = {"all": CONDITIONS, "foraminal": FORAMINAL_CONDITIONS}
 
 
 def condition_rows(condition: str) -> tuple[str, ...]:
     """Condition names of the rows a stage-2 model predicts per level, in output order."""
-    if condition not in _CONDITION_ROWS:
-        raise ValueError(f"unknown condition {condition!r}; choose from {', '.join(_CONDITION_ROWS)}")
-    return _CONDITION_ROWS[condition]
+    if condition not in CONDITION_ROWS:
+        raise ValueError(f"unknown condition {condition!r}; choose from {', '.join(CONDITION_ROWS)}")
+    return CONDITION_ROWS[condition]
 
 
 def left_right_pairs(condition: str) -> tuple[tuple[int, int], ...]:

@@ -217,6 +217,13 @@ def save_curves(checkpoint: Path) -> Path:
     return path
 
 
+def train_presets(paths: Paths, presets: list[TrainConfig], folds: list[int]) -> list[FoldResult]:
+    """Every preset on every fold (each resumable, see ``train_folds``), then one table of the results printed."""
+    results = [result for cfg in presets for result in train_folds(paths, cfg, folds)]
+    print(results_table(results).round(4).to_string(index=False))
+    return results
+
+
 def results_table(results: list[FoldResult]) -> pd.DataFrame:
     """One row per trained fold: preset, fold, seconds and the final validation metrics."""
     return pd.DataFrame([{"preset": r.preset, "fold": r.fold, "seconds": r.seconds, **r.metrics} for r in results])

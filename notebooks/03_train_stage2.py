@@ -10,31 +10,46 @@
 # **Outputs**: `WORK_DIR/models/{preset}-f{fold}-s{seed}.pt` with sidecars and curves, `WORK_DIR/oof/{preset}-*.csv`.
 
 # %%
-# Bootstrap: import kaggle_utils from this repository, or on Kaggle from the code dataset under /kaggle/input.
+# Bootstrap: import kaggle_utils from this repository or, on Kaggle, from the code dataset under /kaggle/input
+# (KAGGLE_INPUT_DIR moves it); then, when the wheels dataset is attached, install offline what the image lacks.
+# The same text in every notebook (tests/test_notebooks.py keeps it so).
+import os
 import sys
 from pathlib import Path
 
 
-def package_root() -> Path:
+def package_root() -> Path | None:
     for folder in (Path.cwd(), *Path.cwd().parents):
         if (folder / "kaggle_utils" / "__init__.py").exists():
             return folder
+    kaggle_input = Path(os.environ.get("KAGGLE_INPUT_DIR") or "/kaggle/input")
     for depth in range(4):  # Kaggle has mounted datasets at /kaggle/input/<slug> and deeper
-        for init in sorted(Path("/kaggle/input").glob("*/" * depth + "kaggle_utils/__init__.py")):
+        for init in sorted(kaggle_input.glob("*/" * depth + "kaggle_utils/__init__.py")):
             return init.parent.parent
-    raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle")
+    return None
 
 
+root = package_root()
+if root is not None:  # the copy found here wins over an installed one, so a kernel runs the code it was given
+    sys.path.insert(0, str(root))
 try:
     import kaggle_utils
-except ImportError:
-    sys.path.insert(0, str(package_root()))
+except ImportError as error:
+    raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle") from error
+from kaggle_utils.paths import wheels_dataset
+
+print(f"kaggle_utils from {Path(kaggle_utils.__file__).parent}")
+wheels = wheels_dataset()
+if wheels is not None:  # internet is off in a submission: only what the image lacks, from the attached wheels
+    from kaggle_utils.wheels import install_offline
+
+    print(f"installed offline: {install_offline(wheels) or 'nothing (the image has it all)'}")
 
 # %% tags=["parameters"]
 DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)
 WORK_DIR = ""  # output folder ("" = auto)
 PROFILE = "auto"  # "full", "demo", "smoke"; auto = full on a GPU, demo on a CPU
-PRESETS = ["fo", "sp1", "sp2", "su"]
+PRESETS = []  # stage-2 presets; [] = all of them (config.STAGE2_PRESETS: fo, sp1, sp2, su)
 FOLDS = [0, 1, 2, 3]
 TRAIN_OVERRIDES = {}  # TrainConfig fields for every preset, e.g. {"epochs": 2}
 
@@ -47,7 +62,7 @@ p = config.notebook_params(
 )
 paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR)
 profile = config.resolve_profile(p.PROFILE)
-presets = [config.preset(name, profile, p.TRAIN_OVERRIDES) for name in p.PRESETS]
+presets = [config.preset(name, profile, p.TRAIN_OVERRIDES) for name in config.presets_or_default(p.PRESETS)]
 print(f"profile {profile}: {[(c.name, c.backbone, c.n_frames, c.img_size, c.epochs) for c in presets]}")
 
 # %% [markdown]
@@ -67,9 +82,7 @@ for cfg in presets:
 # with the plain view (no TTA) and ground-truth crops.
 
 # %%
-results = [r for cfg in presets for r in train.train_folds(paths, cfg, p.FOLDS)]
-summary = train.results_table(results)
-print(summary.round(4).to_string(index=False))
+results = train.train_presets(paths, presets, p.FOLDS)
 
 # %% [markdown]
 # ## Training curves of the last model (every checkpoint has its `*.curves.png` beside it)

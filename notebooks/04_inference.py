@@ -13,14 +13,15 @@
 # `WORK_DIR/oof/oof_submission.csv`.
 
 # %%
-# Bootstrap: import kaggle_utils from this repository, or on Kaggle from the code dataset under /kaggle/input
-# (KAGGLE_INPUT_DIR moves it), then install the wheels dataset offline when it is attached.
+# Bootstrap: import kaggle_utils from this repository or, on Kaggle, from the code dataset under /kaggle/input
+# (KAGGLE_INPUT_DIR moves it); then, when the wheels dataset is attached, install offline what the image lacks.
+# The same text in every notebook (tests/test_notebooks.py keeps it so).
 import os
 import sys
 from pathlib import Path
 
 
-def package_root() -> Path:
+def package_root() -> Path | None:
     for folder in (Path.cwd(), *Path.cwd().parents):
         if (folder / "kaggle_utils" / "__init__.py").exists():
             return folder
@@ -28,12 +29,16 @@ def package_root() -> Path:
     for depth in range(4):  # Kaggle has mounted datasets at /kaggle/input/<slug> and deeper
         for init in sorted(kaggle_input.glob("*/" * depth + "kaggle_utils/__init__.py")):
             return init.parent.parent
-    raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle")
+    return None
 
 
-# The copy found here wins over an installed one, so a kernel runs the code dataset it was given.
-sys.path.insert(0, str(package_root()))
-import kaggle_utils
+root = package_root()
+if root is not None:  # the copy found here wins over an installed one, so a kernel runs the code it was given
+    sys.path.insert(0, str(root))
+try:
+    import kaggle_utils
+except ImportError as error:
+    raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle") from error
 from kaggle_utils.paths import wheels_dataset
 
 print(f"kaggle_utils from {Path(kaggle_utils.__file__).parent}")

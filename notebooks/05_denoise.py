@@ -22,31 +22,46 @@
 # name runs inference and CV with the round-2 models.
 
 # %%
-# Bootstrap: import kaggle_utils from this repository, or on Kaggle from the code dataset under /kaggle/input.
+# Bootstrap: import kaggle_utils from this repository or, on Kaggle, from the code dataset under /kaggle/input
+# (KAGGLE_INPUT_DIR moves it); then, when the wheels dataset is attached, install offline what the image lacks.
+# The same text in every notebook (tests/test_notebooks.py keeps it so).
+import os
 import sys
 from pathlib import Path
 
 
-def package_root() -> Path:
+def package_root() -> Path | None:
     for folder in (Path.cwd(), *Path.cwd().parents):
         if (folder / "kaggle_utils" / "__init__.py").exists():
             return folder
+    kaggle_input = Path(os.environ.get("KAGGLE_INPUT_DIR") or "/kaggle/input")
     for depth in range(4):  # Kaggle has mounted datasets at /kaggle/input/<slug> and deeper
-        for init in sorted(Path("/kaggle/input").glob("*/" * depth + "kaggle_utils/__init__.py")):
+        for init in sorted(kaggle_input.glob("*/" * depth + "kaggle_utils/__init__.py")):
             return init.parent.parent
-    raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle")
+    return None
 
 
+root = package_root()
+if root is not None:  # the copy found here wins over an installed one, so a kernel runs the code it was given
+    sys.path.insert(0, str(root))
 try:
     import kaggle_utils
-except ImportError:
-    sys.path.insert(0, str(package_root()))
+except ImportError as error:
+    raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle") from error
+from kaggle_utils.paths import wheels_dataset
+
+print(f"kaggle_utils from {Path(kaggle_utils.__file__).parent}")
+wheels = wheels_dataset()
+if wheels is not None:  # internet is off in a submission: only what the image lacks, from the attached wheels
+    from kaggle_utils.wheels import install_offline
+
+    print(f"installed offline: {install_offline(wheels) or 'nothing (the image has it all)'}")
 
 # %% tags=["parameters"]
 DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)
 WORK_DIR = ""  # output folder ("" = auto)
 PROFILE = "auto"  # "full", "demo", "smoke"; auto = full on a GPU, demo on a CPU
-PRESETS = ["fo", "sp1", "sp2", "su"]
+PRESETS = []  # stage-2 presets; [] = all of them (config.STAGE2_PRESETS: fo, sp1, sp2, su)
 FOLDS = [0, 1, 2, 3]  # folds retrained in round 2 (round-1 OOF of every fold is read where it exists)
 TRAIN_OVERRIDES = {}  # TrainConfig fields for every preset, as in 03
 THRESHOLD = 0.85  # a label is noisy when the ensemble gives it at most 1 - THRESHOLD (and suggests another class)
@@ -76,7 +91,7 @@ p = config.notebook_params(
 paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR)  # round 1
 round2 = paths.with_run(p.RUN)
 profile = config.resolve_profile(p.PROFILE)
-presets = [config.preset(name, profile, p.TRAIN_OVERRIDES) for name in p.PRESETS]
+presets = [config.preset(name, profile, p.TRAIN_OVERRIDES) for name in config.presets_or_default(p.PRESETS)]
 targets = tables.load_table(paths, "targets")
 folds = tables.load_table(paths, "folds")
 flips = pd.read_csv(paths.data_file(LABEL_FLIPS_CSV)) if paths.data_file(LABEL_FLIPS_CSV).exists() else None
@@ -150,7 +165,7 @@ overrides = {
     "pseudo_labels": str(paths.table("pseudo_labels")),
     "pseudo_weight": p.PSEUDO_WEIGHT,
 }
-round2_presets = [config.preset(name, profile, overrides) for name in p.PRESETS]
+round2_presets = [config.preset(cfg.name, profile, overrides) for cfg in presets]
 round2_folds = coverage.loc[coverage["with_oof"] > 0, "fold"].tolist()
 skipped = sorted(set(p.FOLDS) - set(round2_folds))
 if skipped:

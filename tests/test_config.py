@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import json
+import typing
 
 import pytest
 
@@ -79,3 +81,36 @@ def test_command_line_overrides_merge_json_and_set_and_name_what_is_malformed():
     ):
         with pytest.raises(config.ConfigError, match=message):
             config.parsed_overrides(parser.parse_args(argv))
+
+
+def test_choices_are_the_registries_and_a_wrong_one_is_named():
+    from kaggle_utils.constants import PLANES
+    from kaggle_utils.labels import CONDITION_ROWS
+    from kaggle_utils.models import MODELS
+
+    assert typing.get_args(config.Plane) == tuple(PLANES)
+    assert typing.get_args(config.ModelName) == tuple(MODELS)
+    assert typing.get_args(config.Condition) == tuple(CONDITION_ROWS)
+    with pytest.raises(config.ConfigError, match=r"Stage2Config plane='t22' is not one of t1, t2; did you mean t2\?"):
+        config.preset("sp1", overrides={"plane": "t22"})
+    with pytest.raises(config.ConfigError, match="Stage1Config model='keypoints' is not one of keypoint, sagittal"):
+        config.preset("stage1_t1", overrides={"model": "keypoints"})
+    with pytest.raises(config.ConfigError, match="amp_dtype='fp8' is not one of auto, bf16, fp16"):
+        config.preset("fo", overrides={"amp_dtype": "fp8"})
+    with pytest.raises(config.ConfigError, match="routes="):
+        config.preset("su", overrides={"routes": [["lumbar", 1]]})
+
+
+def test_routes_rank_the_presets_as_the_solution_and_survive_a_sidecar():
+    routes = config.preset_routes(config.FULL_PRESETS[n] for n in config.STAGE2_PRESETS)
+    assert routes == {
+        "fo": {"foraminal": 1},
+        "sp1": {"spinal": 1, "subarticular": 2, "foraminal": 2},
+        "sp2": {"spinal": 1, "subarticular": 2, "foraminal": 2},
+        "su": {"spinal": 1, "subarticular": 1, "foraminal": 2},
+    }
+    su = config.FULL_PRESETS["su"]
+    assert config.from_dict(json.loads(json.dumps(config.to_dict(su)))) == su  # lists back into tuples
+    old = {k: v for k, v in config.to_dict(su).items() if k != "routes"}  # a sidecar from before routes
+    assert config.from_dict(old).routes == su.routes
+    assert config.STAGE1_PRESETS == ("stage1_t1", "stage1_t2") and config.STAGE2_PRESETS == ("fo", "sp1", "sp2", "su")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -10,7 +11,7 @@ import pytest
 import torch
 
 from kaggle_utils import tables
-from kaggle_utils.config import InferConfig, PreprocessConfig
+from kaggle_utils.config import FULL_PRESETS, ConfigError, InferConfig, PreprocessConfig, preset_routes
 from kaggle_utils.constants import IGNORE_INDEX, LABEL_COLUMNS, SEVERITY_COLUMNS
 from kaggle_utils.dev import bench_infer
 from kaggle_utils.infer import (
@@ -49,7 +50,7 @@ def test_routing_follows_the_solution():
             level_rows("sp1", "right_neural_foraminal_narrowing_l1_l2", (1.0, 0.0, 0.0)),  # no T1: from T2
         ]
     )
-    merged = route(levels, InferConfig()).set_index("row_id")
+    merged = route(levels, preset_routes(FULL_PRESETS[name] for name in ("fo", "sp1", "su"))).set_index("row_id")
     assert merged.loc["1_spinal_canal_stenosis_l1_l2"].tolist() == pytest.approx([0.4, 0.4, 0.2])
     assert merged.loc["1_left_subarticular_stenosis_l1_l2"].tolist() == [0.0, 1.0, 0.0]
     assert merged.loc["1_left_neural_foraminal_narrowing_l1_l2"].tolist() == [0.0, 0.0, 1.0]
@@ -58,7 +59,19 @@ def test_routing_follows_the_solution():
 
 def test_subarticular_falls_back_to_other_t2_models_without_su():
     levels = pd.DataFrame([level_rows("sp1", "left_subarticular_stenosis_l1_l2", (0.5, 0.5, 0.0))])
-    assert route(levels, InferConfig())["moderate"].tolist() == [0.5]
+    assert route(levels, preset_routes([FULL_PRESETS["sp1"]]))["moderate"].tolist() == [0.5]
+
+
+def test_a_preset_the_routing_does_not_know_is_named():
+    levels = pd.DataFrame([level_rows("sp3", "spinal_canal_stenosis_l1_l2", (0.5, 0.5, 0.0))])
+    with pytest.raises(ConfigError, match="presets sp3, which the routing does not know"):
+        route(levels, preset_routes([FULL_PRESETS["sp1"]]))
+
+
+def test_a_preset_that_routes_nothing_is_named():
+    silent = dataclasses.replace(FULL_PRESETS["sp2"], routes=())
+    with pytest.raises(ConfigError, match="presets sp2 route no condition family"):
+        preset_routes([FULL_PRESETS["sp1"], silent])
 
 
 def test_every_study_gets_25_finite_rows_summing_to_one():

@@ -36,6 +36,13 @@ def test_five_paired_notebooks_in_sync():
         assert not any(c.get("outputs") for c in jupytext.read(twin).cells), f"{twin.name} has outputs committed"
 
 
+def test_every_notebook_starts_with_the_same_bootstrap():
+    """The first code cell finds kaggle_utils (here or in /kaggle/input) and installs the wheels dataset: one text."""
+    bootstraps = {p.stem: next(c.source for c in jupytext.read(p).cells if c.cell_type == "code") for p in NOTEBOOKS}
+    assert len(set(bootstraps.values())) == 1, f"bootstrap cells differ: {sorted(bootstraps)}"
+    assert "KAGGLE_INPUT_DIR" in bootstraps["01_preprocess"] and "install_offline" in bootstraps["01_preprocess"]
+
+
 @pytest.mark.slow
 def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
     work = tmp_path / "work"
