@@ -99,8 +99,8 @@ KAGGLE_IMAGE_PYTHON ?= $(firstword $(wildcard $(HOME)/.pyenv/versions/3.12*/bin/
 KAGGLE_IMAGE_VENV ?= .venv-kaggle-image
 KAGGLE_IMAGE_PINS := torch==2.10.0 torchvision==0.25.0 numpy==2.0.2 pandas==2.2.2 timm==1.0.26 \
 	opencv-python-headless==4.13.0.92
-KAGGLE_IMAGE_TESTS := tests/test_infer.py tests/test_kaggle.py tests/test_wheels.py tests/test_models.py \
-	tests/test_engine.py tests/test_dicom.py
+KAGGLE_IMAGE_TESTS := tests/test_infer.py tests/dev/test_kaggle.py tests/test_wheels.py tests/test_models.py \
+	tests/test_predictors.py tests/test_checkpoints.py tests/test_engine.py tests/test_dicom.py
 
 test-kaggle-image: $(KAGGLE_IMAGE_VENV)/.installed ## The inference and kernel tests under Kaggle's Python 3.12, torch 2.10, numpy, pandas, timm
 	$(KAGGLE_IMAGE_VENV)/bin/python -c 'import sys, torch, numpy, pandas, timm, cv2; print("python", sys.version.split()[0], "torch", torch.__version__, "numpy", numpy.__version__, "pandas", pandas.__version__, "timm", timm.__version__, "opencv", cv2.__version__)'
