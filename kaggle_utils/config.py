@@ -19,9 +19,10 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Literal
 
-from kaggle_utils.constants import CONDITION_FAMILIES, PLANES, TTA_ANGLES
+from kaggle_utils.constants import CONDITION_FAMILIES, TTA_ANGLES
+from kaggle_utils.views import view
 
-Plane = Literal["t1", "t2"]  # constants.PLANES: Sagittal T1, Sagittal T2/STIR
+Plane = Literal["t1", "t2"]  # views.VIEWS: Sagittal T1, Sagittal T2/STIR
 ModelName = Literal["keypoint", "sagittal_1head", "sagittal_3heads"]  # models.MODELS
 Condition = Literal["all", "foraminal"]  # labels.CONDITION_ROWS: the rows a stage-2 model predicts
 AmpDtype = Literal["auto", "bf16", "fp16"]
@@ -121,7 +122,7 @@ class TrainConfig:
 
     @property
     def series_description(self) -> str:
-        return PLANES[self.plane]
+        return view(self.plane).description
 
 
 @dataclass(frozen=True)

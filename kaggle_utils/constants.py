@@ -52,8 +52,6 @@ SAGITTAL_T2 = "Sagittal T2/STIR"
 AXIAL_T2 = "Axial T2"
 SERIES_DESCRIPTIONS: tuple[str, ...] = (SAGITTAL_T1, SAGITTAL_T2, AXIAL_T2)
 
-PLANES: dict[str, str] = {"t1": SAGITTAL_T1, "t2": SAGITTAL_T2}
-"""Short plane names used in configs and file names, mapped to the series description they read."""
 
 TTA_ANGLES: tuple[float, ...] = (0.0, -15.0, 15.0, -10.0, 10.0, -5.0, 5.0, -20.0, 20.0)
 """Stage-2 test-time rotations in degrees, in the solution's order (index 0 is the plain view)."""

@@ -137,6 +137,7 @@ class CropDataset(_ArrayDataset):
         root: str = "stage2",
         flip: bool = True,
         pseudo: pd.DataFrame | None = None,
+        swap_sides: bool = True,
     ) -> None:
         self.paths, self.n_frames, self.rows, self.train, self.root = paths, n_frames, rows, train, root
         self.flip = train and flip  # the random sequence flip (with the left/right label swap) of training
@@ -147,7 +148,8 @@ class CropDataset(_ArrayDataset):
             self.records = [(int(study), [int(s)]) for study, ids in groups.items() for s in ids]
         self.labels = self._labels(targets)
         self.pseudo = soft_targets(pseudo, rows) if pseudo is not None else None
-        self.flip_pairs = left_right_pairs_of(rows)
+        # Reversing a sagittal series mirrors the patient: its left and right labels swap (View.flip_swaps_sides).
+        self.flip_pairs = left_right_pairs_of(rows) if swap_sides else ()
 
     def _labels(self, targets: pd.DataFrame | None) -> dict[int, np.ndarray]:
         columns = [f"{row}_{level}" for level in LEVELS for row in self.rows]

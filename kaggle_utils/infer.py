@@ -46,6 +46,7 @@ from kaggle_utils.paths import Paths
 from kaggle_utils.predictors import KeypointPredictor, LevelPredictor
 from kaggle_utils.preprocess import intensity_window, stage1_volume, stage2_crops
 from kaggle_utils.tables import points_frame, series_points
+from kaggle_utils.views import view
 
 
 @dataclass(frozen=True)
@@ -94,17 +95,19 @@ def load_models_on(paths: Paths, devices: Sequence[torch.device], folds: list[in
 
 @torch.no_grad()
 def predict_keypoints(volume: np.ndarray, models: list[LoadedModel]) -> np.ndarray:
-    """(5, 2, 2) relative keypoints of a stage-1 volume: the median over the localisers."""
+    """(5, 2, 2) relative keypoints of a stage-1 volume (the view's ``KeypointLayout``): the median over the
+    localisers."""
+    layout = view(models[0].cfg.plane).keypoints
     predictions = []
     for loaded in models:
         frames, mask = take_frames(volume, loaded.cfg.n_frames)
         batch = {
             "image": torch.from_numpy(frames)[None],
             "mask": torch.from_numpy(mask)[None],
-            "target": torch.zeros(1, 10, 2),
+            "target": torch.zeros(1, layout.count, 2),
         }
         predictions.append(loaded.predictor.predict(loaded.model, batch)[0].cpu().numpy())
-    return sort_level_points(np.median(predictions, axis=0).reshape(5, 2, 2))
+    return sort_level_points(np.median(predictions, axis=0).reshape(layout.shape))
 
 
 @torch.no_grad()

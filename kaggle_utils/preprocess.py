@@ -26,9 +26,7 @@ import numpy as np
 from kaggle_utils.config import PreprocessConfig
 from kaggle_utils.dicom import Series
 from kaggle_utils.labels import sort_level_points
-
-T2_PLANE, T1_PLANE = "t2", "t1"
-
+from kaggle_utils.views import view
 
 # --- intensity -----------------------------------------------------------------------------------
 _SAMPLE_STRIDE = 37  # prime: rarely divides a row width, so the sample does not keep to a few columns
@@ -159,8 +157,7 @@ def level_boxes(points: np.ndarray, plane: str, width: int, height: int, cfg: Pr
     the image, not padded.
     Levels with a missing (non-finite) point get an empty box; D and S come from the levels inside the image.
     """
-    if plane not in (T2_PLANE, T1_PLANE):
-        raise ValueError(f"no crop geometry for plane {plane!r}")
+    along_disc = _along_disc(plane)
     points = sort_level_points(points)
     valid = np.isfinite(points).all(axis=(1, 2))
     inside = valid & ((points >= 0) & (points <= 1)).all(axis=(1, 2))
@@ -173,7 +170,7 @@ def level_boxes(points: np.ndarray, plane: str, width: int, height: int, cfg: Pr
         if not (ok and np.isfinite(x_pct) and np.isfinite(y_pct)):
             boxes.append(EMPTY_BOX)
             continue
-        if plane == T2_PLANE:
+        if along_disc:
             angle = float(np.degrees(np.arctan2(-(b[1] - a[1]), b[0] - a[0])))
             bx, by = rotate_points(b[None], -angle, centre)[0]
             x0 = int(bx) - cfg.t2_offset_mult * width * x_pct
@@ -194,6 +191,14 @@ def level_boxes(points: np.ndarray, plane: str, width: int, height: int, cfg: Pr
     return boxes
 
 
+def _along_disc(plane: str) -> bool:
+    """Whether the view's crops follow the disc (rotated, T2) or stand upright (T1); another geometry is an error."""
+    geometry = view(plane).crop
+    if geometry not in ("along_disc", "upright"):
+        raise ValueError(f"no crop geometry {geometry!r} (view {plane!r})")
+    return geometry == "along_disc"
+
+
 def _crop_scale(points: np.ndarray, valid: np.ndarray, plane: str, cfg: PreprocessConfig) -> tuple[float, float]:
     """(x_pct, y_pct) half-sizes relative to the image from the valid levels; NaN when they cannot tell."""
     levels = np.flatnonzero(valid)
@@ -202,7 +207,7 @@ def _crop_scale(points: np.ndarray, valid: np.ndarray, plane: str, cfg: Preproce
     front, back = points[levels, 0], points[levels, 1]
     # Spacing per level step, so that a missing level in between does not double one spacing.
     steps = np.diff(levels)
-    if plane == T2_PLANE:
+    if _along_disc(plane):
         x_pct = cfg.t2_width_mult * np.median(back[:, 0] - front[:, 0])
         y_pct = cfg.t2_height_mult * np.median(np.abs(np.diff(back[:, 1])) / steps)
     else:

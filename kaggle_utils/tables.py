@@ -25,13 +25,13 @@ from kaggle_utils.constants import (
     LABEL_COLUMNS,
     LEVEL_NAMES,
     LEVELS,
-    PLANES,
     SEVERITIES,
     SEVERITY_COLUMNS,
     condition_family,
 )
 from kaggle_utils.dicom import read_header
 from kaggle_utils.labels import sort_level_points
+from kaggle_utils.views import VIEW_OF_DESCRIPTION, view
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "series": ("study_id", "series_id", "series_description", "plane", "split", "fold"),
@@ -44,7 +44,6 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
 }
 """Columns every table must have (extra columns are allowed)."""
 
-PLANE_OF_DESCRIPTION = {description: plane for plane, description in PLANES.items()}
 
 KEYPOINT_FILES: dict[str, tuple[str, ...]] = {
     P.COORDS_V7_CSV: ("series_id", "level", "side", "relative_x", "relative_y"),
@@ -54,9 +53,6 @@ KEYPOINT_FILES: dict[str, tuple[str, ...]] = {
 
 SOLUTION_FOLD_COLUMNS = ("study_id", "fold")
 """Columns read from the solution's ``metadata.csv`` (one row per series, all of a study's in one fold)."""
-
-PLANE_FAMILY = {"t1": "foraminal", "t2": "spinal"}
-"""The condition family whose points a plane's series carry in a per-condition keypoint file."""
 
 
 class TableError(ValueError):
@@ -121,10 +117,10 @@ def read_csv(paths: P.Paths, name: str) -> pd.DataFrame:
 def series_table(paths: P.Paths, split: str) -> pd.DataFrame:
     """Sagittal series of a split (``train`` or ``test``); training drops the known bad ids, saying why."""
     table = read_csv(paths, P.TRAIN_SERIES_CSV if split == "train" else P.TEST_SERIES_CSV)
-    table = table[table["series_description"].isin(PLANE_OF_DESCRIPTION)].copy()
+    table = table[table["series_description"].isin(VIEW_OF_DESCRIPTION)].copy()
     if split == "train":
         table = drop_excluded(table)
-    table["plane"] = table["series_description"].map(PLANE_OF_DESCRIPTION)
+    table["plane"] = table["series_description"].map(VIEW_OF_DESCRIPTION)
     table["split"] = split
     table["fold"] = -1
     present = [
@@ -278,7 +274,7 @@ def _from_corrected(coords: pd.DataFrame, series: pd.DataFrame, source: str) -> 
     table["level"] = table["level"].astype(str).map(_LEVEL_OF)
     if "condition" in table:  # one plane's points only: a T2 series also carries none of the T1's, and so on
         family = table["condition"].str.lower().str.replace(" ", "_").map(condition_family)
-        table = table[family == table["plane"].map(PLANE_FAMILY)]
+        table = table[family == table["plane"].map(lambda plane: view(plane).family)]
     table["source"] = source
     return table[list(SCHEMAS["keypoints"])].sort_values(["series_id", "level", "side"]).reset_index(drop=True)
 
@@ -297,7 +293,7 @@ def _from_competition(paths: P.Paths, coords: pd.DataFrame, series: pd.DataFrame
 
 def _series_points(group: pd.DataFrame, plane: str, width: int, height: int, study_id: int, series_id: int) -> list:
     source = P.TRAIN_COORDINATES_CSV
-    if plane == "t1":
+    if view(plane).keypoints_from == "foramina":
         sides = {CONDITION_TITLES[CONDITIONS[1]]: "L", CONDITION_TITLES[CONDITIONS[2]]: "R"}
         found = group[group["condition"].isin(sides)]
         return [

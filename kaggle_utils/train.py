@@ -38,6 +38,7 @@ from kaggle_utils.loader import BatchLoader, collate
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import load_table
 from kaggle_utils.tasks import ClassifierTask, KeypointTask
+from kaggle_utils.views import view
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,17 @@ def datasets(paths: Paths, cfg: TrainConfig, series: pd.DataFrame, fold: int) ->
     rows = condition_rows(cfg.condition)
     train_targets, pseudo = round2_inputs(cfg, targets[targets["study_id"].isin(train["study_id"])], fold)
     return (
-        CropDataset(train, paths, cfg.n_frames, rows, train_targets, train=True, flip=cfg.augment, pseudo=pseudo),
+        CropDataset(
+            train,
+            paths,
+            cfg.n_frames,
+            rows,
+            train_targets,
+            train=True,
+            flip=cfg.augment,
+            pseudo=pseudo,
+            swap_sides=view(cfg.plane).flip_swaps_sides,
+        ),
         None if every else CropDataset(val, paths, cfg.n_frames, rows, targets),  # validation keeps the given labels
     )
 

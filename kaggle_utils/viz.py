@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 from matplotlib import ticker
 
-from kaggle_utils.constants import LEVEL_NAMES, PLANES
+from kaggle_utils.constants import LEVEL_NAMES
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import series_points
+from kaggle_utils.views import VIEWS
 
 LEVEL_COLOURS = ("#e6194b", "#f58231", "#ffe119", "#3cb44b", "#4363d8")
 
@@ -27,7 +28,7 @@ def study_figure(
         points: plane -> (5, 2, 2) relative keypoints.
         crops: plane -> stage-2 crops (5, N, 256, 256) uint8.
     """
-    planes = [p for p in PLANES if p in volumes]
+    planes = [p for p in VIEWS if p in volumes]
     fig, axes = plt.subplots(len(planes), 1 + len(LEVEL_NAMES), figsize=(15, 3.2 * len(planes)), squeeze=False)
     for ax_row, plane in zip(axes, planes, strict=True):
         volume = volumes[plane]
@@ -35,7 +36,7 @@ def study_figure(
         ax_row[0].imshow(volume[len(volume) // 2], cmap="gray")
         for level, (pair, colour) in enumerate(zip(points[plane], LEVEL_COLOURS, strict=True)):
             ax_row[0].scatter(pair[:, 0] * size, pair[:, 1] * size, s=14, c=colour, label=LEVEL_NAMES[level])
-        ax_row[0].set_title(f"{PLANES[plane]}: middle slice")
+        ax_row[0].set_title(f"{VIEWS[plane].description}: middle slice")
         for level, ax in enumerate(ax_row[1:]):
             if plane in crops:
                 stack = crops[plane][level]

@@ -84,11 +84,11 @@ def test_command_line_overrides_merge_json_and_set_and_name_what_is_malformed():
 
 
 def test_choices_are_the_registries_and_a_wrong_one_is_named():
-    from kaggle_utils.constants import PLANES
     from kaggle_utils.labels import CONDITION_ROWS
     from kaggle_utils.models import MODELS
+    from kaggle_utils.views import VIEWS
 
-    assert typing.get_args(config.Plane) == tuple(PLANES)
+    assert typing.get_args(config.Plane) == tuple(VIEWS)
     assert typing.get_args(config.ModelName) == tuple(MODELS)
     assert typing.get_args(config.Condition) == tuple(CONDITION_ROWS)
     with pytest.raises(config.ConfigError, match=r"Stage2Config plane='t22' is not one of t1, t2; did you mean t2\?"):

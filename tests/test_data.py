@@ -58,7 +58,9 @@ def test_the_sequence_flip_reverses_the_slices_and_swaps_left_and_right_labels(p
     np.testing.assert_array_equal(flipped["target"][:, spinal], plain["target"][:, spinal])
 
 
-def _crop_dataset(tmp_path, pseudo_values: dict[str, list[float]] | None, train: bool = True) -> CropDataset:
+def _crop_dataset(
+    tmp_path, pseudo_values: dict[str, list[float]] | None, train: bool = True, **options: bool
+) -> CropDataset:
     """One T1 study (foraminal rows: left Normal, right Severe) with a cached crop array of 3 distinct slices."""
     paths = Paths(tmp_path, tmp_path)
     array = np.zeros((5, 3, 8, 8), np.uint8)
@@ -74,7 +76,7 @@ def _crop_dataset(tmp_path, pseudo_values: dict[str, list[float]] | None, train:
             columns=["study_id", "row_id", *SEVERITY_COLUMNS],
         )
     series = pd.DataFrame({"study_id": [1], "series_id": [2]})
-    return CropDataset(series, paths, 3, FORAMINAL_CONDITIONS, targets, train=train, pseudo=pseudo)
+    return CropDataset(series, paths, 3, FORAMINAL_CONDITIONS, targets, train=train, pseudo=pseudo, **options)
 
 
 def test_pseudo_targets_follow_the_sequence_flip(tmp_path):
@@ -93,6 +95,17 @@ def test_pseudo_targets_follow_the_sequence_flip(tmp_path):
         np.testing.assert_allclose(pseudo[:4, sides[0]], np.tile([0.7, 0.2, 0.1], (4, 1)))
         np.testing.assert_allclose(pseudo[:4, sides[1]], np.tile([0.1, 0.2, 0.7], (4, 1)))
         assert (pseudo[4] == IGNORE_INDEX).all()  # no pseudo label for L5/S1
+    assert flipped == {True, False}
+
+
+def test_a_view_whose_flip_does_not_mirror_the_patient_keeps_its_sides(tmp_path):
+    dataset = _crop_dataset(tmp_path, None, swap_sides=False)
+    random.seed(0)
+    flipped = set()
+    for _ in range(20):
+        sample = dataset[0]
+        flipped.add(bool(sample["image"][:, -1].max() == 10))
+        np.testing.assert_array_equal(sample["target"].numpy()[:, 0], np.tile([1, 0, 0], (5, 1)))  # left stays left
     assert flipped == {True, False}
 
 

@@ -34,11 +34,11 @@ from kaggle_utils.dev.synthetic import make_dataset
 from kaggle_utils.dicom import Series, read_series
 from kaggle_utils.paths import DEFAULT_DATA_DIR, Paths
 from kaggle_utils.preprocess import (
-    T2_PLANE,
     level_boxes,
     stage1_volume,
     stage2_crops,
 )
+from kaggle_utils.views import view
 
 DEFAULT_DATA = DEFAULT_DATA_DIR
 
@@ -86,7 +86,7 @@ def plain_level_crop(stack: np.ndarray, points: np.ndarray, plane: str, level: i
     out = np.zeros((size, size, stack.shape[2]), np.float32)
     if box.empty:
         return out
-    if plane == T2_PLANE:
+    if view(plane).crop == "along_disc":
         matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), box.angle, 1.0)
         stack = _per_chunk(
             stack,

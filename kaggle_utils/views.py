@@ -1,0 +1,86 @@
+"""Series views: each kind of series the pipeline reads, declared once.
+
+A view says what the rest of the package asks of a series type: the ``series_description`` that selects it, its
+short name (a config's ``plane``, file names), how its stage-1 keypoints are laid out and where the competition's
+coordinates put them, which crop geometry its levels get, whether reversing its slices mirrors the patient (so a
+sequence flip swaps left and right labels), and which condition rows its stage-2 models can predict. Tables,
+preprocessing, the datasets, inference and the pictures ask the view instead of branching on a plane's name;
+adding a view (the Axial T2 branch) is one entry here plus its geometry and its tests.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kaggle_utils.constants import LEVELS, SAGITTAL_T1, SAGITTAL_T2
+
+
+@dataclass(frozen=True)
+class KeypointLayout:
+    """The stage-1 keypoints of a view: ``per_level`` relative (x, y) points at each disc level."""
+
+    levels: int = len(LEVELS)
+    per_level: int = 2
+
+    @property
+    def count(self) -> int:
+        """The localiser's outputs: points per series."""
+        return self.levels * self.per_level
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        """(levels, points per level, 2): how a series' keypoints are held."""
+        return self.levels, self.per_level, 2
+
+
+@dataclass(frozen=True)
+class View:
+    """One series type (see the module docstring)."""
+
+    name: str  # a config's ``plane``: "t1", "t2"
+    description: str  # its ``series_description`` in the competition's CSVs
+    keypoints: KeypointLayout
+    # Where the competition's coordinates give the view's keypoints: "foramina" (the left and right foraminal
+    # points of a level) or "canal" (the spinal canal point, the front of the disc placed in front of it).
+    keypoints_from: str
+    family: str  # the condition family whose points this view's series carry in a per-condition keypoint file
+    # Crop geometry (``preprocess.level_boxes``): "along_disc" (rotated so the disc's front-back line is
+    # horizontal, around the back point) or "upright" (not rotated, around the midpoint of the level's points).
+    crop: str
+    flip_swaps_sides: bool  # reversing the slices mirrors the patient (sagittal slices run from left to right)
+    conditions: str  # the condition rows its stage-2 models predict (``labels.CONDITION_ROWS``)
+
+
+VIEWS: dict[str, View] = {
+    "t1": View(
+        name="t1",
+        description=SAGITTAL_T1,
+        keypoints=KeypointLayout(),
+        keypoints_from="foramina",
+        family="foraminal",
+        crop="upright",
+        flip_swaps_sides=True,
+        conditions="foraminal",
+    ),
+    "t2": View(
+        name="t2",
+        description=SAGITTAL_T2,
+        keypoints=KeypointLayout(),
+        keypoints_from="canal",
+        family="spinal",
+        crop="along_disc",
+        flip_swaps_sides=True,
+        conditions="all",
+    ),
+}
+"""The views read, by name; their order is the order of the pictures."""
+
+VIEW_OF_DESCRIPTION: dict[str, str] = {v.description: name for name, v in VIEWS.items()}
+"""A series description -> the name of the view that reads it; descriptions not here are not read."""
+
+
+def view(name: str) -> View:
+    """The view of a config's ``plane``; an unknown name is named with the known ones."""
+    if name not in VIEWS:
+        raise ValueError(f"unknown view (plane) {name!r}; known: {', '.join(VIEWS)}")
+    return VIEWS[name]

@@ -1,0 +1,36 @@
+"""The series views: each declared once, consistent with the label vocabulary, and asked instead of plane names."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from kaggle_utils.config import PreprocessConfig
+from kaggle_utils.constants import CONDITION_FAMILIES, SERIES_DESCRIPTIONS
+from kaggle_utils.labels import CONDITION_ROWS
+from kaggle_utils.preprocess import level_boxes
+from kaggle_utils.views import VIEW_OF_DESCRIPTION, VIEWS, view
+
+
+def test_every_view_names_what_the_package_asks_of_it():
+    for name, v in VIEWS.items():
+        assert v.name == name and VIEW_OF_DESCRIPTION[v.description] == name
+        assert v.description in SERIES_DESCRIPTIONS and v.family in CONDITION_FAMILIES
+        assert v.conditions in CONDITION_ROWS and v.crop in ("along_disc", "upright")
+        assert v.keypoints_from in ("foramina", "canal")
+        assert v.keypoints.shape == (5, 2, 2) and v.keypoints.count == 10
+    assert [v.flip_swaps_sides for v in VIEWS.values()] == [True, True]  # both sagittal
+
+
+def test_an_unknown_view_is_named_with_the_known_ones():
+    with pytest.raises(ValueError, match="unknown view \\(plane\\) 'ax'; known: t1, t2"):
+        view("ax")
+
+
+def test_the_crop_geometry_follows_the_view():
+    """T2 boxes turn with the disc's front-back line; T1 boxes stay upright whatever the points."""
+    y = np.linspace(0.3, 0.7, 5)
+    points = np.stack([np.c_[np.full(5, 0.40), y + 0.03], np.c_[np.full(5, 0.55), y - 0.03]], axis=1)
+    t2 = level_boxes(points, "t2", 256, 256, PreprocessConfig())
+    t1 = level_boxes(points, "t1", 256, 256, PreprocessConfig())
+    assert all(abs(b.angle) > 1 for b in t2) and all(b.angle == 0 for b in t1)
