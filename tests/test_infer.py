@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -160,3 +162,15 @@ def test_two_devices_predict_what_one_does(tiny_data: Path, tmp_path: Path) -> N
         a, b = (f.sort_values(key).reset_index(drop=True) for f in (a, b))
         pd.testing.assert_frame_equal(a, b, rtol=1e-6, atol=1e-6)
     assert set(timer.seconds) == {"read", "volume", "keypoints", "crop", "classify"}
+
+
+def test_inference_imports_no_training_code():
+    """The kernel's path: no augmentation, tasks, training loop, losses or loaders come with ``infer``."""
+    code = "import sys, kaggle_utils.infer; print(' '.join(m for m in sys.modules if m.startswith('kaggle_utils')))"
+    loaded = set(
+        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    )
+    training = {
+        f"kaggle_utils.{m}" for m in ("augment", "warps", "tasks", "engine", "losses", "loader", "data", "train")
+    }
+    assert "kaggle_utils.predictors" in loaded and not loaded & training
