@@ -4,8 +4,9 @@ Per series: read the DICOMs once, build the stage-1 volume, predict the keypoint
 plane's localisers), crop every level with the same function as training, and run every stage-2 model
 of that plane with all TTA rotations in one forward pass. Predictions are then averaged per row id and
 routed as the solution does: subarticular from ``su``; spinal the mean of ``sp1``, ``sp2``, ``su``;
-foraminal from the T1 model when the study has a Sagittal T1, else from the T2 models. Every study gets
-its 25 rows: what no model covers falls back to the class priors of the training labels.
+foraminal from the T1 model when the study has a Sagittal T1, else from the T2 models (each preset's
+``routes``). Every study gets its 25 rows: what no model covers falls back to the class priors of the training
+labels. Cross-validation and the scores are in ``crossval``.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -28,11 +29,8 @@ from tqdm.auto import tqdm
 from kaggle_utils.checkpoints import load_checkpoint
 from kaggle_utils.config import ConfigError, InferConfig, PreprocessConfig, TrainConfig, preset_routes
 from kaggle_utils.constants import (
-    ALL_STUDIES_FOLD,
-    CONDITIONS,
     IGNORE_INDEX,
     LABEL_COLUMNS,
-    LEVELS,
     SEVERITY_COLUMNS,
     condition_family,
     row_id,
@@ -41,11 +39,10 @@ from kaggle_utils.devices import default_device
 from kaggle_utils.dicom import SeriesError, read_series
 from kaggle_utils.frames import take_frames
 from kaggle_utils.labels import condition_rows, level_frame, sort_level_points
-from kaggle_utils.metric import score_parts, solution_from_targets
 from kaggle_utils.paths import Paths
 from kaggle_utils.predictors import KeypointPredictor, LevelPredictor
 from kaggle_utils.preprocess import intensity_window, stage1_volume, stage2_crops
-from kaggle_utils.tables import points_frame, series_points
+from kaggle_utils.tables import points_frame
 from kaggle_utils.views import view
 
 
@@ -164,23 +161,26 @@ def predict_series_table(
     infer_cfg: InferConfig,
     desc: str = "inference",
     timer: StageTimer | None = None,
+    given_points: Mapping[int, np.ndarray] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keypoints and per-preset level probabilities for every series of a table (``study_id, series_id, plane,
     split``). A series that cannot be read is reported and skipped; the submission falls back for it.
     ``timer`` (for the benchmark) adds up the stages read, volume, keypoints, crop and classify.
+    ``given_points`` (series id -> (5, 2, 2) relative, e.g. the ground truth for the CV's oracle) replace the
+    localisers' keypoints of the series they cover; their rows say ``source=given``.
 
     Given one model set per device (``load_models_on``), the studies are split over the devices, one thread each:
     a thread's GPU work, cv2 and numpy run without the GIL, so the cards and the CPU stages overlap, and the models
     stay in this process (no second copy in host memory, no pickling). The timer then sums over the devices."""
     sets = [models] if isinstance(models, ModelSet) else list(models)
     if len(sets) == 1:
-        return _predict_shard(paths, series, sets[0], pre_cfg, infer_cfg, desc, timer)
+        return _predict_shard(paths, series, sets[0], pre_cfg, infer_cfg, desc, timer, given_points)
     shards = split_by_study(series, len(sets))
     timers = [StageTimer() for _ in sets]
     with ThreadPoolExecutor(len(sets)) as pool:
         jobs = [
-            pool.submit(_predict_shard, paths, shard, model_set, pre_cfg, infer_cfg, f"{desc} [{i}]", t, i)
-            for i, (shard, model_set, t) in enumerate(zip(shards, sets, timers, strict=True))
+            pool.submit(_predict_shard, paths, shard, ms, pre_cfg, infer_cfg, f"{desc} [{i}]", t, given_points, i)
+            for i, (shard, ms, t) in enumerate(zip(shards, sets, timers, strict=True))
         ]
         parts = [job.result() for job in jobs]
     if timer is not None:
@@ -198,6 +198,7 @@ def _predict_shard(
     infer_cfg: InferConfig,
     desc: str,
     timer: StageTimer | None,
+    given_points: Mapping[int, np.ndarray] | None = None,
     position: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     timed = timer or _untimed
@@ -214,9 +215,11 @@ def _predict_shard(
         with timed("volume"):
             window = intensity_window(volume_series.slices, pre_cfg.percentiles)  # shared with the crops
             volume = stage1_volume(volume_series, pre_cfg, window)
+        given = None if given_points is None else given_points.get(row.series_id)
         with timed("keypoints"):
-            points = predict_keypoints(volume, models.stage1[row.plane])
-        keypoints.append(points_frame(row.study_id, row.series_id, row.plane, points, "stage1"))
+            points = predict_keypoints(volume, models.stage1[row.plane]) if given is None else given
+        source = "stage1" if given is None else "given"
+        keypoints.append(points_frame(row.study_id, row.series_id, row.plane, points, source))
         with timed("crop"):
             crops = stage2_crops(volume_series, points, row.plane, pre_cfg, window)
         for preset in models.presets_for(row.plane):
@@ -299,43 +302,6 @@ def prior_submission(study_ids: list[int], priors: pd.DataFrame) -> pd.DataFrame
         return complete_submission(pd.DataFrame(columns=["row_id", *SEVERITY_COLUMNS]), study_ids, priors)
 
 
-def _solution_for(submission: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:
-    """The metric's solution rows of the studies a submission covers."""
-    studies = submission["row_id"].str.split("_").str[0].astype(int).unique()
-    return solution_from_targets(targets[targets["study_id"].isin(studies)])
-
-
-def score_submission(submission: pd.DataFrame, targets: pd.DataFrame) -> dict[str, float]:
-    """The competition score parts of a submission against the targets of the studies it covers."""
-    return score_parts(_solution_for(submission, targets), submission, "row_id")
-
-
-def score_table(submissions: dict[str, pd.DataFrame], targets: pd.DataFrame) -> pd.DataFrame:
-    """Weighted log loss per condition and level of each named submission (e.g. the model and the class-prior
-    baseline, over the same studies), then the four terms of the score and the score.
-
-    Rows: ``condition, level, rows`` (labelled rows scored) and one column per submission. A condition-level
-    row is the metric's family term restricted to that label column; columns nobody labelled are left out."""
-    solution = _solution_for(next(iter(submissions.values())), targets)
-    columns = solution["row_id"].str.split("_", n=1).str[1]
-    records = []
-    for condition in CONDITIONS:
-        for level in LEVELS:
-            part = solution[columns == f"{condition}_{level}"]
-            if part.empty:
-                continue
-            family = condition_family(condition)
-            losses = {name: score_parts(part, sub)[family] for name, sub in submissions.items()}
-            records.append({"condition": condition, "level": level, "rows": len(part), **losses})
-    families = solution["row_id"].map(condition_family)
-    totals = {name: score_parts(solution, sub) for name, sub in submissions.items()}
-    for term in next(iter(totals.values())):
-        rows = int((families == term).sum()) if term in set(families) else np.nan
-        records.append({"condition": term, "level": "all", "rows": rows, **{n: t[term] for n, t in totals.items()}})
-    table = pd.DataFrame(records)
-    return table.astype({"rows": "Int64"})  # any_severe_spinal and score pool studies, so they have no row count
-
-
 def write_submission(submission: pd.DataFrame, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     submission.to_csv(path, index=False)
@@ -361,59 +327,14 @@ def predict_studies(
     pre_cfg: PreprocessConfig,
     infer_cfg: InferConfig,
     desc: str = "inference",
+    given_points: Mapping[int, np.ndarray] | None = None,
 ) -> Prediction:
     """Predict the sagittal ``series`` and complete a 25-row submission for every study in ``study_ids``; with a
-    model set per device (``load_models_on``), the studies are split over the devices."""
-    keypoints, levels = predict_series_table(paths, series, models, pre_cfg, infer_cfg, desc)
+    model set per device (``load_models_on``), the studies are split over the devices; ``given_points`` replace
+    the localisers' keypoints where they have a series (``predict_series_table``)."""
+    keypoints, levels = predict_series_table(paths, series, models, pre_cfg, infer_cfg, desc, None, given_points)
     return Prediction(
         submission=complete_submission(route(levels, model_routes(models)), study_ids, priors),
         baseline=prior_submission(study_ids, priors),
         keypoints=keypoints,
     )
-
-
-def cross_validate(
-    paths: Paths,
-    series: pd.DataFrame,
-    targets: pd.DataFrame,
-    folds: list[int],
-    pre_cfg: PreprocessConfig,
-    infer_cfg: InferConfig,
-    device: torch.device,
-) -> Prediction:
-    """Out-of-fold inference on the training studies: fold f's studies go through fold f's models, from the raw
-    DICOMs as at test time (predicted keypoints, TTA, routing); priors come from the other folds' labels.
-    Final models (fold -1, trained on every study) have no held-out studies and take no part."""
-    if ALL_STUDIES_FOLD in folds:
-        print(f"fold {ALL_STUDIES_FOLD} (final models on every study) has no held-out studies: not cross-validated")
-        folds = [f for f in folds if f != ALL_STUDIES_FOLD]
-    if not folds:
-        raise ValueError("no folds to cross-validate: give the folds whose models were trained with validation")
-    parts = []
-    for fold in folds:
-        fold_series = series[series["fold"] == fold]
-        study_ids = sorted(int(s) for s in fold_series["study_id"].unique())
-        priors = label_priors(targets[~targets["study_id"].isin(study_ids)])
-        models = load_models(paths, [fold], device)
-        parts.append(
-            predict_studies(paths, fold_series, study_ids, models, priors, pre_cfg, infer_cfg, desc=f"OOF fold {fold}")
-        )
-    return Prediction(
-        *(pd.concat([getattr(p, f) for p in parts], ignore_index=True) for f in ("submission", "baseline", "keypoints"))
-    )
-
-
-def keypoint_errors(predicted: pd.DataFrame, truth: pd.DataFrame, grid: int = 256) -> pd.DataFrame:
-    """Per plane: mean distance (pixels of the 256 grid) between predicted and true keypoints, and the share within
-    5 px. Points are matched per series and level after ordering each level's pair by x."""
-    rows = []
-    known = set(truth["series_id"])
-    for series_id, group in predicted.groupby("series_id"):
-        if series_id not in known:
-            continue
-        pred = series_points(predicted, series_id)
-        true = series_points(truth, series_id)
-        distance = np.linalg.norm((pred - true) * grid, axis=-1).ravel()
-        rows += [(group["plane"].iloc[0], d) for d in distance]
-    frame = pd.DataFrame(rows, columns=["plane", "distance"])
-    return frame.groupby("plane")["distance"].agg(mean_px="mean", within_5px=lambda d: (d < 5).mean()).reset_index()

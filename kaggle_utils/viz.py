@@ -1,9 +1,10 @@
 """Pictures people look at: a study's sagittal slices with keypoints and its level crops, training samples through
-the augmentation, training curves, score tables."""
+the augmentation, training curves, score tables, and the series the localisers missed most."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import matplotlib.pyplot as plt
 import numpy as np
@@ -14,6 +15,9 @@ from kaggle_utils.constants import LEVEL_NAMES
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import series_points
 from kaggle_utils.views import VIEWS
+
+if TYPE_CHECKING:  # viz draws what crossval gathers; it needs its type only
+    from kaggle_utils.crossval import MissedSeries
 
 LEVEL_COLOURS = ("#e6194b", "#f58231", "#ffe119", "#3cb44b", "#4363d8")
 
@@ -161,5 +165,35 @@ def noisy_label_figure(
         ax.axvline(threshold, color="k", ls="--", lw=1)
         ax.set(xlabel="threshold", ylim=(0, 1.02), title="detection of the flipped labels")
         ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def localisation_figure(cases: list[MissedSeries]) -> plt.Figure:
+    """Two rows per missed series (``crossval.worst_localised``): the middle slice with the predicted (x) and true
+    (o) keypoints, then the five level crops from the predicted keypoints; below, the crops from the true ones."""
+    fig, axes = plt.subplots(2 * len(cases), 1 + len(LEVEL_NAMES), figsize=(15, 5.6 * len(cases)), squeeze=False)
+    for case, top, bottom in zip(cases, axes[0::2], axes[1::2], strict=True):
+        size = case.middle_slice.shape[-1]
+        top[0].imshow(case.middle_slice, cmap="gray")
+        for level, colour in enumerate(LEVEL_COLOURS):
+            for points, marker in ((case.predicted, "x"), (case.true, "o")):
+                pair = points[level] * size
+                top[0].scatter(pair[:, 0], pair[:, 1], s=22, c=colour, marker=marker, facecolors=None)
+        top[0].set_title(case.title, fontsize=9, loc="left")
+        bottom[0].text(
+            0.5,
+            0.5,
+            "above: crops from the predicted\nkeypoints (x)\nbelow: from the true ones (o)",
+            ha="center",
+            va="center",
+            fontsize=9,
+        )
+        for row, crops in ((top, case.predicted_crops), (bottom, case.true_crops)):
+            for level, ax in enumerate(row[1:]):
+                ax.imshow(crops[level], cmap="gray")
+                ax.set_title(LEVEL_NAMES[level], color=LEVEL_COLOURS[level], fontsize=9)
+        for ax in (*top, *bottom):
+            ax.axis("off")
     fig.tight_layout()
     return fig

@@ -59,7 +59,7 @@ RUN = ""  # a training round's sub-folder of WORK_DIR ("denoised" after 05); "" 
 # %%
 import json
 
-from kaggle_utils import config, devices, infer, tables
+from kaggle_utils import config, crossval, devices, infer, tables, viz
 from kaggle_utils.paths import TEST_LABELS_CSV, TEST_SERIES_CSV, TRAIN_CSV, Paths, is_kaggle
 
 p = config.notebook_params(
@@ -75,21 +75,36 @@ report = {}
 
 # %% [markdown]
 # ## Cross-validation: fold f's training studies through fold f's models
-# The score per condition and level, next to the class-prior baseline of the same studies, shows where the models
-# help.
+# Each held-out study twice through the same models, TTA and routing: from the keypoints the localisers predict
+# (the test-time path, "model") and from the ground-truth keypoints ("oracle"). The table per condition and level
+# puts both beside the class priors of the same studies: the gap between model and oracle is what localisation
+# costs, the gap between oracle and priors what the classifiers learnt.
 
 # %%
 if run_cv:
-    cv = infer.cross_validate(paths, tables.load_table(paths, "series"), targets, p.FOLDS, pre_cfg, infer_cfg, device)
+    series, truth = tables.load_table(paths, "series"), tables.load_table(paths, "keypoints")
+    cv = crossval.cross_validate(
+        paths, series, targets, p.FOLDS, pre_cfg, infer_cfg, device, true_points=tables.points_by_series(truth)
+    )
     cv.submission.to_csv(paths.oof_dir / "oof_submission.csv", index=False)
-    errors = infer.keypoint_errors(cv.keypoints, tables.load_table(paths, "keypoints"))
+    errors = crossval.keypoint_errors(cv.keypoints, truth)
     print("stage-1 localisation on held-out folds (256 grid):\n" + errors.round(3).to_string(index=False))
-    oof_parts = infer.score_submission(cv.submission, targets)
-    prior_parts = infer.score_submission(cv.baseline, targets)
-    report.update(oof_parts, prior_score=prior_parts["score"])
-    # Weighted log loss per condition and level, then the four terms of the score: where the model beats the priors.
-    scores = infer.score_table({"model (OOF)": cv.submission, "class priors": cv.baseline}, targets)
-    print(scores.round(4).to_string(index=False))
+    oof_parts = crossval.score_submission(cv.submission, targets)
+    report.update(oof_parts, oracle_score=crossval.score_submission(cv.oracle, targets)["score"])
+    report.update(prior_score=crossval.score_submission(cv.baseline, targets)["score"])
+    report["stage1"] = crossval.stage1_report(errors)
+    # Weighted log loss per condition and level, then the four terms of the score.
+    submissions = {"model (OOF)": cv.submission, "oracle (true keypoints)": cv.oracle, "class priors": cv.baseline}
+    print(crossval.score_table(submissions, targets).round(4).to_string(index=False))
+
+# %% [markdown]
+# ### The series the localisers missed most
+# Predicted (x) and true (o) keypoints on the middle slice, and the level crops each gives.
+
+# %%
+if run_cv:
+    missed = crossval.worst_localised(paths, series, cv.keypoints, truth, pre_cfg, n=3)
+    viz.save_figure(viz.localisation_figure(missed), paths.figures_dir / "worst_localisation.png")
 
 # %% [markdown]
 # ## Test studies: every fold's models, averaged
@@ -111,7 +126,7 @@ test.submission.head(10)
 # %%
 if paths.data_file(TEST_LABELS_CSV).exists():
     hidden = tables.targets_table(tables.read_csv(paths, TEST_LABELS_CSV))
-    report["test_score"] = infer.score_submission(test.submission, hidden)["score"]
-    report["test_prior_score"] = infer.score_submission(test.baseline, hidden)["score"]
+    report["test_score"] = crossval.score_submission(test.submission, hidden)["score"]
+    report["test_prior_score"] = crossval.score_submission(test.baseline, hidden)["score"]
 paths.cv_json.write_text(json.dumps(report, indent=1))
 print(json.dumps(report, indent=1))

@@ -14,7 +14,7 @@ import torch
 
 from kaggle_utils import tables
 from kaggle_utils.config import FULL_PRESETS, ConfigError, InferConfig, PreprocessConfig, preset_routes
-from kaggle_utils.constants import IGNORE_INDEX, LABEL_COLUMNS, SEVERITY_COLUMNS
+from kaggle_utils.constants import LABEL_COLUMNS, SEVERITY_COLUMNS
 from kaggle_utils.dev import bench_infer
 from kaggle_utils.infer import (
     StageTimer,
@@ -23,8 +23,6 @@ from kaggle_utils.infer import (
     load_models_on,
     predict_series_table,
     route,
-    score_submission,
-    score_table,
     split_by_study,
 )
 from kaggle_utils.paths import Paths
@@ -87,43 +85,6 @@ def test_every_study_gets_25_finite_rows_summing_to_one():
     values = submission[list(SEVERITY_COLUMNS)].to_numpy()
     assert np.isfinite(values).all() and np.allclose(values.sum(1), 1)
     assert submission.iloc[0][list(SEVERITY_COLUMNS)].tolist() == pytest.approx([0.5, 0.25, 0.25])
-
-
-def _submission(probs: dict[str, tuple[float, float, float]], default: tuple[float, float, float]) -> pd.DataFrame:
-    """Studies 1 and 2, every row ``default`` except the row ids given."""
-    ids = [f"{s}_{c}" for s in (1, 2) for c in LABEL_COLUMNS]
-    return pd.DataFrame([(i, *probs.get(i, default)) for i in ids], columns=["row_id", *SEVERITY_COLUMNS])
-
-
-def test_score_table_per_condition_and_level_by_hand():
-    spinal, foraminal = "spinal_canal_stenosis_l1_l2", "left_neural_foraminal_narrowing_l1_l2"
-    targets = pd.DataFrame(IGNORE_INDEX, index=[0, 1], columns=["study_id", *LABEL_COLUMNS])
-    targets["study_id"] = [1, 2]
-    targets.loc[0, spinal], targets.loc[1, spinal] = 0, 2  # weights 1 and 4
-    targets.loc[0, foraminal] = 1  # weight 2
-    model = _submission(
-        {f"1_{spinal}": (0.5, 0.25, 0.25), f"2_{spinal}": (0.25, 0.25, 0.5), f"1_{foraminal}": (0.25, 0.5, 0.25)},
-        default=(1 / 3, 1 / 3, 1 / 3),
-    )
-    priors = _submission({}, default=(0.5, 0.25, 0.25))
-    table = score_table({"model": model, "priors": priors}, targets).set_index(["condition", "level"])
-
-    ln2 = np.log(2)
-    assert table.loc[("spinal_canal_stenosis", "l1_l2")].tolist() == pytest.approx([2, ln2, (ln2 + 4 * 2 * ln2) / 5])
-    assert table.loc[("left_neural_foraminal_narrowing", "l1_l2")].tolist() == pytest.approx([1, ln2, 2 * ln2])
-    # Unlabelled columns and the absent subarticular family are left out; the totals are the metric's.
-    assert list(table.index.get_level_values("condition")) == [
-        "spinal_canal_stenosis",
-        "left_neural_foraminal_narrowing",
-        "spinal",
-        "foraminal",
-        "any_severe_spinal",
-        "score",
-    ]
-    for name, submission in (("model", model), ("priors", priors)):
-        parts = score_submission(submission, targets)
-        assert table[name].xs("all", level="level").to_dict() == pytest.approx(parts)
-    assert table.loc[("spinal", "all"), "rows"] == 2 and pd.isna(table.loc[("score", "all"), "rows"])
 
 
 def test_stage_timer_adds_up_each_stage():

@@ -75,11 +75,15 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
         "subarticular",
         "any_severe_spinal",
         "score",
+        "oracle_score",
         "prior_score",
         "test_score",
         "test_prior_score",
     ):
         assert np.isfinite(report[key]), key
+    for view in ("t1", "t2"):  # the localisers on the held-out folds, as other tools read them
+        assert set(report["stage1"][view]) == {"mean_px", "within_5px", "within_1pct", "within_5pct"}
+    assert (work / "figures" / "worst_localisation.png").exists()
 
     # Round 2 (05): its tables, its own models and OOF beside round 1's, and the report.
     noisy = pd.read_csv(work / "tables" / "noisy_labels.csv")

@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from kaggle_utils import infer, train
+from kaggle_utils import crossval, infer, train
 from kaggle_utils.checkpoints import load_checkpoint
 from kaggle_utils.config import ConfigError, TrainConfig, preset
 from kaggle_utils.constants import ALL_STUDIES_FOLD
@@ -125,7 +125,7 @@ def test_fold_minus_one_trains_a_final_model_on_every_study(prepared: Paths, tmp
     models = infer.load_models(paths, device=CPU)  # the test-time ensemble takes final models like fold models
     assert [m.cfg.name for m in models.stage2["fo"]] == ["fo"] and len(models.stage1["t1"]) == 1
     with pytest.raises(ValueError, match="no folds to cross-validate"):
-        infer.cross_validate(paths, pd.DataFrame(), pd.DataFrame(), [ALL_STUDIES_FOLD], None, None, CPU)
+        crossval.cross_validate(paths, pd.DataFrame(), pd.DataFrame(), [ALL_STUDIES_FOLD], None, None, CPU)
 
 
 def test_a_run_starts_from_the_weights_of_a_full_checkpoint(prepared: Paths, tmp_path: Path) -> None:

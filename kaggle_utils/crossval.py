@@ -1,0 +1,198 @@
+"""Cross-validation: fold f's training studies through fold f's models from the raw DICOMs, as at test time, and
+the same models on crops cut from the ground-truth keypoints (the oracle), so that what the localisers lose shows
+beside what the classifiers learnt; the scores per condition and level; and the localisers' errors, with the
+series they missed most.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+import pandas as pd
+import torch
+
+from kaggle_utils.config import InferConfig, PreprocessConfig
+from kaggle_utils.constants import ALL_STUDIES_FOLD, CONDITIONS, LEVELS, condition_family
+from kaggle_utils.dicom import read_series
+from kaggle_utils.infer import Prediction, label_priors, load_models, predict_studies
+from kaggle_utils.metric import score_parts, solution_from_targets
+from kaggle_utils.paths import Paths
+from kaggle_utils.preprocess import intensity_window, stage1_volume, stage2_crops
+from kaggle_utils.tables import series_points
+
+STAGE1_GRID = 256  # keypoint errors are in pixels of the 256 x 256 stage-1 grid, as in training's validation
+
+
+# --- scores --------------------------------------------------------------------------------------
+def _solution_for(submission: pd.DataFrame, targets: pd.DataFrame) -> pd.DataFrame:
+    """The metric's solution rows of the studies a submission covers."""
+    studies = submission["row_id"].str.split("_").str[0].astype(int).unique()
+    return solution_from_targets(targets[targets["study_id"].isin(studies)])
+
+
+def score_submission(submission: pd.DataFrame, targets: pd.DataFrame) -> dict[str, float]:
+    """The competition score parts of a submission against the targets of the studies it covers."""
+    return score_parts(_solution_for(submission, targets), submission, "row_id")
+
+
+def score_table(submissions: dict[str, pd.DataFrame], targets: pd.DataFrame) -> pd.DataFrame:
+    """Weighted log loss per condition and level of each named submission (e.g. the model and the class-prior
+    baseline, over the same studies), then the four terms of the score and the score.
+
+    Rows: ``condition, level, rows`` (labelled rows scored) and one column per submission. A condition-level
+    row is the metric's family term restricted to that label column; columns nobody labelled are left out."""
+    solution = _solution_for(next(iter(submissions.values())), targets)
+    columns = solution["row_id"].str.split("_", n=1).str[1]
+    records = []
+    for condition in CONDITIONS:
+        for level in LEVELS:
+            part = solution[columns == f"{condition}_{level}"]
+            if part.empty:
+                continue
+            family = condition_family(condition)
+            losses = {name: score_parts(part, sub)[family] for name, sub in submissions.items()}
+            records.append({"condition": condition, "level": level, "rows": len(part), **losses})
+    families = solution["row_id"].map(condition_family)
+    totals = {name: score_parts(solution, sub) for name, sub in submissions.items()}
+    for term in next(iter(totals.values())):
+        rows = int((families == term).sum()) if term in set(families) else np.nan
+        records.append({"condition": term, "level": "all", "rows": rows, **{n: t[term] for n, t in totals.items()}})
+    table = pd.DataFrame(records)
+    return table.astype({"rows": "Int64"})  # any_severe_spinal and score pool studies, so they have no row count
+
+
+# --- out-of-fold runs ----------------------------------------------------------------------------
+@dataclass
+class CrossValidation:
+    """The out-of-fold prediction (from predicted keypoints), the oracle's (ground-truth keypoints, same models,
+    TTA and routing; None when not asked) and the class-prior baseline of the same studies."""
+
+    prediction: Prediction
+    oracle: pd.DataFrame | None = None
+
+    @property
+    def submission(self) -> pd.DataFrame:
+        return self.prediction.submission
+
+    @property
+    def baseline(self) -> pd.DataFrame:
+        return self.prediction.baseline
+
+    @property
+    def keypoints(self) -> pd.DataFrame:
+        return self.prediction.keypoints
+
+
+def cross_validate(
+    paths: Paths,
+    series: pd.DataFrame,
+    targets: pd.DataFrame,
+    folds: list[int],
+    pre_cfg: PreprocessConfig,
+    infer_cfg: InferConfig,
+    device: torch.device,
+    true_points: Mapping[int, np.ndarray] | None = None,
+) -> CrossValidation:
+    """Out-of-fold inference on the training studies: fold f's studies go through fold f's models, from the raw
+    DICOMs as at test time (predicted keypoints, TTA, routing); priors come from the other folds' labels. With
+    ``true_points`` (series id -> (5, 2, 2)) the same models also run on crops cut from them: the oracle, which
+    keeps the localisers' keypoints only for series without true ones.
+    Final models (fold -1, trained on every study) have no held-out studies and take no part."""
+    if ALL_STUDIES_FOLD in folds:
+        print(f"fold {ALL_STUDIES_FOLD} (final models on every study) has no held-out studies: not cross-validated")
+        folds = [f for f in folds if f != ALL_STUDIES_FOLD]
+    if not folds:
+        raise ValueError("no folds to cross-validate: give the folds whose models were trained with validation")
+    parts, oracles = [], []
+    for fold in folds:
+        fold_series = series[series["fold"] == fold]
+        study_ids = sorted(int(s) for s in fold_series["study_id"].unique())
+        priors = label_priors(targets[~targets["study_id"].isin(study_ids)])
+        models = load_models(paths, [fold], device)
+        run = (paths, fold_series, study_ids, models, priors, pre_cfg, infer_cfg)
+        parts.append(predict_studies(*run, desc=f"OOF fold {fold}"))
+        if true_points is not None:
+            oracles.append(predict_studies(*run, desc=f"oracle fold {fold}", given_points=true_points).submission)
+    fields = [f.name for f in dataclasses.fields(Prediction)]
+    joined = Prediction(*(pd.concat([getattr(p, f) for p in parts], ignore_index=True) for f in fields))
+    return CrossValidation(joined, pd.concat(oracles, ignore_index=True) if oracles else None)
+
+
+# --- the localisers ------------------------------------------------------------------------------
+def point_errors(predicted: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """One row per predicted point of a series with true keypoints: ``plane, series_id, study_id, distance_px``
+    (on the 256 grid) and ``dx, dy`` (absolute, in shares of the image). Points are matched per series and level
+    after ordering each level's pair by x."""
+    rows = []
+    known = set(truth["series_id"])
+    for series_id, group in predicted.groupby("series_id"):
+        if series_id not in known:
+            continue
+        error = np.abs(series_points(predicted, series_id) - series_points(truth, series_id)).reshape(-1, 2)
+        plane, study_id = group["plane"].iloc[0], int(group["study_id"].iloc[0])
+        rows += [(plane, int(series_id), study_id, float(np.hypot(*e) * STAGE1_GRID), *e) for e in error]
+    return pd.DataFrame(rows, columns=["plane", "series_id", "study_id", "distance_px", "dx", "dy"])
+
+
+def keypoint_errors(predicted: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
+    """Per plane: the mean distance in pixels of the 256 grid and the share of points within 5 px, and the
+    solution's shares of single coordinates (x and y counted apart) within 1 % and 5 % of the image."""
+    errors = point_errors(predicted, truth)
+    rows = []
+    for plane, group in errors.groupby("plane"):
+        coordinates = group[["dx", "dy"]].to_numpy().ravel()
+        rows.append(
+            {
+                "plane": plane,
+                "mean_px": group["distance_px"].mean(),
+                "within_5px": (group["distance_px"] < 5).mean(),
+                "within_1pct": (coordinates < 0.01).mean(),
+                "within_5pct": (coordinates < 0.05).mean(),
+            }
+        )
+    return pd.DataFrame(rows, columns=["plane", "mean_px", "within_5px", "within_1pct", "within_5pct"])
+
+
+def stage1_report(errors: pd.DataFrame) -> dict[str, dict[str, float]]:
+    """``keypoint_errors`` as ``cv.json`` holds them: view -> metric -> value."""
+    return {r["plane"]: {k: float(v) for k, v in r.items() if k != "plane"} for r in errors.to_dict("records")}
+
+
+@dataclass(frozen=True)
+class MissedSeries:
+    """A held-out series whose keypoints the localisers missed, for the picture: its middle stage-1 slice, both
+    point sets and the level crops each gives (middle slice of each level)."""
+
+    title: str
+    middle_slice: np.ndarray  # (256, 256) uint8
+    predicted: np.ndarray  # (5, 2, 2) relative
+    true: np.ndarray
+    predicted_crops: np.ndarray  # (5, S, S) uint8
+    true_crops: np.ndarray
+
+
+def worst_localised(
+    paths: Paths, series: pd.DataFrame, predicted: pd.DataFrame, truth: pd.DataFrame, cfg: PreprocessConfig, n: int
+) -> list[MissedSeries]:
+    """The ``n`` series with the largest mean keypoint error, each re-read and cropped from both point sets with
+    the training crop function."""
+    errors = point_errors(predicted, truth).groupby(["series_id", "plane"])["distance_px"].mean()
+    cases = []
+    for (series_id, plane), mean_px in errors.sort_values(ascending=False).head(n).items():
+        row = series[series["series_id"] == series_id].iloc[0]
+        read = read_series(paths.series_dir(row.split, row.study_id, series_id))
+        window = intensity_window(read.slices, cfg.percentiles)
+        volume = stage1_volume(read, cfg, window)
+        points = {k: series_points(t, series_id) for k, t in (("pred", predicted), ("true", truth))}
+        crops = {k: stage2_crops(read, p, plane, cfg, window) for k, p in points.items()}
+        middle = {k: c[:, c.shape[1] // 2] for k, c in crops.items()}
+        title = f"{plane.upper()} study {row.study_id} series {series_id}: {mean_px:.1f} px mean error"
+        cases.append(
+            MissedSeries(
+                title, volume[len(volume) // 2], points["pred"], points["true"], middle["pred"], middle["true"]
+            )
+        )
+    return cases
