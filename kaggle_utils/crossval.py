@@ -189,7 +189,7 @@ def worst_localised(
         points = {k: series_points(t, series_id) for k, t in (("pred", predicted), ("true", truth))}
         crops = {k: stage2_crops(read, p, plane, cfg, window) for k, p in points.items()}
         middle = {k: c[:, c.shape[1] // 2] for k, c in crops.items()}
-        title = f"{plane.upper()} study {row.study_id} series {series_id}: {mean_px:.1f} px mean error"
+        title = f"{plane.upper()} study {row.study_id}\nseries {series_id}\n{mean_px:.1f} px mean error"
         cases.append(
             MissedSeries(
                 title, volume[len(volume) // 2], points["pred"], points["true"], middle["pred"], middle["true"]

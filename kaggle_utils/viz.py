@@ -179,16 +179,10 @@ def localisation_figure(cases: list[MissedSeries]) -> plt.Figure:
         for level, colour in enumerate(LEVEL_COLOURS):
             for points, marker in ((case.predicted, "x"), (case.true, "o")):
                 pair = points[level] * size
-                top[0].scatter(pair[:, 0], pair[:, 1], s=22, c=colour, marker=marker, facecolors=None)
-        top[0].set_title(case.title, fontsize=9, loc="left")
-        bottom[0].text(
-            0.5,
-            0.5,
-            "above: crops from the predicted\nkeypoints (x)\nbelow: from the true ones (o)",
-            ha="center",
-            va="center",
-            fontsize=9,
-        )
+                top[0].scatter(pair[:, 0], pair[:, 1], s=22, c=colour, marker=marker)
+        top[0].set_title("middle slice", fontsize=9)
+        legend = "crops from the predicted\nkeypoints (x) above,\nfrom the true ones (o)\nbelow"
+        bottom[0].text(0.5, 0.5, f"{case.title}\n\n{legend}", ha="center", va="center", fontsize=9)
         for row, crops in ((top, case.predicted_crops), (bottom, case.true_crops)):
             for level, ax in enumerate(row[1:]):
                 ax.imshow(crops[level], cmap="gray")

@@ -122,7 +122,7 @@ def test_the_worst_localised_series_come_first_with_crops_from_both_point_sets(t
         ]
     )
     cases = worst_localised(prepared, series, predicted, truth, PreprocessConfig(), n=2)
-    assert [c.title.split("series ")[1].split(":")[0] for c in cases] == [str(ids[2]), str(ids[1])]
+    assert [c.title.split("series ")[1].split("\n")[0] for c in cases] == [str(ids[2]), str(ids[1])]
     assert cases[0].predicted_crops.shape == cases[0].true_crops.shape == (5, 256, 256)
     assert not np.array_equal(cases[0].predicted_crops, cases[0].true_crops)
     figure = localisation_figure(cases)
