@@ -62,6 +62,9 @@ ALL_STUDIES_FOLD = -1
 N_KEYPOINTS = 2 * len(LEVELS)
 """Stage 1 predicts two points per level: T1 the two foramina, T2 the front and back of the disc."""
 
+STAGE1_GRID = 256
+"""Keypoint errors are reported in pixels of the 256 x 256 stage-1 grid, in training's validation and in the CV."""
+
 EXCLUDED_SERIES: dict[int, str] = {
     3892989905: "labelled 'Sagittal T2/STIR' but carries no points; the study's spinal points sit on a T1",
     2097107888: "bad Axial T2 listed by the solution",

@@ -15,15 +15,13 @@ import pandas as pd
 import torch
 
 from kaggle_utils.config import InferConfig, PreprocessConfig
-from kaggle_utils.constants import ALL_STUDIES_FOLD, CONDITIONS, LEVELS, condition_family
+from kaggle_utils.constants import ALL_STUDIES_FOLD, CONDITIONS, LEVELS, STAGE1_GRID, condition_family
 from kaggle_utils.dicom import read_series
 from kaggle_utils.infer import Prediction, label_priors, load_models, predict_studies
 from kaggle_utils.metric import score_parts, solution_from_targets
 from kaggle_utils.paths import Paths
 from kaggle_utils.preprocess import intensity_window, stage1_volume, stage2_crops
 from kaggle_utils.tables import series_points
-
-STAGE1_GRID = 256  # keypoint errors are in pixels of the 256 x 256 stage-1 grid, as in training's validation
 
 
 # --- scores --------------------------------------------------------------------------------------

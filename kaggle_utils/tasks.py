@@ -14,14 +14,13 @@ from torch import nn
 
 from kaggle_utils.augment import Stage1Augment, Stage2Augment
 from kaggle_utils.config import TrainConfig
+from kaggle_utils.constants import STAGE1_GRID
 from kaggle_utils.devices import device_images
 from kaggle_utils.labels import condition_rows, level_frame
 from kaggle_utils.losses import keypoint_l1, pseudo_label_loss, weighted_soft_cross_entropy
 from kaggle_utils.metric import score_parts, solution_from_targets
 from kaggle_utils.predictors import KeypointPredictor, LevelPredictor
 from kaggle_utils.resample import resize
-
-STAGE1_GRID = 256  # keypoint errors are reported in pixels of the 256 x 256 stage-1 grid
 
 
 class Task(Protocol):
