@@ -102,10 +102,11 @@ def load_oof(paths: Paths, presets: Iterable[TrainConfig], folds: Sequence[int])
 
 
 # --- the ensemble and its tables -----------------------------------------------------------------
-def oof_ensemble(oof: pd.DataFrame) -> pd.DataFrame:
-    """One prediction per row id (``study_id, row_id`` + probabilities), routed per condition like inference
-    (each preset's ``routes``)."""
-    merged = route(oof, preset_routes(FULL_PRESETS[name] for name in oof["preset"].unique()))
+def oof_ensemble(oof: pd.DataFrame, presets: Iterable[TrainConfig] | None = None) -> pd.DataFrame:
+    """One prediction per row id (``study_id, row_id`` + probabilities), routed per condition like inference by
+    each preset's ``routes``: those of ``presets`` (the configs that made the OOF), else of the named presets."""
+    configs = presets if presets is not None else (FULL_PRESETS[name] for name in oof["preset"].unique())
+    merged = route(oof, preset_routes(configs))
     merged.insert(0, "study_id", merged["row_id"].str.split("_").str[0].astype(np.int64))
     return merged.sort_values("row_id", ignore_index=True)
 
@@ -300,7 +301,7 @@ def write_tables(
     """The noisy-label and pseudo-label tables of a work folder's round-1 OOF (every fold found), saved to
     ``tables/noisy_labels.csv`` and ``tables/pseudo_labels.csv``."""
     folds = sorted(load_table(paths, "folds")["fold"].unique())
-    ensemble = oof_ensemble(load_oof(paths, presets, folds))
+    ensemble = oof_ensemble(load_oof(paths, presets, folds), presets)
     noisy = save_table(paths, "noisy_labels", noisy_table(ensemble, load_table(paths, "targets"), threshold))
     return noisy, save_table(paths, "pseudo_labels", pseudo_table(ensemble))
 

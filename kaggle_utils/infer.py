@@ -84,6 +84,11 @@ def load_models(paths: Paths, folds: list[int] | None = None, device: torch.devi
     return models
 
 
+def model_sets(models: ModelSet | Sequence[ModelSet]) -> list[ModelSet]:
+    """One model set, or one per device (``load_models_on``), as a list."""
+    return [models] if isinstance(models, ModelSet) else list(models)
+
+
 def load_models_on(paths: Paths, devices: Sequence[torch.device], folds: list[int] | None = None) -> list[ModelSet]:
     """The ensemble once per device, so studies can be split over the cards: each T4 of Kaggle's "T4 x2" holds all
     of it (24 checkpoints: 8.5 GB in fp32, of its 15 GB)."""
@@ -131,6 +136,10 @@ class StageTimer:
     def __init__(self) -> None:
         self.seconds: dict[str, float] = defaultdict(float)
 
+    def add(self, other: StageTimer) -> None:
+        for stage, seconds in other.seconds.items():
+            self.seconds[stage] += seconds
+
     @contextmanager
     def __call__(self, stage: str) -> Iterator[None]:
         start = time.perf_counter()
@@ -172,7 +181,7 @@ def predict_series_table(
     Given one model set per device (``load_models_on``), the studies are split over the devices, one thread each:
     a thread's GPU work, cv2 and numpy run without the GIL, so the cards and the CPU stages overlap, and the models
     stay in this process (no second copy in host memory, no pickling). The timer then sums over the devices."""
-    sets = [models] if isinstance(models, ModelSet) else list(models)
+    sets = model_sets(models)
     if len(sets) == 1:
         return _predict_shard(paths, series, sets[0], pre_cfg, infer_cfg, desc, timer, given_points)
     shards = split_by_study(series, len(sets))
@@ -185,8 +194,7 @@ def predict_series_table(
         parts = [job.result() for job in jobs]
     if timer is not None:
         for shard_timer in timers:
-            for stage, seconds in shard_timer.seconds.items():
-                timer.seconds[stage] += seconds
+            timer.add(shard_timer)
     return _concat([p[0] for p in parts]), _concat([p[1] for p in parts])
 
 
@@ -212,10 +220,10 @@ def _predict_shard(
         except SeriesError as error:
             warnings.warn(f"study {row.study_id} series {row.series_id} skipped: {error}", stacklevel=2)
             continue
+        given = None if given_points is None else given_points.get(row.series_id)
         with timed("volume"):
             window = intensity_window(volume_series.slices, pre_cfg.percentiles)  # shared with the crops
-            volume = stage1_volume(volume_series, pre_cfg, window)
-        given = None if given_points is None else given_points.get(row.series_id)
+            volume = stage1_volume(volume_series, pre_cfg, window) if given is None else None  # for the localisers
         with timed("keypoints"):
             points = predict_keypoints(volume, models.stage1[row.plane]) if given is None else given
         source = "stage1" if given is None else "given"
@@ -258,8 +266,7 @@ def route(levels: pd.DataFrame, routes: dict[str, dict[str, int]]) -> pd.DataFra
 
 def model_routes(models: ModelSet | Sequence[ModelSet]) -> dict[str, dict[str, int]]:
     """The routing of a model set's stage-2 presets, from the configs their sidecars hold."""
-    first = models if isinstance(models, ModelSet) else models[0]
-    return preset_routes(bank[0].cfg for bank in first.stage2.values())
+    return preset_routes(bank[0].cfg for bank in model_sets(models)[0].stage2.values())
 
 
 def label_priors(targets: pd.DataFrame) -> pd.DataFrame:

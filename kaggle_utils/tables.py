@@ -31,7 +31,7 @@ from kaggle_utils.constants import (
 )
 from kaggle_utils.dicom import read_header
 from kaggle_utils.labels import sort_level_points
-from kaggle_utils.views import VIEW_OF_DESCRIPTION, view
+from kaggle_utils.views import VIEW_OF_DESCRIPTION, VIEWS, view
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "series": ("study_id", "series_id", "series_description", "plane", "split", "fold"),
@@ -98,7 +98,9 @@ def metadata_path(paths: P.Paths, value: str, field: str) -> Path:
     """The file a config field names: a path, or a bare file name looked for in ``DATA_DIR`` and in the
     attached Kaggle datasets."""
     path = Path(value).expanduser()
-    found = path if path.is_file() else P.find_metadata(value, paths.data_dir) if path.name == value else None
+    if path.is_file():
+        return path
+    found = P.find_metadata(value, paths.data_dir) if path.name == value else None  # a bare name: look for it
     if found is None:
         raise TableError(
             f"{field}={value!r}: no such file, nor a file of that name in {paths.data_dir} or an attached dataset"
@@ -274,7 +276,7 @@ def _from_corrected(coords: pd.DataFrame, series: pd.DataFrame, source: str) -> 
     table["level"] = table["level"].astype(str).map(_LEVEL_OF)
     if "condition" in table:  # one plane's points only: a T2 series also carries none of the T1's, and so on
         family = table["condition"].str.lower().str.replace(" ", "_").map(condition_family)
-        table = table[family == table["plane"].map(lambda plane: view(plane).family)]
+        table = table[family == table["plane"].map({name: v.family for name, v in VIEWS.items()})]
     table["source"] = source
     return table[list(SCHEMAS["keypoints"])].sort_values(["series_id", "level", "side"]).reset_index(drop=True)
 

@@ -104,7 +104,7 @@ report = {"threshold": p.THRESHOLD, "pseudo_weight": p.PSEUDO_WEIGHT}
 
 # %%
 oof = denoise.load_oof(paths, presets, sorted(folds["fold"].unique()))
-ensemble = denoise.oof_ensemble(oof)
+ensemble = denoise.oof_ensemble(oof, presets)
 coverage = denoise.fold_coverage(folds, ensemble, p.FOLDS)
 print(f"round-1 OOF covers {ensemble['study_id'].nunique()} of {len(targets)} training studies")
 print(coverage.to_string(index=False))
