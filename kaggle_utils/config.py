@@ -23,7 +23,9 @@ from kaggle_utils.constants import CONDITION_FAMILIES, TTA_ANGLES
 from kaggle_utils.views import view
 
 Plane = Literal["t1", "t2"]  # views.VIEWS: Sagittal T1, Sagittal T2/STIR
-ModelName = Literal["keypoint", "sagittal_1head", "sagittal_3heads"]  # models.MODELS
+ModelName = Literal["keypoint", "keypoint_heatmap", "sagittal_1head", "sagittal_3heads"]  # models.MODELS
+STAGE1_MODELS: tuple[str, ...] = ("keypoint", "keypoint_heatmap")
+"""The localisers: the solution's regression head, and the spatial (heatmap) head."""
 Condition = Literal["all", "foraminal"]  # labels.CONDITION_ROWS: the rows a stage-2 model predicts
 AmpDtype = Literal["auto", "bf16", "fp16"]
 Routes = tuple[tuple[str, int], ...]
@@ -78,7 +80,7 @@ class TrainConfig:
 
     name: str
     plane: Plane  # "t1" (Sagittal T1) or "t2" (Sagittal T2/STIR)
-    model: ModelName  # "keypoint", "sagittal_1head" or "sagittal_3heads" (see models.MODELS)
+    model: ModelName  # a localiser (STAGE1_MODELS), "sagittal_1head" or "sagittal_3heads" (see models.MODELS)
     n_frames: int
     img_size: int
     epochs: int
@@ -118,7 +120,7 @@ class TrainConfig:
 
     @property
     def stage(self) -> int:
-        return 1 if self.model == "keypoint" else 2
+        return 1 if self.model in STAGE1_MODELS else 2
 
     @property
     def series_description(self) -> str:
@@ -131,11 +133,17 @@ class Stage1Config(TrainConfig):
 
     name: str = "stage1_t2"
     plane: Plane = "t2"
-    model: ModelName = "keypoint"
+    # "keypoint_heatmap": heatmaps on a feature map read by soft-argmax; "keypoint": the solution's regression head
+    model: ModelName = "keypoint_heatmap"
     n_frames: int = 8
     img_size: int = 256
     epochs: int = 60
     shift_limit: float = 0.10
+    # the heatmap head (models.HeatmapKeypointNet)
+    heatmap_stride: int = 4  # input pixels per heatmap cell: a stride of the backbone's feature maps
+    decoder_dim: int = 128  # channels of the feature pyramid and the head
+    heatmap_weight: float = 1.0  # weight of the heatmap term beside the L1 on the coordinates
+    heatmap_sigma: float = 1.0  # width of the target Gaussian, in heatmap cells
 
 
 @dataclass(frozen=True)
@@ -157,6 +165,10 @@ class Stage2Config(TrainConfig):
     mixup_alpha: float = 1.0
     coarse_dropout: bool = True
     vflip: bool = True
+    # Training crops with stage 1's error (kaggle_utils/stage1_error.py): the share of training samples cut around
+    # keypoints moved by an out-of-fold error field instead of the true ones, and how many such crop sets a series has.
+    stage1_error_p: float = 0.5
+    stage1_error_draws: int = 4
     # Padded frames enter the attention-LSTM as zeros; False feeds their backbone features, as the solution does.
     lstm_zero_masked: bool = True
     # Round 2 of the noisy-label recipe (notebooks/05_denoise, kaggle_utils/denoise.py); "" = off, as in round 1.
@@ -252,8 +264,9 @@ PROFILES: dict[str, dict[str, Any]] = {
 
 PROFILE_PRESET_DELTAS: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {
-        "stage1_t1": dict(img_size=128, epochs=40),
-        "stage1_t2": dict(img_size=128, epochs=40),
+        # the solution's zoom range: series differ in field of view, and a zoomed-in spine misleads the localiser
+        "stage1_t1": dict(img_size=128, epochs=40, scale_limit=0.25),
+        "stage1_t2": dict(img_size=128, epochs=40, scale_limit=0.25),
         "fo": dict(img_size=64, n_frames=16),
         "sp1": dict(img_size=64),
         "sp2": dict(img_size=96),

@@ -226,7 +226,7 @@ def copy_stage1(source: Paths, target: Paths) -> list[Path]:
     target.models_dir.mkdir(parents=True, exist_ok=True)
     for weights in source.checkpoints():
         sidecar = weights.with_suffix(".json")
-        if sidecar.exists() and json.loads(sidecar.read_text())["config"]["model"] == "keypoint":
+        if sidecar.exists() and json.loads(sidecar.read_text())["config"]["model"] in config.STAGE1_MODELS:
             for path in (weights, sidecar):
                 shutil.copy2(path, target.models_dir / path.name)
             copied.append(target.models_dir / weights.name)

@@ -1,4 +1,5 @@
-"""Training losses: the severity-weighted soft cross-entropy of stage 2 and the L1 keypoint loss of stage 1."""
+"""Training losses: the severity-weighted soft cross-entropy of stage 2; the L1 keypoint loss of stage 1 and the
+heatmap term of its spatial head."""
 
 from __future__ import annotations
 
@@ -47,3 +48,25 @@ def pseudo_label_loss(
 def keypoint_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean absolute error between predicted and true relative keypoints (any shapes with equal size)."""
     return F.l1_loss(pred.float(), target.reshape(pred.shape).float())
+
+
+def gaussian_heatmaps(points: torch.Tensor, shape: tuple[int, int], stride: int, sigma: float) -> torch.Tensor:
+    """Target heatmaps (..., h, w) of relative points (..., 2): a Gaussian of ``sigma`` cells at each point,
+    normalised to sum to 1, on the cell grid of ``models.soft_argmax`` (cell j centred at relative
+    ``(j * stride + (stride - 1) / 2) / (w * stride)``)."""
+    h, w = shape
+    cell = points.float() * torch.tensor([w, h], device=points.device) - (stride - 1) / (2 * stride)
+    xs = torch.arange(w, device=points.device, dtype=torch.float32)
+    ys = torch.arange(h, device=points.device, dtype=torch.float32)
+    gx = -((xs - cell[..., :1]) ** 2) / (2 * sigma**2)  # (..., w)
+    gy = -((ys - cell[..., 1:]) ** 2) / (2 * sigma**2)  # (..., h)
+    return (gy.unsqueeze(-1) + gx.unsqueeze(-2)).flatten(-2).softmax(-1).view(*points.shape[:-1], h, w)
+
+
+def heatmap_divergence(logits: torch.Tensor, points: torch.Tensor, stride: int, sigma: float) -> torch.Tensor:
+    """Mean KL divergence from the Gaussian target heatmaps of ``points`` (B, K, 2) to the softmax of the heatmap
+    ``logits`` (B, K, h, w): it pulls the whole map to one peak at the point, which the L1 on the soft-argmax alone
+    does not (a spread-out map can have the right mean)."""
+    target = gaussian_heatmaps(points, logits.shape[-2:], stride, sigma).flatten(-2)
+    log_probs = F.log_softmax(logits.float().flatten(-2), dim=-1)
+    return F.kl_div(log_probs, target, reduction="none").sum(-1).mean()

@@ -1,6 +1,9 @@
 """Networks of both stages: a timm backbone per frame, attention pooling over frames, small linear heads.
 
-Stage 1 (``KeypointNet``) pools the middle slices of a sagittal series and regresses the 10 disc keypoints.
+Stage 1 localises the 10 disc keypoints of a sagittal series from its middle slices, with one of two heads:
+``KeypointNet`` (the solution's) pools each frame's features to a vector, pools the frames by attention and
+regresses the points with 20 sigmoids; ``HeatmapKeypointNet`` keeps the feature maps, pools the frames by attention
+at every location, predicts one heatmap per point and reads the point off it by soft-argmax.
 Stage 2 (``SagittalNet``) treats each of the 5 level crops of a study as an independent frame sequence,
 pools it with an attention-LSTM per condition family and classifies the severity of each condition row.
 During training it mixes sequences (cutmix in embedding space) and pooled embeddings (manifold mixup),
@@ -10,6 +13,7 @@ and returns the targets mixed the same way.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import timm
 import torch
@@ -28,9 +32,10 @@ from kaggle_utils.labels import condition_rows, head_groups, is_sided, left_righ
 N_CLASSES = len(SEVERITIES)
 
 
-def create_backbone(cfg: TrainConfig) -> nn.Module:
-    """A 1-channel timm feature extractor (pooled features, no classifier); width = ``model.num_features``."""
-    kwargs: dict = dict(in_chans=1, num_classes=0)
+def create_backbone(cfg: TrainConfig, **timm_kwargs: Any) -> nn.Module:
+    """A 1-channel timm feature extractor (pooled features, no classifier); width = ``model.num_features``.
+    ``timm_kwargs`` go to ``timm.create_model`` (``features_only=True`` for feature maps)."""
+    kwargs: dict = dict(in_chans=1, num_classes=0, **timm_kwargs)
     if cfg.drop_path_rate > 0:  # not every timm family takes the argument; zero means "leave it out"
         kwargs["drop_path_rate"] = cfg.drop_path_rate
     if cfg.weights_file:  # Kaggle kernels have no hub access: pretrained weights come from a local file
@@ -114,6 +119,95 @@ class KeypointNet(nn.Module):
         b, f = x.shape[:2]
         features = self.dropout(self.backbone(x.flatten(0, 1)).view(b, f, -1))
         return torch.sigmoid(self.fc(self.attention(features, mask))).view(b, N_KEYPOINTS, 2)
+
+
+class FrameAttention2d(nn.Module):
+    """Attention pooling over frames at every location of a feature map: (B, F, C, H, W) -> (B, C, H, W).
+
+    ``Attention`` with 1x1 convolutions: each location scores its frames and takes their softmax-weighted mean,
+    so a point may be read from the slice that shows it best. Masked frames get no weight.
+    """
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        self.score = nn.Sequential(nn.Conv2d(dim, dim, 1), nn.Tanh(), nn.Conv2d(dim, 1, 1, bias=False))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, f = x.shape[:2]
+        scores = self.score(x.flatten(0, 1)).view(b, f, *x.shape[-2:]).float()
+        scores = scores.masked_fill(~mask[:, :, None, None], torch.finfo(scores.dtype).min)
+        return (scores.softmax(dim=1).to(x.dtype).unsqueeze(2) * x).sum(dim=1)
+
+
+def soft_argmax(logits: torch.Tensor, stride: int = 1) -> torch.Tensor:
+    """Heatmap logits (..., h, w) -> relative (x, y) (..., 2): the mean position under their softmax.
+
+    A heatmap cell stands for the ``stride`` x ``stride`` input pixels it covers, its centre at pixel index
+    ``j * stride + (stride - 1) / 2``; relative x is that index over the input width ``w * stride``, the
+    convention of the keypoint targets and the warps (a point at relative x is at pixel index ``x * size``).
+    """
+    h, w = logits.shape[-2:]
+    probs = logits.float().flatten(-2).softmax(dim=-1).view(*logits.shape[:-2], h, w)
+
+    def centres(n: int) -> torch.Tensor:
+        return (torch.arange(n, device=logits.device, dtype=probs.dtype) * stride + (stride - 1) / 2) / (n * stride)
+
+    return torch.stack([(probs.sum(dim=-2) * centres(w)).sum(dim=-1), (probs.sum(dim=-1) * centres(h)).sum(dim=-1)], -1)
+
+
+class HeatmapKeypointNet(nn.Module):
+    """Stage 1, spatial: frames (B, F, 1, H, W) and mask (B, F) -> (B, 10, 2) relative points, as ``KeypointNet``.
+
+    The backbone's feature maps (``features_only``) at strides ``cfg.heatmap_stride`` and coarser are projected to
+    ``cfg.decoder_dim`` channels and pooled over frames by ``FrameAttention2d``, each scale by its own; a top-down
+    path (upsample and add, as a feature pyramid) brings the deep features, which know which disc is which, to the
+    finest map, where a small head predicts one heatmap per point. ``forward(..., return_heatmaps=True)`` also
+    returns the heatmap logits (B, 10, h, w) for the heatmap term of the loss.
+    """
+
+    def __init__(self, cfg: TrainConfig) -> None:
+        super().__init__()
+        self.backbone = create_backbone(cfg, features_only=True)
+        reductions = self.backbone.feature_info.reduction()
+        if cfg.heatmap_stride not in reductions:
+            raise ValueError(
+                f"{cfg.backbone} has feature maps at strides {reductions}, not at heatmap_stride={cfg.heatmap_stride}"
+            )
+        # The finer maps are computed on the way anyway; the decoder starts at the heatmap's stride.
+        self.first = reductions.index(cfg.heatmap_stride)
+        self.stride = cfg.heatmap_stride
+        channels = self.backbone.feature_info.channels()[self.first :]
+        dim = cfg.decoder_dim
+        self.lateral = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in channels)
+        self.pools = nn.ModuleList(FrameAttention2d(dim) for _ in channels)
+        self.dropout = nn.Dropout2d(cfg.fc_dropout)
+        self.head = nn.Sequential(
+            nn.Conv2d(dim, dim, 3, padding=1, bias=False),
+            nn.BatchNorm2d(dim),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(dim, N_KEYPOINTS, 1),
+        )
+
+    def heatmaps(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        """Heatmap logits (B, 10, H / stride, W / stride)."""
+        b, f = x.shape[:2]
+        pooled = [
+            pool(lateral(features).view(b, f, -1, *features.shape[-2:]), mask)
+            for features, lateral, pool in zip(
+                self.backbone(x.flatten(0, 1))[self.first :], self.lateral, self.pools, strict=True
+            )
+        ]
+        fused = pooled[-1]
+        for finer in reversed(pooled[:-1]):
+            fused = finer + F.interpolate(fused, size=finer.shape[-2:], mode="bilinear", align_corners=False)
+        return self.head(self.dropout(fused))
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, return_heatmaps: bool = False
+    ) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        logits = self.heatmaps(x, mask)
+        points = soft_argmax(logits, self.stride)
+        return (points, logits) if return_heatmaps else points
 
 
 def sequence_cutmix(
@@ -225,6 +319,7 @@ class SagittalNet(nn.Module):
 
 MODELS: dict[str, type[nn.Module]] = {
     "keypoint": KeypointNet,
+    "keypoint_heatmap": HeatmapKeypointNet,
     "sagittal_1head": SagittalNet,
     "sagittal_3heads": SagittalNet,
 }

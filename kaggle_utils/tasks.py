@@ -17,7 +17,7 @@ from kaggle_utils.config import TrainConfig
 from kaggle_utils.constants import STAGE1_GRID
 from kaggle_utils.devices import device_images
 from kaggle_utils.labels import condition_rows, level_frame
-from kaggle_utils.losses import keypoint_l1, pseudo_label_loss, weighted_soft_cross_entropy
+from kaggle_utils.losses import heatmap_divergence, keypoint_l1, pseudo_label_loss, weighted_soft_cross_entropy
 from kaggle_utils.metric import score_parts, solution_from_targets
 from kaggle_utils.predictors import KeypointPredictor, LevelPredictor
 from kaggle_utils.resample import resize
@@ -54,9 +54,16 @@ class KeypointTask:
         return image.unsqueeze(2), batch["mask"].to(self.device), (points / self.cfg.img_size).clamp(0, 1)
 
     def loss(self, model: nn.Module, batch: dict, train: bool) -> tuple[torch.Tensor, dict]:
+        """L1 on the relative points; the heatmap head adds ``heatmap_weight`` x its heatmaps' divergence from
+        Gaussians at the (augmented) targets."""
         image, mask, target = self.inputs(batch, train)
-        pred = model(image, mask)
-        return keypoint_l1(pred.float(), target), {"pred": pred.detach().float(), "target": target}
+        if self.cfg.model != "keypoint_heatmap":
+            pred = model(image, mask)
+            return keypoint_l1(pred.float(), target), {"pred": pred.detach().float(), "target": target}
+        pred, logits = model(image, mask, return_heatmaps=True)
+        divergence = heatmap_divergence(logits, target, self.cfg.heatmap_stride, self.cfg.heatmap_sigma)
+        loss = keypoint_l1(pred.float(), target) + self.cfg.heatmap_weight * divergence
+        return loss, {"pred": pred.detach().float(), "target": target}
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
         return self.predictor.predict(model, batch)

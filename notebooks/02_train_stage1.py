@@ -1,7 +1,10 @@
 # %% [markdown]
 # # 02 · Train stage 1: keypoint localisers
-# One localiser per sagittal plane regresses two points per disc level (T1: the two foramina; T2: the front and
-# back of the disc) from the middle 8 slices, trained per fold.
+# One localiser per sagittal plane finds two points per disc level (T1: the two foramina; T2: the front and
+# back of the disc) from the middle 8 slices, trained per fold. By default it is spatial (`keypoint_heatmap`):
+# the backbone's feature maps, pooled over the slices by attention at every location, give one heatmap per point,
+# read by soft-argmax and trained on the coordinates (L1) and the heatmaps; `model="keypoint"` is the solution's
+# head (one pooled vector, 20 sigmoids), kept for comparison.
 #
 # **Inputs**: `WORK_DIR/tables/{series,keypoints}.csv` and `WORK_DIR/stage1/` from 01.
 #

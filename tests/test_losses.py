@@ -1,13 +1,27 @@
-"""Losses: the weighted soft cross-entropy against hand-computed values, ignored rows, the keypoint L1."""
+"""Losses: the weighted soft cross-entropy against hand-computed values, ignored rows, the keypoint L1, the heatmap
+targets of the spatial localiser and their agreement with the augmentation's moved points."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
+import pytest
 import torch
+import torch.nn.functional as F
+from keypoint_images import blobs
 
+from kaggle_utils import augment, config
+from kaggle_utils.augment import Stage1Augment
 from kaggle_utils.constants import IGNORE_INDEX
-from kaggle_utils.losses import keypoint_l1, pseudo_label_loss, weighted_soft_cross_entropy
+from kaggle_utils.losses import (
+    gaussian_heatmaps,
+    heatmap_divergence,
+    keypoint_l1,
+    pseudo_label_loss,
+    weighted_soft_cross_entropy,
+)
+from kaggle_utils.models import soft_argmax
 
 
 def test_two_rows_by_hand():
@@ -66,3 +80,39 @@ def test_pseudo_label_loss_is_the_weighted_sum_of_both_losses():
     for w in (0.0, 0.3, 0.5, 1.0):
         expected = (1 - w) * label_loss + w * pseudo_loss
         assert math.isclose(pseudo_label_loss(logits, target, pseudo, w).item(), expected.item(), rel_tol=1e-6)
+
+
+def test_gaussian_heatmaps_are_distributions_peaked_at_their_points() -> None:
+    points = torch.tensor([[[0.25, 0.75], [0.6, 0.4]]])
+    maps = gaussian_heatmaps(points, (16, 16), stride=4, sigma=1.0)
+    assert maps.shape == (1, 2, 16, 16) and torch.allclose(maps.sum((-2, -1)), torch.ones(1, 2))
+    # relative 0.25 of a 64-px input is pixel 16, which lies in cell 4 (pixels 16-19, centre 17.5): the peak is there
+    assert divmod(int(maps[0, 0].argmax()), 16) == (11, 3) or divmod(int(maps[0, 0].argmax()), 16) == (12, 4)
+
+
+def test_the_divergence_is_zero_at_the_target_and_grows_with_the_distance() -> None:
+    points = torch.tensor([[[0.5, 0.5]]])
+    target_logits = gaussian_heatmaps(points, (16, 16), 4, 1.0).log()
+    assert float(heatmap_divergence(target_logits, points, 4, 1.0)) == pytest.approx(0.0, abs=1e-5)
+    near, far = (heatmap_divergence(target_logits, points + d, 4, 1.0) for d in (0.03, 0.1))
+    assert 0 < float(near) < float(far)
+
+
+@pytest.mark.parametrize("stride", [2, 4])
+def test_heatmap_targets_follow_the_points_through_the_stage1_augmentation(stride: int, monkeypatch) -> None:
+    """Warp images with a blob on each point: the moved points' target heatmaps sit where the blobs went (the
+    soft-argmax of the warped images, pooled to the heatmap grid, agrees with the moved points within a pixel)."""
+    monkeypatch.setattr(augment, "brightness_contrast", lambda images: images)
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(config.FULL_PRESETS["stage1_t2"], img_size=64, distort_p=0.0, blur_p=0.0)
+    keypoints = 44 + 40 * torch.rand(4, 10, 2)  # central pixels of a 128-px image
+    images, moved = Stage1Augment(cfg)(blobs(keypoints, 128, sigma=6.0), keypoints)
+    relative = moved / 64
+    pooled = F.avg_pool2d(images, stride).clamp_min(1e-12)
+    read = soft_argmax(pooled.log(), stride)  # the log of a Gaussian blob: its soft-argmax is its centre
+    assert ((read - relative).norm(dim=-1) * 64).max() < 1.0
+    assert not torch.allclose(relative * 128, keypoints, atol=2.0)  # the geometry did change
+    logits = pooled.log()
+    assert float(heatmap_divergence(logits, relative, stride, 1.0)) < float(
+        heatmap_divergence(logits, keypoints / 128, stride, 1.0)
+    )

@@ -11,20 +11,28 @@ import torch
 from kaggle_utils import config
 from kaggle_utils.constants import CONDITIONS, FORAMINAL_CONDITIONS, IGNORE_INDEX
 from kaggle_utils.labels import condition_rows, left_right_pairs
-from kaggle_utils.losses import weighted_soft_cross_entropy
+from kaggle_utils.losses import gaussian_heatmaps, weighted_soft_cross_entropy
 from kaggle_utils.models import (
     MODELS,
     Attention,
     AttentionLSTM,
+    FrameAttention2d,
+    HeatmapKeypointNet,
     KeypointNet,
     SagittalNet,
     build_model,
     create_backbone,
     sequence_cutmix,
+    soft_argmax,
 )
 
 B, LEVELS, FRAMES, SIZE = 2, 5, 4, 32
-PRESET_OF_MODEL = {"keypoint": "stage1_t2", "sagittal_1head": "fo", "sagittal_3heads": "sp1"}
+PRESET_OF_MODEL = {
+    "keypoint": "stage1_t2",
+    "keypoint_heatmap": "stage1_t2",
+    "sagittal_1head": "fo",
+    "sagittal_3heads": "sp1",
+}
 
 
 def tiny(name: str, **changes) -> config.TrainConfig:
@@ -56,10 +64,10 @@ def assert_valid_targets(target: torch.Tensor) -> None:
 
 @pytest.mark.parametrize("model_name", list(MODELS))
 def test_every_model_builds_and_has_its_output_shape(model_name):
-    cfg = tiny(PRESET_OF_MODEL[model_name])
+    cfg = tiny(PRESET_OF_MODEL[model_name], model=model_name)
     model = build_model(cfg).eval()
     with torch.no_grad():
-        if model_name == "keypoint":
+        if cfg.stage == 1:
             out = model(torch.rand(B, FRAMES, 1, SIZE, SIZE), torch.ones(B, FRAMES, dtype=torch.bool))
             assert out.shape == (B, 10, 2) and ((out >= 0) & (out <= 1)).all()
         else:
@@ -90,6 +98,44 @@ def test_a_model_name_that_contradicts_the_condition_is_refused():
         build_model(tiny("fo", model="sagittal_3heads"))
     with pytest.raises(ValueError, match="'sagittal_1head' is for condition 'foraminal'"):
         build_model(tiny("sp1", model="sagittal_1head"))
+
+
+@pytest.mark.parametrize("stride", [1, 4])
+def test_soft_argmax_recovers_a_known_peak(stride: int) -> None:
+    """A sharp peak at cell (row 5, column 9) of a 16 x 12 map reads as that cell's centre pixel over the input
+    size; a Gaussian between cells reads as its sub-cell centre."""
+    logits = torch.full((1, 1, 12, 16), -1e4)
+    logits[0, 0, 5, 9] = 0.0
+    size_x, size_y = 16 * stride, 12 * stride
+    centre = torch.tensor([9 * stride + (stride - 1) / 2, 5 * stride + (stride - 1) / 2])
+    assert torch.allclose(soft_argmax(logits, stride)[0, 0], centre / torch.tensor([size_x, size_y]), atol=1e-6)
+    point = torch.tensor([[[0.47, 0.52]]])  # far enough from the borders that the Gaussian is whole
+    between = gaussian_heatmaps(point, (12, 16), stride, sigma=1.0).log()
+    assert torch.allclose(soft_argmax(between, stride), point, atol=1e-4)
+
+
+def test_frame_attention_2d_pools_each_location_from_its_own_frames() -> None:
+    """Masked frames give nothing at any location; a location takes the frames' features with weights of its own."""
+    pool = FrameAttention2d(4).eval()
+    x, mask = torch.randn(2, 3, 4, 5, 5), torch.tensor([[True, True, False], [True, True, True]])
+    changed = x.clone()
+    changed[0, 2] = torch.randn(4, 5, 5) * 10
+    with torch.no_grad():
+        pooled = pool(x, mask)
+        assert torch.allclose(pooled, pool(changed, mask), atol=1e-6)
+        lo, hi = x[0, :2].min(dim=0).values, x[0, :2].max(dim=0).values  # a convex mix of the two valid frames
+        assert ((pooled[0] >= lo - 1e-6) & (pooled[0] <= hi + 1e-6)).all()
+
+
+def test_heatmap_head_reads_its_points_off_its_heatmaps_at_the_configured_stride() -> None:
+    cfg = tiny("stage1_t2", model="keypoint_heatmap", heatmap_stride=4, decoder_dim=16)
+    model = HeatmapKeypointNet(cfg).eval()
+    with torch.no_grad():
+        points, logits = model(torch.rand(B, FRAMES, 1, SIZE, SIZE), torch.ones(B, FRAMES, dtype=torch.bool), True)
+    assert logits.shape == (B, 10, SIZE // 4, SIZE // 4)
+    assert torch.allclose(points, soft_argmax(logits, 4))
+    with pytest.raises(ValueError, match="heatmap_stride=3"):
+        HeatmapKeypointNet(tiny("stage1_t2", model="keypoint_heatmap", heatmap_stride=3))
 
 
 @pytest.mark.parametrize("pool", [Attention(8), AttentionLSTM(8)], ids=["attention", "attention_lstm"])

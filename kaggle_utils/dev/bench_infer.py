@@ -205,13 +205,18 @@ def write_bench_models(
     paths: Paths, data_paths: Paths, series: pd.DataFrame, profile: str, n_folds: int = 1
 ) -> list[Path]:
     """Checkpoints of the six presets at ``profile`` size for folds 0..n_folds-1. Timing does not depend on the
-    weights, but crops do depend on the keypoints: the stage-1 heads output the mean training keypoints of their
-    plane (so crop boxes are realistic), and the stage-2 weights stay random. Folds after the first are fp16 copies
-    of it, as the weights dataset holds them (the same weights: an ensemble's cost, not its diversity)."""
+    weights, but crops do depend on the keypoints: the stage-1 heads (the regression head) output the mean training
+    keypoints of their plane (so crop boxes are realistic), and the stage-2 weights stay random. Folds after the
+    first are fp16 copies of it, as the weights dataset holds them (the same weights: an ensemble's cost, not its
+    diversity)."""
     truth = tables.keypoints_table(data_paths, series)
     written = []
     for name in FULL_PRESETS:
         cfg = apply_overrides(preset(name, profile), {"pretrained": False})
+        if cfg.stage == 1:
+            # Only the regression head can be set to output fixed points (its bias); the heatmap head reads them off
+            # feature maps, so an untrained one gives degenerate boxes. Same backbone, without the small decoder.
+            cfg = apply_overrides(cfg, {"model": "keypoint"})
         torch.manual_seed(cfg.seed)
         model = build_model(cfg)
         if cfg.stage == 1:
