@@ -82,7 +82,8 @@ def remove_partial_files(root: Path) -> int:
 
 @dataclass(frozen=True)
 class SeriesJob:
-    """One series to preprocess: where to read it, where to write, and its keypoints for stage 2 (if any)."""
+    """One series to preprocess: where to read it, where to write, and its keypoints for stage 2 (if any); with
+    ``extra_crops``, more crop sets (output, (5, 2, 2) relative keypoints) from the same reading (``stage1_error``)."""
 
     study_id: int
     series_id: int
@@ -91,6 +92,7 @@ class SeriesJob:
     stage1_out: Path | None
     stage2_out: Path | None
     points: np.ndarray | None  # (5, 2, 2) relative
+    extra_crops: tuple[tuple[Path, np.ndarray], ...] = ()
 
 
 def run_job(job: SeriesJob, cfg: PreprocessConfig) -> str | None:
@@ -102,6 +104,8 @@ def run_job(job: SeriesJob, cfg: PreprocessConfig) -> str | None:
             save_atomic(job.stage1_out, stage1_volume(series, cfg, window))
         if job.stage2_out is not None and job.points is not None:
             save_atomic(job.stage2_out, stage2_crops(series, job.points, job.plane, cfg, window))
+        for out, points in job.extra_crops:
+            save_atomic(out, stage2_crops(series, points, job.plane, cfg, window))
     except (SeriesError, ValueError, cv2.error) as error:
         return f"study {job.study_id} series {job.series_id}: {error}"
     return None

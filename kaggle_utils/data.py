@@ -123,7 +123,8 @@ class CropDataset(_ArrayDataset):
     Training draws one record per study and picks one of its series at random on every access; evaluation
     has one record per series. A sample is ``image`` (5, F, 256, 256) uint8, ``mask`` (F,) bool, ``target``
     (5, R, 3) one-hot (``IGNORE_INDEX`` rows where missing) for the condition rows ``rows``; with a ``pseudo``
-    table (``soft_targets``) also ``pseudo`` (5, R, 3), flipped with the labels.
+    table (``soft_targets``) also ``pseudo`` (5, R, 3), flipped with the labels. With ``error_roots`` (training),
+    a sample reads, with probability ``error_p``, one of its series' crop sets with stage-1 error (``stage1_error``).
     """
 
     def __init__(
@@ -138,8 +139,11 @@ class CropDataset(_ArrayDataset):
         flip: bool = True,
         pseudo: pd.DataFrame | None = None,
         swap_sides: bool = True,
+        error_roots: tuple[str, ...] = (),
+        error_p: float = 0.0,
     ) -> None:
         self.paths, self.n_frames, self.rows, self.train, self.root = paths, n_frames, rows, train, root
+        self.error_roots, self.error_p = (error_roots, error_p) if train else ((), 0.0)
         self.flip = train and flip  # the random sequence flip (with the left/right label swap) of training
         groups = series.groupby("study_id")["series_id"].apply(list)
         if train:
@@ -172,7 +176,11 @@ class CropDataset(_ArrayDataset):
         study_id, series_ids = self.records[index]
         series_id = series_ids[rng.integers(len(series_ids))] if self.train else series_ids[0]
         flip = self.flip and rng.random() < 0.5
-        mask = read_frames(self._path(index, series_id), self.n_frames, image, reverse=flip)
+        path = self._path(index, series_id)
+        if self.error_roots and rng.random() < self.error_p:
+            drawn = self.paths.stage2_array(study_id, series_id, self.error_roots[rng.integers(len(self.error_roots))])
+            path = drawn if drawn.exists() else path  # a series that failed to cut keeps its ground-truth crops
+        mask = read_frames(path, self.n_frames, image, reverse=flip)
         shape = (len(LEVELS), len(self.rows), 3)
         unlabelled = np.full(shape, IGNORE_INDEX, np.float32)  # a study without labels teaches nothing
         targets = {"target": self.labels.get(study_id, unlabelled).copy()}

@@ -26,7 +26,7 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset, DistributedSampler
 
-from kaggle_utils import config, denoise, distributed, viz
+from kaggle_utils import config, denoise, distributed, stage1_error, viz
 from kaggle_utils.checkpoints import same_run
 from kaggle_utils.config import TrainConfig
 from kaggle_utils.constants import ALL_STUDIES_FOLD
@@ -79,6 +79,7 @@ def datasets(paths: Paths, cfg: TrainConfig, series: pd.DataFrame, fold: int) ->
     targets = load_table(paths, "targets")
     rows = condition_rows(cfg.condition)
     train_targets, pseudo = round2_inputs(cfg, targets[targets["study_id"].isin(train["study_id"])], fold)
+    error_roots = stage1_error.make_error_crops(paths, cfg, cfg.stage1_error_draws) if cfg.stage1_error_p > 0 else ()
     return (
         CropDataset(
             train,
@@ -90,6 +91,8 @@ def datasets(paths: Paths, cfg: TrainConfig, series: pd.DataFrame, fold: int) ->
             flip=cfg.augment,
             pseudo=pseudo,
             swap_sides=view(cfg.plane).flip_swaps_sides,
+            error_roots=error_roots,
+            error_p=cfg.stage1_error_p,
         ),
         None if every else CropDataset(val, paths, cfg.n_frames, rows, targets),  # validation keeps the given labels
     )

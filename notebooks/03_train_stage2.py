@@ -2,10 +2,12 @@
 # # 03 · Train stage 2: per-level severity classifiers
 # Each preset classifies the crop sequence of every disc level: `fo` (Sagittal T1, 24 frames, 96 px) the two
 # foramina; `sp1` (8 frames, 128 px), `sp2` (5 frames, 256 px) and `su` (24 frames, 96 px) on Sagittal T2/STIR
-# all five conditions. Training crops come from the keypoint table (the solution's choice); inference crops from
-# stage-1 predictions.
+# all five conditions. Inference cuts its crops around stage-1 predictions, so training does too, half the time
+# (`stage1_error_p`): crops around the true keypoints moved by an out-of-fold error field of 02 (a series' own OOF
+# prediction first), cut once and cached in `WORK_DIR/stage2_error/`; the other half are the ground-truth crops.
 #
-# **Inputs**: `WORK_DIR/tables/{series,targets,keypoints}.csv` and `WORK_DIR/stage2/` from 01.
+# **Inputs**: `WORK_DIR/tables/{series,targets,keypoints}.csv` and `WORK_DIR/stage2/` from 01, `WORK_DIR/oof/stage1_*`
+# from 02.
 #
 # **Outputs**: `WORK_DIR/models/{preset}-f{fold}-s{seed}.pt` with sidecars and curves, `WORK_DIR/oof/{preset}-*.csv`.
 
