@@ -155,6 +155,10 @@ def soft_argmax(logits: torch.Tensor, stride: int = 1) -> torch.Tensor:
     return torch.stack([(probs.sum(dim=-2) * centres(w)).sum(dim=-1), (probs.sum(dim=-1) * centres(h)).sum(dim=-1)], -1)
 
 
+HEAD_GROUPS = 8
+"""Channel groups of the heatmap head's norm (``decoder_dim`` must be a multiple)."""
+
+
 class HeatmapKeypointNet(nn.Module):
     """Stage 1, spatial: frames (B, F, 1, H, W) and mask (B, F) -> (B, 10, 2) relative points, as ``KeypointNet``.
 
@@ -181,11 +185,12 @@ class HeatmapKeypointNet(nn.Module):
         self.lateral = nn.ModuleList(nn.Conv2d(c, dim, 1) for c in channels)
         self.pools = nn.ModuleList(FrameAttention2d(dim) for _ in channels)
         self.dropout = nn.Dropout2d(cfg.fc_dropout)
+        # Group norm, not batch norm: a series' heatmaps do not depend on its batch (small batches; DDP shards).
         self.head = nn.Sequential(
             nn.Conv2d(dim, dim, 3, padding=1, bias=False),
-            nn.BatchNorm2d(dim),
+            nn.GroupNorm(HEAD_GROUPS, dim),
             nn.ReLU(inplace=True),
-            nn.Conv2d(dim, N_KEYPOINTS, 1),
+            nn.Conv2d(dim, N_KEYPOINTS, 1, bias=False),  # a bias would add a constant the softmax cancels (Attention)
         )
 
     def heatmaps(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -47,7 +47,7 @@ def _inputs(cfg: TrainConfig) -> tuple[torch.Tensor, torch.Tensor]:
     ("name", "edit"),
     [
         ("sp1", {"backbone": "test_resnet"}),
-        ("stage1_t2", {"model": "sagittal_3heads", "config_class": "Stage2Config"}),
+        ("stage1_t2", {"model": "keypoint"}),  # the other localiser head
         ("sp1", {"n_frames": 5}),  # no weight shape changes: the copy of the fields in the weights file tells
         ("stage1_t1", {"img_size": 128}),
     ],

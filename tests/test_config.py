@@ -93,7 +93,8 @@ def test_choices_are_the_registries_and_a_wrong_one_is_named():
     assert typing.get_args(config.Condition) == tuple(CONDITION_ROWS)
     with pytest.raises(config.ConfigError, match=r"Stage2Config plane='t22' is not one of t1, t2; did you mean t2\?"):
         config.preset("sp1", overrides={"plane": "t22"})
-    with pytest.raises(config.ConfigError, match="Stage1Config model='keypoints' is not one of keypoint, sagittal"):
+    wrong_model = "Stage1Config model='keypoints' is not one of keypoint, keypoint_heatmap, sagittal"
+    with pytest.raises(config.ConfigError, match=wrong_model):
         config.preset("stage1_t1", overrides={"model": "keypoints"})
     with pytest.raises(config.ConfigError, match="amp_dtype='fp8' is not one of auto, bf16, fp16"):
         config.preset("fo", overrides={"amp_dtype": "fp8"})
