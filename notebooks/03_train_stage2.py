@@ -2,9 +2,10 @@
 # # 03 · Train stage 2: per-level severity classifiers
 # Each preset classifies the crop sequence of every disc level: `fo` (Sagittal T1, 24 frames, 96 px) the two
 # foramina; `sp1` (8 frames, 128 px), `sp2` (5 frames, 256 px) and `su` (24 frames, 96 px) on Sagittal T2/STIR
-# all five conditions. Inference cuts its crops around stage-1 predictions, so training does too, half the time
-# (`stage1_error_p`): crops around the true keypoints moved by an out-of-fold error field of 02 (a series' own OOF
-# prediction first), cut once and cached in `WORK_DIR/stage2_error/`; the other half are the ground-truth crops.
+# all five conditions. Training crops are cut around the true keypoints, inference crops around stage-1
+# predictions. `stage1_error_p` (say 0.5) trains that share of the samples on crops around the true keypoints moved
+# by an out-of-fold error field of 02 (a series' own OOF prediction first), cut once and cached in
+# `WORK_DIR/stage2_error/`: the 1st-place recipe, which pays when the localiser is imprecise (see the README).
 #
 # **Inputs**: `WORK_DIR/tables/{series,targets,keypoints}.csv` and `WORK_DIR/stage2/` from 01, `WORK_DIR/oof/stage1_*`
 # from 02.

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from kaggle_utils import stage1_error
+from kaggle_utils import stage1_error, train
 from kaggle_utils.config import preset
 from kaggle_utils.data import CropDataset
 from kaggle_utils.dicom import read_series
@@ -90,3 +90,12 @@ def test_the_dataset_reads_crops_with_error_at_the_configured_rate(
         t2, paths, 8, ("spinal_canal_stenosis",), train=True, flip=False, error_roots=roots, error_p=error_p
     )
     assert torch.equal(plain[0]["image"], moved[0]["image"]) == same
+
+
+def test_training_reads_crops_with_error_when_configured_and_validation_never(prepared: Paths, tmp_path: Path) -> None:
+    paths, _ = _work_with_oof(prepared, tmp_path)
+    cfg = preset("sp1", "smoke", {"stage1_error_p": 1.0, "stage1_error_draws": 1})
+    train_set, val_set = train.datasets(paths, cfg, train.plane_series(paths, cfg), fold=0)
+    assert train_set.error_roots == ("stage2_error/0",) and train_set.error_p == 1.0
+    assert val_set.error_roots == () and val_set.error_p == 0.0
+    assert preset("sp1").stage1_error_p == 0.0  # off by default (README: what it measured)
