@@ -60,7 +60,7 @@ def cache_is_current(root: Path, cfg: PreprocessConfig) -> bool:
     """
     stamp = root / "params.json"
     key = params_key(cfg)
-    if stamp.exists() and json.loads(stamp.read_text()).get("key") == key:
+    if stamp_matches(stamp, key):
         return True
     root.mkdir(parents=True, exist_ok=True)
     stale = list(root.glob("*/*.npy"))
@@ -68,8 +68,19 @@ def cache_is_current(root: Path, cfg: PreprocessConfig) -> bool:
         print(f"{root}: parameters changed, removing {len(stale)} stale arrays")
     for path in stale:
         path.unlink()
-    stamp.write_text(json.dumps({"key": key, "params": dataclasses.asdict(cfg)}, indent=1))
+    write_stamp(stamp, key, params=dataclasses.asdict(cfg))
     return False
+
+
+def stamp_matches(stamp: Path, key: str) -> bool:
+    """True when the stamp file ``stamp`` (``write_stamp``) records ``key``."""
+    return stamp.exists() and json.loads(stamp.read_text()).get("key") == key
+
+
+def write_stamp(stamp: Path, key: str, **record: object) -> None:
+    """Record that the arrays a stamp vouches for were made under ``key`` (with what made them, for reading)."""
+    stamp.parent.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps({"key": key, **record}, indent=1))
 
 
 def remove_partial_files(root: Path) -> int:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -98,15 +97,15 @@ def make_error_crops(paths: Paths, cfg: TrainConfig, draws: int) -> tuple[str, .
     keypoints = load_table(paths, "keypoints")
     series = load_table(paths, "series")
     series = series[(series["plane"] == cfg.plane) & series["series_id"].isin(keypoints["series_id"])]
-    truth = {s: p for s, p in points_by_series(keypoints).items() if s in set(series["series_id"])}
+    plane_ids = set(series["series_id"])
+    truth = {s: p for s, p in points_by_series(keypoints).items() if s in plane_ids}
     errors = error_fields(predicted, truth)
     roots = draw_roots(draws)
     if distributed.context().is_main:
         preprocess = preprocess_config(paths)
-        stamp_dir = paths.work_dir / ROOT / cfg.plane
+        stamp = paths.work_dir / ROOT / cfg.plane / "params.json"
         key = _key(preprocess, errors, draws, cfg.seed)
-        stamp = stamp_dir / "params.json"
-        current = stamp.exists() and json.loads(stamp.read_text()).get("key") == key
+        current = cache.stamp_matches(stamp, key)
         jobs = plan_jobs(paths, series, drawn_points(truth, errors, draws, cfg.seed), roots, current)
         if jobs:
             print(
@@ -114,8 +113,7 @@ def make_error_crops(paths: Paths, cfg: TrainConfig, draws: int) -> tuple[str, .
                 f"for {len(jobs)} series"
             )
             cache.run_jobs(jobs, preprocess, desc=f"crops with stage-1 error ({cfg.plane})")
-        stamp_dir.mkdir(parents=True, exist_ok=True)
-        stamp.write_text(json.dumps({"key": key, "error_fields": len(errors), "draws": draws}))
+        cache.write_stamp(stamp, key, error_fields=len(errors), draws=draws)
     distributed.barrier()
     return roots
 
@@ -142,8 +140,3 @@ def plan_jobs(
             )
         )
     return jobs
-
-
-def crop_paths(paths: Paths, roots: tuple[str, ...], study_id: int, series_id: int) -> list[Path]:
-    """The crop sets with stage-1 error that exist for a series."""
-    return [p for p in (paths.stage2_array(study_id, series_id, root) for root in roots) if p.exists()]

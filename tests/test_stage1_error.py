@@ -36,6 +36,11 @@ def test_each_series_draws_its_own_error_first_then_others_deterministically() -
     assert max(float(p.max()) for p in clipped[4]) <= 1.0
 
 
+def _crop_paths(paths: Paths, roots: tuple[str, ...], study_id: int, series_id: int) -> list[Path]:
+    """The crop sets with stage-1 error that exist for a series."""
+    return [p for p in (paths.stage2_array(study_id, series_id, root) for root in roots) if p.exists()]
+
+
 def _work_with_oof(prepared: Paths, tmp_path: Path) -> tuple[Paths, dict[int, np.ndarray]]:
     """A work folder whose stage-1 T2 OOF file predicts every T2 series' keypoints shifted by ``OFFSET``."""
     work = tmp_path / "work"
@@ -58,7 +63,7 @@ def test_crop_sets_are_cut_around_the_oof_keypoints_once(prepared: Paths, tmp_pa
     series = load_table(paths, "series").set_index("series_id")
     for series_id, points in truth.items():
         study_id = int(series.loc[series_id, "study_id"])
-        saved = [np.load(p) for p in stage1_error.crop_paths(paths, roots, study_id, series_id)]
+        saved = [np.load(p) for p in _crop_paths(paths, roots, study_id, series_id)]
         assert len(saved) == 2 and saved[0].shape == np.load(paths.stage2_array(study_id, series_id)).shape
         # Draw 0 is the crop the series' own out-of-fold prediction gives, the crop inference would cut.
         dicom = read_series(paths.series_dir("train", study_id, series_id))
