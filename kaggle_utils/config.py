@@ -72,6 +72,8 @@ class PreprocessConfig:
     keypoints_file: str = ""  # corrected keypoints; "" = coords_v7.csv or coords_rsna_improved.csv where found
     folds_file: str = ""  # the solution's metadata.csv, to train on its folds; "" = the project's own folds
     num_workers: int = 2
+    # An axial slice images a level when the level's Sagittal T2 point is this close to its plane (training samples)
+    axial_max_distance_mm: float = 3.0
 
 
 @dataclass(frozen=True)
@@ -193,6 +195,7 @@ class InferConfig:
 
     tta_angles: tuple[float, ...] = TTA_ANGLES
     batch_size: int = 8
+    axial_max_distance_mm: float = 5.0  # as PreprocessConfig's, looser: the sagittal points are predicted here
 
 
 _STAGE1_T2 = Stage1Config()

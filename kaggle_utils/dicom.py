@@ -21,13 +21,16 @@ import pydicom
 from pydicom.pixels import apply_modality_lut, get_decoder
 
 __all__ = [
+    "Geometry",
     "Series",
     "SeriesError",
     "check_decodable",
     "order_slices",
     "pixel_to_world",
+    "read_geometry",
     "read_header",
     "read_series",
+    "read_slice",
     "slice_normal",
     "world_to_pixel",
 ]
@@ -194,14 +197,77 @@ def _pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
     return pixels.astype(np.float32, copy=False)
 
 
-def read_series(folder: Path) -> Series:
-    """Read every ``*.dcm`` of a series folder, ordered left to right (sagittal) / top to bottom (axial)."""
-    folder = Path(folder)
+@dataclass
+class Geometry:
+    """Where every slice of a series lies, from its headers alone, in file order (``order_slices`` sorts it)."""
+
+    positions: np.ndarray  # (N, 3) ImagePositionPatient, mm
+    orientations: np.ndarray  # (N, 6) ImageOrientationPatient of each slice (blocks of an axial series differ)
+    pixel_spacing: np.ndarray  # (N, 2) row spacing, column spacing, mm
+    shapes: np.ndarray  # (N, 2) Rows, Columns
+    instance_numbers: np.ndarray  # (N,)
+    files: tuple[Path, ...]
+
+    def __len__(self) -> int:
+        return len(self.positions)
+
+    def take(self, index: np.ndarray) -> Geometry:
+        """The slices at ``index``, in that order."""
+        index = np.asarray(index, dtype=np.int64)
+        return Geometry(
+            self.positions[index],
+            self.orientations[index],
+            self.pixel_spacing[index],
+            self.shapes[index],
+            self.instance_numbers[index],
+            tuple(self.files[i] for i in index),
+        )
+
+
+def _dicom_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise SeriesError(f"{folder}: series folder does not exist")
     files = sorted(folder.glob("*.dcm"), key=_file_sort_key)
     if not files:
         raise SeriesError(f"{folder}: series folder holds no .dcm files")
+    return files
+
+
+def read_geometry(folder: Path) -> Geometry:
+    """The geometry of every ``*.dcm`` in a series folder, read from the headers without decoding pixels."""
+    files = _dicom_files(Path(folder))
+    positions, orientations, spacings, shapes, instances = [], [], [], [], []
+    for path in files:
+        ds = read_header(path)
+        position, orientation, spacing = _geometry(ds, path)
+        positions.append(position)
+        orientations.append(orientation)
+        spacings.append(spacing)
+        shapes.append((int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)))
+        instances.append(int(getattr(ds, "InstanceNumber", 0) or 0))
+    return Geometry(
+        np.stack(positions),
+        np.stack(orientations),
+        np.stack(spacings),
+        np.asarray(shapes, dtype=np.int64).reshape(-1, 2),
+        np.asarray(instances, dtype=np.int64),
+        tuple(files),
+    )
+
+
+def read_slice(path: Path) -> np.ndarray:
+    """The pixels of one file as a 2-D float32 image (modality LUT applied)."""
+    try:
+        ds = pydicom.dcmread(path)
+    except Exception as err:
+        raise SeriesError(f"{path}: cannot read DICOM file ({err})") from err
+    return _pixels(ds, path)
+
+
+def read_series(folder: Path) -> Series:
+    """Read every ``*.dcm`` of a series folder, ordered left to right (sagittal) / top to bottom (axial)."""
+    folder = Path(folder)
+    files = _dicom_files(folder)
 
     slices, positions, orientations, spacings, instances = [], [], [], [], []
     description = ""

@@ -1,5 +1,6 @@
 """Pictures people look at: a study's sagittal slices with keypoints and its level crops, training samples through
-the augmentation, training curves, score tables, and the series the localisers missed most."""
+the augmentation, training curves, score tables, the series the localisers missed most, and a study's axial slices
+per level."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from kaggle_utils.paths import Paths
 from kaggle_utils.tables import series_points
 from kaggle_utils.views import VIEWS
 
-if TYPE_CHECKING:  # viz draws what crossval gathers; it needs its type only
+if TYPE_CHECKING:  # viz draws what crossval and axial gather; it needs their types only
+    from kaggle_utils.axial import LevelPicture
     from kaggle_utils.crossval import MissedSeries
 
 LEVEL_COLOURS = ("#e6194b", "#f58231", "#ffe119", "#3cb44b", "#4363d8")
@@ -189,5 +191,37 @@ def localisation_figure(cases: list[MissedSeries]) -> plt.Figure:
                 ax.set_title(LEVEL_NAMES[level], color=LEVEL_COLOURS[level], fontsize=9)
         for ax in (*top, *bottom):
             ax.axis("off")
+    fig.tight_layout()
+    return fig
+
+
+def _grey(ax: plt.Axes, image: np.ndarray) -> None:
+    low, high = np.percentile(image, (1, 99.5))
+    ax.imshow(image, cmap="gray", vmin=low, vmax=high)
+    ax.axis("off")
+
+
+def axial_levels_figure(picture: LevelPicture) -> plt.Figure:
+    """The middle Sagittal T2 slice with each axial slice plane across it (coloured by the level it is assigned
+    to, grey when none) and the level points, then each level's assigned axial slice with the point projected."""
+    fig, axes = plt.subplots(1, 1 + len(LEVEL_NAMES), figsize=(18, 3.8))
+    _grey(axes[0], picture.sagittal)
+    for level, segment in sorted(picture.planes, key=lambda plane: plane[0]):
+        colour, width = (LEVEL_COLOURS[level], 1.6) if level >= 0 else ("0.7", 0.6)
+        axes[0].plot(segment[:, 0], segment[:, 1], color=colour, lw=width)
+    for level, (x, y) in enumerate(picture.points):
+        axes[0].scatter(x, y, s=18, c=LEVEL_COLOURS[level], edgecolors="k", linewidths=0.5, zorder=3)
+    axes[0].set_title("Sagittal T2 middle slice, axial planes", fontsize=9)
+    for level, ax in enumerate(axes[1:]):
+        ax.set_title(LEVEL_NAMES[level], color=LEVEL_COLOURS[level], fontsize=9)
+        if level not in picture.slices:
+            ax.text(0.5, 0.5, "no axial slice\nwithin reach", ha="center", va="center", fontsize=9)
+            ax.axis("off")
+            continue
+        image, (x, y), caption = picture.slices[level]
+        _grey(ax, image)
+        ax.scatter([x], [y], s=40, marker="+", c=LEVEL_COLOURS[level])
+        ax.set_title(f"{LEVEL_NAMES[level]}\n{caption}", color=LEVEL_COLOURS[level], fontsize=8)
+    fig.suptitle(picture.title)
     fig.tight_layout()
     return fig

@@ -7,9 +7,9 @@
 # or any attached Kaggle dataset: the corrected keypoints `coords_v7.csv` or `coords_rsna_improved.csv`, and
 # `metadata.csv`, whose folds `{"folds_file": "metadata.csv"}` uses so fold-by-fold numbers compare with the solution's.
 #
-# **Outputs** in `WORK_DIR`: `tables/{series,targets,folds,keypoints}.csv`,
-# `stage1/{study}/{series}.npy` (256, 256, N) and `stage2/{study}/{series}.npy` (256, 256, 5, N) uint8,
-# and `figures/study_*.png`.
+# **Outputs** in `WORK_DIR`: `tables/{series,targets,folds,keypoints}.csv`, `tables/axial_levels.csv` (each Axial T2
+# slice's level), `stage1/{study}/{series}.npy` (256, 256, N) and `stage2/{study}/{series}.npy` (256, 256, 5, N)
+# uint8, and `figures/study_*.png`, `figures/axial_levels_*.png`.
 
 # %%
 # Bootstrap: import kaggle_utils from this repository or, on Kaggle, from the code dataset under /kaggle/input
@@ -54,7 +54,7 @@ WORKERS = 2  # processes for DICOM decoding
 PREPROCESS_OVERRIDES = {}  # PreprocessConfig fields, e.g. {"t2_height_mult": 1.2, "folds_file": "metadata.csv"}
 
 # %%
-from kaggle_utils import cache, config, tables, viz
+from kaggle_utils import axial, cache, config, tables, viz
 from kaggle_utils.paths import Paths
 
 p = config.notebook_params(
@@ -75,6 +75,25 @@ print(
     f"{keypoints['series_id'].nunique()} with keypoints"
 )
 series.groupby(["fold", "plane"]).size().unstack()
+
+# %% [markdown]
+# ## Axial T2: the slice of each level
+# Each level's Sagittal T2 point behind the disc (ground truth here), in patient coordinates, against every axial
+# slice plane: the nearest slice of each series within `axial_max_distance_mm` images that level. Levels no axial
+# series reaches keep their sagittal prediction.
+
+# %%
+axial_levels, coverage = axial.build_level_table(paths, "train", series, keypoints, cfg.axial_max_distance_mm)
+tables.save_table(paths, "axial_levels", axial_levels)
+print(coverage)
+axial_levels[axial_levels["assigned"]].groupby("level").size().rename("series with the level").to_frame().transpose()
+
+# %%
+covered = axial_levels.loc[axial_levels["assigned"], "study_id"]
+if len(covered):
+    axial_study = int(covered.value_counts().index[0])  # the study with the most assigned slices
+    picture = axial.level_picture(paths, "train", axial_study, series, keypoints, cfg.axial_max_distance_mm)
+    viz.save_figure(viz.axial_levels_figure(picture), paths.figures_dir / f"axial_levels_{axial_study}.png")
 
 # %% [markdown]
 # ## Arrays: stage-1 volumes and stage-2 crops (ground-truth keypoints), cached

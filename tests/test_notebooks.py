@@ -10,7 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils.constants import LABEL_COLUMNS
+from kaggle_utils.constants import LABEL_COLUMNS, LEVEL_NAMES
 from kaggle_utils.dev.runner import run_notebook
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0*.py"))
@@ -57,6 +57,9 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
     crops = np.load(work / "stage2" / str(first.study_id) / f"{first.series_id}.npy")
     assert crops.shape[0] == 5 and crops.shape[2:] == (256, 256) and crops.dtype == np.uint8
     assert list((work / "figures").glob("study_*.png"))
+    assert list((work / "figures").glob("axial_levels_*.png"))
+    levels = pd.read_csv(work / "tables" / "axial_levels.csv")
+    assert levels["assigned"].any() and set(levels["level"]) <= set(LEVEL_NAMES)
     for name in ("stage1_t1", "stage1_t2", "fo", "sp1", "sp2", "su"):
         sidecar = json.loads((work / "models" / f"{name}-f0-s42.json").read_text())
         assert sidecar["fold"] == 0 and sidecar["config"]["name"] == name

@@ -26,6 +26,7 @@ from kaggle_utils.constants import (
     row_id,
 )
 from kaggle_utils.dev.synthetic import flip_labels, make_dataset
+from kaggle_utils.dev.synthetic.acquisition import _instance_numbers, axial_coverage
 from kaggle_utils.dicom import read_series
 from kaggle_utils.paths import (
     COORDS_V7_CSV,
@@ -79,13 +80,15 @@ def test_series_tables_and_image_folders(data_dir: Path) -> None:
         assert list(series.columns) == ["study_id", "series_id", "series_description"]
         assert series.series_id.is_unique
         for _, descriptions in series.groupby("study_id").series_description:
-            assert sorted(descriptions) == sorted(SERIES_DESCRIPTIONS)
+            assert sorted(descriptions.drop_duplicates()) in (sorted(SERIES_DESCRIPTIONS), [SAGITTAL_T1, SAGITTAL_T2])
+            assert (descriptions != AXIAL_T2).sum() == 2 and (descriptions == AXIAL_T2).sum() <= 3
         for row in series.itertuples():
             files = sorted((data_dir / f"{split}_images" / str(row.study_id) / str(row.series_id)).glob("*.dcm"))
-            assert len(files) >= 15
             headers = [pydicom.dcmread(f, stop_before_pixels=True) for f in files]
             assert all(f.stem == str(h.InstanceNumber) for f, h in zip(files, headers, strict=True))
-            assert sorted(int(h.InstanceNumber) for h in headers) == list(range(1, len(files) + 1))
+            if row.series_description != AXIAL_T2:  # axial numbering: test_axial_series_have_blocks_and_numbering
+                assert len(files) >= 15
+                assert sorted(int(h.InstanceNumber) for h in headers) == list(range(1, len(files) + 1))
             assert {h.SeriesDescription for h in headers} == {row.series_description}
             assert len({h.SeriesInstanceUID for h in headers}) == 1
             assert {h.Modality for h in headers} == {"MR"} and {h.PatientID for h in headers} == {str(row.study_id)}
@@ -163,7 +166,7 @@ def test_same_seed_same_bytes_whatever_workers_and_size(data_dir: Path, tmp_path
 def test_missing_series_fraction_drops_one_sagittal_series(tmp_path: Path) -> None:
     out = make_dataset(tmp_path, n_train=0, n_test=1, seed=3, workers=1, progress=False, missing_series_fraction=1.0)
     series = _csv(out, TEST_SERIES_CSV)
-    assert len(series) == 2 and AXIAL_T2 in set(series.series_description)
+    assert series.series_description.isin([SAGITTAL_T1, SAGITTAL_T2]).sum() == 1
     written = {p.name for p in (out / "test_images" / str(series.study_id[0])).iterdir()}
     assert written == {str(s) for s in series.series_id}
     assert len(_csv(out, SAMPLE_SUBMISSION_CSV)) == len(LABEL_COLUMNS)
@@ -206,6 +209,53 @@ def test_severe_foraminal_narrowing_is_visible_at_its_keypoint(data_dir: Path) -
     normal, severe = means[SEVERITIES[0]], means[SEVERITIES[2]]
     assert normal and severe
     assert max(severe) < 0.6 * min(normal)
+
+
+def test_severe_subarticular_stenosis_is_visible_at_its_axial_keypoint(data_dir: Path) -> None:
+    """CSF fills a normal lateral recess (bright on T2); a severely stenosed one is filled with soft tissue."""
+    means = {s: [] for s in SEVERITIES}
+    for condition in (CONDITIONS[3], CONDITIONS[4]):
+        for severity, values in _box_means(data_dir, condition, half_mm=1.5).items():
+            means[severity] += values
+    normal, moderate, severe = (means[s] for s in SEVERITIES)
+    assert normal and moderate and severe, "seed 0 should hold every subarticular severity"
+    assert max(severe) < 0.6 * min(normal)
+    assert np.mean(severe) < np.mean(moderate) < np.mean(normal)
+
+
+def test_axial_coverage_is_drawn_like_the_competition_data() -> None:
+    """Mostly one series, sometimes two or three, a few studies none; upper levels sometimes uncovered; with
+    two series each (level, side) point is carried by exactly one of them."""
+    rng = np.random.default_rng(0)
+    draws = [axial_coverage(rng) for _ in range(3000)]
+    counts = np.bincount([len(d) for d in draws], minlength=4) / len(draws)
+    assert counts[1] > 0.75 and 0.1 < counts[2] < 0.2 and 0 < counts[3] < 0.03 and 0 < counts[0] < 0.06
+    covered = [set().union(*(c.levels for c in d)) for d in draws if d]
+    assert 0.04 < np.mean([0 not in levels for levels in covered]) < 0.13
+    assert all({2, 3, 4} <= levels for levels in covered)  # only the upper levels (L1/L2, L2/L3) go uncovered
+    for d in draws:
+        carried = [(lv, side) for c in d for lv, sides in c.sides.items() for side in sides]
+        assert len(carried) == len(set(carried))  # never labelled twice
+        assert all(lv in c.levels for c in d for lv in c.sides)  # a series carries points of its own levels only
+    one_side = [d for d in draws if len(d) == 2 and all(len(s) == 1 for c in d for s in c.sides.values())]
+    assert one_side and all(d[0].levels == d[1].levels for d in one_side)
+
+
+def test_axial_series_have_blocks_and_numbering_as_scanners_write_them(data_dir: Path) -> None:
+    """Per-disc blocks or one stack; instance numbers unique, sometimes counting upwards or skipping."""
+    series = _csv(data_dir, TRAIN_SERIES_CSV)
+    axial = series[series.series_description == AXIAL_T2]
+    assert len(axial) >= N_TRAIN - 1
+    for row in axial.itertuples():
+        folder = data_dir / "train_images" / str(row.study_id) / str(row.series_id)
+        headers = [pydicom.dcmread(p, stop_before_pixels=True) for p in folder.glob("*.dcm")]
+        numbers = [int(h.InstanceNumber) for h in headers]
+        assert len(set(numbers)) == len(numbers) >= 3
+    rng = np.random.default_rng(1)
+    numberings = [_instance_numbers(rng, 30) for _ in range(500)]
+    assert 0.06 < np.mean([n[0] > n[-1] for n in numberings]) < 0.2  # counting upwards (usually caudally)
+    assert 0.05 < np.mean([np.abs(np.diff(n)).max() > 1 for n in numberings]) < 0.3
+    assert all(len(set(n)) == 30 for n in numberings)
 
 
 def test_label_noise_flips_exactly_the_stated_fraction_and_lists_the_flips(data_dir: Path, tmp_path: Path) -> None:

@@ -1,5 +1,6 @@
 """Acquisition: the ``SeriesPlan`` of one series (matrix, slice positions and orientations, bit depth, noise),
-``sagittal_plan`` and ``axial_plan`` that place a series around a ``Phantom`` the way scanners do, and the
+``sagittal_plan`` and ``axial_plan`` that place a series around a ``Phantom`` the way scanners do,
+``axial_coverage`` (how many axial series a study has and which levels and sides each carries), and the
 writing of every rendered slice as a DICOM file with Rician noise.
 """
 
@@ -13,7 +14,7 @@ from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
 from kaggle_utils.constants import AXIAL_T2, SAGITTAL_T1
-from kaggle_utils.dev.synthetic.anatomy import LABELLED_DISCS, Phantom
+from kaggle_utils.dev.synthetic.anatomy import LABELLED_DISCS, LEFT, RIGHT, Phantom
 from kaggle_utils.dev.synthetic.render import T1, T2, render
 from kaggle_utils.dicom import slice_normal, world_to_pixel
 
@@ -41,6 +42,7 @@ class SeriesPlan:
     bits_stored: int
     max_value: float
     noise: float
+    blocks: np.ndarray | None = None  # (N,) axial block of each slice (one orientation each), -1: not axial
 
     def pixel_grid(self, k: int) -> np.ndarray:
         """World coordinates (rows, cols, 3) of the pixel centres of slice k."""
@@ -49,14 +51,23 @@ class SeriesPlan:
         along_col = (np.arange(self.rows)[:, None] * self.pixel_spacing[0] * iop[3:]).astype(np.float32)
         return self.positions[k].astype(np.float32) + along_col[:, None, :] + along_row[None, :, :]
 
-    def project(self, world: np.ndarray) -> tuple[int, float, float]:
-        """Instance number of the slice closest to a world point and the point's pixel x, y on it."""
-        offsets = [
-            abs(float((world - p) @ slice_normal(o))) for p, o in zip(self.positions, self.orientations, strict=True)
-        ]
-        k = int(np.argmin(offsets))
+    def nearest_slice(self, world: np.ndarray) -> int:
+        """Index of the slice (an axial one, in an axial series) whose plane is closest to a world point."""
+        offsets = np.array(
+            [abs(float((world - p) @ slice_normal(o))) for p, o in zip(self.positions, self.orientations, strict=True)]
+        )
+        if self.blocks is not None:
+            offsets[self.blocks < 0] = np.inf
+        return int(np.argmin(offsets))
+
+    def point_on(self, k: int, world: np.ndarray) -> tuple[int, float, float]:
+        """Instance number of slice k and the pixel x, y of a world point projected onto it."""
         x, y = world_to_pixel(self.positions[k], self.orientations[k], self.pixel_spacing, world)
         return int(self.instance_numbers[k]), float(x), float(y)
+
+    def project(self, world: np.ndarray) -> tuple[int, float, float]:
+        """Instance number of the slice closest to a world point and the point's pixel x, y on it."""
+        return self.point_on(self.nearest_slice(world), world)
 
 
 def _small_rotation(rng: np.random.Generator, max_degrees: float) -> np.ndarray:
@@ -121,24 +132,153 @@ def sagittal_plan(rng: np.random.Generator, ph: Phantom, series_id: int, descrip
     )
 
 
-def axial_plan(rng: np.random.Generator, ph: Phantom, series_id: int, number: int) -> SeriesPlan:
-    """Three slices through each labelled disc, each stack angled along its disc, top to bottom."""
-    rows, cols = _AXIAL_MATRICES[rng.integers(len(_AXIAL_MATRICES))]
-    fov = rng.uniform(180, 220)
-    spacing_px = round(fov / cols, 6)
-    gap = float(rng.uniform(3.0, 4.0))
-    twist = np.deg2rad(rng.normal(0, 2.0))  # small patient rotation about the long axis
-    row_cos = np.array([np.cos(twist), np.sin(twist), 0.0])
-    shift = np.array([rng.normal(0, 3), rng.uniform(-0.05, 0.05) * fov, 0.0])
-    positions, orientations = [], []
-    for disc in LABELLED_DISCS:
-        col_cos = ph.disc_ap[disc] - (ph.disc_ap[disc] @ row_cos) * row_cos
-        iop = np.round(np.concatenate([row_cos, col_cos / np.linalg.norm(col_cos)]), 6)
-        for height in (gap, 0.0, -gap):
-            centre = ph.landmark(disc, ph.posterior_wall(disc) + 5.0, height, 0.0) + shift
-            positions.append(_top_left(centre, iop, spacing_px, rows, cols))
+# --- axial series -------------------------------------------------------------------------------------------
+# How often the competition's training studies have 0-3 Axial T2 series (none lack one there; a few do here, so
+# the pipeline's fallback is exercised), how two series share the levels, and how series are numbered and angled.
+AXIAL_SERIES_COUNTS = {0: 0.03, 1: 0.81, 2: 0.145, 3: 0.015}
+TWO_SERIES_PATTERNS = {"same_levels": 0.42, "disjoint": 0.35, "overlap": 0.23}
+UPPER_LEVEL_UNCOVERED = 0.08  # L1/L2 lies above every axial series; in half of those L2/L3 too
+PER_DISC_BLOCKS = 0.45  # short stacks each angled along its disc (else one contiguous stack)
+REVERSED_INSTANCES = 0.12  # instance numbers increase upwards (usually they increase caudally)
+NUMBERING_GAP = 0.15  # instance numbers skip a few somewhere in the series
+LATE_START = 0.3  # instance numbers start above 1
+CORONAL_IMAGE = 0.03  # a coronal image stored inside the "Axial T2" series
+
+
+@dataclass(frozen=True)
+class AxialCoverage:
+    """The levels one axial series images and, per level, the sides whose subarticular point is labelled on it."""
+
+    levels: tuple[int, ...]  # indices into LABELLED_DISCS, top to bottom
+    sides: dict[int, tuple[int, ...]]  # level -> (LEFT, RIGHT) or one of them
+
+
+def _split_levels(rng: np.random.Generator, levels: list[int], parts: int) -> list[list[int]]:
+    cuts = np.sort(rng.choice(np.arange(1, len(levels)), size=parts - 1, replace=False))
+    return [list(chunk) for chunk in np.split(np.asarray(levels), cuts)]
+
+
+def axial_coverage(rng: np.random.Generator) -> list[AxialCoverage]:
+    """Draw how many axial series a study has and which (level, side) points each carries.
+
+    As in the competition's data: one series mostly; with two, either both image the same levels and each
+    carries one side's points, or they split the levels, or they overlap (an overlapping level's points are on
+    one of them: a point is never labelled twice); the upper levels are sometimes imaged by no series.
+    """
+    n = int(rng.choice(list(AXIAL_SERIES_COUNTS), p=list(AXIAL_SERIES_COUNTS.values())))
+    first = 0
+    if rng.random() < UPPER_LEVEL_UNCOVERED:
+        first = 1 + int(rng.random() < 0.5)
+    levels = list(range(first, len(LABELLED_DISCS)))
+    both = (LEFT, RIGHT)
+    if n == 0:
+        return []
+    if n == 1:
+        return [AxialCoverage(tuple(levels), dict.fromkeys(levels, both))]
+    pattern = rng.choice(list(TWO_SERIES_PATTERNS), p=list(TWO_SERIES_PATTERNS.values())) if n == 2 else "disjoint"
+    if pattern == "same_levels":
+        sides = (LEFT, RIGHT) if rng.random() < 0.5 else (RIGHT, LEFT)
+        return [AxialCoverage(tuple(levels), dict.fromkeys(levels, (side,))) for side in sides]
+    parts = _split_levels(rng, levels, n)
+    if pattern == "overlap":  # the upper series reaches one level into the lower one, which keeps its points
+        upper, lower = parts
+        return [
+            AxialCoverage((*upper, lower[0]), dict.fromkeys(upper, both)),
+            AxialCoverage(tuple(lower), dict.fromkeys(lower, both)),
+        ]
+    return [AxialCoverage(tuple(part), dict.fromkeys(part, both)) for part in parts]
+
+
+def _axial_orientation(up: np.ndarray, row_hint: np.ndarray) -> np.ndarray:
+    """ImageOrientationPatient of a slice with normal ``up``: rows towards patient left, columns posterior."""
+    col = np.cross(up, row_hint)
+    col /= np.linalg.norm(col)
+    row = np.cross(col, up)
+    return np.round(np.concatenate([row / np.linalg.norm(row), col]), 6)
+
+
+def _tilted(rng: np.random.Generator, up: np.ndarray, max_degrees: float) -> np.ndarray:
+    """``up`` turned about the left-right axis by a random angle (an operator's imperfect angulation)."""
+    a = np.deg2rad(rng.uniform(-max_degrees, max_degrees))
+    turn = np.array([[1, 0, 0], [0, np.cos(a), -np.sin(a)], [0, np.sin(a), np.cos(a)]])
+    out = turn @ up
+    return out / np.linalg.norm(out)
+
+
+def _canal_point(ph: Phantom, disc: int) -> np.ndarray:
+    return ph.landmark(disc, ph.posterior_wall(disc) + 5.0, 0.0, 0.0)
+
+
+def _contiguous_stack(
+    rng: np.random.Generator, ph: Phantom, discs: np.ndarray, row_hint: np.ndarray, gap: float
+) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Slice centres, orientations and block ids of one stack of parallel slices from above the top disc to
+    below the bottom one, angled along the mean of the discs."""
+    up = _tilted(rng, ph.disc_up[discs].mean(axis=0), 4.0)
+    iop = _axial_orientation(up, row_hint)
+    reference = np.mean([_canal_point(ph, d) for d in discs], axis=0)
+    heights = (ph.disc_centre[discs] - reference) @ up
+    level_gap = float(np.linalg.norm(np.diff(ph.disc_centre[LABELLED_DISCS], axis=0), axis=1).mean())
+    margin = rng.uniform(0.35, 0.6) * level_gap  # about half a level above the top disc and below the bottom one
+    top, bottom = heights.max() + margin, heights.min() - margin
+    n = int(np.clip(round((top - bottom) / gap) + 1, 8, 64))
+    centres = [reference + (top - k * gap) * up for k in range(n)]
+    return centres, [iop] * n, [0] * n
+
+
+def _per_disc_blocks(
+    rng: np.random.Generator, ph: Phantom, discs: np.ndarray, row_hint: np.ndarray, gap: float
+) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
+    """Three to five slices through each disc, each block angled along its own disc, top to bottom."""
+    centres, orientations, blocks = [], [], []
+    for block, disc in enumerate(discs):
+        up = _tilted(rng, ph.disc_up[disc], 3.0)
+        iop = _axial_orientation(up, row_hint)
+        k = int(rng.integers(3, 6))
+        for height in (np.arange(k)[::-1] - (k - 1) / 2) * gap:
+            centres.append(ph.landmark(disc, ph.posterior_wall(disc) + 5.0, float(height), 0.0))
             orientations.append(iop)
-    n = len(positions)
+            blocks.append(block)
+    return centres, orientations, blocks
+
+
+def _instance_numbers(rng: np.random.Generator, n: int) -> np.ndarray:
+    """Numbers of slices listed top to bottom: from 1 or later, sometimes with a jump, sometimes counting up."""
+    steps = np.ones(n, dtype=np.int64)
+    steps[0] = 1 if rng.random() >= LATE_START else int(rng.integers(2, 41))
+    if n > 2 and rng.random() < NUMBERING_GAP:
+        steps[int(rng.integers(1, n))] += int(rng.integers(1, 6))
+    numbers = np.cumsum(steps)
+    return numbers if rng.random() >= REVERSED_INSTANCES else numbers.max() + numbers.min() - numbers
+
+
+def axial_plan(
+    rng: np.random.Generator, ph: Phantom, series_id: int, number: int, levels: tuple[int, ...]
+) -> SeriesPlan:
+    """One Axial T2 series imaging ``levels``: a contiguous stack or per-disc blocks (``blocks`` numbers them;
+    -1 marks a coronal image stored in the series, as some real series hold one)."""
+    rows, cols = _AXIAL_MATRICES[rng.integers(len(_AXIAL_MATRICES))]
+    fov = rng.uniform(170, 220)
+    spacing_px = round(fov / cols, 6)
+    twist = np.deg2rad(rng.normal(0, 2.0))  # small patient rotation about the long axis
+    row_hint = np.array([np.cos(twist), np.sin(twist), 0.0])
+    shift = np.array([rng.normal(0, 3), rng.uniform(-0.05, 0.05) * fov, 0.0])
+    discs = LABELLED_DISCS[list(levels)]
+    if rng.random() < PER_DISC_BLOCKS:
+        gap = float(rng.uniform(3.0, 4.0))
+        centres, orientations, blocks = _per_disc_blocks(rng, ph, discs, row_hint, gap)
+    else:
+        gap = float(rng.uniform(3.5, 5.0))
+        centres, orientations, blocks = _contiguous_stack(rng, ph, discs, row_hint, gap)
+    instances = _instance_numbers(rng, len(centres))
+    if rng.random() < CORONAL_IMAGE:
+        centres.append(np.mean(centres, axis=0))
+        orientations.append(np.array([1.0, 0.0, 0.0, 0.0, 0.0, -1.0]))
+        blocks.append(-1)
+        instances = np.append(instances, instances.max() + 1)
+    positions = [
+        _top_left(c + shift, iop, spacing_px, rows, cols) for c, iop in zip(centres, orientations, strict=True)
+    ]
     return SeriesPlan(
         series_id=series_id,
         description=AXIAL_T2,
@@ -149,9 +289,10 @@ def axial_plan(rng: np.random.Generator, ph: Phantom, series_id: int, number: in
         pixel_spacing=np.array([spacing_px, spacing_px]),
         positions=np.round(positions, 4),
         orientations=np.asarray(orientations),
-        instance_numbers=np.arange(1, n + 1),
+        instance_numbers=instances,
         thickness=round(gap * 0.9, 3),
         spacing=round(gap, 3),
+        blocks=np.asarray(blocks),
         **_acquisition(rng),
     )
 

@@ -32,7 +32,14 @@ from kaggle_utils.constants import (
     condition_family,
     row_id,
 )
-from kaggle_utils.dev.synthetic.acquisition import SeriesPlan, axial_plan, sagittal_plan, write_series
+from kaggle_utils.dev.synthetic.acquisition import (
+    AxialCoverage,
+    SeriesPlan,
+    axial_coverage,
+    axial_plan,
+    sagittal_plan,
+    write_series,
+)
 from kaggle_utils.dev.synthetic.anatomy import (
     FORAMINAL,
     LABEL_SERIES,
@@ -130,6 +137,7 @@ class StudyTask:
     split: str
     study_id: int
     series_ids: dict[str, int]  # description -> series id, only the series to write
+    spare_axial_ids: tuple[int, ...]  # ids of a second and third axial series, when the study has them
     seed: int
     seed_sequence: np.random.SeedSequence
 
@@ -144,27 +152,78 @@ class StudyRecord:
     corrected: list[dict] = field(default_factory=list)
 
 
-def _label_coordinates(study_id: int, ph: Phantom, plans: dict[str, SeriesPlan], missing: np.ndarray) -> list[dict]:
-    """Competition-style points: spinal on the T2, foraminal on the T1, subarticular on the axial."""
+_NEIGHBOUR_SLICE = 0.35  # a level's left and right points are one slice apart (else on the same slice)
+
+
+def _coordinate_row(study_id: int, plan: SeriesPlan, k: int, world: np.ndarray, condition: str, lv: int) -> dict:
+    instance, x, y = plan.point_on(k, world)
+    return {
+        "study_id": study_id,
+        "series_id": plan.series_id,
+        "instance_number": instance,
+        "condition": CONDITION_TITLES[condition],
+        "level": LEVEL_NAMES[lv],
+        "x": round(x, 4),
+        "y": round(y, 4),
+    }
+
+
+def _subarticular_slices(rng: np.random.Generator, plan: SeriesPlan, ph: Phantom, lv: int) -> dict[int, int]:
+    """Side -> slice index of a level's points: the slice nearest each, or one apart in the same block."""
+    disc = LABELLED_DISCS[lv]
+    slices = {side: plan.nearest_slice(ph.recess_centre(disc, side)) for side in (LEFT, RIGHT)}
+    if rng.random() < _NEIGHBOUR_SLICE:
+        side = LEFT if rng.random() < 0.5 else RIGHT
+        k = slices[side]
+        step = 1 if rng.random() < 0.5 else -1
+        for candidate in (k + step, k - step):
+            if 0 <= candidate < len(plan.blocks) and plan.blocks[candidate] == plan.blocks[k]:
+                slices[side] = candidate
+                break
+    return slices
+
+
+def _label_coordinates(
+    study_id: int,
+    ph: Phantom,
+    plans: dict[str, SeriesPlan],
+    axial: list[tuple[SeriesPlan, AxialCoverage]],
+    missing: np.ndarray,
+    rng: np.random.Generator,
+) -> list[dict]:
+    """Competition-style points: spinal on the T2, foraminal on the T1, subarticular on the axial series that
+    carries that level and side."""
     rows = []
     for c, condition in enumerate(CONDITIONS):
+        if condition_family(condition) == SUBARTICULAR:
+            continue
+        plan = plans[LABEL_SERIES[condition_family(condition)]]
         for lv, disc in enumerate(LABELLED_DISCS):
-            if missing[c, lv]:
-                continue
-            plan = plans[LABEL_SERIES[condition_family(condition)]]
-            instance, x, y = plan.project(ph.label_point(condition, disc))
-            rows.append(
-                {
-                    "study_id": study_id,
-                    "series_id": plan.series_id,
-                    "instance_number": instance,
-                    "condition": CONDITION_TITLES[condition],
-                    "level": LEVEL_NAMES[lv],
-                    "x": round(x, 4),
-                    "y": round(y, 4),
-                }
-            )
+            if not missing[c, lv]:
+                world = ph.label_point(condition, disc)
+                rows.append(_coordinate_row(study_id, plan, plan.nearest_slice(world), world, condition, lv))
+    subarticular = {condition_side(c): c for c in CONDITIONS if condition_family(c) == SUBARTICULAR}
+    for plan, coverage in axial:
+        for lv, sides in coverage.sides.items():
+            slices = _subarticular_slices(rng, plan, ph, lv)
+            for side in sides:
+                condition = subarticular[side]
+                if not missing[CONDITIONS.index(condition), lv]:
+                    world = ph.recess_centre(LABELLED_DISCS[lv], side)
+                    rows.append(_coordinate_row(study_id, plan, slices[side], world, condition, lv))
     return rows
+
+
+def _uncovered_subarticular(axial: list[AxialCoverage]) -> np.ndarray:
+    """(condition, level) cells of subarticular points no axial series carries: unlabelled, as in the
+    competition, where a missing point means a missing grade."""
+    uncovered = np.zeros((len(CONDITIONS), len(LEVELS)), dtype=bool)
+    for c, condition in enumerate(CONDITIONS):
+        if condition_family(condition) == SUBARTICULAR:
+            side = condition_side(condition)
+            carried = {lv for coverage in axial for lv, sides in coverage.sides.items() if side in sides}
+            uncovered[c] = [lv not in carried for lv in range(len(LEVELS))]
+    return uncovered
 
 
 def _corrected_coordinates(study_id: int, ph: Phantom, plans: dict[str, SeriesPlan]) -> list[dict]:
@@ -202,20 +261,26 @@ def make_study(task: StudyTask) -> StudyRecord:
     plans = {
         SAGITTAL_T1: sagittal_plan(plan_rng, ph, all_ids.get(SAGITTAL_T1, 0), SAGITTAL_T1, 1),
         SAGITTAL_T2: sagittal_plan(plan_rng, ph, all_ids.get(SAGITTAL_T2, 0), SAGITTAL_T2, 2),
-        AXIAL_T2: axial_plan(plan_rng, ph, all_ids.get(AXIAL_T2, 0), 3),
     }
+    # Axial series are drawn after the sagittal ones, from the same stream, so the sagittal series of a seed
+    # do not depend on how the axial ones are laid out.
+    coverage = axial_coverage(plan_rng) if AXIAL_T2 in all_ids else []
+    axial_ids = (all_ids.get(AXIAL_T2, 0), *task.spare_axial_ids)
+    axial = [
+        (axial_plan(plan_rng, ph, series_id, 3 + i, c.levels), c)
+        for i, (series_id, c) in enumerate(zip(axial_ids, coverage, strict=False))
+    ]
+    missing |= _uncovered_subarticular(coverage)
     record = StudyRecord(label=_label_row(task.study_id, codes, missing))
-    for description in SERIES_DESCRIPTIONS:
-        if description not in all_ids:
-            continue
-        plan = plans[description]
+    written = [plans[d] for d in (SAGITTAL_T1, SAGITTAL_T2) if d in all_ids] + [plan for plan, _ in axial]
+    for plan in written:
         folder = Paths(task.out_dir, task.out_dir).series_dir(task.split, task.study_id, plan.series_id)
         write_series(folder, plan, ph, task.study_id, task.seed, noise_rng)
         record.series.append(
-            {"study_id": task.study_id, "series_id": plan.series_id, "series_description": description}
+            {"study_id": task.study_id, "series_id": plan.series_id, "series_description": plan.description}
         )
     if task.split == TRAIN:
-        record.coordinates = _label_coordinates(task.study_id, ph, plans, missing)
+        record.coordinates = _label_coordinates(task.study_id, ph, plans, axial, missing, plan_rng)
         record.corrected = _corrected_coordinates(task.study_id, ph, plans)
     return record
 
@@ -247,20 +312,25 @@ def _distinct_ids(rng: np.random.Generator, n: int) -> list[int]:
     return ids
 
 
+_IDS_PER_STUDY = 6
+
+
 def _tasks(out_dir: Path, n_train: int, n_test: int, seed: int, missing_series_fraction: float) -> list[StudyTask]:
-    # Study i always gets ids[4i : 4i + 4] and the i-th spawned seed, so a smaller dataset with the
-    # same seed starts with exactly the same studies, byte for byte.
+    # Study i always gets ids[6i : 6i + 6] (study, T1, T2, up to three axial series) and the i-th spawned seed,
+    # so a smaller dataset with the same seed starts with exactly the same studies, byte for byte.
     n = n_train + n_test
-    ids = _distinct_ids(np.random.default_rng(seed), 4 * n)
+    ids = _distinct_ids(np.random.default_rng(seed), _IDS_PER_STUDY * n)
     sequences = np.random.SeedSequence(seed).spawn(n)
     drop_rng = np.random.default_rng([seed, 1])
     tasks = []
     for i in range(n):
         split = TRAIN if i < n_train else TEST
-        series = dict(zip(SERIES_DESCRIPTIONS, ids[4 * i + 1 : 4 * i + 4], strict=True))
+        first = _IDS_PER_STUDY * i
+        series = dict(zip(SERIES_DESCRIPTIONS, ids[first + 1 : first + 4], strict=True))
         if split == TEST and drop_rng.random() < missing_series_fraction:
             del series[(SAGITTAL_T1, SAGITTAL_T2)[int(drop_rng.integers(2))]]
-        tasks.append(StudyTask(out_dir, split, ids[4 * i], series, seed, sequences[i]))
+        spare = tuple(ids[first + 4 : first + _IDS_PER_STUDY])
+        tasks.append(StudyTask(out_dir, split, ids[first], series, spare, seed, sequences[i]))
     return tasks
 
 

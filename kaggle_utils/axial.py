@@ -1,0 +1,366 @@
+"""Axial T2 series: blocks of one orientation, and which slice images each disc level.
+
+An "Axial T2" series is often several short stacks, each angled along one disc, or one long stack whose instance
+numbers run either way, with gaps. It is read from its headers into blocks (slices sharing one
+ImageOrientationPatient, rounded to ``ORIENTATION_DECIMALS``), each ordered top to bottom along its own normal,
+blocks ordered by the height of their top slice; images that are not axial (a coronal localiser stored in the
+series) are dropped with a message. Pixels are never needed for this.
+
+Levels: each level's Sagittal T2 keypoint behind the disc (ground truth in training, predicted at inference),
+placed on the middle slice of its sagittal series, is a point in patient coordinates (mm, LPS). Its signed distance
+to every axial slice plane (each slice's own normal: blocks differ) gives, per series, the nearest slice; the level
+is assigned to that slice when the distance is at most ``max_distance_mm`` (3 mm for training samples, 5 mm at
+inference) and the point projected onto the slice falls inside its image. Neighbouring slices come from the same
+block only (``AxialSeries.window``): a neighbour in another block images another disc.
+
+``level_table`` writes one row per axial slice (its block, the nearest level, the signed distance to that level's
+point, whether it is that level's assigned slice); ``build_level_table`` does it for every study of a split and
+reports what has no coverage: those rows keep the sagittal prediction.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from tqdm.auto import tqdm
+
+from kaggle_utils import paths as P
+from kaggle_utils.constants import AXIAL_T2, LEVEL_NAMES
+from kaggle_utils.dicom import (
+    Geometry,
+    SeriesError,
+    order_slices,
+    pixel_to_world,
+    read_geometry,
+    read_slice,
+    world_to_pixel,
+)
+from kaggle_utils.tables import SCHEMAS, drop_excluded, read_csv, series_points
+
+ORIENTATION_DECIMALS = 3
+"""Slices whose ImageOrientationPatient agree to this many decimals form one block."""
+
+BACK_OF_DISC = 1
+"""Index of the point behind the disc among a Sagittal T2 level's two keypoints (front first: see labels)."""
+
+LEVEL_COLUMNS = SCHEMAS["axial_levels"]
+"""Columns of the per-slice level table (``tables/axial_levels.csv``)."""
+
+
+# --- reading ------------------------------------------------------------------------------------------------
+def slice_normals(orientations: np.ndarray) -> np.ndarray:
+    """(N, 3) unit normals ``row x col`` of each slice, signed so that axial ones point superior (+z)."""
+    iop = np.asarray(orientations, dtype=np.float64).reshape(-1, 6)
+    normals = np.cross(iop[:, :3], iop[:, 3:])
+    normals /= np.linalg.norm(normals, axis=1, keepdims=True)
+    return normals * np.where(normals[:, 2:] < 0, -1.0, 1.0)
+
+
+def is_axial(orientations: np.ndarray) -> np.ndarray:
+    """(N,) bool: the slice's normal is mostly superior-inferior (its largest component is z)."""
+    return np.argmax(np.abs(slice_normals(orientations)), axis=1) == 2
+
+
+@dataclass
+class AxialSeries:
+    """One Axial T2 series: its axial slices ordered block by block, top to bottom inside each block."""
+
+    series_id: int
+    geometry: Geometry
+    block: np.ndarray  # (N,) block id, 0 = the block whose top slice is highest
+    index: np.ndarray  # (N,) position inside its block, 0 = top
+    normals: np.ndarray = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.normals = slice_normals(self.geometry.orientations)
+
+    def __len__(self) -> int:
+        return len(self.block)
+
+    @property
+    def instance_numbers(self) -> np.ndarray:
+        return self.geometry.instance_numbers
+
+    def signed_distances(self, point: np.ndarray) -> np.ndarray:
+        """(N,) mm from each slice plane to a world point, positive above the slice."""
+        return np.einsum("nk,nk->n", np.asarray(point, dtype=np.float64) - self.geometry.positions, self.normals)
+
+    def pixel(self, k: int, point: np.ndarray) -> np.ndarray:
+        """(2,) pixel x (column), y (row) of a world point projected onto slice k."""
+        g = self.geometry
+        return world_to_pixel(g.positions[k], g.orientations[k], g.pixel_spacing[k], point)
+
+    def inside(self, k: int, xy: np.ndarray) -> bool:
+        rows, cols = self.geometry.shapes[k]
+        return bool(0 <= xy[0] < cols and 0 <= xy[1] < rows)
+
+    def window(self, k: int, n: int) -> np.ndarray:
+        """Indices of ``n`` slices centred on k from k's block only, the block's end slices repeated past its ends."""
+        members = np.flatnonzero(self.block == self.block[k])
+        offsets = np.arange(n) - n // 2
+        return members[np.clip(self.index[k] + offsets, 0, len(members) - 1)]
+
+
+def split_blocks(series_id: int, geometry: Geometry) -> AxialSeries:
+    """Blocks of one orientation, each ordered top to bottom, the blocks by the height of their top slice."""
+    keys = [tuple(row) for row in np.round(geometry.orientations, ORIENTATION_DECIMALS)]
+    groups: dict[tuple, list[int]] = {}
+    for i, key in enumerate(keys):
+        groups.setdefault(key, []).append(i)
+    ordered = []
+    for members in groups.values():
+        members = np.asarray(members)
+        part = geometry.take(members)
+        ordered.append(members[order_slices(part.positions, part.orientations[0], part.instance_numbers)])
+    ordered.sort(key=lambda members: -geometry.positions[members[0], 2])
+    order = np.concatenate(ordered)
+    block = np.concatenate([np.full(len(m), b) for b, m in enumerate(ordered)])
+    index = np.concatenate([np.arange(len(m)) for m in ordered])
+    return AxialSeries(series_id, geometry.take(order), block, index)
+
+
+def read_axial_series(folder: Path, series_id: int) -> AxialSeries | None:
+    """An axial series from its headers (``axial_from_geometry``)."""
+    return axial_from_geometry(series_id, read_geometry(folder))
+
+
+def axial_from_geometry(series_id: int, geometry: Geometry) -> AxialSeries | None:
+    """The series' axial slices in blocks; non-axial images are dropped with a message; None when none is axial."""
+    axial = is_axial(geometry.orientations)
+    if not axial.all():
+        dropped = geometry.instance_numbers[~axial].tolist()
+        print(f"series {series_id}: {len(dropped)} non-axial images dropped (instances {dropped[:5]})")
+    if not axial.any():
+        return None
+    return split_blocks(series_id, geometry.take(np.flatnonzero(axial)))
+
+
+# --- level assignment ---------------------------------------------------------------------------------------
+def middle_slice(geometry: Geometry) -> int:
+    """Index (into ``geometry``) of the middle slice of a sagittal series ordered in space."""
+    order = order_slices(geometry.positions, geometry.orientations[0], geometry.instance_numbers)
+    return int(order[len(order) // 2])
+
+
+def sagittal_level_points(keypoints: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """(5, 3) world mm of each level's back-of-disc point, from a Sagittal T2 series' (5, 2, 2) relative
+    keypoints (x by columns, y by rows of the image) placed on the series' middle slice."""
+    k = middle_slice(geometry)
+    rows, cols = geometry.shapes[k]
+    back = np.asarray(keypoints, dtype=np.float64)[:, BACK_OF_DISC]
+    g = geometry
+    return pixel_to_world(g.positions[k], g.orientations[k], g.pixel_spacing[k], back[:, 0] * cols, back[:, 1] * rows)
+
+
+@dataclass(frozen=True)
+class LevelMatch:
+    """A level's nearest slice in one series, and whether it is assigned there."""
+
+    level: int
+    series_id: int
+    slice: int  # index into the series' ordered slices
+    distance_mm: float  # signed: positive when the level's point is above the slice
+    xy: tuple[float, float]  # the level's point projected onto the slice, pixels
+    assigned: bool
+
+
+def match_levels(points: np.ndarray, series: AxialSeries, max_distance_mm: float) -> list[LevelMatch]:
+    """Each level's nearest slice in ``series``; assigned when within ``max_distance_mm`` and inside the image."""
+    matches = []
+    for level, point in enumerate(np.asarray(points, dtype=np.float64)):
+        distances = series.signed_distances(point)
+        k = int(np.argmin(np.abs(distances)))
+        xy = series.pixel(k, point)
+        assigned = abs(distances[k]) <= max_distance_mm and series.inside(k, xy)
+        matches.append(
+            LevelMatch(level, series.series_id, k, float(distances[k]), (float(xy[0]), float(xy[1])), assigned)
+        )
+    return matches
+
+
+def level_table(study_id: int, points: np.ndarray, series: list[AxialSeries], max_distance_mm: float) -> pd.DataFrame:
+    """One row per axial slice of a study: block, index, nearest level, signed distance to it, assigned or not."""
+    frames = []
+    for s in series:
+        distances = np.stack([s.signed_distances(p) for p in points], axis=1)  # (slices, levels)
+        level = np.argmin(np.abs(distances), axis=1)
+        assigned = np.zeros(len(s), dtype=bool)
+        for match in match_levels(points, s, max_distance_mm):
+            if match.assigned:
+                level[match.slice], assigned[match.slice] = match.level, True
+        frames.append(
+            pd.DataFrame(
+                {
+                    "study_id": study_id,
+                    "series_id": s.series_id,
+                    "instance_number": s.instance_numbers,
+                    "block": s.block,
+                    "index": s.index,
+                    "level": np.asarray(LEVEL_NAMES)[level],
+                    "distance_mm": np.round(distances[np.arange(len(s)), level], 3),
+                    "assigned": assigned,
+                }
+            )
+        )
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(LEVEL_COLUMNS))
+
+
+# --- every study of a split ---------------------------------------------------------------------------------
+def axial_series_table(paths: P.Paths, split: str) -> pd.DataFrame:
+    """``study_id, series_id`` of the split's Axial T2 series (training drops the known bad ids)."""
+    table = read_csv(paths, P.TRAIN_SERIES_CSV if split == "train" else P.TEST_SERIES_CSV)
+    table = table[table["series_description"] == AXIAL_T2]
+    if split == "train":
+        table = drop_excluded(table)
+    return table[["study_id", "series_id"]].reset_index(drop=True)
+
+
+def t2_series_with_points(sagittal: pd.DataFrame, keypoints: pd.DataFrame, study_id: int) -> list[int]:
+    """A study's Sagittal T2 series (of a series table) that have keypoints, in table order."""
+    with_points = set(keypoints["series_id"].astype(int))
+    t2 = sagittal[(sagittal["plane"] == "t2") & (sagittal["study_id"] == study_id)]["series_id"]
+    return [int(s) for s in t2 if int(s) in with_points]
+
+
+@dataclass
+class Coverage:
+    """What the level table covers: studies, axial series read, (study, level) pairs with an assigned slice."""
+
+    studies: int = 0
+    without_axial: list[int] = field(default_factory=list)
+    without_sagittal_t2: list[int] = field(default_factory=list)
+    unreadable: list[str] = field(default_factory=list)  # "series id: why"
+    levels_assigned: int = 0
+    levels_total: int = 0
+
+    def __str__(self) -> str:
+        return (
+            f"{self.studies} studies: {self.levels_assigned} of {self.levels_total} levels have an axial slice; "
+            f"{len(self.without_axial)} studies without an axial series, {len(self.without_sagittal_t2)} without "
+            f"Sagittal T2 keypoints, {len(self.unreadable)} axial series unreadable "
+            f"(the sagittal prediction stands for those rows)"
+        )
+
+
+def _study_series(paths: P.Paths, split: str, study_id: int, series_ids: list[int], coverage: Coverage) -> list:
+    found = []
+    for series_id in series_ids:
+        try:
+            series = read_axial_series(paths.series_dir(split, study_id, series_id), series_id)
+        except SeriesError as err:
+            coverage.unreadable.append(f"{series_id}: {err}")
+            continue
+        if series is not None:
+            found.append(series)
+    return found
+
+
+def build_level_table(
+    paths: P.Paths,
+    split: str,
+    sagittal: pd.DataFrame,
+    keypoints: pd.DataFrame,
+    max_distance_mm: float,
+    progress: bool = True,
+) -> tuple[pd.DataFrame, Coverage]:
+    """The per-slice level table of every study of ``sagittal`` (a series table) and what it covers.
+
+    ``keypoints`` is a keypoint table (ground truth or predicted); each study's first Sagittal T2 series with
+    keypoints places its levels. A study without one, or without a readable axial series, adds no rows.
+    """
+    axial = axial_series_table(paths, split).groupby("study_id")["series_id"].apply(list).to_dict()
+    coverage, frames = Coverage(), []
+    for study_id in tqdm(sorted(sagittal["study_id"].unique()), desc="axial levels", disable=not progress):
+        coverage.studies += 1
+        candidates = t2_series_with_points(sagittal, keypoints, study_id)
+        series = _study_series(paths, split, int(study_id), axial.get(study_id, []), coverage)
+        if not candidates:
+            coverage.without_sagittal_t2.append(int(study_id))
+            continue
+        if not series:
+            coverage.without_axial.append(int(study_id))
+            coverage.levels_total += len(LEVEL_NAMES)
+            continue
+        try:
+            geometry = read_geometry(paths.series_dir(split, int(study_id), candidates[0]))
+        except SeriesError as err:
+            warnings.warn(f"study {study_id}: Sagittal T2 headers unreadable, no axial levels ({err})", stacklevel=2)
+            coverage.without_sagittal_t2.append(int(study_id))
+            continue
+        points = sagittal_level_points(series_points(keypoints, candidates[0]), geometry)
+        table = level_table(int(study_id), points, series, max_distance_mm)
+        frames.append(table)
+        coverage.levels_total += len(LEVEL_NAMES)
+        coverage.levels_assigned += table.loc[table["assigned"], "level"].nunique()
+    for problem in coverage.unreadable:
+        warnings.warn(f"axial series {problem}", stacklevel=2)
+    table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(LEVEL_COLUMNS))
+    return table, coverage
+
+
+# --- the picture ----------------------------------------------------------------------------------------------
+@dataclass
+class LevelPicture:
+    """What ``viz.axial_levels_figure`` draws for one study (``level_picture`` gathers it)."""
+
+    title: str
+    sagittal: np.ndarray  # middle Sagittal T2 slice, float
+    points: np.ndarray  # (5, 2) pixel x, y of each level's back-of-disc point on it
+    planes: list[tuple[int, np.ndarray]]  # (level or -1, (2, 2) segment end points) of each axial slice, pixels
+    slices: dict[int, tuple[np.ndarray, tuple[float, float], str]]  # level -> (assigned slice, point on it, caption)
+
+
+def plane_segment(series: AxialSeries, k: int, sagittal: Geometry, s: int, samples: int = 96) -> np.ndarray | None:
+    """(2, 2) end points, in pixels of sagittal slice s, of where axial slice k crosses it inside both images."""
+    g = sagittal
+    normal = series.normals[k]
+    rows, cols = g.shapes[s]
+    row_dir, col_dir = g.orientations[s, :3] * g.pixel_spacing[s, 1], g.orientations[s, 3:] * g.pixel_spacing[s, 0]
+    along_col = normal @ col_dir
+    if abs(along_col) < 1e-6:
+        return None  # the planes are parallel
+    x = np.linspace(0, cols - 1, samples)
+    y = -(normal @ (g.positions[s] - series.geometry.positions[k]) + x * (normal @ row_dir)) / along_col
+    world = pixel_to_world(g.positions[s], g.orientations[s], g.pixel_spacing[s], x, y)
+    inside = np.array([series.inside(k, series.pixel(k, w)) for w in world]) & (y >= 0) & (y < rows)
+    if not inside.any():
+        return None
+    first, last = np.flatnonzero(inside)[[0, -1]]
+    return np.array([[x[first], y[first]], [x[last], y[last]]])
+
+
+def level_picture(
+    paths: P.Paths, split: str, study_id: int, sagittal: pd.DataFrame, keypoints: pd.DataFrame, max_distance_mm: float
+) -> LevelPicture:
+    """The middle Sagittal T2 slice with every axial slice plane drawn across it, coloured by assigned level, and
+    each level's assigned axial slice with the level's point projected onto it (arguments as ``build_level_table``)."""
+    candidates = t2_series_with_points(sagittal, keypoints, study_id)
+    if not candidates:
+        raise ValueError(f"study {study_id} has no Sagittal T2 series with keypoints to place its levels")
+    t2_series_id = candidates[0]
+    geometry = read_geometry(paths.series_dir(split, study_id, t2_series_id))
+    points = sagittal_level_points(series_points(keypoints, t2_series_id), geometry)
+    s = middle_slice(geometry)
+    on_sagittal = world_to_pixel(geometry.positions[s], geometry.orientations[s], geometry.pixel_spacing[s], points)
+    coverage = Coverage()
+    series_ids = axial_series_table(paths, split).query("study_id == @study_id")["series_id"].tolist()
+    planes, slices = [], {}
+    for series in _study_series(paths, split, study_id, series_ids, coverage):
+        matches = [m for m in match_levels(points, series, max_distance_mm) if m.assigned]
+        level_of = {m.slice: m.level for m in matches}
+        for k in range(len(series)):
+            segment = plane_segment(series, k, geometry, s)
+            if segment is not None:
+                planes.append((level_of.get(k, -1), segment))
+        for m in matches:
+            if m.level not in slices:
+                image = read_slice(series.geometry.files[m.slice])
+                caption = f"series {series.series_id} #{series.instance_numbers[m.slice]}, {m.distance_mm:+.1f} mm"
+                slices[m.level] = (image, m.xy, caption)
+    return LevelPicture(
+        f"study {study_id}: axial slices per level", read_slice(geometry.files[s]), on_sagittal, planes, slices
+    )

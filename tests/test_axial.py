@@ -1,0 +1,166 @@
+"""Axial T2 series: blocks and their order, and level assignment against hand-made geometry."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from kaggle_utils import axial, tables
+from kaggle_utils.constants import LEVEL_NAMES
+from kaggle_utils.dicom import Geometry
+from kaggle_utils.paths import TRAIN_COORDINATES_CSV, Paths
+
+SPACING = 0.5  # mm per pixel
+SIZE = 200  # pixels: a 100 mm field of view centred on x = y = 0
+FLAT = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0])  # rows to patient left, columns posterior: normal +z
+
+
+def tilted(degrees: float) -> np.ndarray:
+    """An axial orientation turned about the left-right axis (its normal leans forwards or backwards)."""
+    a = np.deg2rad(degrees)
+    return np.array([1.0, 0.0, 0.0, 0.0, np.cos(a), np.sin(a)])
+
+
+def slice_at(centre: np.ndarray, iop: np.ndarray) -> np.ndarray:
+    """ImagePositionPatient that puts the image centre at ``centre``."""
+    half = (SIZE - 1) / 2 * SPACING
+    return np.asarray(centre, float) - half * iop[:3] - half * iop[3:]
+
+
+def geometry(centres: list, orientations: list, instances: list) -> Geometry:
+    n = len(centres)
+    return Geometry(
+        positions=np.array([slice_at(c, o) for c, o in zip(centres, orientations, strict=True)]),
+        orientations=np.array(orientations, dtype=float),
+        pixel_spacing=np.full((n, 2), SPACING),
+        shapes=np.full((n, 2), SIZE),
+        instance_numbers=np.array(instances),
+        files=tuple(Path(f"{i}.dcm") for i in instances),
+    )
+
+
+def stack(heights: list[float], iop: np.ndarray = FLAT, first: int = 1) -> Geometry:
+    return geometry([[0.0, 0.0, h] for h in heights], [iop] * len(heights), list(range(first, first + len(heights))))
+
+
+def points_at(heights: list[float], y: float = 0.0) -> np.ndarray:
+    return np.array([[0.0, y, h] for h in heights])
+
+
+def test_blocks_are_ordered_top_to_bottom_whatever_the_files_and_instance_numbers_say() -> None:
+    # Two discs, each imaged by three slices angled along it; files listed shuffled, instances counting upwards.
+    upper = [([0, 0, 40 + dz], tilted(8)) for dz in (4, 0, -4)]
+    lower = [([0, 0, dz], tilted(-12)) for dz in (4, 0, -4)]
+    slices = [*upper, *lower]
+    instances = [6, 5, 4, 3, 2, 1]
+    shuffle = [4, 1, 5, 0, 3, 2]
+    g = geometry([slices[i][0] for i in shuffle], [slices[i][1] for i in shuffle], [instances[i] for i in shuffle])
+    series = axial.split_blocks(7, g)
+    assert series.block.tolist() == [0, 0, 0, 1, 1, 1]
+    assert series.index.tolist() == [0, 1, 2, 0, 1, 2]
+    assert series.instance_numbers.tolist() == [6, 5, 4, 3, 2, 1]  # top to bottom, not by instance number
+    assert series.geometry.files[0] == Path("6.dcm")
+    np.testing.assert_allclose(series.normals[3], [0.0, np.sin(np.deg2rad(12)), np.cos(np.deg2rad(12))], atol=1e-9)
+
+
+def test_non_axial_images_are_dropped_and_named(capsys: pytest.CaptureFixture) -> None:
+    coronal = np.array([1.0, 0.0, 0.0, 0.0, 0.0, -1.0])
+    g = geometry([[0, 0, 4], [0, 0, 0], [0, 0, 2]], [FLAT, FLAT, coronal], [1, 2, 99])
+    series = axial.axial_from_geometry(3, g)
+    assert series is not None and series.instance_numbers.tolist() == [1, 2]
+    assert "series 3: 1 non-axial images dropped (instances [99])" in capsys.readouterr().out
+    assert axial.axial_from_geometry(3, geometry([[0, 0, 0]], [coronal], [1])) is None
+
+
+def test_signed_distance_uses_each_blocks_own_normal() -> None:
+    series = axial.split_blocks(1, geometry([[0, 0, 0]], [tilted(30)], [1]))
+    point = np.array([0.0, 10.0, 0.0])  # 10 mm behind the slice centre, in the axial plane of a flat slice
+    # The tilted slice's normal is row x column = (0, -sin 30, cos 30): the point lies 10 sin 30 = 5 mm below it.
+    np.testing.assert_allclose(series.signed_distances(point), [-5.0])
+
+
+def test_nearest_slice_within_reach_is_assigned_and_gaps_and_uncovered_levels_are_not() -> None:
+    # Slices every 4 mm from z = 0 down to -40, the one at -20 missing (a gap in the series).
+    heights = [-4.0 * k for k in range(11) if k != 5]
+    series = axial.split_blocks(5, stack(heights, first=10))
+    points = points_at([-8.5, -20.0, 30.0, -36.0, -39.0])
+    points[3, 0] = 80.0  # 80 mm to the left: it projects outside the 100 mm wide image
+    matches = axial.match_levels(points, series, max_distance_mm=3.0)
+    assert [m.assigned for m in matches] == [True, False, False, False, True]
+    assert series.instance_numbers[matches[0].slice] == 12 and matches[0].distance_mm == pytest.approx(-0.5)
+    assert abs(matches[1].distance_mm) == pytest.approx(4.0)  # the gap: nearest slices 4 mm away either side
+    assert matches[4].xy == pytest.approx(((SIZE - 1) / 2, (SIZE - 1) / 2))
+    looser = axial.match_levels(points, series, max_distance_mm=5.0)  # inference reaches further
+    assert [m.assigned for m in looser] == [True, True, False, False, True]
+
+
+def test_level_table_marks_one_slice_per_covered_level_in_every_series() -> None:
+    upper = axial.split_blocks(1, stack([40.0, 36.0, 32.0, 28.0, 24.0, 20.0]))
+    lower = axial.split_blocks(2, stack([22.0, 18.0, 14.0, 10.0, 6.0, 2.0]))
+    points = points_at([36.5, 21.0, 10.0, -30.0, -60.0])
+    table = axial.level_table(9, points, [upper, lower], max_distance_mm=3.0)
+    assert list(table.columns) == list(tables.SCHEMAS["axial_levels"])
+    assigned = table[table.assigned]
+    by_series = assigned.groupby("series_id")["level"].apply(list).to_dict()
+    assert by_series == {1: ["L1/L2", "L2/L3"], 2: ["L2/L3", "L3/L4"]}  # L2/L3 is in both series
+    assert assigned.set_index(["series_id", "level"])["instance_number"].to_dict() == {
+        (1, "L1/L2"): 2,
+        (1, "L2/L3"): 6,
+        (2, "L2/L3"): 1,
+        (2, "L3/L4"): 4,
+    }
+    assert len(table) == 12 and set(table.level) <= set(LEVEL_NAMES)
+    assert table.loc[(table.series_id == 1) & (table.instance_number == 1), "distance_mm"].item() == pytest.approx(-3.5)
+
+
+def test_window_takes_neighbours_from_the_same_block_only() -> None:
+    g = geometry(
+        [[0, 0, 8], [0, 0, 4], [0, 0, 0], [0, 0, -30], [0, 0, -34]],
+        [tilted(5)] * 3 + [tilted(-5)] * 2,
+        [1, 2, 3, 4, 5],
+    )
+    series = axial.split_blocks(1, g)
+    assert series.window(1, 5).tolist() == [0, 0, 1, 2, 2]
+    assert series.window(3, 3).tolist() == [3, 3, 4]  # the last slice of block 0 is not a neighbour
+
+
+def test_sagittal_points_are_placed_on_the_middle_slice() -> None:
+    sagittal_iop = np.array([0.0, 1.0, 0.0, 0.0, 0.0, -1.0])  # rows posterior, columns down: normal +x (left)
+    xs = [-8.0, -4.0, 0.0, 4.0, 8.0]
+    g = Geometry(
+        positions=np.array([[x, -50.0, 50.0] for x in xs]),
+        orientations=np.tile(sagittal_iop, (5, 1)),
+        pixel_spacing=np.full((5, 2), 0.5),
+        shapes=np.full((5, 2), 200),
+        instance_numbers=np.array([5, 4, 3, 2, 1]),
+        files=tuple(Path(f"{i}.dcm") for i in range(5)),
+    )
+    keypoints = np.zeros((5, 2, 2))
+    keypoints[:, 1] = [[0.5, 0.1 * (k + 1)] for k in range(5)]  # the back-of-disc points, relative x, y
+    world = axial.sagittal_level_points(keypoints, g)
+    expected = [[0.0, -50.0 + 0.5 * 200 * 0.5, 50.0 - 0.1 * (k + 1) * 200 * 0.5] for k in range(5)]
+    np.testing.assert_allclose(world, expected)
+
+
+def test_synthetic_levels_land_on_the_labelled_axial_slices(tiny_data: Path, prepared: Paths) -> None:
+    """From the ground-truth Sagittal T2 keypoints, each labelled subarticular point's series has that level
+    assigned within one slice of where the reader clicked; studies without the T2 keypoints are counted."""
+    series, keypoints = tables.load_table(prepared, "series"), tables.load_table(prepared, "keypoints")
+    table, coverage = axial.build_level_table(prepared, "train", series, keypoints, 3.0, progress=False)
+    coords = pd.read_csv(tiny_data / TRAIN_COORDINATES_CSV)
+    clicked = coords[coords.condition.str.contains("Subarticular")]
+    assigned = table[table.assigned]
+    merged = clicked.merge(assigned, on=["study_id", "series_id", "level"], suffixes=("", "_assigned"))
+    assert len(merged) == len(clicked)  # every labelled point's level found on its series
+    gaps = merged.groupby(["study_id", "series_id", "level"]).apply(
+        lambda g: (g.instance_number - g.instance_number_assigned).abs().min(), include_groups=False
+    )
+    assert (gaps <= 1).all()
+    assert coverage.studies == series.study_id.nunique() and coverage.levels_assigned > 0
+
+    without_t2 = keypoints[keypoints.plane == "t1"]
+    _, none = axial.build_level_table(prepared, "train", series, without_t2, 3.0, progress=False)
+    assert len(none.without_sagittal_t2) == none.studies and none.levels_assigned == 0
