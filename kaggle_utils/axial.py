@@ -16,11 +16,16 @@ block only (``AxialSeries.window``): a neighbour in another block images another
 ``level_table`` writes one row per axial slice (its block, the nearest level, the signed distance to that level's
 point, whether it is that level's assigned slice); ``build_level_table`` does it for every study of a split and
 reports what has no coverage: those rows keep the sagittal prediction.
+
+The axial localiser's samples are the assigned slices: ``keypoints_table`` pairs each with the left and right
+subarticular points clicked on its series (``train_label_coordinates.csv``), and ``cache_stacks`` writes each
+sample's ``STACK_SLICES`` slices (the assigned one in the middle, neighbours from its block) as a uint8 array.
 """
 
 from __future__ import annotations
 
 import warnings
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -29,7 +34,9 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from kaggle_utils import paths as P
-from kaggle_utils.constants import AXIAL_T2, LEVEL_NAMES
+from kaggle_utils.cache import cache_is_current, remove_partial_files, save_atomic
+from kaggle_utils.config import PreprocessConfig
+from kaggle_utils.constants import AXIAL_T2, CONDITION_TITLES, LEVEL_NAMES, LEVELS, SUBARTICULAR_CONDITIONS
 from kaggle_utils.dicom import (
     Geometry,
     SeriesError,
@@ -39,10 +46,17 @@ from kaggle_utils.dicom import (
     read_slice,
     world_to_pixel,
 )
-from kaggle_utils.tables import SCHEMAS, drop_excluded, read_csv, series_points
+from kaggle_utils.preprocess import intensity_window, resize_slice, to_uint8
+from kaggle_utils.tables import SCHEMAS, drop_excluded, read_csv, save_table, series_points
 
 ORIENTATION_DECIMALS = 3
 """Slices whose ImageOrientationPatient agree to this many decimals form one block."""
+
+STACK_SLICES = 5
+"""Slices cached per axial level: the assigned slice and two neighbours above and below, from its block."""
+
+SIDES = dict(zip(("L", "R"), (CONDITION_TITLES[c] for c in SUBARTICULAR_CONDITIONS), strict=True))
+"""The axial localiser's two points in output order, each with the condition naming it in the coordinates file."""
 
 BACK_OF_DISC = 1
 """Index of the point behind the disc among a Sagittal T2 level's two keypoints (front first: see labels)."""
@@ -203,6 +217,8 @@ def level_table(study_id: int, points: np.ndarray, series: list[AxialSeries], ma
                     "level": np.asarray(LEVEL_NAMES)[level],
                     "distance_mm": np.round(distances[np.arange(len(s)), level], 3),
                     "assigned": assigned,
+                    "rows": s.geometry.shapes[:, 0],
+                    "columns": s.geometry.shapes[:, 1],
                 }
             )
         )
@@ -300,6 +316,131 @@ def build_level_table(
         warnings.warn(f"axial series {problem}", stacklevel=2)
     table = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=list(LEVEL_COLUMNS))
     return table, coverage
+
+
+# --- the localiser's samples ----------------------------------------------------------------------------------
+def keypoints_table(paths: P.Paths, levels: pd.DataFrame) -> pd.DataFrame:
+    """The axial localiser's training samples: each assigned (series, level) slice of ``levels`` whose series carries
+    both subarticular points of that level, the points relative to the image they were clicked on.
+
+    A level whose two points sit on different series (two series, one side labelled on each) has no sample.
+    """
+    coords = read_csv(paths, P.TRAIN_COORDINATES_CSV)
+    side_of = {condition: side for side, condition in SIDES.items()}
+    coords = coords[coords["condition"].isin(side_of)].assign(side=lambda t: t["condition"].map(side_of))
+    sizes = levels.set_index(["series_id", "instance_number"])[["rows", "columns"]]
+    coords = coords.join(sizes, on=["series_id", "instance_number"], how="inner")
+    coords["relative_x"], coords["relative_y"] = coords["x"] / coords["columns"], coords["y"] / coords["rows"]
+    complete = coords.groupby(["series_id", "level"])["side"].transform("nunique") == len(SIDES)
+    assigned = levels.loc[levels["assigned"], ["series_id", "level", "instance_number"]]
+    table = coords[complete].drop(columns="instance_number").merge(assigned, on=["series_id", "level"])
+    columns = list(SCHEMAS["axial_keypoints"])
+    return table[columns].sort_values(["study_id", "series_id", "level", "side"]).reset_index(drop=True)
+
+
+def points_by_level(keypoints: pd.DataFrame) -> dict[tuple[int, str], np.ndarray]:
+    """(series id, level) -> (2, 2) relative (x, y) of the sample's left and right points, for a whole table."""
+    out = {}
+    for (series_id, level), rows in keypoints.groupby(["series_id", "level"]):
+        by_side = rows.set_index("side")
+        out[int(series_id), str(level)] = by_side.loc[list(SIDES), ["relative_x", "relative_y"]].to_numpy(np.float64)
+    return out
+
+
+def level_slug(level: str) -> str:
+    """``L1/L2`` -> ``l1_l2`` (file names)."""
+    return LEVELS[LEVEL_NAMES.index(level)]
+
+
+def stack_instances(levels: pd.DataFrame, series_id: int, instance: int) -> list[int]:
+    """Instance numbers of the ``STACK_SLICES`` slices around ``instance`` in its block, top to bottom, the
+    block's end slices repeated past its ends (from a level table's block and index columns)."""
+    table = levels[levels["series_id"] == series_id]
+    centre = table[table["instance_number"] == instance].iloc[0]
+    block = table[table["block"] == centre["block"]].sort_values("index")["instance_number"].to_numpy()
+    offsets = np.arange(STACK_SLICES) - STACK_SLICES // 2
+    return [int(block[i]) for i in np.clip(int(centre["index"]) + offsets, 0, len(block) - 1)]
+
+
+@dataclass(frozen=True)
+class StackJob:
+    """The stacks to cut from one axial series: per sample, its output and the instances to read, top to bottom."""
+
+    folder: Path
+    stacks: tuple[tuple[Path, tuple[int, ...]], ...]
+
+
+def cut_stacks(job: StackJob, size: int, percentiles: tuple[float, float]) -> str | None:
+    """Read each instance once and write every stack, each windowed over its own slices (a sample's intensities
+    then do not depend on which other levels of the series are assigned); a warning line instead of an exception,
+    so one bad file does not stop the run."""
+    try:
+        wanted = sorted({i for _, instances in job.stacks for i in instances})
+        slices = {i: read_slice(job.folder / f"{i}.dcm") for i in wanted}
+        for out, instances in job.stacks:
+            window = intensity_window([slices[i] for i in instances], percentiles)
+            save_atomic(out, np.stack([to_uint8(resize_slice(slices[i], size), window) for i in instances]))
+    except (SeriesError, ValueError) as error:
+        return f"axial series {job.folder}: {error}"
+    return None
+
+
+def plan_stacks(paths: P.Paths, split: str, levels: pd.DataFrame, cfg: PreprocessConfig) -> list[StackJob]:
+    """The stacks of every assigned level of ``levels`` that are missing (or were made with other parameters)."""
+    root = paths.work_dir / "axial1"
+    current = cache_is_current(root, cfg)
+    remove_partial_files(root)
+    jobs = []
+    assigned = levels[levels["assigned"]]
+    for (study_id, series_id), rows in assigned.groupby(["study_id", "series_id"]):
+        stacks = []
+        for row in rows.itertuples():
+            out = paths.axial_stack(int(study_id), int(series_id), level_slug(row.level), int(row.instance_number))
+            if not (current and out.exists()):
+                stacks.append((out, tuple(stack_instances(levels, int(series_id), int(row.instance_number)))))
+        if stacks:
+            jobs.append(StackJob(paths.series_dir(split, int(study_id), int(series_id)), tuple(stacks)))
+    return jobs
+
+
+def cache_stacks(
+    paths: P.Paths, split: str, levels: pd.DataFrame, cfg: PreprocessConfig, progress: bool = True
+) -> list[str]:
+    """Write the missing stacks of ``levels`` over ``cfg.num_workers`` processes; returns the failures' warnings."""
+    jobs = plan_stacks(paths, split, levels, cfg)
+    args = (jobs, [cfg.img_size] * len(jobs), [cfg.percentiles] * len(jobs))
+    bar = {"total": len(jobs), "desc": "axial stacks", "disable": not progress}
+    if cfg.num_workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(cfg.num_workers) as pool:
+            results = list(tqdm(pool.map(cut_stacks, *args), **bar))
+    else:
+        results = [cut_stacks(*a) for a in tqdm(zip(*args, strict=True), **bar)]
+    problems = [r for r in results if r]
+    for line in problems:
+        warnings.warn(line, stacklevel=2)
+    return problems
+
+
+@dataclass
+class TrainingTables:
+    """What 01 prepares for the axial branch: the level table, the localiser's samples and the coverage."""
+
+    levels: pd.DataFrame
+    keypoints: pd.DataFrame
+    coverage: Coverage
+    problems: list[str]
+
+
+def prepare_training(
+    paths: P.Paths, sagittal: pd.DataFrame, keypoints: pd.DataFrame, cfg: PreprocessConfig, progress: bool = True
+) -> TrainingTables:
+    """The training split's level table (from the ground-truth Sagittal T2 keypoints) and axial localiser samples,
+    saved to ``WORK_DIR/tables`` (``axial_levels``, ``axial_keypoints``), and the samples' stacks cached."""
+    levels, coverage = build_level_table(paths, "train", sagittal, keypoints, cfg.axial_max_distance_mm, progress)
+    save_table(paths, "axial_levels", levels)
+    samples = save_table(paths, "axial_keypoints", keypoints_table(paths, levels))
+    problems = cache_stacks(paths, "train", levels, cfg)
+    return TrainingTables(levels, samples, coverage, problems)
 
 
 # --- the picture ----------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from typing import Any, Literal
 from kaggle_utils.constants import CONDITION_FAMILIES, TTA_ANGLES
 from kaggle_utils.views import view
 
-Plane = Literal["t1", "t2"]  # views.VIEWS: Sagittal T1, Sagittal T2/STIR
+Plane = Literal["t1", "t2", "axial"]  # views.VIEWS: Sagittal T1, Sagittal T2/STIR, Axial T2
 ModelName = Literal["keypoint", "keypoint_heatmap", "sagittal_1head", "sagittal_3heads"]  # models.MODELS
 STAGE1_MODELS: tuple[str, ...] = ("keypoint", "keypoint_heatmap")
 """The localisers: the solution's regression head, and the spatial (heatmap) head."""
@@ -81,7 +81,7 @@ class TrainConfig:
     """Settings shared by both stages."""
 
     name: str
-    plane: Plane  # "t1" (Sagittal T1) or "t2" (Sagittal T2/STIR)
+    plane: Plane  # "t1" (Sagittal T1), "t2" (Sagittal T2/STIR) or "axial" (Axial T2)
     model: ModelName  # a localiser (STAGE1_MODELS), "sagittal_1head" or "sagittal_3heads" (see models.MODELS)
     n_frames: int
     img_size: int
@@ -131,7 +131,7 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class Stage1Config(TrainConfig):
-    """Keypoint localiser: middle frames of a sagittal series -> 10 (x, y) points."""
+    """Keypoint localiser: middle frames of a sagittal series -> 10 (x, y) points; of an axial level's stack -> 2."""
 
     name: str = "stage1_t2"
     plane: Plane = "t2"
@@ -204,6 +204,9 @@ _STAGE2_T2 = Stage2Config()
 FULL_PRESETS: dict[str, TrainConfig] = {
     "stage1_t1": dataclasses.replace(_STAGE1_T2, name="stage1_t1", plane="t1"),
     "stage1_t2": _STAGE1_T2,
+    # the axial localiser: the left and right subarticular points of a level from its assigned slice and the two
+    # neighbours (3 frames of the cached 5)
+    "stage1_axial": dataclasses.replace(_STAGE1_T2, name="stage1_axial", plane="axial", n_frames=3),
     "fo": dataclasses.replace(
         _STAGE2_T2,
         name="fo",
@@ -271,6 +274,7 @@ PROFILE_PRESET_DELTAS: dict[str, dict[str, dict[str, Any]]] = {
         # the solution's zoom range: series differ in field of view, and a zoomed-in spine misleads the localiser
         "stage1_t1": dict(img_size=128, epochs=40, scale_limit=0.25),
         "stage1_t2": dict(img_size=128, epochs=40, scale_limit=0.25),
+        "stage1_axial": dict(img_size=96, epochs=6),  # the synthetic canal is easy to find: 1.8 px after 6 epochs
         "fo": dict(img_size=64, n_frames=16),
         "sp1": dict(img_size=64),
         "sp2": dict(img_size=96),
@@ -279,6 +283,7 @@ PROFILE_PRESET_DELTAS: dict[str, dict[str, dict[str, Any]]] = {
     "smoke": {
         "stage1_t1": dict(img_size=64),
         "stage1_t2": dict(img_size=64),
+        "stage1_axial": dict(img_size=64),
         "fo": dict(img_size=32, n_frames=8),
         "sp1": dict(img_size=32),
         "sp2": dict(img_size=32),

@@ -47,6 +47,9 @@ MODEL_LABEL_COLUMNS: tuple[str, ...] = tuple(f"{c}_{lv}" for lv in LEVELS for c 
 FORAMINAL_CONDITIONS: tuple[str, ...] = (CONDITIONS[1], CONDITIONS[2])
 """Conditions a Sagittal T1 classifier predicts, left then right."""
 
+SUBARTICULAR_CONDITIONS: tuple[str, ...] = (CONDITIONS[3], CONDITIONS[4])
+"""The conditions of the points clicked on Axial T2 slices, left then right."""
+
 SAGITTAL_T1 = "Sagittal T1"
 SAGITTAL_T2 = "Sagittal T2/STIR"
 AXIAL_T2 = "Axial T2"
@@ -58,9 +61,6 @@ TTA_ANGLES: tuple[float, ...] = (0.0, -15.0, 15.0, -10.0, 10.0, -5.0, 5.0, -20.0
 
 ALL_STUDIES_FOLD = -1
 """The fold of a final model: trained on every training study, without validation (what a submission uses)."""
-
-N_KEYPOINTS = 2 * len(LEVELS)
-"""Stage 1 predicts two points per level: T1 the two foramina, T2 the front and back of the disc."""
 
 STAGE1_GRID = 256
 """Keypoint errors are reported in pixels of the 256 x 256 stage-1 grid, in training's validation and in the CV."""

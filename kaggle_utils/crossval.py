@@ -14,14 +14,16 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kaggle_utils.config import InferConfig, PreprocessConfig
+from kaggle_utils.axial import SIDES
+from kaggle_utils.config import FULL_PRESETS, InferConfig, PreprocessConfig
 from kaggle_utils.constants import ALL_STUDIES_FOLD, CONDITIONS, LEVELS, STAGE1_GRID, condition_family
 from kaggle_utils.dicom import read_series
 from kaggle_utils.infer import Prediction, label_priors, load_models, predict_studies
 from kaggle_utils.metric import score_parts, solution_from_targets
 from kaggle_utils.paths import Paths
 from kaggle_utils.preprocess import intensity_window, stage1_volume, stage2_crops
-from kaggle_utils.tables import series_points
+from kaggle_utils.tables import load_table, series_points
+from kaggle_utils.views import view
 
 
 # --- scores --------------------------------------------------------------------------------------
@@ -135,10 +137,58 @@ def point_errors(predicted: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["plane", "series_id", "study_id", "distance_px", "dx", "dy"])
 
 
+def level_point_errors(oof: pd.DataFrame, samples: pd.DataFrame, plane: str = "axial") -> pd.DataFrame:
+    """``point_errors`` of a localiser per level (its OOF rows ``series_id, level, point, relative_x, relative_y``)
+    against its samples (``axial_keypoints``: point 0 is the left one, 1 the right)."""
+    truth = samples.assign(point=samples["side"].map({side: k for k, side in enumerate(SIDES)}))
+    joined = oof.merge(truth, on=["series_id", "level", "point"], suffixes=("", "_true"))
+    dx = (joined["relative_x"] - joined["relative_x_true"]).abs()
+    dy = (joined["relative_y"] - joined["relative_y_true"]).abs()
+    return pd.DataFrame(
+        {
+            "plane": plane,
+            "series_id": joined["series_id"],
+            "study_id": joined["study_id"],
+            "distance_px": np.hypot(dx, dy) * STAGE1_GRID,
+            "dx": dx,
+            "dy": dy,
+        }
+    )
+
+
+def oof_level_errors(paths: Paths, preset: str, folds: list[int], samples: pd.DataFrame) -> pd.DataFrame:
+    """``level_point_errors`` of a per-level localiser's out-of-fold files (``oof/{preset}-f{fold}-s*.csv``)."""
+    files = [f for fold in folds for f in sorted(paths.oof_dir.glob(f"{preset}-f{fold}-s*.csv"))]
+    if not files:
+        return pd.DataFrame(columns=["plane", "series_id", "study_id", "distance_px", "dx", "dy"])
+    return level_point_errors(pd.concat([pd.read_csv(f) for f in files], ignore_index=True), samples)
+
+
+def localiser_errors(paths: Paths, predicted: pd.DataFrame, truth: pd.DataFrame, folds: list[int]) -> pd.DataFrame:
+    """``keypoint_errors`` of every localiser on the held-out ``folds``: the sagittal ones from the predicted
+    keypoints of the CV run, those localised per level (axial) from their training OOF files, on the slices the
+    ground-truth levels assign (their crops and classifiers are not part of inference yet)."""
+    errors = [point_errors(predicted, truth)]
+    if paths.table("axial_keypoints").exists():
+        samples = load_table(paths, "axial_keypoints")
+        errors += [oof_level_errors(paths, name, folds, samples) for name in PER_LEVEL_LOCALISERS]
+    return summarise_errors(pd.concat([e for e in errors if len(e)], ignore_index=True))
+
+
+PER_LEVEL_LOCALISERS = tuple(
+    name for name, c in FULL_PRESETS.items() if c.stage == 1 and view(c.plane).localised_per == "level"
+)
+"""The stage-1 presets localised per level (the axial localiser), whose errors come from their OOF files."""
+
+
 def keypoint_errors(predicted: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     """Per plane: the mean distance in pixels of the 256 grid and the share of points within 5 px, and the
     solution's shares of single coordinates (x and y counted apart) within 1 % and 5 % of the image."""
-    errors = point_errors(predicted, truth)
+    return summarise_errors(point_errors(predicted, truth))
+
+
+def summarise_errors(errors: pd.DataFrame) -> pd.DataFrame:
+    """``keypoint_errors`` of point errors (``point_errors``, ``level_point_errors``, or both concatenated)."""
     rows = []
     for plane, group in errors.groupby("plane"):
         coordinates = group[["dx", "dy"]].to_numpy().ravel()

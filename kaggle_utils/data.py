@@ -17,7 +17,8 @@ import pandas as pd
 import torch
 from torch.utils.data import Dataset
 
-from kaggle_utils.constants import IGNORE_INDEX, LEVELS, SEVERITY_COLUMNS, row_id
+from kaggle_utils.axial import level_slug, points_by_level
+from kaggle_utils.constants import IGNORE_INDEX, LEVEL_NAMES, LEVELS, SEVERITY_COLUMNS, row_id
 from kaggle_utils.frames import array_shape, read_frames
 from kaggle_utils.labels import left_right_pairs_of
 from kaggle_utils.paths import Paths
@@ -115,6 +116,50 @@ class KeypointDataset(_ArrayDataset):
         study_id, series_id = (int(v) for v in self.series[index])
         target = self.targets[index].astype(np.float32)
         return {"mask": mask, "target": target, "study_id": study_id, "series_id": series_id}
+
+
+class LevelKeypointDataset(_ArrayDataset):
+    """Stage 1 of a view localised per level (axial): one sample per assigned (series, level) slice, its stack's
+    middle frames and the level's points (``axial.keypoints_table``).
+
+    A sample is as ``KeypointDataset``'s, with ``level`` (index into ``LEVELS``) beside ``series_id``; the target is
+    (2, 2): the left, then the right point. Without points (inference) the target is zeros.
+    """
+
+    def __init__(
+        self,
+        samples: pd.DataFrame,
+        paths: Paths,
+        n_frames: int,
+        keypoints: pd.DataFrame | None = None,
+        train: bool = False,
+        flip: bool = True,
+    ) -> None:
+        self.samples = samples[["study_id", "series_id", "level", "instance_number"]].drop_duplicates()
+        self.samples = self.samples.reset_index(drop=True)
+        self.paths, self.n_frames, self.train = paths, n_frames, train
+        self.flip = train and flip
+        points = points_by_level(keypoints) if keypoints is not None else {}
+        self.targets = [points.get((int(r.series_id), r.level), np.zeros((2, 2))) for r in self.samples.itertuples()]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def _path(self, index: int) -> Path:
+        r = self.samples.iloc[index]
+        return self.paths.axial_stack(int(r.study_id), int(r.series_id), level_slug(r.level), int(r.instance_number))
+
+    def fill(self, index: int, image: np.ndarray, rng: np.random.Generator) -> dict:
+        # Reversing axial slices runs them upwards: the points stay where they are and keep their sides.
+        mask = read_frames(self._path(index), self.n_frames, image, reverse=self.flip and rng.random() < 0.5)
+        r = self.samples.iloc[index]
+        return {
+            "mask": mask,
+            "target": self.targets[index].astype(np.float32),
+            "study_id": int(r.study_id),
+            "series_id": int(r.series_id),
+            "level": LEVEL_NAMES.index(r.level),
+        }
 
 
 class CropDataset(_ArrayDataset):

@@ -21,13 +21,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kaggle_utils.config import Stage2Config, TrainConfig
-from kaggle_utils.constants import (
-    IGNORE_INDEX,
-    N_KEYPOINTS,
-    SEVERITIES,
-    condition_family,
-)
+from kaggle_utils.constants import IGNORE_INDEX, SEVERITIES, condition_family
 from kaggle_utils.labels import condition_rows, head_groups, is_sided, left_right_pairs_of
+from kaggle_utils.views import view
 
 N_CLASSES = len(SEVERITIES)
 
@@ -102,9 +98,9 @@ class AttentionLSTM(nn.Module):
 
 
 class KeypointNet(nn.Module):
-    """Stage 1: frames (B, F, 1, H, W) and mask (B, F) -> 10 relative (x, y) points (B, 10, 2) in [0, 1].
-
-    Points are ordered per level, the smaller-x point first (the dataset's target order).
+    """Stage 1: frames (B, F, 1, H, W) and mask (B, F) -> the view's relative (x, y) points (B, P, 2) in [0, 1]
+    (a sagittal series: 10, 2 per level, the smaller-x point first, the dataset's target order; an axial level: the
+    left and right subarticular points).
     """
 
     def __init__(self, cfg: TrainConfig) -> None:
@@ -113,12 +109,13 @@ class KeypointNet(nn.Module):
         dim = self.backbone.num_features
         self.dropout = nn.Dropout(cfg.fc_dropout)
         self.attention = Attention(dim)
-        self.fc = nn.Linear(dim, 2 * N_KEYPOINTS)
+        self.n_points = view(cfg.plane).keypoints.count
+        self.fc = nn.Linear(dim, 2 * self.n_points)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, f = x.shape[:2]
         features = self.dropout(self.backbone(x.flatten(0, 1)).view(b, f, -1))
-        return torch.sigmoid(self.fc(self.attention(features, mask))).view(b, N_KEYPOINTS, 2)
+        return torch.sigmoid(self.fc(self.attention(features, mask))).view(b, self.n_points, 2)
 
 
 class FrameAttention2d(nn.Module):
@@ -190,7 +187,8 @@ class HeatmapKeypointNet(nn.Module):
             nn.Conv2d(dim, dim, 3, padding=1, bias=False),
             nn.GroupNorm(HEAD_GROUPS, dim),
             nn.ReLU(inplace=True),
-            nn.Conv2d(dim, N_KEYPOINTS, 1, bias=False),  # a bias would add a constant the softmax cancels (Attention)
+            # one map per point of the view; a bias would add a constant the softmax cancels (Attention)
+            nn.Conv2d(dim, view(cfg.plane).keypoints.count, 1, bias=False),
         )
 
     def heatmaps(self, x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:

@@ -200,6 +200,11 @@ class Paths:
         """Stage-1 volume: (N, 256, 256) uint8, every slice of the series, left to right."""
         return self.work_dir / "stage1" / str(study_id) / f"{series_id}.npy"
 
+    def axial_stack(self, study_id: int, series_id: int, level: str, instance: int) -> Path:
+        """An axial level's slices for its localiser: (5, 256, 256) uint8, the assigned slice (``instance``) in the
+        middle of its block's neighbours, top to bottom."""
+        return self.work_dir / "axial1" / str(study_id) / f"{series_id}_{level}_{instance}.npy"
+
     def stage2_array(self, study_id: int, series_id: int, root: str = "stage2") -> Path:
         """Stage-2 crops (5, N, 256, 256) uint8; training crops use ``stage2``, inference crops ``infer/stage2``."""
         return self.work_dir / root / str(study_id) / f"{series_id}.npy"

@@ -40,6 +40,8 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     "keypoints": ("study_id", "series_id", "plane", "level", "side", "relative_x", "relative_y", "source"),
     # one row per Axial T2 slice (kaggle_utils/axial.py): the nearest level and whether it is that level's slice
     "axial_levels": ("study_id", "series_id", "instance_number", "block", "index", "level", "distance_mm", "assigned"),
+    # the axial localiser's samples: a level's assigned slice and the two subarticular points clicked on that series
+    "axial_keypoints": ("study_id", "series_id", "level", "instance_number", "side", "relative_x", "relative_y"),
     # round 2 (kaggle_utils/denoise.py, notebooks/05_denoise)
     "noisy_labels": ("study_id", "row_id", "condition", "level", "label", "prob_label", "suggested", "score", "noisy"),
     "pseudo_labels": ("study_id", "row_id", *SEVERITY_COLUMNS),

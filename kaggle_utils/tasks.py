@@ -14,7 +14,7 @@ from torch import nn
 
 from kaggle_utils.augment import Stage1Augment, Stage2Augment
 from kaggle_utils.config import TrainConfig
-from kaggle_utils.constants import STAGE1_GRID
+from kaggle_utils.constants import LEVEL_NAMES, STAGE1_GRID
 from kaggle_utils.devices import device_images
 from kaggle_utils.labels import condition_rows, level_frame
 from kaggle_utils.losses import heatmap_divergence, keypoint_l1, pseudo_label_loss, weighted_soft_cross_entropy
@@ -72,13 +72,14 @@ class KeypointTask:
     def evaluate(self, model: nn.Module, loader: Any) -> tuple[dict[str, float], pd.DataFrame]:
         """The ``keypoint_metrics`` of the loader's batches, and the predictions per series."""
         model.eval()
-        preds, targets, series = [], [], []
+        preds, targets, series, levels = [], [], [], []
         for batch in loader:
             preds.append(self.predict(model, batch).cpu())
             targets.append(batch["target"].cpu())
             series += [int(s) for s in batch["series_id"]]
+            levels += [int(lv) for lv in batch.get("level", [])]
         pred, target = torch.cat(preds), torch.cat(targets)
-        return keypoint_metrics(pred, target), keypoint_frame(series, pred)
+        return keypoint_metrics(pred, target), keypoint_frame(series, pred, levels or None)
 
 
 def keypoint_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:
@@ -95,11 +96,12 @@ def keypoint_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, floa
     }
 
 
-def keypoint_frame(series_ids: list[int], pred: torch.Tensor) -> pd.DataFrame:
-    """(series, 10 points) predictions as rows ``series_id, point, relative_x, relative_y``."""
+def keypoint_frame(series_ids: list[int], pred: torch.Tensor, levels: list[int] | None = None) -> pd.DataFrame:
+    """(samples, points) predictions as rows ``series_id, point, relative_x, relative_y``; with ``levels`` (a view
+    localised per level: one sample per series and level) a ``level`` column (a ``LEVEL_NAMES`` name) too."""
     n_points = pred.shape[1]
     values = pred.reshape(-1, 2).numpy()
-    return pd.DataFrame(
+    frame = pd.DataFrame(
         {
             "series_id": np.repeat(series_ids, n_points),
             "point": np.tile(np.arange(n_points), len(series_ids)),
@@ -107,6 +109,9 @@ def keypoint_frame(series_ids: list[int], pred: torch.Tensor) -> pd.DataFrame:
             "relative_y": values[:, 1],
         }
     )
+    if levels is not None:
+        frame.insert(1, "level", np.repeat(np.asarray(LEVEL_NAMES)[levels], n_points))
+    return frame
 
 
 @dataclass

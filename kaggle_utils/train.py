@@ -30,7 +30,7 @@ from kaggle_utils import config, denoise, distributed, stage1_error, viz
 from kaggle_utils.checkpoints import same_run
 from kaggle_utils.config import TrainConfig
 from kaggle_utils.constants import ALL_STUDIES_FOLD
-from kaggle_utils.data import CropDataset, KeypointDataset
+from kaggle_utils.data import CropDataset, KeypointDataset, LevelKeypointDataset
 from kaggle_utils.devices import default_device
 from kaggle_utils.engine import fit
 from kaggle_utils.labels import condition_rows
@@ -51,7 +51,13 @@ class FoldResult:
 
 
 def plane_series(paths: Paths, cfg: TrainConfig) -> pd.DataFrame:
-    """Training series of the preset's plane that have keypoints (their arrays exist for both stages)."""
+    """Training series of the preset's plane that have keypoints (their arrays exist for both stages); for a view
+    localised per level, its samples (``axial_keypoints``) with their folds."""
+    if view(cfg.plane).localised_per == "level":
+        samples = load_table(paths, "axial_keypoints")
+        folds = load_table(paths, "folds").set_index("study_id")["fold"]
+        samples = samples.assign(fold=samples["study_id"].map(folds)).dropna(subset=["fold"])
+        return samples.astype({"fold": int}).reset_index(drop=True)
     series = load_table(paths, "series")
     keypoints = load_table(paths, "keypoints")
     series = series[(series["plane"] == cfg.plane) & series["series_id"].isin(keypoints["series_id"])]
@@ -70,6 +76,12 @@ def datasets(paths: Paths, cfg: TrainConfig, series: pd.DataFrame, fold: int) ->
     )
     if train.empty or (val.empty and not every):
         raise ValueError(f"fold {fold} leaves {len(train)} training and {len(val)} validation series for {cfg.name}")
+    if cfg.stage == 1 and view(cfg.plane).localised_per == "level":
+        keypoints = load_table(paths, "axial_keypoints")
+        return (
+            LevelKeypointDataset(train, paths, cfg.n_frames, keypoints, train=True, flip=cfg.augment),
+            None if every else LevelKeypointDataset(val, paths, cfg.n_frames, keypoints),
+        )
     if cfg.stage == 1:
         keypoints = load_table(paths, "keypoints")
         return (

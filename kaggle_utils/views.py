@@ -5,14 +5,17 @@ short name (a config's ``plane``, file names), how its stage-1 keypoints are lai
 coordinates put them, which crop geometry its levels get, whether reversing its slices mirrors the patient (so a
 sequence flip swaps left and right labels), and which condition rows its stage-2 models can predict. Tables,
 preprocessing, the datasets, inference and the pictures ask the view instead of branching on a plane's name;
-adding a view (the Axial T2 branch) is one entry here plus its geometry and its tests.
+adding a view is one entry here plus its geometry and its tests.
+
+The sagittal views are localised per series (all five levels at once); the axial view per level: its samples are
+the assigned slices of each level (``kaggle_utils.axial``) and its two points the left and right subarticular points.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from kaggle_utils.constants import LEVELS, SAGITTAL_T1, SAGITTAL_T2
+from kaggle_utils.constants import AXIAL_T2, LEVELS, SAGITTAL_T1, SAGITTAL_T2
 
 
 @dataclass(frozen=True)
@@ -49,6 +52,7 @@ class View:
     crop: str
     flip_swaps_sides: bool  # reversing the slices mirrors the patient (sagittal slices run from left to right)
     conditions: str  # the condition rows its stage-2 models predict (``labels.CONDITION_ROWS``)
+    localised_per: str = "series"  # "series" (sagittal: one stage-1 sample per series) or "level" (axial)
 
 
 VIEWS: dict[str, View] = {
@@ -72,11 +76,23 @@ VIEWS: dict[str, View] = {
         flip_swaps_sides=True,
         conditions="all",
     ),
+    "axial": View(
+        name="axial",
+        description=AXIAL_T2,
+        keypoints=KeypointLayout(levels=1, per_level=2),  # left, then right subarticular point
+        keypoints_from="subarticular",
+        family="subarticular",
+        crop="axial",
+        flip_swaps_sides=False,  # reversing axial slices runs them upwards: left stays left
+        conditions="all",
+        localised_per="level",
+    ),
 }
 """The views read, by name; their order is the order of the pictures."""
 
-VIEW_OF_DESCRIPTION: dict[str, str] = {v.description: name for name, v in VIEWS.items()}
-"""A series description -> the name of the view that reads it; descriptions not here are not read."""
+VIEW_OF_DESCRIPTION: dict[str, str] = {v.description: name for name, v in VIEWS.items() if v.localised_per == "series"}
+"""A sagittal series description -> the name of the view that reads it: the series of the series table (the axial
+series have their own, ``axial.axial_series_table``); descriptions not here are not read as sagittal."""
 
 
 def view(name: str) -> View:

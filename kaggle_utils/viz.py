@@ -98,8 +98,8 @@ def augmentation_figure(images: np.ndarray, keypoints: np.ndarray | None = None,
             ax.set_xticks([])
             ax.set_yticks([])
         if keypoints is not None:
-            pixels = keypoints[view].reshape(len(LEVEL_NAMES), 2, 2) * images.shape[-1]
-            for pair, colour in zip(pixels, LEVEL_COLOURS, strict=True):
+            pixels = keypoints[view].reshape(-1, 2, 2) * images.shape[-1]  # a pair per level (one: an axial sample)
+            for pair, colour in zip(pixels, LEVEL_COLOURS[: len(pixels)], strict=True):
                 axes[0, view].scatter(pair[:, 0], pair[:, 1], s=10, c=colour)
     if per_level:
         for ax, name, colour in zip(axes[0], LEVEL_NAMES, LEVEL_COLOURS, strict=True):

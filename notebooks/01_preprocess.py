@@ -8,8 +8,9 @@
 # `metadata.csv`, whose folds `{"folds_file": "metadata.csv"}` uses so fold-by-fold numbers compare with the solution's.
 #
 # **Outputs** in `WORK_DIR`: `tables/{series,targets,folds,keypoints}.csv`, `tables/axial_levels.csv` (each Axial T2
-# slice's level), `stage1/{study}/{series}.npy` (256, 256, N) and `stage2/{study}/{series}.npy` (256, 256, 5, N)
-# uint8, and `figures/study_*.png`, `figures/axial_levels_*.png`.
+# slice's level) and `tables/axial_keypoints.csv` (the axial localiser's samples), `stage1/{study}/{series}.npy`
+# (N, 256, 256), `stage2/{study}/{series}.npy` (5, N, 256, 256) and `axial1/{study}/{series}_{level}_{instance}.npy`
+# (5, 256, 256) uint8, and `figures/study_*.png`, `figures/axial_levels_*.png`.
 
 # %%
 # Bootstrap: import kaggle_utils from this repository or, on Kaggle, from the code dataset under /kaggle/input
@@ -80,12 +81,14 @@ series.groupby(["fold", "plane"]).size().unstack()
 # ## Axial T2: the slice of each level
 # Each level's Sagittal T2 point behind the disc (ground truth here), in patient coordinates, against every axial
 # slice plane: the nearest slice of each series within `axial_max_distance_mm` images that level. Levels no axial
-# series reaches keep their sagittal prediction.
+# series reaches keep their sagittal prediction. The axial localiser's samples are the assigned slices whose series
+# carries both subarticular points of the level, cached with two neighbours above and below from the same block.
 
 # %%
-axial_levels, coverage = axial.build_level_table(paths, "train", series, keypoints, cfg.axial_max_distance_mm)
-tables.save_table(paths, "axial_levels", axial_levels)
-print(coverage)
+prepared = axial.prepare_training(paths, series, keypoints, cfg)
+axial_levels = prepared.levels
+n_samples = len(prepared.keypoints.groupby(["series_id", "level"]))
+print(f"{prepared.coverage}\n{n_samples} axial localiser samples, {len(prepared.problems)} series failed")
 axial_levels[axial_levels["assigned"]].groupby("level").size().rename("series with the level").to_frame().transpose()
 
 # %%

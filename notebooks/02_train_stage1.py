@@ -4,12 +4,15 @@
 # back of the disc) from the middle 8 slices, trained per fold. By default it is spatial (`keypoint_heatmap`):
 # the backbone's feature maps, pooled over the slices by attention at every location, give one heatmap per point,
 # read by soft-argmax and trained on the coordinates (L1) and the heatmaps; `model="keypoint"` is the solution's
-# head (one pooled vector, 20 sigmoids), kept for comparison.
+# head (one pooled vector, 20 sigmoids), kept for comparison. The axial localiser (`stage1_axial`, same head and
+# loop) finds the left and right subarticular points of a level on its assigned Axial T2 slice and the two
+# neighbours.
 #
-# **Inputs**: `WORK_DIR/tables/{series,keypoints}.csv` and `WORK_DIR/stage1/` from 01.
+# **Inputs**: `WORK_DIR/tables/{series,keypoints,axial_keypoints}.csv`, `WORK_DIR/stage1/` and `WORK_DIR/axial1/`
+# from 01.
 #
-# **Outputs**: `WORK_DIR/models/stage1_{t1,t2}-f{fold}-s{seed}.pt` with `.json` sidecars and `.log.csv` curves,
-# `WORK_DIR/oof/stage1_*.csv` out-of-fold keypoints.
+# **Outputs**: `WORK_DIR/models/stage1_{t1,t2,axial}-f{fold}-s{seed}.pt` with `.json` sidecars and `.log.csv`
+# curves, `WORK_DIR/oof/stage1_*.csv` out-of-fold keypoints (the axial one per series and level).
 
 # %%
 # Bootstrap: import kaggle_utils from this repository or, on Kaggle, from the code dataset under /kaggle/input
@@ -51,7 +54,7 @@ if wheels is not None:  # internet is off in a submission: only what the image l
 DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)
 WORK_DIR = ""  # output folder ("" = auto)
 PROFILE = "auto"  # "full" (the solution's recipe), "demo" (CPU minutes), "smoke" (seconds); auto = full on a GPU
-PLANES = ["t1", "t2"]
+PLANES = ["t1", "t2", "axial"]
 FOLDS = [0, 1, 2, 3]
 TRAIN_OVERRIDES = {}  # TrainConfig fields for every preset, e.g. {"epochs": 2, "weights_file": "/path/b5.safetensors"}
 
@@ -69,7 +72,7 @@ print(f"profile {profile}: {[(c.name, c.backbone, c.img_size, c.epochs) for c in
 
 # %% [markdown]
 # ## What the localiser sees
-# A training series of each plane as validation shows it, then five draws of the training augmentation
+# A training sample of each plane as validation shows it, then five draws of the training augmentation
 # (brightness/contrast, shift-scale-rotate, blur or noise, optical or grid distortion, at the profile's rates).
 # In every view the keypoints must still mark the disc levels.
 

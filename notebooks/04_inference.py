@@ -87,7 +87,7 @@ if run_cv:
         paths, series, targets, p.FOLDS, pre_cfg, infer_cfg, device, true_points=tables.points_by_series(truth)
     )
     cv.submission.to_csv(paths.oof_dir / "oof_submission.csv", index=False)
-    errors = crossval.keypoint_errors(cv.keypoints, truth)
+    errors = crossval.localiser_errors(paths, cv.keypoints, truth, p.FOLDS)
     print("stage-1 localisation on held-out folds (256 grid):\n" + errors.round(3).to_string(index=False))
     oof_parts = crossval.score_submission(cv.submission, targets)
     report.update(oof_parts, oracle_score=crossval.score_submission(cv.oracle, targets)["score"])

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kaggle_utils import cache, tables
+from kaggle_utils import axial, cache, tables
 from kaggle_utils.config import PreprocessConfig
 from kaggle_utils.dev.synthetic import make_dataset
 from kaggle_utils.paths import Paths
@@ -31,10 +31,12 @@ def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Paths:
-    """``tiny_data`` after 01: the training tables, stage-1 volumes and stage-2 crops in a work folder."""
+    """``tiny_data`` after 01: the training tables, stage-1 volumes and stage-2 crops in a work folder, and the axial
+    level table, localiser samples and their stacks."""
     paths = Paths(data_dir=tiny_data, work_dir=tmp_path_factory.mktemp("work"))
     cfg = PreprocessConfig(num_workers=1)
     built = tables.build_training_tables(paths, cfg)
     jobs = cache.plan_jobs(paths, built["series"], tables.points_by_series(built["keypoints"]), cfg)
     assert not cache.run_jobs(jobs, cfg)
+    assert not axial.prepare_training(paths, built["series"], built["keypoints"], cfg, progress=False).problems
     return paths

@@ -1,4 +1,5 @@
-"""Axial T2 series: blocks and their order, and level assignment against hand-made geometry."""
+"""Axial T2 series: blocks and their order, level assignment against hand-made geometry, and the axial
+localiser's samples and stacks."""
 
 from __future__ import annotations
 
@@ -9,9 +10,11 @@ import pandas as pd
 import pytest
 
 from kaggle_utils import axial, tables
+from kaggle_utils.config import PreprocessConfig
 from kaggle_utils.constants import LEVEL_NAMES
-from kaggle_utils.dicom import Geometry
+from kaggle_utils.dicom import Geometry, read_slice
 from kaggle_utils.paths import TRAIN_COORDINATES_CSV, Paths
+from kaggle_utils.preprocess import intensity_window, resize_slice, to_uint8
 
 SPACING = 0.5  # mm per pixel
 SIZE = 200  # pixels: a 100 mm field of view centred on x = y = 0
@@ -102,7 +105,7 @@ def test_level_table_marks_one_slice_per_covered_level_in_every_series() -> None
     lower = axial.split_blocks(2, stack([22.0, 18.0, 14.0, 10.0, 6.0, 2.0]))
     points = points_at([36.5, 21.0, 10.0, -30.0, -60.0])
     table = axial.level_table(9, points, [upper, lower], max_distance_mm=3.0)
-    assert list(table.columns) == list(tables.SCHEMAS["axial_levels"])
+    assert list(table.columns) == [*tables.SCHEMAS["axial_levels"], "rows", "columns"]
     assigned = table[table.assigned]
     by_series = assigned.groupby("series_id")["level"].apply(list).to_dict()
     assert by_series == {1: ["L1/L2", "L2/L3"], 2: ["L2/L3", "L3/L4"]}  # L2/L3 is in both series
@@ -164,3 +167,43 @@ def test_synthetic_levels_land_on_the_labelled_axial_slices(tiny_data: Path, pre
     without_t2 = keypoints[keypoints.plane == "t1"]
     _, none = axial.build_level_table(prepared, "train", series, without_t2, 3.0, progress=False)
     assert len(none.without_sagittal_t2) == none.studies and none.levels_assigned == 0
+
+
+def test_stack_instances_repeat_the_ends_of_the_block() -> None:
+    levels = pd.DataFrame(
+        {
+            "series_id": 1,
+            "instance_number": [9, 8, 7, 3, 2],
+            "block": [0, 0, 0, 1, 1],
+            "index": [0, 1, 2, 0, 1],
+        }
+    )
+    assert axial.stack_instances(levels, 1, 8) == [9, 9, 8, 7, 7]
+    assert axial.stack_instances(levels, 1, 3) == [3, 3, 3, 2, 2]  # instance 7 belongs to another block
+
+
+def test_localiser_samples_pair_both_points_on_the_assigned_slice(prepared: Paths) -> None:
+    samples = tables.load_table(prepared, "axial_keypoints")
+    levels = tables.load_table(prepared, "axial_levels")
+    assert len(samples) > 0 and samples[["relative_x", "relative_y"]].stack().between(0, 1).all()
+    sides = samples.groupby(["series_id", "level"])["side"].apply(lambda s: "".join(sorted(s)))
+    assert (sides == "LR").all()
+    by_side = samples.pivot_table(index=["series_id", "level"], columns="side", values="relative_x")
+    assert (by_side["L"] > by_side["R"]).all()  # patient left on the image's right (rows run to patient left)
+    assigned = levels[levels["assigned"]].set_index(["series_id", "level"])["instance_number"]
+    keyed = samples.set_index(["series_id", "level"])["instance_number"]
+    assert (keyed == assigned.reindex(keyed.index)).all()
+
+
+def test_a_stack_is_the_assigned_slice_between_its_block_neighbours(prepared: Paths) -> None:
+    levels = tables.load_table(prepared, "axial_levels")
+    sample = tables.load_table(prepared, "axial_keypoints").iloc[0]
+    instance = int(sample.instance_number)
+    stack = np.load(prepared.axial_stack(sample.study_id, sample.series_id, axial.level_slug(sample.level), instance))
+    assert stack.shape == (axial.STACK_SLICES, 256, 256) and stack.dtype == np.uint8
+    instances = axial.stack_instances(levels, int(sample.series_id), instance)
+    assert instances[axial.STACK_SLICES // 2] == instance
+    folder = prepared.series_dir("train", int(sample.study_id), int(sample.series_id))
+    slices = {i: read_slice(folder / f"{i}.dcm") for i in set(instances)}
+    window = intensity_window([slices[i] for i in instances], PreprocessConfig().percentiles)  # the stack's own
+    np.testing.assert_array_equal(stack[2], to_uint8(resize_slice(slices[instance], 256), window))

@@ -91,7 +91,9 @@ def test_choices_are_the_registries_and_a_wrong_one_is_named():
     assert typing.get_args(config.Plane) == tuple(VIEWS)
     assert typing.get_args(config.ModelName) == tuple(MODELS)
     assert typing.get_args(config.Condition) == tuple(CONDITION_ROWS)
-    with pytest.raises(config.ConfigError, match=r"Stage2Config plane='t22' is not one of t1, t2; did you mean t2\?"):
+    with pytest.raises(
+        config.ConfigError, match=r"Stage2Config plane='t22' is not one of t1, t2, axial; did you mean t2\?"
+    ):
         config.preset("sp1", overrides={"plane": "t22"})
     wrong_model = "Stage1Config model='keypoints' is not one of keypoint, keypoint_heatmap, sagittal"
     with pytest.raises(config.ConfigError, match=wrong_model):
@@ -114,4 +116,9 @@ def test_routes_rank_the_presets_as_the_solution_and_survive_a_sidecar():
     assert config.from_dict(json.loads(json.dumps(config.to_dict(su)))) == su  # lists back into tuples
     old = {k: v for k, v in config.to_dict(su).items() if k != "routes"}  # a sidecar from before routes
     assert config.from_dict(old).routes == su.routes
-    assert config.STAGE1_PRESETS == ("stage1_t1", "stage1_t2") and config.STAGE2_PRESETS == ("fo", "sp1", "sp2", "su")
+    assert config.STAGE1_PRESETS == ("stage1_t1", "stage1_t2", "stage1_axial") and config.STAGE2_PRESETS == (
+        "fo",
+        "sp1",
+        "sp2",
+        "su",
+    )

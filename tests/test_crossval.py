@@ -81,6 +81,33 @@ def test_keypoint_errors_count_pixels_on_the_grid_and_coordinates_in_shares_of_t
     assert set(report) == {"t1", "t2"} and set(report["t1"]) == {"mean_px", "within_5px", "within_1pct", "within_5pct"}
 
 
+def test_a_per_level_localiser_is_scored_by_side_against_its_samples():
+    samples = pd.DataFrame(
+        {
+            "study_id": 1,
+            "series_id": 7,
+            "level": ["L4/L5", "L4/L5", "L5/S1", "L5/S1"],
+            "instance_number": [3, 3, 9, 9],
+            "side": ["L", "R", "R", "L"],
+            "relative_x": [0.6, 0.4, 0.41, 0.61],
+            "relative_y": [0.5, 0.5, 0.55, 0.55],
+        }
+    )
+    oof = pd.DataFrame(
+        {
+            "series_id": 7,
+            "level": ["L4/L5", "L4/L5", "L5/S1", "L5/S1"],
+            "point": [0, 1, 0, 1],  # left, right
+            "relative_x": [0.6, 0.4 + 3 / 256, 0.61, 0.41],
+            "relative_y": [0.5, 0.5 + 4 / 256, 0.55, 0.55],
+        }
+    )
+    errors = crossval.level_point_errors(oof, samples)
+    assert errors["distance_px"].tolist() == pytest.approx([0.0, 5.0, 0.0, 0.0])
+    summary = crossval.summarise_errors(errors).set_index("plane").loc["axial"]
+    assert summary["mean_px"] == pytest.approx(1.25) and summary["within_5px"] == 0.75
+
+
 def test_with_the_localisers_replaced_by_the_true_keypoints_the_score_is_the_oracles(
     tiny_data, prepared, tmp_path, monkeypatch
 ):

@@ -8,8 +8,17 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kaggle_utils.constants import FORAMINAL_CONDITIONS, IGNORE_INDEX, LABEL_COLUMNS, LEVELS, SEVERITY_COLUMNS, row_id
-from kaggle_utils.data import CropDataset, one_hot_targets, soft_targets
+from kaggle_utils.axial import level_slug
+from kaggle_utils.constants import (
+    FORAMINAL_CONDITIONS,
+    IGNORE_INDEX,
+    LABEL_COLUMNS,
+    LEVEL_NAMES,
+    LEVELS,
+    SEVERITY_COLUMNS,
+    row_id,
+)
+from kaggle_utils.data import CropDataset, LevelKeypointDataset, one_hot_targets, soft_targets
 from kaggle_utils.devices import device_images
 from kaggle_utils.labels import condition_rows, left_right_pairs_of
 from kaggle_utils.paths import Paths
@@ -119,3 +128,21 @@ def test_a_study_without_labels_has_every_target_ignored(tmp_path):
     dataset.labels.clear()  # as for a study that train.csv lacks
     target = dataset[0]["target"].numpy()
     assert target.shape == (5, 2, 3) and (target == IGNORE_INDEX).all()
+
+
+def test_a_level_sample_is_its_stacks_middle_frames_and_its_left_and_right_points(prepared):
+    samples = load_table(prepared, "axial_keypoints")
+    dataset = LevelKeypointDataset(samples, prepared, n_frames=3, keypoints=samples)
+    assert len(dataset) == len(samples) // 2  # one sample per (series, level), two points each
+    sample = dataset[0]
+    first = dataset.samples.iloc[0]
+    stack = np.load(
+        prepared.axial_stack(first.study_id, first.series_id, level_slug(first.level), first.instance_number)
+    )
+    np.testing.assert_array_equal(sample["image"].numpy(), stack[1:4])  # the assigned slice and one either side
+    assert sample["mask"].all() and sample["level"] == LEVEL_NAMES.index(first.level)
+    rows = samples[(samples.series_id == first.series_id) & (samples.level == first.level)].set_index("side")
+    np.testing.assert_allclose(sample["target"].numpy(), rows.loc[["L", "R"], ["relative_x", "relative_y"]], atol=1e-6)
+    reversed_ = LevelKeypointDataset(samples, prepared, n_frames=3, keypoints=samples, train=True)
+    flipped = [reversed_.fill(0, np.empty((3, 256, 256), np.uint8), np.random.default_rng(s)) for s in range(8)]
+    assert all(np.array_equal(f["target"], sample["target"].numpy()) for f in flipped)  # slice order keeps sides

@@ -128,6 +128,21 @@ def test_fold_minus_one_trains_a_final_model_on_every_study(prepared: Paths, tmp
         crossval.cross_validate(paths, pd.DataFrame(), pd.DataFrame(), [ALL_STUDIES_FOLD], None, None, CPU)
 
 
+def test_the_axial_localiser_trains_per_level_and_writes_its_oof_by_level(prepared: Paths, tmp_path: Path) -> None:
+    paths = _copy_work(prepared, tmp_path)
+    cfg = preset("stage1_axial", "smoke", {"epochs": 1})
+    (result,) = train.train_folds(paths, cfg, [0], CPU)
+    samples = train.plane_series(paths, cfg)
+    held_out = samples[samples["fold"] == 0].drop_duplicates(["series_id", "level"])
+    oof = pd.read_csv(paths.oof_dir / f"{result.checkpoint.stem}.csv")
+    assert list(oof.columns[:3]) == ["series_id", "level", "point"] and set(oof["point"]) == {0, 1}
+    assert len(oof) == 2 * len(held_out)
+    assert set(zip(oof["series_id"], oof["level"], strict=True)) == set(
+        zip(held_out["series_id"], held_out["level"], strict=True)
+    )
+    assert 0 <= result.metrics["mean_px"] < 256
+
+
 def test_a_run_starts_from_the_weights_of_a_full_checkpoint(prepared: Paths, tmp_path: Path) -> None:
     paths = _copy_work(prepared, tmp_path)
     (trained,) = train.train_folds(paths, preset("fo", "smoke", {"fast_dev_run": True}), [0], CPU)
@@ -147,7 +162,7 @@ def test_a_run_starts_from_the_weights_of_a_full_checkpoint(prepared: Paths, tmp
         prepare_model(preset("fo", "smoke", {"init_checkpoint": str(tmp_path / "nothing.pt")}), CPU)
 
 
-@pytest.mark.parametrize("name", ["stage1_t1", "fo"])
+@pytest.mark.parametrize("name", ["stage1_t1", "stage1_axial", "fo"])
 def test_augmentation_preview_shows_a_training_sample_plain_then_augmented(prepared: Paths, name: str) -> None:
     cfg = preset(name, "smoke", {})
     state = torch.get_rng_state()

@@ -14,16 +14,20 @@ from kaggle_utils.views import VIEW_OF_DESCRIPTION, VIEWS, view
 
 def test_every_view_names_what_the_package_asks_of_it():
     for name, v in VIEWS.items():
-        assert v.name == name and VIEW_OF_DESCRIPTION[v.description] == name
-        assert v.description in SERIES_DESCRIPTIONS and v.family in CONDITION_FAMILIES
-        assert v.conditions in CONDITION_ROWS and v.crop in ("along_disc", "upright")
-        assert v.keypoints_from in ("foramina", "canal")
-        assert v.keypoints.shape == (5, 2, 2) and v.keypoints.count == 10
-    assert [v.flip_swaps_sides for v in VIEWS.values()] == [True, True]  # both sagittal
+        assert v.name == name and v.description in SERIES_DESCRIPTIONS and v.family in CONDITION_FAMILIES
+        assert v.conditions in CONDITION_ROWS and v.localised_per in ("series", "level")
+        if v.localised_per == "series":  # the sagittal views: the series table's, all five levels at once
+            assert VIEW_OF_DESCRIPTION[v.description] == name and v.crop in ("along_disc", "upright")
+            assert v.keypoints_from in ("foramina", "canal") and v.flip_swaps_sides
+            assert v.keypoints.shape == (5, 2, 2) and v.keypoints.count == 10
+        else:  # the axial view: a level at a time, its left and right subarticular points
+            assert v.description not in VIEW_OF_DESCRIPTION and v.keypoints_from == "subarticular"
+            assert v.keypoints.shape == (1, 2, 2) and v.keypoints.count == 2 and not v.flip_swaps_sides
+    assert [n for n, v in VIEWS.items() if v.localised_per == "level"] == ["axial"]
 
 
 def test_an_unknown_view_is_named_with_the_known_ones():
-    with pytest.raises(ValueError, match="unknown view \\(plane\\) 'ax'; known: t1, t2"):
+    with pytest.raises(ValueError, match="unknown view \\(plane\\) 'ax'; known: t1, t2, axial"):
         view("ax")
 
 

@@ -34,6 +34,7 @@ from kaggle_utils.dev.bench_preprocess import bench_data
 from kaggle_utils.dicom import read_header
 from kaggle_utils.models import build_model
 from kaggle_utils.paths import Paths
+from kaggle_utils.views import view
 
 # --- inference benchmark -------------------------------------------------------------------------
 STAGES: dict[str, str] = {
@@ -104,6 +105,10 @@ KAGGLE_SETUPS = (GpuAssumptions("fp16"), GpuAssumptions("fp32"), GpuAssumptions(
 """The projected set-ups: one T4 as the kernel runs it (fp16), in fp32, and both cards of a T4 x2."""
 
 
+INFERENCE_PRESETS = tuple(name for name, c in FULL_PRESETS.items() if view(c.plane).localised_per == "series")
+"""The presets inference runs: the solution's six (the axial branch is not part of inference yet)."""
+
+
 def images_per_series(cfg: TrainConfig, gpu: GpuAssumptions) -> float:
     """Images one series sends through one model, in reference-size images: stage 1 its frames once, stage 2
     every level's frames once per TTA rotation."""
@@ -114,7 +119,7 @@ def images_per_series(cfg: TrainConfig, gpu: GpuAssumptions) -> float:
 def full_images_per_study(series_per_study: dict[str, float], gpu: GpuAssumptions) -> dict[str, float]:
     """Reference-size images per study through the full ensemble (six presets, every fold), by timer stage."""
     images = {"keypoints": 0.0, "classify": 0.0}
-    for cfg in FULL_PRESETS.values():
+    for cfg in (FULL_PRESETS[name] for name in INFERENCE_PRESETS):
         n = images_per_series(cfg, gpu) * gpu.n_folds * series_per_study.get(cfg.plane, 0.0)
         images["keypoints" if cfg.stage == 1 else "classify"] += n
     return images
@@ -175,7 +180,7 @@ def format_projection(projections: list[Projection], setups: list[GpuAssumptions
     n, gpu = projections[0].n_studies, setups[0]
     ratios = ", ".join(f"1/{1 / throughput_ratio(T4, H100, p):.3g} in {p}" for p in PRECISIONS)
     lines = [
-        f"projection: {n} hidden studies, full ensemble ({len(FULL_PRESETS)} presets x {gpu.n_folds} folds, "
+        f"projection: {n} hidden studies, full ensemble ({len(INFERENCE_PRESETS)} presets x {gpu.n_folds} folds, "
         f"{FULL_PRESETS['sp1'].backbone.split('.')[0]}, {gpu.n_tta} TTA), {projections[0].limit_h:g} h limit",
         "assumptions:",
         f"  H100, per {gpu.reference_px} px image: {H100_ANCHOR_MS:g} ms / {H100_ANCHOR_IMAGES} images "
@@ -204,14 +209,15 @@ def format_projection(projections: list[Projection], setups: list[GpuAssumptions
 def write_bench_models(
     paths: Paths, data_paths: Paths, series: pd.DataFrame, profile: str, n_folds: int = 1
 ) -> list[Path]:
-    """Checkpoints of the six presets at ``profile`` size for folds 0..n_folds-1. Timing does not depend on the
-    weights, but crops do depend on the keypoints: the stage-1 heads (the regression head) output the mean training
-    keypoints of their plane (so crop boxes are realistic), and the stage-2 weights stay random. Folds after the
-    first are fp16 copies of it, as the weights dataset holds them (the same weights: an ensemble's cost, not its
-    diversity)."""
+    """Checkpoints of the presets inference runs (the six of the solution) at ``profile`` size for folds
+    0..n_folds-1. Timing does not depend on the weights, but crops do depend on the keypoints: the stage-1 heads
+    (the regression head) output the mean training keypoints of their plane (so crop boxes are realistic), and the
+    stage-2 weights stay random. Folds after the first are fp16 copies of it, as the weights dataset holds them (the
+    same weights: an ensemble's cost, not its diversity). The axial localiser is not timed: inference does not run
+    the axial branch yet."""
     truth = tables.keypoints_table(data_paths, series)
     written = []
-    for name in FULL_PRESETS:
+    for name in INFERENCE_PRESETS:
         cfg = apply_overrides(preset(name, profile), {"pretrained": False})
         if cfg.stage == 1:
             # Only the regression head can be set to output fixed points (its bias); the heatmap head reads them off

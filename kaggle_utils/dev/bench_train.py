@@ -51,9 +51,10 @@ import pandas as pd
 import torch
 
 from kaggle_utils import config
+from kaggle_utils.axial import STACK_SLICES, level_slug
 from kaggle_utils.config import FULL_PRESETS, TrainConfig, preset
-from kaggle_utils.constants import LABEL_COLUMNS, LEVELS
-from kaggle_utils.data import CropDataset, KeypointDataset
+from kaggle_utils.constants import LABEL_COLUMNS, LEVEL_NAMES, LEVELS
+from kaggle_utils.data import CropDataset, KeypointDataset, LevelKeypointDataset
 from kaggle_utils.devices import autocast_dtype
 from kaggle_utils.engine import StepReadout, make_optimizer, prepare_model, train_step
 from kaggle_utils.labels import condition_rows
@@ -61,6 +62,7 @@ from kaggle_utils.loader import BatchLoader, DeviceBatches, to_device
 from kaggle_utils.paths import REPO_ROOT, Paths
 from kaggle_utils.tasks import ClassifierTask, KeypointTask
 from kaggle_utils.train import loader
+from kaggle_utils.views import view
 
 DEFAULT_SEED_SCRIPT = REPO_ROOT.parent / "shared" / "bench" / "seed_shapes_gpu.py"
 SEED_CONFIGS = {  # our preset -> the seed script's configuration of the same shape
@@ -180,13 +182,13 @@ def host_fill_ms(batches: BatchLoader, batch_size: int, repeats: int) -> tuple[f
 def format_host_table(rows: list[HostRow], workers: int) -> str:
     lines = [
         f"host side of loading, full batch shapes: median ms for {workers} threads to fill a reused batch buffer",
-        f"{'preset':<10} {'batch (uint8)':<26} {'MB':>6} {'fill ms':>8} {'GB/s':>6}  {'compute ms':>10} {'share':>6}",
+        f"{'preset':<12} {'batch (uint8)':<26} {'MB':>6} {'fill ms':>8} {'GB/s':>6}  {'compute ms':>10} {'share':>6}",
     ]
     for r in rows:
         compute = f"{r.compute_ms:>10.1f} {r.fill_ms / r.compute_ms:>6.0%}" if r.compute_ms else f"{'-':>10} {'-':>6}"
         shape = " x ".join(map(str, r.shape))
         lines.append(
-            f"{r.preset:<10} {shape:<26} {r.megabytes:>6.0f} {r.fill_ms:>8.1f} {r.gigabytes_per_s:>6.2f}  {compute}"
+            f"{r.preset:<12} {shape:<26} {r.megabytes:>6.0f} {r.fill_ms:>8.1f} {r.gigabytes_per_s:>6.2f}  {compute}"
         )
     return "\n".join(lines)
 
@@ -194,7 +196,8 @@ def format_host_table(rows: list[HostRow], workers: int) -> str:
 # --- cached arrays of the real shapes ------------------------------------------------------------
 @dataclass(frozen=True)
 class CachedArrays:
-    """Stage-1 volumes and stage-2 crops of one T1 and one T2 series per study, in a work folder.
+    """Stage-1 volumes and stage-2 crops of one T1 and one T2 series per study, and the five level stacks of one
+    axial series, in a work folder.
 
     The first ``distinct`` studies get arrays of their own; the others are hard links to them (a copy where the
     file system has no links), so an epoch of many batches costs the disk only ``distinct`` studies.
@@ -223,11 +226,23 @@ class CachedArrays:
                     _link(paths.stage1_array(twin, twin_series), volume)
                     _link(paths.stage2_array(twin, twin_series), crops)
                 rows.append({"study_id": study, "series_id": series, "plane": plane})
+            axial_series = 10 * study + 2
+            for level in LEVEL_NAMES:
+                stack = paths.axial_stack(study, axial_series, level_slug(level), AXIAL_INSTANCE)
+                stack.parent.mkdir(parents=True, exist_ok=True)
+                if study == twin:
+                    np.save(stack, rng.integers(0, 256, (STACK_SLICES, 256, 256), dtype=np.uint8))
+                else:
+                    _link(paths.axial_stack(twin, 10 * twin + 2, level_slug(level), AXIAL_INSTANCE), stack)
+                rows.append({"study_id": study, "series_id": axial_series, "plane": "axial", "level": level})
         return cls(paths, pd.DataFrame(rows))
 
     def training_set(self, cfg: TrainConfig) -> torch.utils.data.Dataset:
         """The preset's training dataset over these arrays (random labels for stage 2, zero keypoints)."""
         series = self.series[self.series["plane"] == cfg.plane]
+        if cfg.stage == 1 and view(cfg.plane).localised_per == "level":
+            samples = series.assign(instance_number=AXIAL_INSTANCE)
+            return LevelKeypointDataset(samples, self.paths, cfg.n_frames, keypoints=None, train=True)
         if cfg.stage == 1:
             return KeypointDataset(series, self.paths, cfg.n_frames, keypoints=None, train=True)
         studies = series["study_id"].unique()
@@ -238,6 +253,10 @@ class CachedArrays:
     def first_batch(self, cfg: TrainConfig, device: torch.device) -> dict:
         batch = next(iter(loader(self.training_set(cfg), cfg, train=True)))
         return to_device(batch, device)
+
+
+AXIAL_INSTANCE = 1
+"""The instance number in the names of the benchmark's axial stacks (any one: the arrays are random)."""
 
 
 def _link(source: Path, target: Path) -> None:
@@ -333,7 +352,7 @@ def format_table(rows: list[Row], device: str) -> str:
     lines = [
         f"training step, {device}: median ms per optimizer step, batch resident on the device (step: with the GPU "
         "augmentation; pure: without), and fed by the loader; overheads are over the pure step",
-        f"{'preset':<10} {'batch shape':<26} {'seed ms':>9} {'step ms':>9} {'ratio':>6} {'target':>7}  "
+        f"{'preset':<12} {'batch shape':<26} {'seed ms':>9} {'step ms':>9} {'ratio':>6} {'target':>7}  "
         f"{'pure ms':>8} {'augment':>8} {'+loader ms':>10} {'overhead':>8}     {'in-step copy':>12}  {'peak GB':>7}"
         "  seed timed by",
     ]
@@ -343,7 +362,7 @@ def format_table(rows: list[Row], device: str) -> str:
         loaded = "ok" if r.loader_overhead <= LOADER_TARGET else "MISS"
         in_step = f"{r.in_step_copy_overhead:>+12.1%}" if r.in_step_copy_overhead is not None else f"{'-':>12}"
         lines.append(
-            f"{r.preset:<10} {r.shape:<26} {r.seed_ms or 0:>9.1f} {r.compute_ms:>9.1f} {ratio:>6} "
+            f"{r.preset:<12} {r.shape:<26} {r.seed_ms or 0:>9.1f} {r.compute_ms:>9.1f} {ratio:>6} "
             f"{'<=' + str(r.target):>5} {verdict:<4} {r.pure_ms:>8.1f} {r.augment_overhead:>+8.1%} "
             f"{r.loader_ms:>10.1f} {r.loader_overhead:>+8.1%} {loaded:<4} {in_step}  {r.peak_gb or 0:>7.1f}  "
             f"{r.seed_source}"

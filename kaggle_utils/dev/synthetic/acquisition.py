@@ -262,7 +262,7 @@ def axial_plan(
     spacing_px = round(fov / cols, 6)
     twist = np.deg2rad(rng.normal(0, 2.0))  # small patient rotation about the long axis
     row_hint = np.array([np.cos(twist), np.sin(twist), 0.0])
-    shift = np.array([rng.normal(0, 3), rng.uniform(-0.05, 0.05) * fov, 0.0])
+    shift = np.array([rng.uniform(-0.12, 0.12) * fov, rng.uniform(-0.12, 0.12) * fov, 0.0])  # the canal off centre
     discs = LABELLED_DISCS[list(levels)]
     if rng.random() < PER_DISC_BLOCKS:
         gap = float(rng.uniform(3.0, 4.0))
