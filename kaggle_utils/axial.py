@@ -19,7 +19,9 @@ reports what has no coverage: those rows keep the sagittal prediction.
 
 The axial localiser's samples are the assigned slices: ``keypoints_table`` pairs each with the left and right
 subarticular points clicked on its series (``train_label_coordinates.csv``), and ``cache_stacks`` writes each
-sample's ``STACK_SLICES`` slices (the assigned one in the middle, neighbours from its block) as a uint8 array.
+sample's ``STACK_SLICES`` slices (the assigned one in the middle, neighbours from its block) as a uint8 array and,
+where the points are known, its crops: the canal between the two points and each lateral recess, sized in mm,
+the right one mirrored (``level_crops``).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import cv2
 import numpy as np
 import pandas as pd
 from tqdm.auto import tqdm
@@ -219,6 +222,8 @@ def level_table(study_id: int, points: np.ndarray, series: list[AxialSeries], ma
                     "assigned": assigned,
                     "rows": s.geometry.shapes[:, 0],
                     "columns": s.geometry.shapes[:, 1],
+                    "row_mm": s.geometry.pixel_spacing[:, 0],
+                    "column_mm": s.geometry.pixel_spacing[:, 1],
                 }
             )
         )
@@ -362,52 +367,129 @@ def stack_instances(levels: pd.DataFrame, series_id: int, instance: int) -> list
     return [int(block[i]) for i in np.clip(int(centre["index"]) + offsets, 0, len(block) - 1)]
 
 
+CENTRE_CROP_MM = 60.0
+"""Side of the square crop around the midpoint of a level's two subarticular points: the canal (spinal stenosis)."""
+
+SIDE_CROP_MM = 40.0
+"""Side of the square crop around each subarticular point: that side's lateral recess."""
+
+CROPS = ("centre", "left", "right")
+"""The crops of an axial level, in the order they are cached; the right one is mirrored, so that one model reads
+both sides with the recess on the same side of the image."""
+
+
+def square_crop(image: np.ndarray, centre: np.ndarray, side_mm: float, spacing: np.ndarray, size: int) -> np.ndarray:
+    """A ``side_mm`` square around ``centre`` (pixel x, y) of a slice with PixelSpacing ``spacing`` (row, column mm),
+    resampled to ``size`` x ``size`` float32; beyond the image the border pixels are repeated."""
+    width, height = (max(2, round(side_mm / float(s))) for s in (spacing[1], spacing[0]))
+    patch = cv2.getRectSubPix(np.asarray(image, np.float32), (width, height), (float(centre[0]), float(centre[1])))
+    interpolation = cv2.INTER_AREA if min(width, height) >= size else cv2.INTER_LANCZOS4
+    return cv2.resize(patch, (size, size), interpolation=interpolation)
+
+
+def level_crops(
+    slices: list[np.ndarray], points: np.ndarray, spacing: np.ndarray, size: int, window: tuple[float, float]
+) -> np.ndarray:
+    """(3, n, size, size) uint8: the centre, left and (mirrored) right crops of every slice of a level's stack, from
+    its left and right points (2, 2), relative to the assigned slice's image."""
+    rows, cols = slices[len(slices) // 2].shape
+    left, right = np.asarray(points, np.float64) * (cols, rows)
+    boxes = ((left + right) / 2, CENTRE_CROP_MM), (left, SIDE_CROP_MM), (right, SIDE_CROP_MM)
+    crops = np.stack(
+        [np.stack([square_crop(image, centre, mm, spacing, size) for image in slices]) for centre, mm in boxes]
+    )
+    crops[2] = crops[2][..., ::-1].copy()  # the right recess mirrored onto the left one's side
+    return to_uint8(crops, window)
+
+
+@dataclass(frozen=True)
+class LevelJob:
+    """One assigned level of an axial series: its slices (instances, top to bottom), where its stack goes, and, with
+    its two points (relative, left then right), where its crops go and the slices' PixelSpacing (row, column)."""
+
+    instances: tuple[int, ...]
+    stack_out: Path | None
+    crops_out: Path | None = None
+    points: np.ndarray | None = None
+    spacing: np.ndarray | None = None
+
+
 @dataclass(frozen=True)
 class StackJob:
-    """The stacks to cut from one axial series: per sample, its output and the instances to read, top to bottom."""
+    """The levels to cut from one axial series."""
 
     folder: Path
-    stacks: tuple[tuple[Path, tuple[int, ...]], ...]
+    levels: tuple[LevelJob, ...]
 
 
 def cut_stacks(job: StackJob, size: int, percentiles: tuple[float, float]) -> str | None:
-    """Read each instance once and write every stack, each windowed over its own slices (a sample's intensities
-    then do not depend on which other levels of the series are assigned); a warning line instead of an exception,
-    so one bad file does not stop the run."""
+    """Read each instance once and write every level's stack and crops, each level windowed over its own slices (a
+    sample's intensities then do not depend on which other levels of the series are assigned); a warning line
+    instead of an exception, so one bad file does not stop the run."""
     try:
-        wanted = sorted({i for _, instances in job.stacks for i in instances})
+        wanted = sorted({i for level in job.levels for i in level.instances})
         slices = {i: read_slice(job.folder / f"{i}.dcm") for i in wanted}
-        for out, instances in job.stacks:
-            window = intensity_window([slices[i] for i in instances], percentiles)
-            save_atomic(out, np.stack([to_uint8(resize_slice(slices[i], size), window) for i in instances]))
-    except (SeriesError, ValueError) as error:
+        for level in job.levels:
+            stack = [slices[i] for i in level.instances]
+            window = intensity_window(stack, percentiles)
+            if level.stack_out is not None:
+                save_atomic(level.stack_out, np.stack([to_uint8(resize_slice(image, size), window) for image in stack]))
+            if level.crops_out is not None:
+                save_atomic(level.crops_out, level_crops(stack, level.points, level.spacing, size, window))
+    except (SeriesError, ValueError, cv2.error) as error:
         return f"axial series {job.folder}: {error}"
     return None
 
 
-def plan_stacks(paths: P.Paths, split: str, levels: pd.DataFrame, cfg: PreprocessConfig) -> list[StackJob]:
-    """The stacks of every assigned level of ``levels`` that are missing (or were made with other parameters)."""
-    root = paths.work_dir / "axial1"
-    current = cache_is_current(root, cfg)
-    remove_partial_files(root)
+def plan_stacks(
+    paths: P.Paths,
+    split: str,
+    levels: pd.DataFrame,
+    cfg: PreprocessConfig,
+    points: dict[tuple[int, str], np.ndarray] | None = None,
+) -> list[StackJob]:
+    """The stacks of every assigned level of ``levels``, and the crops of those with ``points`` ((series id, level)
+    -> (2, 2) relative), that are missing or were made with other parameters."""
+    current = {root: cache_is_current(paths.work_dir / root, cfg) for root in ("axial1", "axial2")}
+    for root in current:
+        remove_partial_files(paths.work_dir / root)
+    points = points or {}
     jobs = []
     assigned = levels[levels["assigned"]]
     for (study_id, series_id), rows in assigned.groupby(["study_id", "series_id"]):
-        stacks = []
+        todo = []
         for row in rows.itertuples():
-            out = paths.axial_stack(int(study_id), int(series_id), level_slug(row.level), int(row.instance_number))
-            if not (current and out.exists()):
-                stacks.append((out, tuple(stack_instances(levels, int(series_id), int(row.instance_number)))))
-        if stacks:
-            jobs.append(StackJob(paths.series_dir(split, int(study_id), int(series_id)), tuple(stacks)))
+            key = (int(study_id), int(series_id), level_slug(row.level), int(row.instance_number))
+            stack, crops = paths.axial_stack(*key), paths.axial_crops(*key)
+            level_points = points.get((int(series_id), row.level))
+            need_stack = not (current["axial1"] and stack.exists())
+            need_crops = level_points is not None and not (current["axial2"] and crops.exists())
+            if need_stack or need_crops:
+                todo.append(
+                    LevelJob(
+                        instances=tuple(stack_instances(levels, int(series_id), int(row.instance_number))),
+                        stack_out=stack if need_stack else None,
+                        crops_out=crops if need_crops else None,
+                        points=level_points,
+                        spacing=np.array([row.row_mm, row.column_mm]),
+                    )
+                )
+        if todo:
+            jobs.append(StackJob(paths.series_dir(split, int(study_id), int(series_id)), tuple(todo)))
     return jobs
 
 
 def cache_stacks(
-    paths: P.Paths, split: str, levels: pd.DataFrame, cfg: PreprocessConfig, progress: bool = True
+    paths: P.Paths,
+    split: str,
+    levels: pd.DataFrame,
+    cfg: PreprocessConfig,
+    points: dict[tuple[int, str], np.ndarray] | None = None,
+    progress: bool = True,
 ) -> list[str]:
-    """Write the missing stacks of ``levels`` over ``cfg.num_workers`` processes; returns the failures' warnings."""
-    jobs = plan_stacks(paths, split, levels, cfg)
+    """Write the missing stacks (and crops, see ``plan_stacks``) of ``levels`` over ``cfg.num_workers`` processes;
+    returns the failures' warnings."""
+    jobs = plan_stacks(paths, split, levels, cfg, points)
     args = (jobs, [cfg.img_size] * len(jobs), [cfg.percentiles] * len(jobs))
     bar = {"total": len(jobs), "desc": "axial stacks", "disable": not progress}
     if cfg.num_workers > 1 and len(jobs) > 1:
@@ -435,11 +517,12 @@ def prepare_training(
     paths: P.Paths, sagittal: pd.DataFrame, keypoints: pd.DataFrame, cfg: PreprocessConfig, progress: bool = True
 ) -> TrainingTables:
     """The training split's level table (from the ground-truth Sagittal T2 keypoints) and axial localiser samples,
-    saved to ``WORK_DIR/tables`` (``axial_levels``, ``axial_keypoints``), and the samples' stacks cached."""
+    saved to ``WORK_DIR/tables`` (``axial_levels``, ``axial_keypoints``), and the samples' stacks and crops (from
+    their true points) cached."""
     levels, coverage = build_level_table(paths, "train", sagittal, keypoints, cfg.axial_max_distance_mm, progress)
     save_table(paths, "axial_levels", levels)
     samples = save_table(paths, "axial_keypoints", keypoints_table(paths, levels))
-    problems = cache_stacks(paths, "train", levels, cfg)
+    problems = cache_stacks(paths, "train", levels, cfg, points_by_level(samples), progress)
     return TrainingTables(levels, samples, coverage, problems)
 
 

@@ -205,6 +205,11 @@ class Paths:
         middle of its block's neighbours, top to bottom."""
         return self.work_dir / "axial1" / str(study_id) / f"{series_id}_{level}_{instance}.npy"
 
+    def axial_crops(self, study_id: int, series_id: int, level: str, instance: int) -> Path:
+        """An axial level's crops: (3, 5, 256, 256) uint8, the centre, left and mirrored right crop of each slice of
+        its stack (``axial.level_crops``)."""
+        return self.work_dir / "axial2" / str(study_id) / f"{series_id}_{level}_{instance}.npy"
+
     def stage2_array(self, study_id: int, series_id: int, root: str = "stage2") -> Path:
         """Stage-2 crops (5, N, 256, 256) uint8; training crops use ``stage2``, inference crops ``infer/stage2``."""
         return self.work_dir / root / str(study_id) / f"{series_id}.npy"

@@ -9,8 +9,9 @@
 #
 # **Outputs** in `WORK_DIR`: `tables/{series,targets,folds,keypoints}.csv`, `tables/axial_levels.csv` (each Axial T2
 # slice's level) and `tables/axial_keypoints.csv` (the axial localiser's samples), `stage1/{study}/{series}.npy`
-# (N, 256, 256), `stage2/{study}/{series}.npy` (5, N, 256, 256) and `axial1/{study}/{series}_{level}_{instance}.npy`
-# (5, 256, 256) uint8, and `figures/study_*.png`, `figures/axial_levels_*.png`.
+# (N, 256, 256), `stage2/{study}/{series}.npy` (5, N, 256, 256), `axial1/{study}/{series}_{level}_{instance}.npy`
+# (5, 256, 256) and `axial2/...` (3, 5, 256, 256: centre, left, mirrored right crop) uint8, and `figures/study_*.png`,
+# `figures/axial_levels_*.png`.
 
 # %%
 # Bootstrap: import kaggle_utils from this repository or, on Kaggle, from the code dataset under /kaggle/input
@@ -82,7 +83,9 @@ series.groupby(["fold", "plane"]).size().unstack()
 # Each level's Sagittal T2 point behind the disc (ground truth here), in patient coordinates, against every axial
 # slice plane: the nearest slice of each series within `axial_max_distance_mm` images that level. Levels no axial
 # series reaches keep their sagittal prediction. The axial localiser's samples are the assigned slices whose series
-# carries both subarticular points of the level, cached with two neighbours above and below from the same block.
+# carries both subarticular points of the level, cached with two neighbours above and below from the same block,
+# and their crops from the true points: the canal between the two points and each lateral recess, the right one
+# mirrored.
 
 # %%
 prepared = axial.prepare_training(paths, series, keypoints, cfg)

@@ -105,7 +105,7 @@ def test_level_table_marks_one_slice_per_covered_level_in_every_series() -> None
     lower = axial.split_blocks(2, stack([22.0, 18.0, 14.0, 10.0, 6.0, 2.0]))
     points = points_at([36.5, 21.0, 10.0, -30.0, -60.0])
     table = axial.level_table(9, points, [upper, lower], max_distance_mm=3.0)
-    assert list(table.columns) == [*tables.SCHEMAS["axial_levels"], "rows", "columns"]
+    assert list(table.columns) == [*tables.SCHEMAS["axial_levels"], "rows", "columns", "row_mm", "column_mm"]
     assigned = table[table.assigned]
     by_series = assigned.groupby("series_id")["level"].apply(list).to_dict()
     assert by_series == {1: ["L1/L2", "L2/L3"], 2: ["L2/L3", "L3/L4"]}  # L2/L3 is in both series
@@ -207,3 +207,39 @@ def test_a_stack_is_the_assigned_slice_between_its_block_neighbours(prepared: Pa
     slices = {i: read_slice(folder / f"{i}.dcm") for i in set(instances)}
     window = intensity_window([slices[i] for i in instances], PreprocessConfig().percentiles)  # the stack's own
     np.testing.assert_array_equal(stack[2], to_uint8(resize_slice(slices[instance], 256), window))
+
+
+def test_level_crops_centre_on_the_canal_and_each_recess_and_mirror_the_right_one() -> None:
+    """A marker 4 px to the patient's left of each point: right of centre in the left crop, left of centre in the
+    mirrored right crop (the two recesses then face the same way)."""
+    image = np.zeros((200, 200), np.float32)
+    left, right = np.array([130.0, 100.0]), np.array([70.0, 100.0])  # patient left is the image's right
+    for point in (left, right):
+        image[100, int(point[0]) + 4] = 100.0
+    points = np.stack([left / 200, right / 200])
+    spacing = np.array([0.5, 0.5])  # 40 mm side crops are 80 px: size 80 keeps the pixels
+    crops = axial.level_crops([image] * 3, points, spacing, 80, (0.0, 100.0))
+    assert crops.shape == (3, 3, 80, 80) and crops.dtype == np.uint8
+    profile = {name: crops[k, 1].max(axis=0) for k, name in enumerate(axial.CROPS)}
+    centre_of_80 = 39.5
+    assert np.flatnonzero(profile["left"]).mean() == pytest.approx(centre_of_80 + 4, abs=0.6)
+    assert np.flatnonzero(profile["right"]).mean() == pytest.approx(centre_of_80 - 4, abs=0.6)
+    # the centre crop (60 mm = 120 px, shown at 80) holds both markers, either side of the canal
+    assert (profile["centre"] > 0).sum() >= 2
+
+
+def test_training_crops_are_cut_from_the_true_points(prepared: Paths) -> None:
+    levels = tables.load_table(prepared, "axial_levels")
+    samples = tables.load_table(prepared, "axial_keypoints")
+    sample = samples.iloc[0]
+    key = (int(sample.study_id), int(sample.series_id), axial.level_slug(sample.level), int(sample.instance_number))
+    crops = np.load(prepared.axial_crops(*key))
+    assert crops.shape == (len(axial.CROPS), axial.STACK_SLICES, 256, 256) and crops.dtype == np.uint8
+    instances = axial.stack_instances(levels, key[1], key[3])
+    folder = prepared.series_dir("train", key[0], key[1])
+    stack = [read_slice(folder / f"{i}.dcm") for i in instances]
+    row = levels[(levels.series_id == key[1]) & (levels.instance_number == key[3])].iloc[0]
+    points = axial.points_by_level(samples)[key[1], sample.level]
+    window = intensity_window(stack, PreprocessConfig().percentiles)
+    expected = axial.level_crops(stack, points, np.array([row.row_mm, row.column_mm]), 256, window)
+    np.testing.assert_array_equal(crops, expected)
