@@ -11,7 +11,7 @@ placed on the middle slice of its sagittal series, is a point in patient coordin
 to every axial slice plane (each slice's own normal: blocks differ) gives, per series, the nearest slice; the level
 is assigned to that slice when the distance is at most ``max_distance_mm`` (3 mm for training samples, 5 mm at
 inference) and the point projected onto the slice falls inside its image. Neighbouring slices come from the same
-block only (``AxialSeries.window``): a neighbour in another block images another disc.
+block only (``stack_instances``): a neighbour in another block images another disc.
 
 ``level_table`` writes one row per axial slice (its block, the nearest level, the signed distance to that level's
 point, whether it is that level's assigned slice); ``build_level_table`` does it for every study of a split and
@@ -114,12 +114,6 @@ class AxialSeries:
     def inside(self, k: int, xy: np.ndarray) -> bool:
         rows, cols = self.geometry.shapes[k]
         return bool(0 <= xy[0] < cols and 0 <= xy[1] < rows)
-
-    def window(self, k: int, n: int) -> np.ndarray:
-        """Indices of ``n`` slices centred on k from k's block only, the block's end slices repeated past its ends."""
-        members = np.flatnonzero(self.block == self.block[k])
-        offsets = np.arange(n) - n // 2
-        return members[np.clip(self.index[k] + offsets, 0, len(members) - 1)]
 
 
 def split_blocks(series_id: int, geometry: Geometry) -> AxialSeries:

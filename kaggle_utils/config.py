@@ -195,7 +195,6 @@ class InferConfig:
 
     tta_angles: tuple[float, ...] = TTA_ANGLES
     batch_size: int = 8
-    axial_max_distance_mm: float = 5.0  # as PreprocessConfig's, looser: the sagittal points are predicted here
 
 
 _STAGE1_T2 = Stage1Config()

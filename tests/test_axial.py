@@ -119,17 +119,6 @@ def test_level_table_marks_one_slice_per_covered_level_in_every_series() -> None
     assert table.loc[(table.series_id == 1) & (table.instance_number == 1), "distance_mm"].item() == pytest.approx(-3.5)
 
 
-def test_window_takes_neighbours_from_the_same_block_only() -> None:
-    g = geometry(
-        [[0, 0, 8], [0, 0, 4], [0, 0, 0], [0, 0, -30], [0, 0, -34]],
-        [tilted(5)] * 3 + [tilted(-5)] * 2,
-        [1, 2, 3, 4, 5],
-    )
-    series = axial.split_blocks(1, g)
-    assert series.window(1, 5).tolist() == [0, 0, 1, 2, 2]
-    assert series.window(3, 3).tolist() == [3, 3, 4]  # the last slice of block 0 is not a neighbour
-
-
 def test_sagittal_points_are_placed_on_the_middle_slice() -> None:
     sagittal_iop = np.array([0.0, 1.0, 0.0, 0.0, 0.0, -1.0])  # rows posterior, columns down: normal +x (left)
     xs = [-8.0, -4.0, 0.0, 4.0, 8.0]
