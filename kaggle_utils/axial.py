@@ -179,16 +179,24 @@ class LevelMatch:
     assigned: bool
 
 
-def match_levels(points: np.ndarray, series: AxialSeries, max_distance_mm: float) -> list[LevelMatch]:
-    """Each level's nearest slice in ``series``; assigned when within ``max_distance_mm`` and inside the image."""
+def distance_matrix(points: np.ndarray, series: AxialSeries) -> np.ndarray:
+    """(slices, levels) signed mm from each slice plane to each level's point."""
+    return np.stack([series.signed_distances(p) for p in np.asarray(points, dtype=np.float64)], axis=1)
+
+
+def match_levels(
+    points: np.ndarray, series: AxialSeries, max_distance_mm: float, distances: np.ndarray | None = None
+) -> list[LevelMatch]:
+    """Each level's nearest slice in ``series``; assigned when within ``max_distance_mm`` and inside the image
+    (``distances``: the ``distance_matrix``, when the caller has it)."""
+    distances = distance_matrix(points, series) if distances is None else distances
     matches = []
     for level, point in enumerate(np.asarray(points, dtype=np.float64)):
-        distances = series.signed_distances(point)
-        k = int(np.argmin(np.abs(distances)))
+        k = int(np.argmin(np.abs(distances[:, level])))
         xy = series.pixel(k, point)
-        assigned = abs(distances[k]) <= max_distance_mm and series.inside(k, xy)
+        assigned = abs(distances[k, level]) <= max_distance_mm and series.inside(k, xy)
         matches.append(
-            LevelMatch(level, series.series_id, k, float(distances[k]), (float(xy[0]), float(xy[1])), assigned)
+            LevelMatch(level, series.series_id, k, float(distances[k, level]), (float(xy[0]), float(xy[1])), assigned)
         )
     return matches
 
@@ -197,10 +205,10 @@ def level_table(study_id: int, points: np.ndarray, series: list[AxialSeries], ma
     """One row per axial slice of a study: block, index, nearest level, signed distance to it, assigned or not."""
     frames = []
     for s in series:
-        distances = np.stack([s.signed_distances(p) for p in points], axis=1)  # (slices, levels)
+        distances = distance_matrix(points, s)
         level = np.argmin(np.abs(distances), axis=1)
         assigned = np.zeros(len(s), dtype=bool)
-        for match in match_levels(points, s, max_distance_mm):
+        for match in match_levels(points, s, max_distance_mm, distances):
             if match.assigned:
                 level[match.slice], assigned[match.slice] = match.level, True
         frames.append(
@@ -234,11 +242,10 @@ def axial_series_table(paths: P.Paths, split: str) -> pd.DataFrame:
     return table[["study_id", "series_id"]].reset_index(drop=True)
 
 
-def t2_series_with_points(sagittal: pd.DataFrame, keypoints: pd.DataFrame, study_id: int) -> list[int]:
-    """A study's Sagittal T2 series (of a series table) that have keypoints, in table order."""
-    with_points = set(keypoints["series_id"].astype(int))
-    t2 = sagittal[(sagittal["plane"] == "t2") & (sagittal["study_id"] == study_id)]["series_id"]
-    return [int(s) for s in t2 if int(s) in with_points]
+def t2_series_with_points(sagittal: pd.DataFrame, keypoints: pd.DataFrame) -> dict[int, list[int]]:
+    """Study id -> its Sagittal T2 series (of a series table) that have keypoints, in table order."""
+    t2 = sagittal[(sagittal["plane"] == "t2") & sagittal["series_id"].isin(keypoints["series_id"])]
+    return {int(study): [int(s) for s in ids] for study, ids in t2.groupby("study_id", sort=False)["series_id"]}
 
 
 @dataclass
@@ -288,14 +295,15 @@ def build_level_table(
     keypoints places its levels. A study without one, or without a readable axial series, adds no rows.
     """
     axial = axial_series_table(paths, split).groupby("study_id")["series_id"].apply(list).to_dict()
+    t2_of = t2_series_with_points(sagittal, keypoints)
     coverage, frames = Coverage(), []
     for study_id in tqdm(sorted(sagittal["study_id"].unique()), desc="axial levels", disable=not progress):
         coverage.studies += 1
-        candidates = t2_series_with_points(sagittal, keypoints, study_id)
-        series = _study_series(paths, split, int(study_id), axial.get(study_id, []), coverage)
-        if not candidates:
+        candidates = t2_of.get(int(study_id), [])
+        if not candidates:  # nothing to place the levels with: the axial headers are not read
             coverage.without_sagittal_t2.append(int(study_id))
             continue
+        series = _study_series(paths, split, int(study_id), axial.get(study_id, []), coverage)
         if not series:
             coverage.without_axial.append(int(study_id))
             coverage.levels_total += len(LEVEL_NAMES)
@@ -449,10 +457,9 @@ def plan_stacks(
         remove_partial_files(paths.work_dir / root)
     points = points or {}
     jobs = []
-    assigned = levels[levels["assigned"]]
-    for (study_id, series_id), rows in assigned.groupby(["study_id", "series_id"]):
+    for (study_id, series_id), series_levels in levels.groupby(["study_id", "series_id"]):
         todo = []
-        for row in rows.itertuples():
+        for row in series_levels[series_levels["assigned"]].itertuples():
             key = (int(study_id), int(series_id), level_slug(row.level), int(row.instance_number))
             stack, crops = paths.axial_stack(*key), paths.axial_crops(*key)
             level_points = points.get((int(series_id), row.level))
@@ -461,7 +468,7 @@ def plan_stacks(
             if need_stack or need_crops:
                 todo.append(
                     LevelJob(
-                        instances=tuple(stack_instances(levels, int(series_id), int(row.instance_number))),
+                        instances=tuple(stack_instances(series_levels, int(series_id), int(row.instance_number))),
                         stack_out=stack if need_stack else None,
                         crops_out=crops if need_crops else None,
                         points=level_points,
@@ -556,7 +563,7 @@ def level_picture(
 ) -> LevelPicture:
     """The middle Sagittal T2 slice with every axial slice plane drawn across it, coloured by assigned level, and
     each level's assigned axial slice with the level's point projected onto it (arguments as ``build_level_table``)."""
-    candidates = t2_series_with_points(sagittal, keypoints, study_id)
+    candidates = t2_series_with_points(sagittal, keypoints).get(study_id, [])
     if not candidates:
         raise ValueError(f"study {study_id} has no Sagittal T2 series with keypoints to place its levels")
     t2_series_id = candidates[0]

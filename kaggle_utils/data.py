@@ -137,28 +137,31 @@ class LevelKeypointDataset(_ArrayDataset):
     ) -> None:
         self.samples = samples[["study_id", "series_id", "level", "instance_number"]].drop_duplicates()
         self.samples = self.samples.reset_index(drop=True)
+        self.records = [
+            (int(r.study_id), int(r.series_id), r.level, int(r.instance_number)) for r in self.samples.itertuples()
+        ]
         self.paths, self.n_frames, self.train = paths, n_frames, train
         self.flip = train and flip
         points = points_by_level(keypoints) if keypoints is not None else {}
-        self.targets = [points.get((int(r.series_id), r.level), np.zeros((2, 2))) for r in self.samples.itertuples()]
+        self.targets = [points.get((series_id, level), np.zeros((2, 2))) for _, series_id, level, _ in self.records]
 
     def __len__(self) -> int:
-        return len(self.samples)
+        return len(self.records)
 
     def _path(self, index: int) -> Path:
-        r = self.samples.iloc[index]
-        return self.paths.axial_stack(int(r.study_id), int(r.series_id), level_slug(r.level), int(r.instance_number))
+        study_id, series_id, level, instance = self.records[index]
+        return self.paths.axial_stack(study_id, series_id, level_slug(level), instance)
 
     def fill(self, index: int, image: np.ndarray, rng: np.random.Generator) -> dict:
         # Reversing axial slices runs them upwards: the points stay where they are and keep their sides.
         mask = read_frames(self._path(index), self.n_frames, image, reverse=self.flip and rng.random() < 0.5)
-        r = self.samples.iloc[index]
+        study_id, series_id, level, _ = self.records[index]
         return {
             "mask": mask,
             "target": self.targets[index].astype(np.float32),
-            "study_id": int(r.study_id),
-            "series_id": int(r.series_id),
-            "level": LEVEL_NAMES.index(r.level),
+            "study_id": study_id,
+            "series_id": series_id,
+            "level": LEVEL_NAMES.index(level),
         }
 
 
