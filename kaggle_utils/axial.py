@@ -404,6 +404,11 @@ def level_crops(
     return to_uint8(crops, window)
 
 
+def level_stack(slices: list[np.ndarray], size: int, window: tuple[float, float]) -> np.ndarray:
+    """(n, size, size) uint8: a level's native slices as the axial localiser sees them."""
+    return np.stack([to_uint8(resize_slice(image, size), window) for image in slices])
+
+
 @dataclass(frozen=True)
 class LevelJob:
     """One assigned level of an axial series: its slices (instances, top to bottom), where its stack goes, and, with
@@ -435,7 +440,7 @@ def cut_stacks(job: StackJob, size: int, percentiles: tuple[float, float]) -> st
             stack = [slices[i] for i in level.instances]
             window = intensity_window(stack, percentiles)
             if level.stack_out is not None:
-                save_atomic(level.stack_out, np.stack([to_uint8(resize_slice(image, size), window) for image in stack]))
+                save_atomic(level.stack_out, level_stack(stack, size, window))
             if level.crops_out is not None:
                 save_atomic(level.crops_out, level_crops(stack, level.points, level.spacing, size, window))
     except (SeriesError, ValueError, cv2.error) as error:

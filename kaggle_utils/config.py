@@ -23,10 +23,10 @@ from kaggle_utils.constants import CONDITION_FAMILIES, TTA_ANGLES
 from kaggle_utils.views import view
 
 Plane = Literal["t1", "t2", "axial"]  # views.VIEWS: Sagittal T1, Sagittal T2/STIR, Axial T2
-ModelName = Literal["keypoint", "keypoint_heatmap", "sagittal_1head", "sagittal_3heads"]  # models.MODELS
+ModelName = Literal["keypoint", "keypoint_heatmap", "sagittal_1head", "sagittal_3heads", "axial_crops"]  # models.MODELS
 STAGE1_MODELS: tuple[str, ...] = ("keypoint", "keypoint_heatmap")
 """The localisers: the solution's regression head, and the spatial (heatmap) head."""
-Condition = Literal["all", "foraminal"]  # labels.CONDITION_ROWS: the rows a stage-2 model predicts
+Condition = Literal["all", "foraminal", "axial"]  # labels.CONDITION_ROWS: the rows a stage-2 model predicts
 AmpDtype = Literal["auto", "bf16", "fp16"]
 Routes = tuple[tuple[str, int], ...]
 """A stage-2 preset's routing: (condition family, rank) pairs. For each row of a family, the presets of the first
@@ -82,7 +82,7 @@ class TrainConfig:
 
     name: str
     plane: Plane  # "t1" (Sagittal T1), "t2" (Sagittal T2/STIR) or "axial" (Axial T2)
-    model: ModelName  # a localiser (STAGE1_MODELS), "sagittal_1head" or "sagittal_3heads" (see models.MODELS)
+    model: ModelName  # a localiser (STAGE1_MODELS) or a classifier: "sagittal_1head", "sagittal_3heads", "axial_crops"
     n_frames: int
     img_size: int
     epochs: int
@@ -155,7 +155,7 @@ class Stage2Config(TrainConfig):
     name: str = "sp1"
     plane: Plane = "t2"
     model: ModelName = "sagittal_3heads"
-    condition: Condition = "all"  # "all" (25 labels, T2) or "foraminal" (10 labels, T1)
+    condition: Condition = "all"  # "all" (25 labels, T2), "foraminal" (10 labels, T1), "axial" (3 per level)
     # Which condition families inference takes from this preset, and in which rank (see ``Routes``): spinal
     # from every T2 model; subarticular from su, else from the other T2 models; foraminal from T1, else from T2.
     routes: Routes = (("spinal", 1), ("subarticular", 2), ("foraminal", 2))
@@ -191,10 +191,14 @@ class Stage2Config(TrainConfig):
 
 @dataclass(frozen=True)
 class InferConfig:
-    """Inference: TTA and batching (which preset feeds which condition is each preset's ``routes``)."""
+    """Inference: TTA, batching and the axial level assignment (which preset feeds which condition is each preset's
+    ``routes``)."""
 
     tta_angles: tuple[float, ...] = TTA_ANGLES
     batch_size: int = 8
+    # An axial slice images a level at test time when the level's predicted Sagittal T2 point is this close to its
+    # plane (wider than training's 3 mm: the predicted point carries the localiser's error)
+    axial_max_distance_mm: float = 5.0
 
 
 _STAGE1_T2 = Stage1Config()
@@ -223,8 +227,22 @@ FULL_PRESETS: dict[str, TrainConfig] = {
     "su": dataclasses.replace(
         _STAGE2_T2, name="su", n_frames=24, img_size=96, routes=(("spinal", 1), ("subarticular", 1), ("foraminal", 2))
     ),
+    # Axial T2, per level: the canal and both recess crops of the 5-slice stack around the assigned slice. Its
+    # routes rank it among the axial presets; the axial prediction then joins the sagittal one in the blend.
+    "ax": dataclasses.replace(
+        _STAGE2_T2,
+        name="ax",
+        plane="axial",
+        model="axial_crops",
+        condition="axial",
+        n_frames=5,
+        img_size=128,
+        epochs=30,
+        cutmix_p=0.0,  # sequence cutmix swaps the right rows' half-sequences; an axial level has no such layout
+        routes=(("spinal", 1), ("subarticular", 1)),
+    ),
 }
-"""The solution's six configurations."""
+"""The solution's six configurations and the axial classifier."""
 
 STAGE1_PRESETS: tuple[str, ...] = tuple(n for n, c in FULL_PRESETS.items() if c.stage == 1)
 STAGE2_PRESETS: tuple[str, ...] = tuple(n for n, c in FULL_PRESETS.items() if c.stage == 2)
@@ -278,6 +296,7 @@ PROFILE_PRESET_DELTAS: dict[str, dict[str, dict[str, Any]]] = {
         "sp1": dict(img_size=64),
         "sp2": dict(img_size=96),
         "su": dict(img_size=64, n_frames=16),
+        "ax": dict(img_size=64, epochs=12),
     },
     "smoke": {
         "stage1_t1": dict(img_size=64),
@@ -287,6 +306,7 @@ PROFILE_PRESET_DELTAS: dict[str, dict[str, dict[str, Any]]] = {
         "sp1": dict(img_size=32),
         "sp2": dict(img_size=32),
         "su": dict(img_size=32, n_frames=8),
+        "ax": dict(img_size=32),
     },
 }
 """Per-preset sizes of the small profiles (image size and frames dominate CPU time)."""

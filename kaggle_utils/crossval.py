@@ -15,6 +15,7 @@ import pandas as pd
 import torch
 
 from kaggle_utils.axial import SIDES
+from kaggle_utils.blend import Blend, blend_rows, fit_blend
 from kaggle_utils.config import FULL_PRESETS, InferConfig, PreprocessConfig
 from kaggle_utils.constants import ALL_STUDIES_FOLD, CONDITIONS, LEVELS, STAGE1_GRID, condition_family
 from kaggle_utils.dicom import read_series
@@ -67,11 +68,15 @@ def score_table(submissions: dict[str, pd.DataFrame], targets: pd.DataFrame) -> 
 # --- out-of-fold runs ----------------------------------------------------------------------------
 @dataclass
 class CrossValidation:
-    """The out-of-fold prediction (from predicted keypoints), the oracle's (ground-truth keypoints, same models,
-    TTA and routing; None when not asked) and the class-prior baseline of the same studies."""
+    """The out-of-fold prediction (from predicted keypoints; its ``sagittal`` part the same models without the axial
+    branch), the oracle's (ground-truth sagittal keypoints, same models, TTA, routing and blend; None when not
+    asked), the class-prior baseline of the same studies, and the blend of sagittal and axial predictions fit on
+    them (``blend.fit_blend``, with its report)."""
 
     prediction: Prediction
     oracle: pd.DataFrame | None = None
+    blend: Blend = dataclasses.field(default_factory=Blend)
+    blend_report: pd.DataFrame = dataclasses.field(default_factory=pd.DataFrame)
 
     @property
     def submission(self) -> pd.DataFrame:
@@ -99,7 +104,10 @@ def cross_validate(
     """Out-of-fold inference on the training studies: fold f's studies go through fold f's models, from the raw
     DICOMs as at test time (predicted keypoints, TTA, routing); priors come from the other folds' labels. With
     ``true_points`` (series id -> (5, 2, 2)) the same models also run on crops cut from them: the oracle, which
-    keeps the localisers' keypoints only for series without true ones.
+    keeps the localisers' keypoints only for series without true ones (its axial levels are placed by the true
+    sagittal points; the axial points are still predicted).
+    The blend of the sagittal and axial predictions is fit on the out-of-fold rows of all the folds and applied to
+    both (its two numbers per condition family are fit on the rows it scores: a slightly hopeful figure).
     Final models (fold -1, trained on every study) have no held-out studies and take no part."""
     if ALL_STUDIES_FOLD in folds:
         print(f"fold {ALL_STUDIES_FOLD} (final models on every study) has no held-out studies: not cross-validated")
@@ -113,12 +121,22 @@ def cross_validate(
         priors = label_priors(targets[~targets["study_id"].isin(study_ids)])
         models = load_models(paths, [fold], device)
         run = (paths, fold_series, study_ids, models, priors, pre_cfg, infer_cfg)
-        parts.append(predict_studies(*run, desc=f"OOF fold {fold}"))
+        unfit = Blend()  # the blend is fit below, on every fold's rows
+        parts.append(predict_studies(*run, desc=f"OOF fold {fold}", blend=unfit))
         if true_points is not None:
-            oracles.append(predict_studies(*run, desc=f"oracle fold {fold}", given_points=true_points).submission)
+            oracles.append(predict_studies(*run, desc=f"oracle fold {fold}", given_points=true_points, blend=unfit))
+    joined = _joined(parts)
+    blend, report = fit_blend(joined.sagittal, joined.axial, _solution_for(joined.sagittal, targets))
+    joined.submission = blend_rows(joined.sagittal, joined.axial, blend)
+    oracle = _joined(oracles) if oracles else None
+    blended_oracle = None if oracle is None else blend_rows(oracle.sagittal, oracle.axial, blend)
+    return CrossValidation(joined, blended_oracle, blend, report)
+
+
+def _joined(parts: list[Prediction]) -> Prediction:
+    """The predictions of several folds as one."""
     fields = [f.name for f in dataclasses.fields(Prediction)]
-    joined = Prediction(*(pd.concat([getattr(p, f) for p in parts], ignore_index=True) for f in fields))
-    return CrossValidation(joined, pd.concat(oracles, ignore_index=True) if oracles else None)
+    return Prediction(*(pd.concat([getattr(p, f) for p in parts], ignore_index=True) for f in fields))
 
 
 # --- the localisers ------------------------------------------------------------------------------

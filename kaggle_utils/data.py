@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 from kaggle_utils.axial import level_slug, points_by_level
 from kaggle_utils.constants import IGNORE_INDEX, LEVEL_NAMES, LEVELS, SEVERITY_COLUMNS, row_id
 from kaggle_utils.frames import array_shape, read_frames
-from kaggle_utils.labels import left_right_pairs_of
+from kaggle_utils.labels import condition_rows, left_right_pairs_of
 from kaggle_utils.paths import Paths
 from kaggle_utils.tables import series_points
 
@@ -240,3 +240,82 @@ class CropDataset(_ArrayDataset):
                 for left, right in self.flip_pairs:
                     target[:, [left, right]] = target[:, [right, left]]
         return {"mask": mask, **targets, "study_id": study_id, "series_id": series_id}
+
+
+class AxialCropDataset(_ArrayDataset):
+    """Stage 2 of the axial view: one sample per assigned (series, level) slice with cached crops
+    (``axial.cache_stacks``): its three crop sequences and the level's labels.
+
+    Training draws one record per study and level and picks one of its series at random on every access (a level two
+    series image is one sample, as a sagittal study is); evaluation has one record per series and level. A sample is
+    ``image`` (3, F, S, S) uint8 (canal, left recess, mirrored right recess), ``mask`` (F,) bool, ``target`` (1, 3, 3)
+    one-hot (the rows of ``labels.CONDITION_ROWS["axial"]``: spinal, left and right subarticular), ``study_id``,
+    ``series_id`` and ``level`` (index into ``LEVELS``); with a ``pseudo`` table (``soft_targets``) also ``pseudo``
+    (1, 3, 3), flipped with the labels. Training flips a level horizontally with probability 1/2:
+    the canal crop mirrored, the two recess crops and their labels swapped (each recess crop is already on the left
+    side of its image); reversing the slices is free (it keeps the sides).
+    """
+
+    rows = condition_rows("axial")
+
+    def __init__(
+        self,
+        samples: pd.DataFrame,
+        paths: Paths,
+        n_frames: int,
+        targets: pd.DataFrame | None = None,
+        train: bool = False,
+        flip: bool = True,
+        pseudo: pd.DataFrame | None = None,
+    ) -> None:
+        self.paths, self.n_frames, self.train = paths, n_frames, train
+        self.flip = train and flip
+        self.pseudo = soft_targets(pseudo, self.rows) if pseudo is not None else None
+        kept = samples[["study_id", "series_id", "level", "instance_number"]].drop_duplicates()
+        keys = ["study_id", "level"] if train else ["study_id", "series_id", "level"]
+        self.records = [
+            (int(study_id), level, [(int(r.series_id), int(r.instance_number)) for r in group.itertuples()])
+            for (study_id, *_, level), group in kept.groupby(keys, sort=True)
+        ]
+        self.labels = self._labels(targets)
+
+    def _labels(self, targets: pd.DataFrame | None) -> dict[tuple[int, str], np.ndarray]:
+        if targets is None:
+            return {}
+        table = targets.set_index("study_id")
+        labels = {}
+        for level_name, level in zip(LEVEL_NAMES, LEVELS, strict=True):
+            values = table[[f"{row}_{level}" for row in self.rows]].to_numpy()
+            for study_id, row in zip(table.index, values, strict=True):
+                labels[int(study_id), level_name] = one_hot_targets(row)[None]
+        return labels
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def _path(self, index: int, choice: int = 0) -> Path:
+        study_id, level, stacks = self.records[index]
+        series_id, instance = stacks[choice]
+        return self.paths.axial_crops(study_id, series_id, level_slug(level), instance)
+
+    def fill(self, index: int, image: np.ndarray, rng: np.random.Generator) -> dict:
+        study_id, level, stacks = self.records[index]
+        choice = int(rng.integers(len(stacks))) if self.train else 0
+        mask = read_frames(self._path(index, choice), self.n_frames, image, reverse=self.flip and rng.random() < 0.5)
+        unlabelled = np.full((1, len(self.rows), 3), IGNORE_INDEX, np.float32)
+        targets = {"target": self.labels.get((study_id, level), unlabelled).copy()}
+        if self.pseudo is not None:
+            per_level = self.pseudo.get(study_id)
+            targets["pseudo"] = unlabelled.copy() if per_level is None else per_level[[LEVEL_NAMES.index(level)]]
+        if self.flip and rng.random() < 0.5:
+            image[0] = image[0, ..., ::-1].copy()
+            image[[1, 2]] = image[[2, 1]]
+            for target in targets.values():
+                target[:, [1, 2]] = target[:, [2, 1]]
+        return {
+            "mask": mask,
+            **targets,
+            "study_id": study_id,
+            "series_id": stacks[choice][0],
+            "level": LEVEL_NAMES.index(level),
+        }

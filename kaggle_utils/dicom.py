@@ -57,6 +57,18 @@ class Series:
     folder: Path
 
     @property
+    def geometry(self) -> Geometry:
+        """Where its slices lie, in its order (the geometry's ``files`` stay empty: the pixels are read)."""
+        n = len(self.slices)
+        return Geometry(
+            self.positions,
+            np.tile(self.orientation, (n, 1)),
+            self.pixel_spacing,
+            np.asarray([image.shape for image in self.slices], dtype=np.int64).reshape(-1, 2),
+            self.instance_numbers,
+        )
+
+    @property
     def n_slices(self) -> int:
         return len(self.slices)
 
@@ -206,7 +218,7 @@ class Geometry:
     pixel_spacing: np.ndarray  # (N, 2) row spacing, column spacing, mm
     shapes: np.ndarray  # (N, 2) Rows, Columns
     instance_numbers: np.ndarray  # (N,)
-    files: tuple[Path, ...]
+    files: tuple[Path, ...] = ()  # empty for the geometry of a series read in full (``Series.geometry``)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -220,7 +232,7 @@ class Geometry:
             self.pixel_spacing[index],
             self.shapes[index],
             self.instance_numbers[index],
-            tuple(self.files[i] for i in index),
+            tuple(self.files[i] for i in index) if self.files else (),
         )
 
 

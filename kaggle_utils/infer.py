@@ -14,9 +14,9 @@ from __future__ import annotations
 import time
 import warnings
 from collections import defaultdict
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,17 +26,28 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from kaggle_utils.axial import (
+    axial_series_table,
+    level_crops,
+    level_stack,
+    level_table,
+    read_axial_series,
+    sagittal_level_points,
+    stack_instances,
+)
+from kaggle_utils.blend import BLEND_FILE, Blend, blend_rows
 from kaggle_utils.checkpoints import load_checkpoint
 from kaggle_utils.config import ConfigError, InferConfig, PreprocessConfig, TrainConfig, preset_routes
 from kaggle_utils.constants import (
     IGNORE_INDEX,
     LABEL_COLUMNS,
+    LEVEL_NAMES,
     SEVERITY_COLUMNS,
     condition_family,
     row_id,
 )
 from kaggle_utils.devices import default_device
-from kaggle_utils.dicom import SeriesError, read_series
+from kaggle_utils.dicom import Series, SeriesError, read_series, read_slice
 from kaggle_utils.frames import take_frames
 from kaggle_utils.labels import condition_rows, level_frame, sort_level_points
 from kaggle_utils.paths import Paths
@@ -109,7 +120,9 @@ def predict_keypoints(volume: np.ndarray, models: list[LoadedModel]) -> np.ndarr
             "target": torch.zeros(1, layout.count, 2),
         }
         predictions.append(loaded.predictor.predict(loaded.model, batch)[0].cpu().numpy())
-    return sort_level_points(np.median(predictions, axis=0).reshape(layout.shape))
+    points = np.median(predictions, axis=0).reshape(layout.shape)
+    # A sagittal level's points are ordered by x, as its training targets; an axial level's are left, then right.
+    return sort_level_points(points) if view(models[0].cfg.plane).localised_per == "series" else points
 
 
 @torch.no_grad()
@@ -171,24 +184,31 @@ def predict_series_table(
     desc: str = "inference",
     timer: StageTimer | None = None,
     given_points: Mapping[int, np.ndarray] | None = None,
+    axial_series: Mapping[int, list[int]] | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Keypoints and per-preset level probabilities for every series of a table (``study_id, series_id, plane,
     split``). A series that cannot be read is reported and skipped; the submission falls back for it.
-    ``timer`` (for the benchmark) adds up the stages read, volume, keypoints, crop and classify.
+    ``timer`` (for the benchmark) adds up the stages read, volume, keypoints, crop and classify, and those of the
+    axial branch (``predict_axial``).
     ``given_points`` (series id -> (5, 2, 2) relative, e.g. the ground truth for the CV's oracle) replace the
     localisers' keypoints of the series they cover; their rows say ``source=given``.
+    With ``axial_series`` (study id -> its Axial T2 series ids, ``axial_series_ids``) and axial models, each study's
+    first Sagittal T2 series places its levels on them (``predict_axial``): the axial presets' rows carry the
+    assigned slice's ``distance_mm``.
 
     Given one model set per device (``load_models_on``), the studies are split over the devices, one thread each:
     a thread's GPU work, cv2 and numpy run without the GIL, so the cards and the CPU stages overlap, and the models
     stay in this process (no second copy in host memory, no pickling). The timer then sums over the devices."""
     sets = model_sets(models)
     if len(sets) == 1:
-        return _predict_shard(paths, series, sets[0], pre_cfg, infer_cfg, desc, timer, given_points)
+        return _predict_shard(paths, series, sets[0], pre_cfg, infer_cfg, desc, timer, given_points, axial_series)
     shards = split_by_study(series, len(sets))
     timers = [StageTimer() for _ in sets]
     with ThreadPoolExecutor(len(sets)) as pool:
         jobs = [
-            pool.submit(_predict_shard, paths, shard, ms, pre_cfg, infer_cfg, f"{desc} [{i}]", t, given_points, i)
+            pool.submit(
+                _predict_shard, paths, shard, ms, pre_cfg, infer_cfg, f"{desc} [{i}]", t, given_points, axial_series, i
+            )
             for i, (shard, ms, t) in enumerate(zip(shards, sets, timers, strict=True))
         ]
         parts = [job.result() for job in jobs]
@@ -207,10 +227,13 @@ def _predict_shard(
     desc: str,
     timer: StageTimer | None,
     given_points: Mapping[int, np.ndarray] | None = None,
+    axial_series: Mapping[int, list[int]] | None = None,
     position: int = 0,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     timed = timer or _untimed
     keypoints, levels = [], []
+    placed: set[int] = set()  # studies whose axial levels are placed (by their first Sagittal T2 series)
+    axial_ready = axial_series is not None and "axial" in models.stage1 and models.presets_for("axial")
     for row in tqdm(list(series.itertuples()), desc=desc, position=position):
         if row.plane not in models.stage1:
             continue
@@ -237,11 +260,93 @@ def _predict_shard(
             rows = condition_rows(bank[0].cfg.condition)
             frame = level_frame([row.study_id], [row.series_id], probs[None], rows)
             levels.append(frame.assign(preset=preset))
+        if axial_ready and row.plane == "t2" and row.study_id not in placed:
+            placed.add(row.study_id)
+            ids = axial_series.get(row.study_id, [])
+            study = (paths, row.split, row.study_id, volume_series, points, ids)
+            levels += predict_axial(*study, models, pre_cfg, infer_cfg, timed)
     return _concat(keypoints), _concat(levels)
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+# --- the axial branch ----------------------------------------------------------------------------
+AXIAL_DISTANCE_SCALE_MM = 2.0
+"""Several series (or blocks) imaging one level: their predictions are averaged with weights exp(-|d| / this), d the
+distance from the level's point to the assigned slice's plane."""
+
+
+def axial_series_ids(paths: Paths, split: str) -> dict[int, list[int]]:
+    """Study id -> its Axial T2 series ids (a study without has no entry)."""
+    table = axial_series_table(paths, split)
+    return {int(study): [int(s) for s in ids] for study, ids in table.groupby("study_id")["series_id"]}
+
+
+def predict_axial(
+    paths: Paths,
+    split: str,
+    study_id: int,
+    t2: Series,
+    t2_points: np.ndarray,
+    series_ids: list[int],
+    models: ModelSet,
+    pre_cfg: PreprocessConfig,
+    infer_cfg: InferConfig,
+    timed: Callable[[str], AbstractContextManager[None]] = _untimed,
+) -> list[pd.DataFrame]:
+    """Every axial preset's probabilities (``level_frame`` rows + ``preset, distance_mm``) of each level the study's
+    Axial T2 series image: the Sagittal T2 keypoints ``t2_points`` (5, 2, 2) of series ``t2`` place the levels
+    (within ``infer_cfg.axial_max_distance_mm``), each assigned level's stack is localised by the axial localisers
+    (median) and cut with the training crop function, and every axial preset classifies the crops with the TTA.
+    A series that cannot be read is reported and skipped; a level no series images gives no rows. ``timed`` (the
+    benchmark's ``StageTimer``) adds up the stages axial_read and axial_crop (CPU) and axial_models (the networks)."""
+    points = sagittal_level_points(t2_points, t2.geometry)
+    frames = []
+    for series_id in series_ids:
+        try:
+            with timed("axial_read"):
+                series = read_axial_series(paths.series_dir(split, study_id, series_id), series_id)
+            if series is None:
+                continue
+            table = level_table(study_id, points, [series], infer_cfg.axial_max_distance_mm)
+            files = dict(zip(series.instance_numbers.tolist(), series.geometry.files, strict=True))
+            for row in table[table["assigned"]].itertuples():
+                with timed("axial_read"):
+                    instances = stack_instances(table, series_id, int(row.instance_number))
+                    slices = [read_slice(files[i]) for i in instances]
+                with timed("axial_crop"):
+                    window = intensity_window(slices, pre_cfg.percentiles)
+                    stack = level_stack(slices, pre_cfg.img_size, window)
+                with timed("axial_models"):
+                    level_points = predict_keypoints(stack, models.stage1["axial"])[0]
+                with timed("axial_crop"):
+                    spacing = np.array([row.row_mm, row.column_mm])
+                    crops = level_crops(slices, level_points, spacing, pre_cfg.img_size, window)
+                level = LEVEL_NAMES.index(row.level)  # the level's index into LEVELS
+                for preset in models.presets_for("axial"):
+                    bank = models.stage2[preset]
+                    with timed("axial_models"):
+                        probs = predict_levels(crops, bank, infer_cfg.tta_angles)
+                    rows = condition_rows(bank[0].cfg.condition)
+                    frame = level_frame([study_id], [series_id], probs[None], rows, [level])
+                    frames.append(frame.assign(preset=preset, distance_mm=float(row.distance_mm)))
+        except SeriesError as error:
+            warnings.warn(f"study {study_id} axial series {series_id} skipped: {error}", stacklevel=2)
+    return frames
+
+
+def merge_axial(levels: pd.DataFrame, routes: dict[str, dict[str, int]]) -> pd.DataFrame:
+    """One axial prediction per row id: each preset's mean over the series (and blocks) imaging the row's level,
+    weighted by distance (``AXIAL_DISTANCE_SCALE_MM``), then the presets routed as ``route`` does."""
+    if levels.empty:
+        return pd.DataFrame(columns=["row_id", *SEVERITY_COLUMNS])
+    weight = np.exp(-levels["distance_mm"].abs().to_numpy(float) / AXIAL_DISTANCE_SCALE_MM)
+    weighted = levels[list(SEVERITY_COLUMNS)].mul(weight, axis=0).assign(weight=weight)
+    sums = weighted.groupby([levels["row_id"], levels["preset"]]).sum()
+    per_preset = sums[list(SEVERITY_COLUMNS)].div(sums["weight"], axis=0).reset_index()
+    return route(per_preset, routes)
 
 
 # --- merging -------------------------------------------------------------------------------------
@@ -318,11 +423,25 @@ def write_submission(submission: pd.DataFrame, path: Path) -> Path:
 # --- whole runs ----------------------------------------------------------------------------------
 @dataclass
 class Prediction:
-    """What a run over studies produced: the complete submission, the class-prior baseline and the keypoints."""
+    """What a run over studies produced: the complete submission (sagittal and axial blended), the class-prior
+    baseline, the keypoints, the complete sagittal-only submission of the same models, and the axial rows (one per
+    row id the axial branch predicted; empty without axial models or series)."""
 
     submission: pd.DataFrame
     baseline: pd.DataFrame
     keypoints: pd.DataFrame
+    sagittal: pd.DataFrame
+    axial: pd.DataFrame
+
+
+def load_blend(paths: Paths) -> Blend:
+    """The blend fit out of fold beside the models (``models/blend.json``, written by the CV of notebook 04); without
+    it, sagittal and axial predictions count equally (``Blend()``), which a line says."""
+    path = paths.models_dir / BLEND_FILE
+    if path.exists():
+        return Blend.load(path)
+    print(f"{path} not found (the CV of notebook 04 fits it): sagittal and axial predictions weigh the same")
+    return Blend()
 
 
 def predict_studies(
@@ -335,13 +454,34 @@ def predict_studies(
     infer_cfg: InferConfig,
     desc: str = "inference",
     given_points: Mapping[int, np.ndarray] | None = None,
+    blend: Blend | None = None,
 ) -> Prediction:
-    """Predict the sagittal ``series`` and complete a 25-row submission for every study in ``study_ids``; with a
-    model set per device (``load_models_on``), the studies are split over the devices; ``given_points`` replace
-    the localisers' keypoints where they have a series (``predict_series_table``)."""
-    keypoints, levels = predict_series_table(paths, series, models, pre_cfg, infer_cfg, desc, None, given_points)
+    """Predict the sagittal ``series`` and the studies' axial series and complete a 25-row submission for every
+    study in ``study_ids``: the sagittal and axial predictions of a row combined by ``blend`` (default: the models'
+    ``load_blend``); with a model set per device (``load_models_on``), the studies are split over the devices;
+    ``given_points`` replace the localisers' keypoints where they have a series (``predict_series_table``)."""
+    split = str(series["split"].iloc[0]) if len(series) else "test"
+    run = (paths, series, models, pre_cfg, infer_cfg, desc, None, given_points, axial_series_ids(paths, split))
+    keypoints, levels = predict_series_table(*run)
+    routes = model_routes(models)
+    sagittal_levels, axial_levels = split_axial(levels, models)
+    sagittal, axial = route(sagittal_levels, routes), merge_axial(axial_levels, routes)
+    blend = blend or (load_blend(paths) if len(axial) else Blend())
+    with warnings.catch_warnings():  # the blended submission says which studies fell back
+        warnings.simplefilter("ignore")
+        sagittal_only = complete_submission(sagittal, study_ids, priors)
     return Prediction(
-        submission=complete_submission(route(levels, model_routes(models)), study_ids, priors),
+        submission=complete_submission(blend_rows(sagittal, axial, blend), study_ids, priors),
         baseline=prior_submission(study_ids, priors),
         keypoints=keypoints,
+        sagittal=sagittal_only,
+        axial=axial,
     )
+
+
+def split_axial(levels: pd.DataFrame, models: ModelSet | Sequence[ModelSet]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """``predict_series_table``'s rows of the sagittal presets, and those of the axial presets."""
+    if levels.empty:
+        return levels, levels
+    on_axial = levels["preset"].isin(model_sets(models)[0].presets_for("axial"))
+    return levels[~on_axial], levels[on_axial]

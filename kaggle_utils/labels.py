@@ -9,9 +9,21 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kaggle_utils.constants import CONDITIONS, FORAMINAL_CONDITIONS, LEVELS, condition_family, row_id
+from kaggle_utils.constants import (
+    CONDITIONS,
+    FORAMINAL_CONDITIONS,
+    LEVELS,
+    SUBARTICULAR_CONDITIONS,
+    condition_family,
+    row_id,
+)
 
-CONDITION_ROWS: dict[str, tuple[str, ...]] = {"all": CONDITIONS, "foraminal": FORAMINAL_CONDITIONS}
+CONDITION_ROWS: dict[str, tuple[str, ...]] = {
+    "all": CONDITIONS,
+    "foraminal": FORAMINAL_CONDITIONS,
+    # an axial level's three crops in order: the canal (spinal), the left and the (mirrored) right recess
+    "axial": (CONDITIONS[0], *SUBARTICULAR_CONDITIONS),
+}
 
 
 def condition_rows(condition: str) -> tuple[str, ...]:
@@ -47,11 +59,15 @@ def head_groups(condition: str) -> tuple[tuple[str, ...], ...]:
     return tuple(tuple(rows) for rows in groups.values())
 
 
-def level_frame(study_ids: Any, series_ids: Any, probs: np.ndarray, rows: tuple[str, ...]) -> pd.DataFrame:
-    """Per-series probabilities (B, 5, R, 3) as rows ``study_id, series_id, row_id, normal_mild, moderate, severe``."""
+def level_frame(
+    study_ids: Any, series_ids: Any, probs: np.ndarray, rows: tuple[str, ...], levels: Any = None
+) -> pd.DataFrame:
+    """Per-series probabilities (B, 5, R, 3) as rows ``study_id, series_id, row_id, normal_mild, moderate, severe``;
+    with ``levels`` (one ``LEVELS`` index per sample: a view classified per level), probabilities (B, 1, R, 3)."""
     records = []
-    for study, series, per_level in zip(study_ids, series_ids, probs, strict=True):
-        for level, per_row in zip(LEVELS, per_level, strict=True):
+    for i, (study, series, per_level) in enumerate(zip(study_ids, series_ids, probs, strict=True)):
+        names = LEVELS if levels is None else (LEVELS[int(levels[i])],)
+        for level, per_row in zip(names, per_level, strict=True):
             for condition, p in zip(rows, per_row, strict=True):
                 records.append((int(study), int(series), row_id(int(study), f"{condition}_{level}"), *p.tolist()))
     return pd.DataFrame(records, columns=["study_id", "series_id", "row_id", "normal_mild", "moderate", "severe"])

@@ -7,7 +7,9 @@ at every location, predicts one heatmap per point and reads the point off it by 
 Stage 2 (``SagittalNet``) treats each of the 5 level crops of a study as an independent frame sequence,
 pools it with an attention-LSTM per condition family and classifies the severity of each condition row.
 During training it mixes sequences (cutmix in embedding space) and pooled embeddings (manifold mixup),
-and returns the targets mixed the same way.
+and returns the targets mixed the same way. ``AxialNet`` does the same for the three crops of one axial level: the
+canal crop gives the spinal row, the two recess crops (the right one mirrored) the subarticular rows, one head for
+both sides.
 """
 
 from __future__ import annotations
@@ -320,15 +322,59 @@ class SagittalNet(nn.Module):
         return dict(logits=logits.view(shape), target=rows.view(*shape[:-1], -1) if rows is not None else None)
 
 
+class AxialNet(nn.Module):
+    """Stage 2, axial: a level's crops (B, 3, F, 1, S, S) (canal, left recess, mirrored right recess; F slices of
+    its stack) with mask (B, F) -> logits (B, 1, 3, 3): the rows spinal, left and right subarticular of the level.
+
+    Every crop's slices go through the shared backbone; the canal sequence is pooled by the spinal AttentionLSTM,
+    each recess sequence by the subarticular one, whose linear layer serves both sides (the right crop is mirrored
+    onto the left one's side when cut). ``forward`` returns ``SagittalNet``'s dict; in training with a target,
+    manifold mixup mixes whole levels (the sequences of different crops are not cut and mixed: they differ in kind).
+    """
+
+    def __init__(self, cfg: Stage2Config) -> None:
+        super().__init__()
+        self.rows = condition_rows(cfg.condition)
+        self.mixup_p, self.mixup_alpha = cfg.mixup_p, cfg.mixup_alpha
+        self.backbone = create_backbone(cfg)
+        dim = self.backbone.num_features
+        self.dropout = nn.Dropout(cfg.fc_dropout)
+        self.pools = nn.ModuleDict({f: AttentionLSTM(dim, cfg.lstm_zero_masked) for f in ("spinal", "subarticular")})
+        self.fcs = nn.ModuleDict({f: nn.Linear(dim, N_CLASSES) for f in ("spinal", "subarticular")})
+
+    def forward(
+        self, x: torch.Tensor, mask: torch.Tensor, target: torch.Tensor | None = None
+    ) -> dict[str, torch.Tensor | None]:
+        b, n_crops, f = x.shape[:3]
+        emb = self.dropout(self.backbone(x.flatten(0, 2)).view(b, n_crops, f, -1))
+        canal = self.pools["spinal"](emb[:, 0], mask)
+        recesses = self.pools["subarticular"](emb[:, 1:].flatten(0, 1), mask.repeat_interleave(n_crops - 1, dim=0))
+        pooled = [canal, recesses.view(b, -1)]  # (B, E) and (B, 2E): a level's sides mix together
+        rows = target.flatten(1, 2) if target is not None else None  # (B, 3, K)
+        if self.training and rows is not None and self.mixup_p > 0:
+            pooled, rows = manifold_mixup(pooled, rows, self.mixup_p, self.mixup_alpha)
+        canal, recesses = pooled[0], pooled[1].view(b * (n_crops - 1), -1)
+        logits = torch.cat(
+            [
+                self.fcs["spinal"](self.dropout(canal)).view(b, 1, N_CLASSES),
+                self.fcs["subarticular"](self.dropout(recesses)).view(b, n_crops - 1, N_CLASSES),
+            ],
+            dim=1,
+        )
+        shape = (b, 1, len(self.rows), N_CLASSES)
+        return dict(logits=logits.view(shape), target=rows.view(*shape[:-1], -1) if rows is not None else None)
+
+
 MODELS: dict[str, type[nn.Module]] = {
     "keypoint": KeypointNet,
     "keypoint_heatmap": HeatmapKeypointNet,
     "sagittal_1head": SagittalNet,
     "sagittal_3heads": SagittalNet,
+    "axial_crops": AxialNet,
 }
 """Model classes by the ``model`` name of a config."""
 
-MODEL_CONDITIONS = {"sagittal_1head": "foraminal", "sagittal_3heads": "all"}
+MODEL_CONDITIONS = {"sagittal_1head": "foraminal", "sagittal_3heads": "all", "axial_crops": "axial"}
 """The condition each stage-2 model name is for: its heads follow from the condition's rows."""
 
 

@@ -130,8 +130,8 @@ class ClassifierTask:
         self.rows = condition_rows(self.cfg.condition)
 
     def inputs(self, batch: dict, train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, 5, F, 1, S, S) images, the frame mask and the targets; when training, every level and frame of a
-        sample goes through one draw of the augmentation."""
+        """(B, 5, F, 1, S, S) images (an axial level: its 3 crops in place of the 5 levels), the frame mask and the
+        targets; when training, every level (crop) and frame of a sample goes through one draw of the augmentation."""
         target = batch["target"].to(self.device)
         if not train:
             return *self.predictor.inputs(batch), target
@@ -166,7 +166,8 @@ class ClassifierTask:
             probs = self.predict(model, batch)
             target = batch["target"].to(self.device)
             losses.append(float(weighted_soft_cross_entropy(probs.clamp_min(1e-7).log(), target)))
-            frames.append(level_frame(batch["study_id"], batch["series_id"], probs.cpu().numpy(), self.rows))
+            levels = batch.get("level")  # a view classified per level: one level per sample
+            frames.append(level_frame(batch["study_id"], batch["series_id"], probs.cpu().numpy(), self.rows, levels))
         preds = pd.concat(frames, ignore_index=True)
         metrics = {"loss": float(np.mean(losses))}
         if self.targets is not None:

@@ -27,10 +27,11 @@ import torch
 from torch.utils.data import Dataset, DistributedSampler
 
 from kaggle_utils import config, denoise, distributed, stage1_error, viz
+from kaggle_utils.axial import level_slug
 from kaggle_utils.checkpoints import same_run
 from kaggle_utils.config import TrainConfig
 from kaggle_utils.constants import ALL_STUDIES_FOLD
-from kaggle_utils.data import CropDataset, KeypointDataset, LevelKeypointDataset
+from kaggle_utils.data import AxialCropDataset, CropDataset, KeypointDataset, LevelKeypointDataset
 from kaggle_utils.devices import default_device
 from kaggle_utils.engine import fit
 from kaggle_utils.labels import condition_rows
@@ -52,11 +53,15 @@ class FoldResult:
 
 def plane_series(paths: Paths, cfg: TrainConfig) -> pd.DataFrame:
     """Training series of the preset's plane that have keypoints (their arrays exist for both stages); for a view
-    localised per level, its samples (``axial_keypoints``) with their folds."""
+    localised per level, its samples (``axial_keypoints``) with their folds (for stage 2, those whose crops exist)."""
     if view(cfg.plane).localised_per == "level":
         samples = load_table(paths, "axial_keypoints")
         folds = load_table(paths, "folds").set_index("study_id")["fold"]
         samples = samples.assign(fold=samples["study_id"].map(folds)).dropna(subset=["fold"])
+        if cfg.stage == 2:
+            rows = samples.itertuples()
+            keys = [(int(r.study_id), int(r.series_id), level_slug(r.level), int(r.instance_number)) for r in rows]
+            samples = samples[[paths.axial_crops(*key).exists() for key in keys]]
         return samples.astype({"fold": int}).reset_index(drop=True)
     series = load_table(paths, "series")
     keypoints = load_table(paths, "keypoints")
@@ -89,8 +94,13 @@ def datasets(paths: Paths, cfg: TrainConfig, series: pd.DataFrame, fold: int) ->
             None if every else KeypointDataset(val, paths, cfg.n_frames, keypoints),
         )
     targets = load_table(paths, "targets")
-    rows = condition_rows(cfg.condition)
     train_targets, pseudo = round2_inputs(cfg, targets[targets["study_id"].isin(train["study_id"])], fold)
+    if view(cfg.plane).localised_per == "level":
+        return (
+            AxialCropDataset(train, paths, cfg.n_frames, train_targets, train=True, flip=cfg.augment, pseudo=pseudo),
+            None if every else AxialCropDataset(val, paths, cfg.n_frames, targets),
+        )
+    rows = condition_rows(cfg.condition)
     error_roots = stage1_error.make_error_crops(paths, cfg, cfg.stage1_error_draws) if cfg.stage1_error_p > 0 else ()
     return (
         CropDataset(

@@ -7,8 +7,9 @@ sequence flip swaps left and right labels), and which condition rows its stage-2
 preprocessing, the datasets, inference and the pictures ask the view instead of branching on a plane's name;
 adding a view is one entry here plus its geometry and its tests.
 
-The sagittal views are localised per series (all five levels at once); the axial view per level: its samples are
-the assigned slices of each level (``kaggle_utils.axial``) and its two points the left and right subarticular points.
+The sagittal views are localised and classified per series (all five levels at once); the axial view per level: its
+samples are the assigned slices of each level (``kaggle_utils.axial``), its two points the left and right
+subarticular points, and its classifiers see the level's three crops (canal, left and right recess).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ VIEWS: dict[str, View] = {
         family="subarticular",
         crop="axial",
         flip_swaps_sides=False,  # reversing axial slices runs them upwards: left stays left
-        conditions="all",
+        conditions="axial",
         localised_per="level",
     ),
 }

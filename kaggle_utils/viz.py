@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # viz draws what crossval and axial gather; it needs their ty
     from kaggle_utils.crossval import MissedSeries
 
 LEVEL_COLOURS = ("#e6194b", "#f58231", "#ffe119", "#3cb44b", "#4363d8")
+AXIAL_CROP_TITLES = ("canal", "left recess", "right recess, mirrored")  # axial.CROPS, as an axial sample holds them
 
 
 def study_figure(
@@ -78,12 +79,13 @@ def augmentation_figure(images: np.ndarray, keypoints: np.ndarray | None = None,
 
     Args:
         images: (V, S, S) the middle frame of each view (stage 1), or (V, 5, S, S) the middle frame of each level
-            (stage 2: one row per view, so the levels of a view are seen to share their geometry), in [0, 1].
+            (stage 2: one row per view, so the levels of a view are seen to share their geometry), or (V, 3, S, S)
+            of each crop of an axial level, in [0, 1].
         keypoints: (V, 10, 2) relative keypoints of the stage-1 views, coloured by level.
     """
     per_level = images.ndim == 4
     views = len(images)
-    rows, columns = (views, len(LEVEL_NAMES)) if per_level else (1, views)
+    rows, columns = (views, images.shape[1]) if per_level else (1, views)
     fig, axes = plt.subplots(rows, columns, figsize=(2.2 * columns, 2.3 * rows), squeeze=False)
     for view in range(views):
         name = f"augmented {view}" if view else "no augmentation"
@@ -101,9 +103,12 @@ def augmentation_figure(images: np.ndarray, keypoints: np.ndarray | None = None,
             pixels = keypoints[view].reshape(-1, 2, 2) * images.shape[-1]  # a pair per level (one: an axial sample)
             for pair, colour in zip(pixels, LEVEL_COLOURS[: len(pixels)], strict=True):
                 axes[0, view].scatter(pair[:, 0], pair[:, 1], s=10, c=colour)
-    if per_level:
+    if per_level and columns == len(LEVEL_NAMES):
         for ax, name, colour in zip(axes[0], LEVEL_NAMES, LEVEL_COLOURS, strict=True):
             ax.set_title(name, color=colour)
+    elif per_level:
+        for ax, name in zip(axes[0], AXIAL_CROP_TITLES, strict=True):
+            ax.set_title(name)
     fig.suptitle(title)
     fig.tight_layout()
     return fig

@@ -2,13 +2,14 @@
 # # 03 · Train stage 2: per-level severity classifiers
 # Each preset classifies the crop sequence of every disc level: `fo` (Sagittal T1, 24 frames, 96 px) the two
 # foramina; `sp1` (8 frames, 128 px), `sp2` (5 frames, 256 px) and `su` (24 frames, 96 px) on Sagittal T2/STIR
-# all five conditions. Training crops are cut around the true keypoints, inference crops around stage-1
-# predictions. `stage1_error_p` (say 0.5) trains that share of the samples on crops around the true keypoints moved
+# all five conditions; `ax` (Axial T2, 5 slices, 128 px) the spinal canal from the canal crop and each side's
+# subarticular recess from its own crop (the right one mirrored, one head for both). Training crops are cut around
+# the true keypoints, inference crops around stage-1 predictions. `stage1_error_p` (say 0.5) trains that share of the samples on crops around the true keypoints moved
 # by an out-of-fold error field of 02 (a series' own OOF prediction first), cut once and cached in
 # `WORK_DIR/stage2_error/`: the 1st-place recipe, which pays when the localiser is imprecise (see the README).
 #
-# **Inputs**: `WORK_DIR/tables/{series,targets,keypoints}.csv` and `WORK_DIR/stage2/` from 01, `WORK_DIR/oof/stage1_*`
-# from 02.
+# **Inputs**: `WORK_DIR/tables/{series,targets,keypoints,axial_keypoints}.csv`, `WORK_DIR/stage2/` and
+# `WORK_DIR/axial2/` from 01, `WORK_DIR/oof/stage1_*` from 02.
 #
 # **Outputs**: `WORK_DIR/models/{preset}-f{fold}-s{seed}.pt` with sidecars and curves, `WORK_DIR/oof/{preset}-*.csv`.
 
@@ -52,7 +53,7 @@ if wheels is not None:  # internet is off in a submission: only what the image l
 DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)
 WORK_DIR = ""  # output folder ("" = auto)
 PROFILE = "auto"  # "full", "demo", "smoke"; auto = full on a GPU, demo on a CPU
-PRESETS = []  # stage-2 presets; [] = all of them (config.STAGE2_PRESETS: fo, sp1, sp2, su)
+PRESETS = []  # stage-2 presets; [] = all of them (config.STAGE2_PRESETS: fo, sp1, sp2, su, ax)
 FOLDS = [0, 1, 2, 3]
 TRAIN_OVERRIDES = {}  # TrainConfig fields for every preset, e.g. {"epochs": 2}
 
@@ -72,6 +73,7 @@ print(f"profile {profile}: {[(c.name, c.backbone, c.n_frames, c.img_size, c.epoc
 # ## What the classifiers see
 # A training study of each preset, one row per view: as validation shows it, then five draws of the training
 # augmentation. The five level crops (and all frames) of a view share one draw; the T2 presets also flip vertically.
+# An axial sample is one level: its canal crop and its two recess crops, flipped left to right with their labels.
 
 # %%
 from kaggle_utils import viz

@@ -3,14 +3,19 @@
 # For every sagittal series: decode the DICOMs, predict the ten keypoints (median of the localisers), crop every
 # level with the training crop function, classify with every stage-2 model and all 9 TTA rotations in one batch,
 # then route per condition (subarticular from `su`; spinal the mean of the T2 models; foraminal from T1 when the
-# study has one, else from T2). Studies or rows no model covers get the class priors of the training labels.
+# study has one, else from T2). The axial branch: the predicted Sagittal T2 keypoints place each level on the
+# study's Axial T2 slices (within 5 mm), the axial localiser finds the two subarticular points on the level's
+# stack, and the axial classifier grades the canal and both recesses; its spinal and subarticular rows join the
+# sagittal ones in logit space, with the weight and temperature per family that the CV fits (`models/blend.json`).
+# Studies or rows no model covers get the class priors of the training labels.
 #
 # **Inputs**: `DATA_DIR` (`test_series_descriptions.csv`, `test_images/`, `train.csv`), `WORK_DIR/models/`
 # (or a weights dataset on Kaggle), and for CV the tables of 01. With `RUN` set (e.g. `denoised`, see 05) the models
 # come from `WORK_DIR/{RUN}/models/` and the outputs below go to `WORK_DIR/{RUN}/` instead.
 #
 # **Outputs**: `WORK_DIR/submission.csv` (25 rows per test study), `WORK_DIR/cv.json`,
-# `WORK_DIR/oof/oof_submission.csv`.
+# `WORK_DIR/oof/oof_submission.csv`, and from the CV `WORK_DIR/models/blend.json` (the kernel reads it beside the
+# models).
 
 # %%
 # Bootstrap: import kaggle_utils from this repository or, on Kaggle, from the code dataset under /kaggle/input
@@ -59,7 +64,7 @@ RUN = ""  # a training round's sub-folder of WORK_DIR ("denoised" after 05); "" 
 # %%
 import json
 
-from kaggle_utils import config, crossval, devices, infer, tables, viz
+from kaggle_utils import blend, config, crossval, devices, infer, tables, viz
 from kaggle_utils.paths import TEST_LABELS_CSV, TEST_SERIES_CSV, TRAIN_CSV, Paths, is_kaggle
 
 p = config.notebook_params(
@@ -76,9 +81,11 @@ report = {}
 # %% [markdown]
 # ## Cross-validation: fold f's training studies through fold f's models
 # Each held-out study twice through the same models, TTA and routing: from the keypoints the localisers predict
-# (the test-time path, "model") and from the ground-truth keypoints ("oracle"). The table per condition and level
-# puts both beside the class priors of the same studies: the gap between model and oracle is what localisation
-# costs, the gap between oracle and priors what the classifiers learnt.
+# (the test-time path, "with axial") and from the ground-truth keypoints ("oracle"). The table per condition and
+# level puts both beside the same models without the axial branch ("sagittal only") and the class priors of the
+# same studies: the gap between model and oracle is what localisation costs, the gap between oracle and priors what
+# the classifiers learnt, the gap between sagittal only and with axial what the axial branch adds. The blend's
+# weight and temperature per family are fit here, on these out-of-fold rows, and saved beside the models.
 
 # %%
 if run_cv:
@@ -87,14 +94,23 @@ if run_cv:
         paths, series, targets, p.FOLDS, pre_cfg, infer_cfg, device, true_points=tables.points_by_series(truth)
     )
     cv.submission.to_csv(paths.oof_dir / "oof_submission.csv", index=False)
+    cv.blend.save(paths.models_dir / blend.BLEND_FILE)
+    print("the blend of sagittal and axial predictions, fit out of fold:\n" + cv.blend_report.round(4).to_string())
     errors = crossval.localiser_errors(paths, cv.keypoints, truth, p.FOLDS)
     print("stage-1 localisation on held-out folds (256 grid):\n" + errors.round(3).to_string(index=False))
     oof_parts = crossval.score_submission(cv.submission, targets)
     report.update(oof_parts, oracle_score=crossval.score_submission(cv.oracle, targets)["score"])
     report.update(prior_score=crossval.score_submission(cv.baseline, targets)["score"])
+    report["sagittal_only_score"] = crossval.score_submission(cv.prediction.sagittal, targets)["score"]
     report["stage1"] = crossval.stage1_report(errors)
+    report["blend"] = cv.blend.to_dict()
     # Weighted log loss per condition and level, then the four terms of the score.
-    submissions = {"model (OOF)": cv.submission, "oracle (true keypoints)": cv.oracle, "class priors": cv.baseline}
+    submissions = {
+        "sagittal only": cv.prediction.sagittal,
+        "with axial (OOF)": cv.submission,
+        "oracle (true keypoints)": cv.oracle,
+        "class priors": cv.baseline,
+    }
     print(crossval.score_table(submissions, targets).round(4).to_string(index=False))
 
 # %% [markdown]

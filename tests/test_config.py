@@ -111,6 +111,7 @@ def test_routes_rank_the_presets_as_the_solution_and_survive_a_sidecar():
         "sp1": {"spinal": 1, "subarticular": 2, "foraminal": 2},
         "sp2": {"spinal": 1, "subarticular": 2, "foraminal": 2},
         "su": {"spinal": 1, "subarticular": 1, "foraminal": 2},
+        "ax": {"spinal": 1, "subarticular": 1},  # ranked among the axial presets, then blended (kaggle_utils.blend)
     }
     su = config.FULL_PRESETS["su"]
     assert config.from_dict(json.loads(json.dumps(config.to_dict(su)))) == su  # lists back into tuples
@@ -121,4 +122,5 @@ def test_routes_rank_the_presets_as_the_solution_and_survive_a_sidecar():
         "sp1",
         "sp2",
         "su",
+        "ax",
     )

@@ -18,7 +18,7 @@ from kaggle_utils.constants import (
     SEVERITY_COLUMNS,
     row_id,
 )
-from kaggle_utils.data import CropDataset, LevelKeypointDataset, one_hot_targets, soft_targets
+from kaggle_utils.data import AxialCropDataset, CropDataset, LevelKeypointDataset, one_hot_targets, soft_targets
 from kaggle_utils.devices import device_images
 from kaggle_utils.labels import condition_rows, left_right_pairs_of
 from kaggle_utils.paths import Paths
@@ -146,3 +146,40 @@ def test_a_level_sample_is_its_stacks_middle_frames_and_its_left_and_right_point
     reversed_ = LevelKeypointDataset(samples, prepared, n_frames=3, keypoints=samples, train=True)
     flipped = [reversed_.fill(0, np.empty((3, 256, 256), np.uint8), np.random.default_rng(s)) for s in range(8)]
     assert all(np.array_equal(f["target"], sample["target"].numpy()) for f in flipped)  # slice order keeps sides
+
+
+def test_an_axial_level_sample_is_its_three_crops_and_the_levels_three_labels(prepared):
+    samples = load_table(prepared, "axial_keypoints")
+    targets = load_table(prepared, "targets")
+    dataset = AxialCropDataset(samples, prepared, n_frames=5, targets=targets)
+    assert len(dataset) == len(samples) // 2  # evaluation: one sample per (series, level)
+    sample = dataset[0]
+    study_id, level, ((series_id, instance),) = dataset.records[0]
+    crops = np.load(prepared.axial_crops(study_id, series_id, level_slug(level), instance))
+    np.testing.assert_array_equal(sample["image"].numpy(), crops)  # (canal, left, mirrored right) x 5 slices
+    labels = targets.set_index("study_id").loc[study_id, [f"{r}_{level_slug(level)}" for r in dataset.rows]]
+    np.testing.assert_array_equal(sample["target"].numpy(), one_hot_targets(labels.to_numpy(int))[None])
+    assert sample["level"] == LEVEL_NAMES.index(level) and sample["series_id"] == series_id
+
+    # Training: as cut or with its slices reversed, and each of those flipped horizontally or not (the canal crop
+    # mirrored, the recess crops and their labels swapped).
+    training = AxialCropDataset(samples, prepared, n_frames=5, targets=targets, train=True)
+    (training_index,) = [i for i, r in enumerate(training.records) if r[:2] == (study_id, level)]
+    outcomes = {}
+    for reverse in (False, True):
+        for flip in (False, True):
+            image, target = (crops[:, ::-1] if reverse else crops).copy(), sample["target"].numpy().copy()
+            if flip:
+                image = np.stack([image[0, ..., ::-1], image[2], image[1]])
+                target = target[:, [0, 2, 1]]
+            outcomes[reverse, flip] = (image, target)
+    seen = set()
+    for seed in range(16):
+        image = np.empty((3, 5, 256, 256), np.uint8)
+        drawn = training.fill(training_index, image, np.random.default_rng(seed))
+        match = [
+            k for k, (im, t) in outcomes.items() if np.array_equal(im, image) and np.array_equal(t, drawn["target"])
+        ]
+        assert match, f"draw {seed} is none of the four views"
+        seen.update(match)
+    assert {flip for _, flip in seen} == {False, True}

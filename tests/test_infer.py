@@ -12,15 +12,18 @@ import pandas as pd
 import pytest
 import torch
 
-from kaggle_utils import tables
+from kaggle_utils import infer, tables
+from kaggle_utils.blend import Blend
 from kaggle_utils.config import FULL_PRESETS, ConfigError, InferConfig, PreprocessConfig, preset_routes
 from kaggle_utils.constants import LABEL_COLUMNS, SEVERITY_COLUMNS
 from kaggle_utils.dev import bench_infer
 from kaggle_utils.infer import (
+    AXIAL_DISTANCE_SCALE_MM,
     StageTimer,
     complete_submission,
     label_priors,
     load_models_on,
+    merge_axial,
     predict_series_table,
     route,
     split_by_study,
@@ -135,3 +138,44 @@ def test_inference_imports_no_training_code():
         f"kaggle_utils.{m}" for m in ("augment", "warps", "tasks", "engine", "losses", "loader", "data", "train")
     }
     assert "kaggle_utils.predictors" in loaded and not loaded & training
+
+
+def test_axial_rows_of_several_series_are_averaged_by_distance() -> None:
+    rows = [
+        {**level_rows("ax", "spinal_canal_stenosis_l4_l5", (1.0, 0.0, 0.0)), "series_id": 1, "distance_mm": 0.0},
+        {**level_rows("ax", "spinal_canal_stenosis_l4_l5", (0.0, 1.0, 0.0)), "series_id": 2, "distance_mm": -2.0},
+        {**level_rows("ax", "left_subarticular_stenosis_l4_l5", (0.0, 0.0, 1.0)), "distance_mm": 4.0},
+    ]
+    merged = merge_axial(pd.DataFrame(rows), preset_routes([FULL_PRESETS["ax"]])).set_index("row_id")
+    near, far = 1.0, np.exp(-2.0 / AXIAL_DISTANCE_SCALE_MM)  # the nearer slice counts e times more
+    spinal = merged.loc["1_spinal_canal_stenosis_l4_l5"].tolist()
+    assert spinal == pytest.approx([near / (near + far), far / (near + far), 0.0])
+    assert merged.loc["1_left_subarticular_stenosis_l4_l5"].tolist() == pytest.approx([0.0, 0.0, 1.0])
+    assert merge_axial(pd.DataFrame(), {}).empty
+
+
+def test_a_study_without_axial_series_keeps_its_sagittal_rows(tiny_data: Path, tmp_path: Path) -> None:
+    """The kernel's path on two studies, one of them stripped of its axial series: 25 rows each; the axial branch
+    changes the spinal and subarticular rows of the other one only, through the blend."""
+    data = Paths(tiny_data, tmp_path)
+    series = tables.series_table(data, "train")
+    axial = infer.axial_series_ids(data, "train")
+    studies = [s for s in sorted(series["study_id"].unique()) if s in axial][:2]
+    series = series[series["study_id"].isin(studies)]
+    paths = Paths(tiny_data, tmp_path / "work")
+    bench_infer.write_bench_models(paths, data, series, "smoke")
+    models = load_models_on(paths, [torch.device("cpu")], [0])[0]
+    stripped = {studies[1]: axial[studies[1]]}  # studies[0] reads as a study without Axial T2
+    priors = label_priors(tables.targets_table(tables.read_csv(data, "train.csv")))
+    args = (PreprocessConfig(), InferConfig(tta_angles=(0.0,)))
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(infer, "axial_series_ids", lambda *_: stripped)
+        prediction = infer.predict_studies(paths, series, studies, models, priors, *args, blend=Blend())
+    submission, sagittal = (p.set_index("row_id") for p in (prediction.submission, prediction.sagittal))
+    assert len(submission) == 50 and np.allclose(submission.sum(axis=1), 1)
+    assert set(prediction.axial["row_id"].str.split("_").str[0].astype(int)) == {studies[1]}
+    without = [r for r in submission.index if r.startswith(f"{studies[0]}_")]
+    pd.testing.assert_frame_equal(submission.loc[without], sagittal.loc[without], atol=1e-9, rtol=0)
+    changed = submission.index[~np.isclose(submission, sagittal.loc[submission.index]).all(axis=1)]
+    assert len(changed) and all(r.startswith(f"{studies[1]}_") for r in changed)
+    assert not any("foraminal" in r for r in changed)

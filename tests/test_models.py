@@ -16,6 +16,7 @@ from kaggle_utils.models import (
     MODELS,
     Attention,
     AttentionLSTM,
+    AxialNet,
     FrameAttention2d,
     HeatmapKeypointNet,
     KeypointNet,
@@ -32,6 +33,7 @@ PRESET_OF_MODEL = {
     "keypoint_heatmap": "stage1_t2",
     "sagittal_1head": "fo",
     "sagittal_3heads": "sp1",
+    "axial_crops": "ax",
 }
 
 
@@ -70,6 +72,9 @@ def test_every_model_builds_and_has_its_output_shape(model_name):
         if cfg.stage == 1:
             out = model(torch.rand(B, FRAMES, 1, SIZE, SIZE), torch.ones(B, FRAMES, dtype=torch.bool))
             assert out.shape == (B, 10, 2) and ((out >= 0) & (out <= 1)).all()
+        elif cfg.plane == "axial":  # one level's three crops -> its three rows
+            out = model(torch.rand(B, 3, FRAMES, 1, SIZE, SIZE), torch.ones(B, FRAMES, dtype=torch.bool))
+            assert out["logits"].shape == (B, 1, 3, 3) and out["target"] is None
         else:
             n_rows = len(condition_rows(cfg.condition))
             x, mask, _ = stage2_batch(n_rows)
@@ -319,3 +324,34 @@ def test_attention_scores_have_no_bias_and_older_checkpoints_still_load():
     x, mask = torch.randn(2, 5, 8), torch.ones(2, 5, dtype=torch.bool)
     with torch.no_grad():
         assert torch.equal(loaded(x, mask), pool(x, mask))
+
+
+def test_the_axial_model_reads_spinal_off_the_canal_and_one_head_serves_both_recesses():
+    model = AxialNet(tiny("ax")).eval()
+    assert model.rows == condition_rows("axial") and list(model.pools) == ["spinal", "subarticular"]
+    canal, recess = torch.rand(2, FRAMES, 1, SIZE, SIZE)
+    mask = torch.ones(1, FRAMES, dtype=torch.bool)
+    with torch.no_grad():
+
+        def logits(*crops: torch.Tensor) -> torch.Tensor:
+            return model(torch.stack(crops)[None], mask)["logits"][0, 0]  # (3 rows, 3 classes)
+
+        same = logits(canal, recess, recess)
+        swapped = logits(canal, canal, recess)
+        moved = logits(recess, canal, recess)
+    torch.testing.assert_close(same[1], same[2])  # one recess image: one grade, on either side
+    torch.testing.assert_close(swapped[0], same[0])  # the spinal row follows the canal crop alone
+    torch.testing.assert_close(swapped[2], same[2])  # a side's row follows its own crop alone
+    assert not torch.allclose(moved[0], same[0])
+
+
+def test_the_axial_model_mixes_whole_levels_and_learns_through_every_head():
+    torch.manual_seed(3)
+    model = AxialNet(tiny("ax", mixup_p=1.0)).train()
+    x, mask = torch.rand(4, 3, FRAMES, 1, SIZE, SIZE), torch.ones(4, FRAMES, dtype=torch.bool)
+    target = torch.eye(3)[torch.randint(3, (4, 1, 3))]
+    out = model(x, mask, target)
+    assert out["target"].shape == (4, 1, 3, 3)
+    assert_valid_targets(out["target"])
+    weighted_soft_cross_entropy(out["logits"], out["target"]).backward()
+    assert all(p.grad is not None for p in model.fcs.parameters())

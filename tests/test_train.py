@@ -143,6 +143,25 @@ def test_the_axial_localiser_trains_per_level_and_writes_its_oof_by_level(prepar
     assert 0 <= result.metrics["mean_px"] < 256
 
 
+def test_the_axial_classifier_trains_per_level_and_writes_three_rows_a_level(prepared: Paths, tmp_path: Path) -> None:
+    paths = _copy_work(prepared, tmp_path)
+    cfg = preset("ax", "smoke", {"epochs": 1})
+    (result,) = train.train_folds(paths, cfg, [0], CPU)
+    samples = train.plane_series(paths, cfg)
+    held_out = samples[samples["fold"] == 0].drop_duplicates(["series_id", "level"])
+    oof = pd.read_csv(paths.oof_dir / f"{result.checkpoint.stem}.csv")
+    assert len(oof) == 3 * len(held_out)  # spinal, left and right subarticular of each held-out level
+    slugs = {level: f"{level[:2]}_{level[3:]}".lower() for level in held_out["level"]}
+    expected = {
+        f"{r.study_id}_{row}_{slugs[r.level]}"
+        for r in held_out.itertuples()
+        for row in ("spinal_canal_stenosis", "left_subarticular_stenosis", "right_subarticular_stenosis")
+    }
+    assert set(oof["row_id"]) == expected
+    assert np.allclose(oof[["normal_mild", "moderate", "severe"]].sum(axis=1), 1, atol=1e-5)
+    assert {"spinal", "subarticular"} <= set(result.metrics)
+
+
 def test_a_run_starts_from_the_weights_of_a_full_checkpoint(prepared: Paths, tmp_path: Path) -> None:
     paths = _copy_work(prepared, tmp_path)
     (trained,) = train.train_folds(paths, preset("fo", "smoke", {"fast_dev_run": True}), [0], CPU)
@@ -162,14 +181,14 @@ def test_a_run_starts_from_the_weights_of_a_full_checkpoint(prepared: Paths, tmp
         prepare_model(preset("fo", "smoke", {"init_checkpoint": str(tmp_path / "nothing.pt")}), CPU)
 
 
-@pytest.mark.parametrize("name", ["stage1_t1", "stage1_axial", "fo"])
+@pytest.mark.parametrize("name", ["stage1_t1", "stage1_axial", "fo", "ax"])
 def test_augmentation_preview_shows_a_training_sample_plain_then_augmented(prepared: Paths, name: str) -> None:
     cfg = preset(name, "smoke", {})
     state = torch.get_rng_state()
     figure = train.augmentation_preview(prepared, cfg, views=3)
     assert torch.equal(torch.get_rng_state(), state)  # drawn apart from the training's random state
     shown = [ax.images[0].get_array() for ax in figure.axes]
-    per_view = 1 if cfg.stage == 1 else 5  # stage 2: a row of five levels per view
+    per_view = 1 if cfg.stage == 1 else 3 if cfg.plane == "axial" else 5  # stage 2: a row of five levels (3 crops)
     assert len(shown) == 4 * per_view and all(s.shape == (cfg.img_size, cfg.img_size) for s in shown)
     # the first view is the sample as validation resizes it: the middle frame of its first level
     train_set, _ = train.datasets(prepared, cfg, train.plane_series(prepared, cfg), fold=0)

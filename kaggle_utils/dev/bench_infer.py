@@ -1,9 +1,10 @@
 """Benchmark: inference time per study, and its projection on Kaggle's T4.
 
-``infer.predict_series_table`` on the sagittal series of N studies, with a timer around each stage
-(DICOM reading, stage-1 volume, keypoints, cropping, stage 2 with all TTA rotations in one batch), on the CPU
+``infer.predict_series_table`` on the sagittal series of N studies and their axial branch, with a timer around each
+stage (DICOM reading, stage-1 volume, keypoints, cropping, stage 2 with all TTA rotations in one batch; the axial
+series' reading, their stacks and crops, and their localiser and classifier), on the CPU
 with the checkpoints of WORK_DIR/models when it has them, else small ones written to a temporary folder. On a
-GPU, the real ensemble (6 presets x 4 folds of ``hgnetv2_b5``, untrained) per study in fp32 and under autocast,
+GPU, the real ensemble (8 presets x 4 folds of ``hgnetv2_b5``, untrained) per study in fp32 and under autocast,
 side by side, with the peak GPU memory. Then a projection of the full ensemble on 750 hidden studies on one T4
 in fp16 (what the kernel runs) and fp32, and on both cards of a T4 x2: the CPU stages as measured, the GPU stages
 from the H100 anchor of the seed's shapes and T4/H100 ratios from the cards' published peaks, all printed with
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kaggle_utils import infer, tables
+from kaggle_utils import axial, infer, tables
 from kaggle_utils.checkpoints import half_precision_copy, save_checkpoint
 from kaggle_utils.config import FULL_PRESETS, InferConfig, PreprocessConfig, TrainConfig, apply_overrides, preset
 from kaggle_utils.constants import LEVELS, TTA_ANGLES
@@ -43,10 +44,13 @@ STAGES: dict[str, str] = {
     "keypoints": "stage 1 keypoints",
     "crop": "cropping",
     "classify": "stage 2, TTA batched",
+    "axial_read": "axial DICOM reading",
+    "axial_crop": "axial stacks, crops",
+    "axial_models": "axial networks",
 }
 """Timer keys of ``infer.predict_series_table`` and their names in the tables."""
 
-CPU_STAGES: tuple[str, ...] = ("read", "volume", "crop")
+CPU_STAGES: tuple[str, ...] = ("read", "volume", "crop", "axial_read", "axial_crop")
 """Stages that run on the CPU whatever the device: their measured time carries over to the projection."""
 
 H100_ANCHOR_MS, H100_ANCHOR_IMAGES = 31.0, len(LEVELS) * 5 * len(TTA_ANGLES)
@@ -105,23 +109,32 @@ KAGGLE_SETUPS = (GpuAssumptions("fp16"), GpuAssumptions("fp32"), GpuAssumptions(
 """The projected set-ups: one T4 as the kernel runs it (fp16), in fp32, and both cards of a T4 x2."""
 
 
-INFERENCE_PRESETS = tuple(name for name, c in FULL_PRESETS.items() if view(c.plane).localised_per == "series")
-"""The presets inference runs: the solution's six (the axial branch is not part of inference yet)."""
+INFERENCE_PRESETS = tuple(FULL_PRESETS)
+"""The presets inference runs: the solution's six, the axial localiser and the axial classifier."""
 
 
 def images_per_series(cfg: TrainConfig, gpu: GpuAssumptions) -> float:
-    """Images one series sends through one model, in reference-size images: stage 1 its frames once, stage 2
-    every level's frames once per TTA rotation."""
-    copies = 1 if cfg.stage == 1 else len(LEVELS) * gpu.n_tta
+    """Images one sample sends through one model, in reference-size images: stage 1 its frames once, stage 2
+    every level's (an axial level: every crop's) frames once per TTA rotation. A sagittal sample is a series, an
+    axial one a level of a series."""
+    per_level = view(cfg.plane).localised_per == "level"
+    copies = 1 if cfg.stage == 1 else (3 if per_level else len(LEVELS)) * gpu.n_tta
     return copies * cfg.n_frames * (cfg.img_size / gpu.reference_px) ** 2
 
 
-def full_images_per_study(series_per_study: dict[str, float], gpu: GpuAssumptions) -> dict[str, float]:
-    """Reference-size images per study through the full ensemble (six presets, every fold), by timer stage."""
-    images = {"keypoints": 0.0, "classify": 0.0}
+def gpu_stage(cfg: TrainConfig) -> str:
+    """The timer stage a preset's forward passes fall in."""
+    if view(cfg.plane).localised_per == "level":
+        return "axial_models"
+    return "keypoints" if cfg.stage == 1 else "classify"
+
+
+def full_images_per_study(samples_per_study: dict[str, float], gpu: GpuAssumptions) -> dict[str, float]:
+    """Reference-size images per study through the full ensemble (every preset, every fold), by timer stage;
+    ``samples_per_study``: sagittal series by plane, and under "axial" the assigned levels of its axial series."""
+    images = {"keypoints": 0.0, "classify": 0.0, "axial_models": 0.0}
     for cfg in (FULL_PRESETS[name] for name in INFERENCE_PRESETS):
-        n = images_per_series(cfg, gpu) * gpu.n_folds * series_per_study.get(cfg.plane, 0.0)
-        images["keypoints" if cfg.stage == 1 else "classify"] += n
+        images[gpu_stage(cfg)] += images_per_series(cfg, gpu) * gpu.n_folds * samples_per_study.get(cfg.plane, 0.0)
     return images
 
 
@@ -133,6 +146,7 @@ class InferTiming:
     n_studies: int
     seconds: dict[str, float] = field(default_factory=dict)
     peak_gb: float | None = None
+    axial_levels: int = 0  # assigned levels of the studies' axial series that the axial branch ran on
 
     def per_study(self, stage: str) -> float:
         return self.seconds.get(stage, 0.0) / self.n_studies
@@ -191,8 +205,9 @@ def format_projection(projections: list[Projection], setups: list[GpuAssumptions
         f"{T4.bandwidth_gbs:g} GB/s; {H100.name} {H100.fp16_tflops:g} TFLOPS fp16 dense, {H100.bandwidth_gbs:g} GB/s)",
         f"  other sizes cost in proportion to their pixels (96 px = {(96 / gpu.reference_px) ** 2:.2f} image); "
         "stage-1 frames once, stage-2 frames x 5 levels x TTA",
-        "  series per study as in the benchmark data: "
-        + " + ".join(f"{v:.2f} {k.upper()}" for k, v in sorted(series.items())),
+        "  per study as in the benchmark data: "
+        + " + ".join(f"{v:.2f} {_samples(k)}" for k, v in sorted(series.items())),
+        "  axial: stage-1 frames once per assigned level, stage-2 frames x 3 crops x TTA",
         "  full-ensemble images per study (256 px equivalents): "
         + ", ".join(f"{v:.0f} {STAGES[k]}" for k, v in full_images_per_study(series, gpu).items()),
         "  CPU stages as measured here, one process, not overlapped with the GPU nor split over 2 cards (pessimistic)",
@@ -213,9 +228,11 @@ def write_bench_models(
     0..n_folds-1. Timing does not depend on the weights, but crops do depend on the keypoints: the stage-1 heads
     (the regression head) output the mean training keypoints of their plane (so crop boxes are realistic), and the
     stage-2 weights stay random. Folds after the first are fp16 copies of it, as the weights dataset holds them (the
-    same weights: an ensemble's cost, not its diversity). The axial localiser is not timed: inference does not run
-    the axial branch yet."""
+    same weights: an ensemble's cost, not its diversity). The axial localiser outputs the mean left and right
+    subarticular points of the studies' assigned levels."""
     truth = tables.keypoints_table(data_paths, series)
+    mean_points = {plane: _mean_points(truth[truth["plane"] == plane]) for plane in ("t1", "t2")}
+    mean_points["axial"] = _mean_axial_points(data_paths, series, truth)
     written = []
     for name in INFERENCE_PRESETS:
         cfg = apply_overrides(preset(name, profile), {"pretrained": False})
@@ -226,7 +243,7 @@ def write_bench_models(
         torch.manual_seed(cfg.seed)
         model = build_model(cfg)
         if cfg.stage == 1:
-            _predict_constant(model, truth[truth["plane"] == cfg.plane])
+            _predict_constant(model, mean_points[cfg.plane])
         first = paths.checkpoint(name, 0, cfg.seed)
         sidecar = save_checkpoint(model, cfg, first, fold=0, metrics={}, seconds=0.0, extra={"bench": "untrained"})
         written.append(first)
@@ -239,13 +256,28 @@ def write_bench_models(
     return written
 
 
-def _predict_constant(model: torch.nn.Module, keypoints: pd.DataFrame) -> None:
-    """Make a stage-1 model output the mean keypoints of a table: zero weights, bias = logit of the mean."""
-    points = np.mean([tables.series_points(keypoints, s) for s in keypoints["series_id"].unique()], axis=0)
-    mean = torch.as_tensor(points.reshape(-1), dtype=torch.float32).clamp(0.01, 0.99)
+def _mean_points(keypoints: pd.DataFrame) -> np.ndarray:
+    """(5, 2, 2) mean relative keypoints of a sagittal keypoint table."""
+    return np.mean([tables.series_points(keypoints, s) for s in keypoints["series_id"].unique()], axis=0)
+
+
+def _mean_axial_points(data_paths: Paths, series: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
+    """(2, 2) mean left and right subarticular points of the levels the true Sagittal T2 keypoints assign."""
+    levels, _ = axial.build_level_table(data_paths, "train", series, truth, 3.0, progress=False)
+    samples = axial.points_by_level(axial.keypoints_table(data_paths, levels))
+    return np.mean(list(samples.values()), axis=0) if samples else np.array([[0.55, 0.5], [0.45, 0.5]])
+
+
+def _predict_constant(model: torch.nn.Module, points: np.ndarray) -> None:
+    """Make a stage-1 model output fixed relative points: zero weights, bias = logit of the points."""
+    mean = torch.as_tensor(np.asarray(points).reshape(-1), dtype=torch.float32).clamp(0.01, 0.99)
     with torch.no_grad():
         model.fc.weight.zero_()
         model.fc.bias.copy_(torch.log(mean / (1 - mean)))
+
+
+def _samples(plane: str) -> str:
+    return "axial levels" if view(plane).localised_per == "level" else f"{plane.upper()} series"
 
 
 def in_precision(models: infer.ModelSet, amp: bool) -> infer.ModelSet:
@@ -276,17 +308,22 @@ def time_inference(
     the peak GPU memory of the timed run (the loaded models included)."""
     models = in_precision(infer.load_models(paths, None if folds is None else list(folds), device), amp)
     label = label or device.type
-    infer.predict_series_table(paths, series.iloc[:1], models, pre_cfg, infer_cfg, desc=f"warm-up {label}")
+    axial = infer.axial_series_ids(paths, "train")
+    run = dict(pre_cfg=pre_cfg, infer_cfg=infer_cfg, axial_series=axial)
+    infer.predict_series_table(paths, series.iloc[:1], models, desc=f"warm-up {label}", **run)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     timer = infer.StageTimer()
-    infer.predict_series_table(paths, series, models, pre_cfg, infer_cfg, desc=f"bench {label}", timer=timer)
+    _, levels = infer.predict_series_table(paths, series, models, desc=f"bench {label}", timer=timer, **run)
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
+    axial_presets = models.presets_for("axial")
+    axial_rows = levels[levels["preset"].isin(axial_presets)] if len(levels) else levels
+    assigned = len(axial_rows) // (3 * max(len(axial_presets), 1))  # 3 rows a level and preset
     del models
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    return InferTiming(label, series["study_id"].nunique(), dict(timer.seconds), peak)
+    return InferTiming(label, series["study_id"].nunique(), dict(timer.seconds), peak, assigned)
 
 
 def gpu_timings(
@@ -331,6 +368,7 @@ def infer_main(argv: list[str] | None = None) -> tuple[list[InferTiming], list[P
             print(f"on {torch.cuda.get_device_name()}: {_describe_models(ensemble)} x {args.gpu_folds} folds")
             timings += gpu_timings(ensemble, series, torch.device("cuda"), pre_cfg, infer_cfg)
     per_study = (series.groupby("plane").size() / series["study_id"].nunique()).to_dict()
+    per_study["axial"] = timings[0].axial_levels / timings[0].n_studies
     projections = [project(timings[0], per_study, gpu) for gpu in KAGGLE_SETUPS]
     print(format_timings(timings))
     print(format_projection(projections, list(KAGGLE_SETUPS), per_study))

@@ -33,6 +33,7 @@ import jupytext
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from kaggle_utils.blend import BLEND_FILE
 from kaggle_utils.checkpoints import half_precision_copy
 from kaggle_utils.paths import (
     CODE_DATASET,
@@ -163,9 +164,10 @@ def stage_code(owner: str, build: Path = DEFAULT_BUILD_DIR) -> Path:
 
 
 def stage_weights(owner: str, models: Path = DEFAULT_WORK_DIR / "models", build: Path = DEFAULT_BUILD_DIR) -> Path:
-    """``build/<weights slug>/``: every finished checkpoint of ``models`` in half precision, with its JSON sidecar
-    (logs, plots and an interrupted run's resume state stay). Half precision halves the upload (the full ensemble:
-    8.5 GB in fp32) and what the kernel reads; the sizes go to stderr (stdout is the folder, for the Makefile)."""
+    """``build/<weights slug>/``: every finished checkpoint of ``models`` in half precision, with its JSON sidecar,
+    and the blend the CV fit (``blend.json``; logs, plots and an interrupted run's resume state stay). Half precision
+    halves the upload (the full ensemble: 8.5 GB in fp32) and what the kernel reads; the sizes go to stderr (stdout
+    is the folder, for the Makefile)."""
     checkpoints = finished_checkpoints(models)
     if not checkpoints:
         raise KaggleSetupError(f"no checkpoints (*.pt) in {models}: train first, or pass WORK_DIR=<folder>")
@@ -182,6 +184,11 @@ def stage_weights(owner: str, models: Path = DEFAULT_WORK_DIR / "models", build:
         (out / checkpoint.with_suffix(".json").name).write_text(
             json.dumps({**sidecar, "stored_as": "float16"}, indent=1)
         )
+    blend = models / BLEND_FILE
+    if blend.is_file():
+        shutil.copyfile(blend, out / BLEND_FILE)
+    else:
+        print(f"weights: no {blend} (04's CV fits it): the kernel weighs sagittal and axial alike", file=sys.stderr)
     write_metadata(METADATA_DIR / WEIGHTS_DATASET / DATASET_METADATA, out, owner)
     print(
         f"weights: {len(checkpoints)} checkpoints, {full / 1e9:.2f} GB -> {half / 1e9:.2f} GB in fp16", file=sys.stderr
