@@ -4,9 +4,10 @@
 # foramina; `sp1` (8 frames, 128 px), `sp2` (5 frames, 256 px) and `su` (24 frames, 96 px) on Sagittal T2/STIR
 # all five conditions; `ax` (Axial T2, 5 slices, 128 px) the spinal canal from the canal crop and each side's
 # subarticular recess from its own crop (the right one mirrored, one head for both). Training crops are cut around
-# the true keypoints, inference crops around stage-1 predictions. `stage1_error_p` (say 0.5) trains that share of the samples on crops around the true keypoints moved
-# by an out-of-fold error field of 02 (a series' own OOF prediction first), cut once and cached in
-# `WORK_DIR/stage2_error/`: the 1st-place recipe, which pays when the localiser is imprecise (see the README).
+# the true keypoints, inference crops around stage-1 predictions. `stage1_error_p` (say 0.5) trains that share of the
+# sagittal samples on crops around the true keypoints moved by an out-of-fold error field of 02 (a series' own OOF
+# prediction first), cut once and cached in `WORK_DIR/stage2_error/`: the 1st-place recipe, which pays when the
+# localiser is imprecise (see the README).
 #
 # **Inputs**: `WORK_DIR/tables/{series,targets,keypoints,axial_keypoints}.csv`, `WORK_DIR/stage2/` and
 # `WORK_DIR/axial2/` from 01, `WORK_DIR/oof/stage1_*` from 02.
