@@ -542,6 +542,10 @@ class LevelPicture:
     points: np.ndarray  # (5, 2) pixel x, y of each level's back-of-disc point on it
     planes: list[tuple[int, np.ndarray]]  # (level or -1, (2, 2) segment end points) of each axial slice, pixels
     slices: dict[int, tuple[np.ndarray, tuple[float, float], str]]  # level -> (assigned slice, point on it, caption)
+    # level -> (2, 2) pixel x, y of the left and right subarticular points on its slice: the true ones (the level's
+    # localiser sample) and the axial localisers' (an inference run's ``Prediction.axial_points``), where known
+    true_points: dict[int, np.ndarray] = field(default_factory=dict)
+    predicted_points: dict[int, np.ndarray] = field(default_factory=dict)
 
 
 def plane_segment(series: AxialSeries, k: int, sagittal: Geometry, s: int, samples: int = 96) -> np.ndarray | None:
@@ -564,10 +568,19 @@ def plane_segment(series: AxialSeries, k: int, sagittal: Geometry, s: int, sampl
 
 
 def level_picture(
-    paths: P.Paths, split: str, study_id: int, sagittal: pd.DataFrame, keypoints: pd.DataFrame, max_distance_mm: float
+    paths: P.Paths,
+    split: str,
+    study_id: int,
+    sagittal: pd.DataFrame,
+    keypoints: pd.DataFrame,
+    max_distance_mm: float,
+    samples: pd.DataFrame | None = None,
+    predicted: pd.DataFrame | None = None,
 ) -> LevelPicture:
     """The middle Sagittal T2 slice with every axial slice plane drawn across it, coloured by assigned level, and
-    each level's assigned axial slice with the level's point projected onto it (arguments as ``build_level_table``)."""
+    each level's assigned axial slice with the level's point projected onto it (arguments as ``build_level_table``);
+    with ``samples`` (``axial_keypoints``) the true subarticular points, with ``predicted`` (``Prediction.
+    axial_points``) the axial localisers' ones, on the slices that show them."""
     candidates = t2_series_with_points(sagittal, keypoints).get(study_id, [])
     if not candidates:
         raise ValueError(f"study {study_id} has no Sagittal T2 series with keypoints to place its levels")
@@ -578,7 +591,7 @@ def level_picture(
     on_sagittal = world_to_pixel(geometry.positions[s], geometry.orientations[s], geometry.pixel_spacing[s], points)
     coverage = Coverage()
     series_ids = axial_series_table(paths, split).query("study_id == @study_id")["series_id"].tolist()
-    planes, slices = [], {}
+    planes, slices, shown = [], {}, {}
     for series in _study_series(paths, split, study_id, series_ids, coverage):
         matches = [m for m in match_levels(points, series, max_distance_mm) if m.assigned]
         level_of = {m.slice: m.level for m in matches}
@@ -591,6 +604,19 @@ def level_picture(
                 image = read_slice(series.geometry.files[m.slice])
                 caption = f"series {series.series_id} #{series.instance_numbers[m.slice]}, {m.distance_mm:+.1f} mm"
                 slices[m.level] = (image, m.xy, caption)
-    return LevelPicture(
+                shown[m.level] = (series.series_id, int(series.instance_numbers[m.slice]), image.shape)
+    picture = LevelPicture(
         f"study {study_id}: axial slices per level", read_slice(geometry.files[s]), on_sagittal, planes, slices
     )
+    for level, (series_id, instance, shape) in shown.items():
+        scale = np.array([shape[1], shape[0]])  # relative x by columns, y by rows
+        if samples is not None:
+            true = points_by_level(samples[samples["instance_number"] == instance]).get((series_id, LEVEL_NAMES[level]))
+            if true is not None:
+                picture.true_points[level] = true * scale
+        if predicted is not None:
+            rows = predicted[(predicted["series_id"] == series_id) & (predicted["instance_number"] == instance)]
+            if len(rows):
+                columns = ["left_x", "left_y", "right_x", "right_y"]
+                picture.predicted_points[level] = rows[columns].to_numpy(float)[0].reshape(2, 2) * scale
+    return picture

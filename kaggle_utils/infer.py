@@ -278,6 +278,10 @@ AXIAL_DISTANCE_SCALE_MM = 2.0
 distance from the level's point to the assigned slice's plane."""
 
 
+AXIAL_POINT_COLUMNS = ("left_x", "left_y", "right_x", "right_y")
+"""The axial localisers' two points of a level, relative to its assigned slice (x by columns, y by rows)."""
+
+
 def axial_series_ids(paths: Paths, split: str) -> dict[int, list[int]]:
     """Study id -> its Axial T2 series ids (a study without has no entry)."""
     table = axial_series_table(paths, split)
@@ -296,7 +300,8 @@ def predict_axial(
     infer_cfg: InferConfig,
     timed: Callable[[str], AbstractContextManager[None]] = _untimed,
 ) -> list[pd.DataFrame]:
-    """Every axial preset's probabilities (``level_frame`` rows + ``preset, distance_mm``) of each level the study's
+    """Every axial preset's probabilities (``level_frame`` rows + ``preset``, the assigned slice's ``level,
+    instance_number, distance_mm`` and the localisers' points, ``AXIAL_POINT_COLUMNS``) of each level the study's
     Axial T2 series image: the Sagittal T2 keypoints ``t2_points`` (5, 2, 2) of series ``t2`` place the levels
     (within ``infer_cfg.axial_max_distance_mm``), each assigned level's stack is localised by the axial localisers
     (median) and cut with the training crop function, and every axial preset classifies the crops with the TTA.
@@ -325,13 +330,15 @@ def predict_axial(
                     spacing = np.array([row.row_mm, row.column_mm])
                     crops = level_crops(slices, level_points, spacing, pre_cfg.img_size, window)
                 level = LEVEL_NAMES.index(row.level)  # the level's index into LEVELS
+                where = dict(zip(AXIAL_POINT_COLUMNS, level_points.reshape(-1).tolist(), strict=True))
+                where.update(level=row.level, instance_number=int(row.instance_number), distance_mm=row.distance_mm)
                 for preset in models.presets_for("axial"):
                     bank = models.stage2[preset]
                     with timed("axial_models"):
                         probs = predict_levels(crops, bank, infer_cfg.tta_angles)
                     rows = condition_rows(bank[0].cfg.condition)
                     frame = level_frame([study_id], [series_id], probs[None], rows, [level])
-                    frames.append(frame.assign(preset=preset, distance_mm=float(row.distance_mm)))
+                    frames.append(frame.assign(preset=preset, **where))
         except SeriesError as error:
             warnings.warn(f"study {study_id} axial series {series_id} skipped: {error}", stacklevel=2)
     return frames
@@ -424,14 +431,16 @@ def write_submission(submission: pd.DataFrame, path: Path) -> Path:
 @dataclass
 class Prediction:
     """What a run over studies produced: the complete submission (sagittal and axial blended), the class-prior
-    baseline, the keypoints, the complete sagittal-only submission of the same models, and the axial rows (one per
-    row id the axial branch predicted; empty without axial models or series)."""
+    baseline, the keypoints, the complete sagittal-only submission of the same models, the axial rows (one per
+    row id the axial branch predicted; empty without axial models or series) and the axial levels' assigned slices
+    and predicted points (``axial_points``)."""
 
     submission: pd.DataFrame
     baseline: pd.DataFrame
     keypoints: pd.DataFrame
     sagittal: pd.DataFrame
     axial: pd.DataFrame
+    axial_points: pd.DataFrame
 
 
 def load_blend(paths: Paths) -> Blend:
@@ -476,7 +485,17 @@ def predict_studies(
         keypoints=keypoints,
         sagittal=sagittal_only,
         axial=axial,
+        axial_points=axial_points(axial_levels),
     )
+
+
+def axial_points(axial_levels: pd.DataFrame) -> pd.DataFrame:
+    """One row per axial level a series imaged: ``study_id, series_id, level, instance_number, distance_mm`` and the
+    localisers' points (``AXIAL_POINT_COLUMNS``)."""
+    columns = ["study_id", "series_id", "level", "instance_number", "distance_mm", *AXIAL_POINT_COLUMNS]
+    if axial_levels.empty:
+        return pd.DataFrame(columns=columns)
+    return axial_levels[columns].drop_duplicates(["series_id", "level", "instance_number"]).reset_index(drop=True)
 
 
 def split_axial(levels: pd.DataFrame, models: ModelSet | Sequence[ModelSet]) -> tuple[pd.DataFrame, pd.DataFrame]:

@@ -22,6 +22,7 @@ if TYPE_CHECKING:  # viz draws what crossval and axial gather; it needs their ty
     from kaggle_utils.crossval import MissedSeries
 
 LEVEL_COLOURS = ("#e6194b", "#f58231", "#ffe119", "#3cb44b", "#4363d8")
+SIDE_COLOURS = ("#42d4f4", "#f032e6")  # left, right subarticular point
 AXIAL_CROP_TITLES = ("canal", "left recess", "right recess, mirrored")  # axial.CROPS, as an axial sample holds them
 
 
@@ -208,7 +209,8 @@ def _grey(ax: plt.Axes, image: np.ndarray) -> None:
 
 def axial_levels_figure(picture: LevelPicture) -> plt.Figure:
     """The middle Sagittal T2 slice with each axial slice plane across it (coloured by the level it is assigned
-    to, grey when none) and the level points, then each level's assigned axial slice with the point projected."""
+    to, grey when none) and the level points, then each level's assigned axial slice with the point projected
+    (+), and where the picture has them the true (o) and predicted (x) left and right subarticular points."""
     fig, axes = plt.subplots(1, 1 + len(LEVEL_NAMES), figsize=(18, 3.8))
     _grey(axes[0], picture.sagittal)
     for level, segment in sorted(picture.planes, key=lambda plane: plane[0]):
@@ -226,6 +228,10 @@ def axial_levels_figure(picture: LevelPicture) -> plt.Figure:
         image, (x, y), caption = picture.slices[level]
         _grey(ax, image)
         ax.scatter([x], [y], s=40, marker="+", c=LEVEL_COLOURS[level])
+        if level in picture.true_points:
+            ax.scatter(*picture.true_points[level].T, s=36, facecolors="none", edgecolors=SIDE_COLOURS)
+        if level in picture.predicted_points:
+            ax.scatter(*picture.predicted_points[level].T, s=30, marker="x", c=SIDE_COLOURS)
         ax.set_title(f"{LEVEL_NAMES[level]}\n{caption}", color=LEVEL_COLOURS[level], fontsize=8)
     fig.suptitle(picture.title)
     fig.tight_layout()

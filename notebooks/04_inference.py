@@ -14,8 +14,8 @@
 # come from `WORK_DIR/{RUN}/models/` and the outputs below go to `WORK_DIR/{RUN}/` instead.
 #
 # **Outputs**: `WORK_DIR/submission.csv` (25 rows per test study), `WORK_DIR/cv.json`,
-# `WORK_DIR/oof/oof_submission.csv`, and from the CV `WORK_DIR/models/blend.json` (the kernel reads it beside the
-# models).
+# `WORK_DIR/oof/oof_submission.csv`, `figures/{worst_localisation,axial_predicted}.png`, and from the CV
+# `WORK_DIR/models/blend.json` (the kernel reads it beside the models).
 
 # %%
 # Bootstrap: import kaggle_utils from this repository or, on Kaggle, from the code dataset under /kaggle/input
@@ -64,7 +64,7 @@ RUN = ""  # a training round's sub-folder of WORK_DIR ("denoised" after 05); "" 
 # %%
 import json
 
-from kaggle_utils import blend, config, crossval, devices, infer, tables, viz
+from kaggle_utils import axial, blend, config, crossval, devices, infer, tables, viz
 from kaggle_utils.paths import TEST_LABELS_CSV, TEST_SERIES_CSV, TRAIN_CSV, Paths, is_kaggle
 
 p = config.notebook_params(
@@ -121,6 +121,28 @@ if run_cv:
 if run_cv:
     missed = crossval.worst_localised(paths, series, cv.keypoints, truth, pre_cfg, n=3)
     viz.save_figure(viz.localisation_figure(missed), paths.figures_dir / "worst_localisation.png")
+
+# %% [markdown]
+# ### The axial branch on a held-out study
+# Every axial slice plane across the middle Sagittal T2 slice, coloured by the level it images; then each level's
+# assigned slice with the level's true sagittal point projected (+), the true subarticular points (o) and the axial
+# localiser's (x): left cyan, right magenta.
+
+# %%
+if run_cv and len(cv.prediction.axial_points):
+    axial_study = int(cv.prediction.axial_points["study_id"].value_counts().index[0])  # the most levels placed
+    samples = tables.load_table(paths, "axial_keypoints")
+    run = (
+        paths,
+        "train",
+        axial_study,
+        series,
+        truth,
+        pre_cfg.axial_max_distance_mm,
+        samples,
+        cv.prediction.axial_points,
+    )
+    viz.save_figure(viz.axial_levels_figure(axial.level_picture(*run)), paths.figures_dir / "axial_predicted.png")
 
 # %% [markdown]
 # ## Test studies: every fold's models, averaged

@@ -5,16 +5,18 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils import axial, tables
+from kaggle_utils import axial, tables, viz
 from kaggle_utils.config import PreprocessConfig
 from kaggle_utils.constants import LEVEL_NAMES
 from kaggle_utils.dicom import Geometry, read_slice
 from kaggle_utils.paths import TRAIN_COORDINATES_CSV, Paths
 from kaggle_utils.preprocess import intensity_window, resize_slice, to_uint8
+from kaggle_utils.tables import load_table
 
 SPACING = 0.5  # mm per pixel
 SIZE = 200  # pixels: a 100 mm field of view centred on x = y = 0
@@ -232,3 +234,27 @@ def test_training_crops_are_cut_from_the_true_points(prepared: Paths) -> None:
     window = intensity_window(stack, PreprocessConfig().percentiles)
     expected = axial.level_crops(stack, points, np.array([row.row_mm, row.column_mm]), 256, window)
     np.testing.assert_array_equal(crops, expected)
+
+
+def test_the_level_picture_puts_the_true_and_the_predicted_points_on_the_slices_that_show_them(prepared) -> None:
+    samples = load_table(prepared, "axial_keypoints")
+    study_id = int(samples["study_id"].iloc[0])
+    series, keypoints = load_table(prepared, "series"), load_table(prepared, "keypoints")
+    # a prediction one pixel-share to the right of the truth, on the same slices
+    predicted = samples[samples["study_id"] == study_id].pivot_table(
+        index=["study_id", "series_id", "level", "instance_number"], columns="side", values=["relative_x", "relative_y"]
+    )
+    predicted = pd.DataFrame(
+        {
+            "left_x": predicted["relative_x"]["L"] + 0.01,
+            "left_y": predicted["relative_y"]["L"],
+            "right_x": predicted["relative_x"]["R"] + 0.01,
+            "right_y": predicted["relative_y"]["R"],
+        }
+    ).reset_index()
+    picture = axial.level_picture(prepared, "train", study_id, series, keypoints, 3.0, samples, predicted)
+    assert picture.true_points and picture.true_points.keys() == picture.predicted_points.keys()
+    for level, true in picture.true_points.items():
+        image = picture.slices[level][0]
+        np.testing.assert_allclose(picture.predicted_points[level] - true, [[0.01 * image.shape[1], 0]] * 2, atol=1e-6)
+    plt.close(viz.axial_levels_figure(picture))

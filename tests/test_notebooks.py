@@ -10,6 +10,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from kaggle_utils.blend import BLEND_FILE, Blend
 from kaggle_utils.constants import LABEL_COLUMNS, LEVEL_NAMES
 from kaggle_utils.dev.runner import run_notebook
 
@@ -60,7 +61,7 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
     assert list((work / "figures").glob("axial_levels_*.png"))
     levels = pd.read_csv(work / "tables" / "axial_levels.csv")
     assert levels["assigned"].any() and set(levels["level"]) <= set(LEVEL_NAMES)
-    for name in ("stage1_t1", "stage1_t2", "fo", "sp1", "sp2", "su"):
+    for name in ("stage1_t1", "stage1_t2", "stage1_axial", "fo", "sp1", "sp2", "su", "ax"):
         sidecar = json.loads((work / "models" / f"{name}-f0-s42.json").read_text())
         assert sidecar["fold"] == 0 and sidecar["config"]["name"] == name
         assert (work / "models" / f"{name}-f0-s42.curves.png").exists()
@@ -82,11 +83,15 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
         "prior_score",
         "test_score",
         "test_prior_score",
+        "sagittal_only_score",
     ):
         assert np.isfinite(report[key]), key
-    for view in ("t1", "t2"):  # the localisers on the held-out folds, as other tools read them
+    for view in ("t1", "t2", "axial"):  # the localisers on the held-out folds, as other tools read them
         assert set(report["stage1"][view]) == {"mean_px", "within_5px", "within_1pct", "within_5pct"}
     assert (work / "figures" / "worst_localisation.png").exists()
+    assert (work / "figures" / "axial_predicted.png").exists()
+    blended = Blend.load(work / "models" / BLEND_FILE)  # fit by 04's CV, read by the kernel beside the models
+    assert set(blended.families) == {"spinal", "subarticular"} and report["blend"] == blended.to_dict()
 
     # Round 2 (05): its tables, its own models and OOF beside round 1's, and the report.
     noisy = pd.read_csv(work / "tables" / "noisy_labels.csv")
