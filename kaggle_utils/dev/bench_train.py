@@ -51,10 +51,10 @@ import pandas as pd
 import torch
 
 from kaggle_utils import config
-from kaggle_utils.axial import STACK_SLICES, level_slug
+from kaggle_utils.axial import CROPS, STACK_SLICES, level_slug
 from kaggle_utils.config import FULL_PRESETS, TrainConfig, preset
 from kaggle_utils.constants import LABEL_COLUMNS, LEVEL_NAMES, LEVELS
-from kaggle_utils.data import CropDataset, KeypointDataset, LevelKeypointDataset
+from kaggle_utils.data import AxialCropDataset, CropDataset, KeypointDataset, LevelKeypointDataset
 from kaggle_utils.devices import autocast_dtype
 from kaggle_utils.engine import StepReadout, make_optimizer, prepare_model, train_step
 from kaggle_utils.labels import condition_rows
@@ -196,8 +196,8 @@ def format_host_table(rows: list[HostRow], workers: int) -> str:
 # --- cached arrays of the real shapes ------------------------------------------------------------
 @dataclass(frozen=True)
 class CachedArrays:
-    """Stage-1 volumes and stage-2 crops of one T1 and one T2 series per study, and the five level stacks of one
-    axial series, in a work folder.
+    """Stage-1 volumes and stage-2 crops of one T1 and one T2 series per study, and the five level stacks and crops
+    of one axial series, in a work folder.
 
     The first ``distinct`` studies get arrays of their own; the others are hard links to them (a copy where the
     file system has no links), so an epoch of many batches costs the disk only ``distinct`` studies.
@@ -228,26 +228,33 @@ class CachedArrays:
                 rows.append({"study_id": study, "series_id": series, "plane": plane})
             axial_series = 10 * study + 2
             for level in LEVEL_NAMES:
-                stack = paths.axial_stack(study, axial_series, level_slug(level), AXIAL_INSTANCE)
-                stack.parent.mkdir(parents=True, exist_ok=True)
+                key = (level_slug(level), AXIAL_INSTANCE)
+                stack, crops = (path(study, axial_series, *key) for path in (paths.axial_stack, paths.axial_crops))
+                for path in (stack, crops):
+                    path.parent.mkdir(parents=True, exist_ok=True)
                 if study == twin:
-                    np.save(stack, rng.integers(0, 256, (STACK_SLICES, 256, 256), dtype=np.uint8))
+                    slices = rng.integers(0, 256, (STACK_SLICES, 256, 256), dtype=np.uint8)
+                    np.save(stack, slices)
+                    np.save(crops, np.repeat(slices[None], len(CROPS), axis=0))
                 else:
-                    _link(paths.axial_stack(twin, 10 * twin + 2, level_slug(level), AXIAL_INSTANCE), stack)
+                    _link(paths.axial_stack(twin, 10 * twin + 2, *key), stack)
+                    _link(paths.axial_crops(twin, 10 * twin + 2, *key), crops)
                 rows.append({"study_id": study, "series_id": axial_series, "plane": "axial", "level": level})
         return cls(paths, pd.DataFrame(rows))
 
     def training_set(self, cfg: TrainConfig) -> torch.utils.data.Dataset:
         """The preset's training dataset over these arrays (random labels for stage 2, zero keypoints)."""
         series = self.series[self.series["plane"] == cfg.plane]
-        if cfg.stage == 1 and view(cfg.plane).localised_per == "level":
-            samples = series.assign(instance_number=AXIAL_INSTANCE)
-            return LevelKeypointDataset(samples, self.paths, cfg.n_frames, keypoints=None, train=True)
-        if cfg.stage == 1:
-            return KeypointDataset(series, self.paths, cfg.n_frames, keypoints=None, train=True)
         studies = series["study_id"].unique()
         labels = np.random.default_rng(1).integers(0, 3, (len(studies), len(LABEL_COLUMNS)))
         targets = pd.DataFrame(labels, columns=list(LABEL_COLUMNS)).assign(study_id=studies)
+        if view(cfg.plane).localised_per == "level":
+            samples = series.assign(instance_number=AXIAL_INSTANCE)
+            if cfg.stage == 1:
+                return LevelKeypointDataset(samples, self.paths, cfg.n_frames, keypoints=None, train=True)
+            return AxialCropDataset(samples, self.paths, cfg.n_frames, targets, train=True)
+        if cfg.stage == 1:
+            return KeypointDataset(series, self.paths, cfg.n_frames, keypoints=None, train=True)
         return CropDataset(series, self.paths, cfg.n_frames, condition_rows(cfg.condition), targets, train=True)
 
     def first_batch(self, cfg: TrainConfig, device: torch.device) -> dict:
@@ -314,8 +321,9 @@ def _reset_memory(device: torch.device) -> None:
 def seed_settings_ms(
     cfg: TrainConfig, data: CachedArrays, device: torch.device, seed_script: ModuleType | None, steps: int, warmup: int
 ) -> tuple[float, str]:
-    """The seed settings for the same shape: its own script on a GPU, else our model with its settings."""
-    if seed_script is not None and device.type == "cuda":
+    """The seed settings for the same shape: its own script on a GPU, else (or for a preset the seed does not have,
+    the axial ones) our model with its settings."""
+    if seed_script is not None and device.type == "cuda" and cfg.name in SEED_CONFIGS:
         name, levels, frames, size, heads, lstm = next(c for c in seed_script.CONFIGS if c[0] == SEED_CONFIGS[cfg.name])
         model = seed_script.SeqNet(cfg.backbone, heads, lstm, ckpt=True).to(device).train()
         x = torch.randn(cfg.batch_size, levels, frames, 1, size, size, device=device)
@@ -342,7 +350,7 @@ def bench_preset(
         in_step = loader_ms(fed_step, loader(data.training_set(cfg), cfg, True), device, steps, warmup)
     _reset_memory(device)
     seed, source = seed_settings_ms(cfg, data, device, seed_script, steps, warmup)
-    levels = "" if cfg.stage == 1 else f"{len(LEVELS)} x "
+    levels = "" if cfg.stage == 1 else "3 x " if view(cfg.plane).localised_per == "level" else f"{len(LEVELS)} x "
     shape = f"{cfg.batch_size} x {levels}{cfg.n_frames} x {cfg.img_size}px"
     return Row(cfg.name, shape, compute, pure, fed, seed, source, peak, in_step)
 

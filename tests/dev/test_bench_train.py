@@ -79,6 +79,16 @@ def test_the_axial_localiser_is_fed_a_levels_stack(tmp_path: Path) -> None:
     assert set(batch["level"].tolist()) <= set(range(5))
 
 
+def test_the_axial_classifier_is_fed_a_levels_three_crops(tmp_path: Path) -> None:
+    data = bench_train.CachedArrays.write(tmp_path, n_studies=2, n_slices=3)
+    cfg = preset("ax", "smoke", {"batch_size": 4, "num_workers": 0})
+    batch = data.first_batch(cfg, torch.device("cpu"))
+    assert tuple(batch["image"].shape) == (4, 3, cfg.n_frames, 256, 256)
+    assert tuple(batch["target"].shape) == (4, 1, 3, 3)
+    row = bench_train.bench_preset(cfg, data, torch.device("cpu"), None, steps=1, warmup=0)
+    assert row.shape == f"4 x 3 x {cfg.n_frames} x {cfg.img_size}px" and row.compute_ms > 0
+
+
 def test_the_loader_timing_asks_for_one_epoch_of_batches(tmp_path: Path) -> None:
     data = bench_train.CachedArrays.write(tmp_path, n_studies=4, n_slices=3)
     cfg = preset("stage1_t1", "smoke", {"batch_size": 2, "num_workers": 0})
