@@ -168,7 +168,8 @@ class Stage2Config(TrainConfig):
     coarse_dropout: bool = True
     vflip: bool = True
     # Training crops with stage 1's error (kaggle_utils/stage1_error.py): the share of training samples cut around
-    # keypoints moved by an out-of-fold error field instead of the true ones, and how many such crop sets a series has.
+    # keypoints moved by an out-of-fold error field instead of the true ones, and how many such crop sets a series has
+    # (sagittal presets; the axial crops are cut from the true points).
     # Off by default: with the heatmap localiser the demo scored 0.704 without them and 0.737 with half (README).
     stage1_error_p: float = 0.0
     stage1_error_draws: int = 4
