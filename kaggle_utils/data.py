@@ -246,8 +246,9 @@ class AxialCropDataset(_ArrayDataset):
     """Stage 2 of the axial view: one sample per assigned (series, level) slice with cached crops
     (``axial.cache_stacks``): its three crop sequences and the level's labels.
 
-    Training draws one record per study and level and picks one of its series at random on every access (a level two
-    series image is one sample, as a sagittal study is); evaluation has one record per series and level. A sample is
+    Training draws one record per study and level and picks one of the series imaging it at random on every access (a
+    level two series image is one sample, as a study is for the sagittal presets); evaluation has one record per
+    series and level. A sample is
     ``image`` (3, F, S, S) uint8 (canal, left recess, mirrored right recess), ``mask`` (F,) bool, ``target`` (1, 3, 3)
     one-hot (the rows of ``labels.CONDITION_ROWS["axial"]``: spinal, left and right subarticular), ``study_id``,
     ``series_id`` and ``level`` (index into ``LEVELS``); with a ``pseudo`` table (``soft_targets``) also ``pseudo``

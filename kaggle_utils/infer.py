@@ -5,8 +5,10 @@ plane's localisers), crop every level with the same function as training, and ru
 of that plane with all TTA rotations in one forward pass. Predictions are then averaged per row id and
 routed as the solution does: subarticular from ``su``; spinal the mean of ``sp1``, ``sp2``, ``su``;
 foraminal from the T1 model when the study has a Sagittal T1, else from the T2 models (each preset's
-``routes``). Every study gets its 25 rows: what no model covers falls back to the class priors of the training
-labels. Cross-validation and the scores are in ``crossval``.
+``routes``). The axial branch: a study's Sagittal T2 keypoints place its levels on its Axial T2 slices, whose
+stacks are localised, cropped and classified by the axial presets; its spinal and subarticular rows meet the
+sagittal ones in the blend fit out of fold (``kaggle_utils.blend``). Every study gets its 25 rows: what no model
+covers falls back to the class priors of the training labels. Cross-validation and the scores are in ``crossval``.
 """
 
 from __future__ import annotations

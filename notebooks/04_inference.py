@@ -165,6 +165,7 @@ test.submission.head(10)
 if paths.data_file(TEST_LABELS_CSV).exists():
     hidden = tables.targets_table(tables.read_csv(paths, TEST_LABELS_CSV))
     report["test_score"] = crossval.score_submission(test.submission, hidden)["score"]
+    report["test_sagittal_only_score"] = crossval.score_submission(test.sagittal, hidden)["score"]
     report["test_prior_score"] = crossval.score_submission(test.baseline, hidden)["score"]
 paths.cv_json.write_text(json.dumps(report, indent=1))
 print(json.dumps(report, indent=1))
