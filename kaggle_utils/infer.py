@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kaggle_utils.axial import (
+    AxialSeries,
     axial_series_table,
     level_crops,
     level_stack,
@@ -307,42 +308,61 @@ def predict_axial(
     Axial T2 series image: the Sagittal T2 keypoints ``t2_points`` (5, 2, 2) of series ``t2`` place the levels
     (within ``infer_cfg.axial_max_distance_mm``), each assigned level's stack is localised by the axial localisers
     (median) and cut with the training crop function, and every axial preset classifies the crops with the TTA.
-    A series that cannot be read is reported and skipped; a level no series images gives no rows. ``timed`` (the
-    benchmark's ``StageTimer``) adds up the stages axial_read and axial_crop (CPU) and axial_models (the networks)."""
+    A series or a level that cannot be read is reported and skipped; a level no series images gives no rows.
+    ``timed`` (the benchmark's ``StageTimer``) adds up the stages axial_read and axial_crop (CPU) and axial_models
+    (the networks)."""
     points = sagittal_level_points(t2_points, t2.geometry)
     frames = []
     for series_id in series_ids:
         try:
             with timed("axial_read"):
                 series = read_axial_series(paths.series_dir(split, study_id, series_id), series_id)
-            if series is None:
-                continue
-            table = level_table(study_id, points, [series], infer_cfg.axial_max_distance_mm)
-            files = dict(zip(series.instance_numbers.tolist(), series.geometry.files, strict=True))
-            for row in table[table["assigned"]].itertuples():
-                with timed("axial_read"):
-                    instances = stack_instances(table, series_id, int(row.instance_number))
-                    slices = [read_slice(files[i]) for i in instances]
-                with timed("axial_crop"):
-                    window = intensity_window(slices, pre_cfg.percentiles)
-                    stack = level_stack(slices, pre_cfg.img_size, window)
-                with timed("axial_models"):
-                    level_points = predict_keypoints(stack, models.stage1["axial"])[0]
-                with timed("axial_crop"):
-                    spacing = np.array([row.row_mm, row.column_mm])
-                    crops = level_crops(slices, level_points, spacing, pre_cfg.img_size, window)
-                level = LEVEL_NAMES.index(row.level)  # the level's index into LEVELS
-                where = dict(zip(AXIAL_POINT_COLUMNS, level_points.reshape(-1).tolist(), strict=True))
-                where.update(level=row.level, instance_number=int(row.instance_number), distance_mm=row.distance_mm)
-                for preset in models.presets_for("axial"):
-                    bank = models.stage2[preset]
-                    with timed("axial_models"):
-                        probs = predict_levels(crops, bank, infer_cfg.tta_angles)
-                    rows = condition_rows(bank[0].cfg.condition)
-                    frame = level_frame([study_id], [series_id], probs[None], rows, [level])
-                    frames.append(frame.assign(preset=preset, **where))
         except SeriesError as error:
             warnings.warn(f"study {study_id} axial series {series_id} skipped: {error}", stacklevel=2)
+            continue
+        if series is None:
+            continue
+        table = level_table(study_id, points, [series], infer_cfg.axial_max_distance_mm)
+        for row in table[table["assigned"]].itertuples():
+            try:
+                frames += _predict_axial_level(series, table, row, models, pre_cfg, infer_cfg, timed)
+            except SeriesError as error:  # an unreadable slice: that level falls back, the series' others stay
+                warnings.warn(f"study {study_id} series {series_id} {row.level} skipped: {error}", stacklevel=2)
+    return frames
+
+
+def _predict_axial_level(
+    series: AxialSeries,
+    table: pd.DataFrame,
+    row: tuple,
+    models: ModelSet,
+    pre_cfg: PreprocessConfig,
+    infer_cfg: InferConfig,
+    timed: Callable[[str], AbstractContextManager[None]],
+) -> list[pd.DataFrame]:
+    """The axial presets' rows of one assigned level, ``row`` of the series' level ``table`` (``predict_axial``)."""
+    files = dict(zip(series.instance_numbers.tolist(), series.geometry.files, strict=True))
+    with timed("axial_read"):
+        slices = [read_slice(files[i]) for i in stack_instances(table, series.series_id, int(row.instance_number))]
+    with timed("axial_crop"):
+        window = intensity_window(slices, pre_cfg.percentiles)
+        stack = level_stack(slices, pre_cfg.img_size, window)
+    with timed("axial_models"):
+        level_points = predict_keypoints(stack, models.stage1["axial"])[0]
+    with timed("axial_crop"):
+        spacing = np.array([row.row_mm, row.column_mm])
+        crops = level_crops(slices, level_points, spacing, pre_cfg.img_size, window)
+    where = dict(zip(AXIAL_POINT_COLUMNS, level_points.reshape(-1).tolist(), strict=True))
+    where.update(level=row.level, instance_number=int(row.instance_number), distance_mm=row.distance_mm)
+    level = LEVEL_NAMES.index(row.level)  # the level's index into LEVELS
+    frames = []
+    for preset in models.presets_for("axial"):
+        bank = models.stage2[preset]
+        with timed("axial_models"):
+            probs = predict_levels(crops, bank, infer_cfg.tta_angles)
+        rows = condition_rows(bank[0].cfg.condition)
+        frame = level_frame([row.study_id], [series.series_id], probs[None], rows, [level])
+        frames.append(frame.assign(preset=preset, **where))
     return frames
 
 

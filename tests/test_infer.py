@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import shutil
 import subprocess
 import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 import torch
 
@@ -179,3 +181,26 @@ def test_a_study_without_axial_series_keeps_its_sagittal_rows(tiny_data: Path, t
     changed = submission.index[~np.isclose(submission, sagittal.loc[submission.index]).all(axis=1)]
     assert len(changed) and all(r.startswith(f"{studies[1]}_") for r in changed)
     assert not any("foraminal" in r for r in changed)
+
+
+def test_an_unreadable_axial_slice_drops_its_level_only(tiny_data: Path, tmp_path: Path) -> None:
+    data = Paths(tmp_path / "data", tmp_path / "work")
+    shutil.copytree(tiny_data, data.data_dir)
+    axial = infer.axial_series_ids(data, "train")
+    series = tables.series_table(data, "train")
+    series = series[series["study_id"] == next(s for s in sorted(series["study_id"].unique()) if s in axial)]
+    bench_infer.write_bench_models(data, data, series, "smoke")
+    models = load_models_on(data, [torch.device("cpu")], [0])[0]
+    run = (data, series, models, PreprocessConfig(), InferConfig(tta_angles=(0.0,)))
+    before = predict_series_table(*run, axial_series=axial)[1].query("preset == 'ax'")
+    broken = before.iloc[0]
+    path = data.series_dir("train", int(broken.study_id), int(broken.series_id)) / f"{int(broken.instance_number)}.dcm"
+    ds = pydicom.dcmread(path)
+    ds.PixelData = ds.PixelData[:100]  # the header still reads; its pixels do not
+    ds.save_as(path)
+    with pytest.warns(UserWarning, match=f"series {int(broken.series_id)} {broken.level} skipped"):
+        after = predict_series_table(*run, axial_series=axial)[1].query("preset == 'ax'")
+    kept = before[(before["series_id"] != broken.series_id) | (before["level"] != broken.level)]
+    assert set(zip(after["series_id"], after["row_id"], strict=True)) == set(
+        zip(kept["series_id"], kept["row_id"], strict=True)
+    )
