@@ -369,6 +369,10 @@ def stack_instances(levels: pd.DataFrame, series_id: int, instance: int) -> list
     return [int(block[i]) for i in np.clip(int(centre["index"]) + offsets, 0, len(block) - 1)]
 
 
+AXIAL_POINT_COLUMNS = ("left_x", "left_y", "right_x", "right_y")
+"""An axial level's two predicted points as inference's tables hold them, relative to its assigned slice (x by
+columns, y by rows)."""
+
 CENTRE_CROP_MM = 60.0
 """Side of the square crop around the midpoint of a level's two subarticular points: the canal (spinal stenosis)."""
 
@@ -617,6 +621,7 @@ def level_picture(
         if predicted is not None:
             rows = predicted[(predicted["series_id"] == series_id) & (predicted["instance_number"] == instance)]
             if len(rows):
-                columns = ["left_x", "left_y", "right_x", "right_y"]
-                picture.predicted_points[level] = rows[columns].to_numpy(float)[0].reshape(2, 2) * scale
+                picture.predicted_points[level] = (
+                    rows[list(AXIAL_POINT_COLUMNS)].to_numpy(float)[0].reshape(2, 2) * scale
+                )
     return picture

@@ -29,6 +29,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from kaggle_utils.axial import (
+    AXIAL_POINT_COLUMNS,
     AxialSeries,
     axial_series_table,
     level_crops,
@@ -279,10 +280,6 @@ def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
 AXIAL_DISTANCE_SCALE_MM = 2.0
 """Several series (or blocks) imaging one level: their predictions are averaged with weights exp(-|d| / this), d the
 distance from the level's point to the assigned slice's plane."""
-
-
-AXIAL_POINT_COLUMNS = ("left_x", "left_y", "right_x", "right_y")
-"""The axial localisers' two points of a level, relative to its assigned slice (x by columns, y by rows)."""
 
 
 def axial_series_ids(paths: Paths, split: str) -> dict[int, list[int]]:
