@@ -489,11 +489,15 @@ def predict_studies(
     ``load_blend``); with a model set per device (``load_models_on``), the studies are split over the devices;
     ``given_points`` replace the localisers' keypoints where they have a series (``predict_series_table``)."""
     split = str(series["split"].iloc[0]) if len(series) else "test"
-    run = (paths, series, models, pre_cfg, infer_cfg, desc, None, given_points, axial_series_ids(paths, split))
+    axial_series = axial_series_ids(paths, split)
+    run = (paths, series, models, pre_cfg, infer_cfg, desc, None, given_points, axial_series)
     keypoints, levels = predict_series_table(*run)
     routes = model_routes(models)
     sagittal_levels, axial_levels = split_axial(levels, models)
     sagittal, axial = route(sagittal_levels, routes), merge_axial(axial_levels, routes)
+    placed = axial_points(axial_levels)
+    if model_sets(models)[0].presets_for("axial"):
+        print(axial_coverage(placed, study_ids, axial_series))
     blend = blend or (load_blend(paths) if len(axial) else Blend())
     with warnings.catch_warnings():  # the blended submission says which studies fell back
         warnings.simplefilter("ignore")
@@ -504,7 +508,18 @@ def predict_studies(
         keypoints=keypoints,
         sagittal=sagittal_only,
         axial=axial,
-        axial_points=axial_points(axial_levels),
+        axial_points=placed,
+    )
+
+
+def axial_coverage(placed: pd.DataFrame, study_ids: list[int], axial_series: Mapping[int, list[int]]) -> str:
+    """One line: how many of the studies' levels the axial branch predicted, and how many studies have no Axial T2
+    series (their rows, and those of the levels no slice reached, are the sagittal prediction)."""
+    levels = placed[placed["study_id"].isin(study_ids)].drop_duplicates(["study_id", "level"])
+    without = sum(1 for s in study_ids if not axial_series.get(s))
+    return (
+        f"axial branch: {len(levels)} of {len(LEVEL_NAMES) * len(study_ids)} levels of {len(study_ids)} studies on an "
+        f"axial slice, {without} of the studies without an Axial T2 series (the sagittal prediction stands elsewhere)"
     )
 
 

@@ -204,3 +204,11 @@ def test_an_unreadable_axial_slice_drops_its_level_only(tiny_data: Path, tmp_pat
     assert set(zip(after["series_id"], after["row_id"], strict=True)) == set(
         zip(kept["series_id"], kept["row_id"], strict=True)
     )
+
+
+def test_the_axial_coverage_line_counts_levels_and_studies_without_axial_series() -> None:
+    placed = pd.DataFrame(
+        {"study_id": [1, 1, 1, 2], "level": ["L4/L5", "L4/L5", "L5/S1", "L1/L2"]}  # L4/L5 of study 1 twice
+    )
+    line = infer.axial_coverage(placed, [1, 3], {1: [10, 11], 2: [20]})
+    assert line.startswith("axial branch: 2 of 10 levels of 2 studies") and "1 of the studies without" in line
