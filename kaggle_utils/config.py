@@ -290,10 +290,10 @@ PROFILES: dict[str, dict[str, Any]] = {
 PROFILE_PRESET_DELTAS: dict[str, dict[str, dict[str, Any]]] = {
     "demo": {
         # the solution's zoom range: series differ in field of view, and a zoomed-in spine misleads the localiser
-        # T1's top level (L1/L2) is found late: 40 epochs 3.6 px of mean error and 81 % of points within 5 px, 60
-        # epochs 3.0 px and 87 %, 80 epochs 2.4 px and 90 %; T2 gains nothing past 40 (60: 2.4 px, 88 %)
+        # The top level (L1/L2) is found late: T1 at 40 epochs 3.6 px of mean error and 81 % of points within 5 px,
+        # 60 epochs 3.0 px and 87 %, 80 epochs 2.4 px and 90 %; T2 2.3 px and 88 % at 40 and 60, 1.8 px and 94 % at 80
         "stage1_t1": dict(img_size=128, epochs=80, scale_limit=0.25),
-        "stage1_t2": dict(img_size=128, epochs=40, scale_limit=0.25),
+        "stage1_t2": dict(img_size=128, epochs=80, scale_limit=0.25),
         "stage1_axial": dict(img_size=96, epochs=6),  # the synthetic canal is easy to find: 1.8 px after 6 epochs
         "fo": dict(img_size=64, n_frames=16),
         "sp1": dict(img_size=64),
