@@ -131,18 +131,10 @@ if run_cv:
 # %%
 if run_cv and len(cv.prediction.axial_points):
     axial_study = int(cv.prediction.axial_points["study_id"].value_counts().index[0])  # the most levels placed
-    samples = tables.load_table(paths, "axial_keypoints")
-    run = (
-        paths,
-        "train",
-        axial_study,
-        series,
-        truth,
-        pre_cfg.axial_max_distance_mm,
-        samples,
-        cv.prediction.axial_points,
-    )
-    viz.save_figure(viz.axial_levels_figure(axial.level_picture(*run)), paths.figures_dir / "axial_predicted.png")
+    samples = tables.load_table(paths, "axial_keypoints")  # the true subarticular points
+    where = (paths, "train", axial_study, series, truth, pre_cfg.axial_max_distance_mm)
+    picture = axial.level_picture(*where, samples=samples, predicted=cv.prediction.axial_points)
+    viz.save_figure(viz.axial_levels_figure(picture), paths.figures_dir / "axial_predicted.png")
 
 # %% [markdown]
 # ## Test studies: every fold's models, averaged
