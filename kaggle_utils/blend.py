@@ -19,17 +19,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from kaggle_utils.constants import SEVERITY_COLUMNS, condition_family
-from kaggle_utils.metric import EPS, score_parts
+from kaggle_utils.constants import CONDITIONS, SEVERITY_COLUMNS, condition_family
+from kaggle_utils.metric import EPS, score_parts, weighted_log_loss
 
 BLEND_FAMILIES: tuple[str, ...] = ("spinal", "subarticular")
 """The condition families an axial model predicts."""
 
 SEVERE_BOOST = 1.25
 """Factor on the largest spinal severe probability of a study (the 2nd-place team's constant)."""
-
-BLEND_FILE = "blend.json"
-"""File name of a saved ``Blend``; the caller decides the folder."""
 
 LOG_CLIP = 1e-7
 """Probabilities are clipped here before the log, so a hard zero on one side cannot veto the other."""
@@ -40,7 +37,6 @@ WEIGHT_GRID: tuple[float, ...] = tuple(np.round(np.linspace(0, 1, 21), 2).tolist
 TEMPERATURE_GRID: tuple[float, ...] = (0.7, 0.8, 0.9, 1.0, 1.1, 1.25, 1.5)
 """Temperatures ``fit_blend`` tries by default."""
 
-SPINAL_CONDITION = "spinal_canal_stenosis"
 BOOST_FAMILY = "any_severe_boost"
 REPORT_COLUMNS: tuple[str, ...] = (
     "family",
@@ -109,7 +105,7 @@ class Blend:
     def from_dict(cls, data: Mapping[str, Any]) -> Blend:
         _reject_unknown(data, ("families", "severe_boost"), "blend")
         families = {}
-        for name, settings in data.get("families", _default_families_dict()).items():
+        for name, settings in data.get("families", {family: {} for family in BLEND_FAMILIES}).items():
             if name not in BLEND_FAMILIES:
                 raise ValueError(f"unknown blend family {name!r}; known: {list(BLEND_FAMILIES)}")
             _reject_unknown(settings, ("weight", "temperature"), f"blend family {name!r}")
@@ -130,10 +126,6 @@ class Blend:
         return cls.from_dict(json.loads(path.read_text()))
 
 
-def _default_families_dict() -> dict[str, dict[str, float]]:
-    return Blend().to_dict()["families"]
-
-
 def _reject_unknown(data: Mapping[str, Any], known: Sequence[str], what: str) -> None:
     unknown = set(data) - set(known)
     if unknown:
@@ -145,7 +137,7 @@ def boost_max_severe(submission: pd.DataFrame, factor: float = SEVERE_BOOST) -> 
     multiplied by ``factor`` and that row is renormalised; other rows are unchanged."""
     boosted = submission.copy()
     ids = boosted["row_id"].astype(str)
-    spinal = np.flatnonzero(ids.str.contains(SPINAL_CONDITION).to_numpy())
+    spinal = np.flatnonzero(ids.str.contains(CONDITIONS[0]).to_numpy())  # spinal canal stenosis
     if spinal.size == 0:
         return boosted
     values = boosted[list(SEVERITY_COLUMNS)].to_numpy(float, copy=True)
@@ -200,13 +192,11 @@ def _grid_losses(
 ) -> np.ndarray:
     """(len(weights), len(temperatures)) weighted log losses of the combined rule, as the metric computes them
     (probabilities clipped to [EPS, 1 - EPS])."""
-    log_s, log_a = _log_probs(sagittal), _log_probs(axial)
     losses = np.empty((len(weights), len(temperatures)))
-    for i, weight in enumerate(weights):  # one weight at a time keeps memory at (T, n, 3)
-        mixed = (1.0 - weight) * log_s + weight * log_a
-        probs = np.clip(_softmax(mixed[None] / temperatures[:, None, None]), EPS, 1 - EPS)
-        per_row = -(truth[None] * np.log(probs)).sum(axis=-1)
-        losses[i] = (per_row * sample_weight).sum(axis=-1) / sample_weight.sum()
+    for i, weight in enumerate(weights):
+        for j, temperature in enumerate(temperatures):
+            probs = FamilyBlend(float(weight), float(temperature)).apply(sagittal, axial)
+            losses[i, j] = weighted_log_loss(truth, np.clip(probs, EPS, 1 - EPS), sample_weight)
     return losses
 
 

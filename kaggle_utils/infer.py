@@ -30,7 +30,6 @@ from tqdm.auto import tqdm
 
 from kaggle_utils.axial import (
     AXIAL_POINT_COLUMNS,
-    AxialSeries,
     axial_series_table,
     level_crops,
     level_stack,
@@ -39,7 +38,7 @@ from kaggle_utils.axial import (
     sagittal_level_points,
     stack_instances,
 )
-from kaggle_utils.blend import BLEND_FILE, Blend, blend_rows
+from kaggle_utils.blend import Blend, blend_rows
 from kaggle_utils.checkpoints import load_checkpoint
 from kaggle_utils.config import ConfigError, InferConfig, PreprocessConfig, TrainConfig, preset_routes
 from kaggle_utils.constants import (
@@ -320,16 +319,18 @@ def predict_axial(
         if series is None:
             continue
         table = level_table(study_id, points, [series], infer_cfg.axial_max_distance_mm)
+        files = dict(zip(series.instance_numbers.tolist(), series.geometry.files, strict=True))
         for row in table[table["assigned"]].itertuples():
             try:
-                frames += _predict_axial_level(series, table, row, models, pre_cfg, infer_cfg, timed)
+                frames += _predict_axial_level(series.series_id, files, table, row, models, pre_cfg, infer_cfg, timed)
             except SeriesError as error:  # an unreadable slice: that level falls back, the series' others stay
                 warnings.warn(f"study {study_id} series {series_id} {row.level} skipped: {error}", stacklevel=2)
     return frames
 
 
 def _predict_axial_level(
-    series: AxialSeries,
+    series_id: int,
+    files: dict[int, Path],
     table: pd.DataFrame,
     row: tuple,
     models: ModelSet,
@@ -337,10 +338,10 @@ def _predict_axial_level(
     infer_cfg: InferConfig,
     timed: Callable[[str], AbstractContextManager[None]],
 ) -> list[pd.DataFrame]:
-    """The axial presets' rows of one assigned level, ``row`` of the series' level ``table`` (``predict_axial``)."""
-    files = dict(zip(series.instance_numbers.tolist(), series.geometry.files, strict=True))
+    """The axial presets' rows of one assigned level, ``row`` of the series' level ``table``, its slices read from
+    ``files`` (instance number -> file; ``predict_axial``)."""
     with timed("axial_read"):
-        slices = [read_slice(files[i]) for i in stack_instances(table, series.series_id, int(row.instance_number))]
+        slices = [read_slice(files[i]) for i in stack_instances(table, series_id, int(row.instance_number))]
     with timed("axial_crop"):
         window = intensity_window(slices, pre_cfg.percentiles)
         stack = level_stack(slices, pre_cfg.img_size, window)
@@ -358,7 +359,7 @@ def _predict_axial_level(
         with timed("axial_models"):
             probs = predict_levels(crops, bank, infer_cfg.tta_angles)
         rows = condition_rows(bank[0].cfg.condition)
-        frame = level_frame([row.study_id], [series.series_id], probs[None], rows, [level])
+        frame = level_frame([row.study_id], [series_id], probs[None], rows, [level])
         frames.append(frame.assign(preset=preset, **where))
     return frames
 
@@ -465,7 +466,7 @@ class Prediction:
 def load_blend(paths: Paths) -> Blend:
     """The blend fit out of fold beside the models (``models/blend.json``, written by the CV of notebook 04); without
     it, sagittal and axial predictions count equally (``Blend()``), which a line says."""
-    path = paths.models_dir / BLEND_FILE
+    path = paths.blend_file
     if path.exists():
         return Blend.load(path)
     print(f"{path} not found (the CV of notebook 04 fits it): sagittal and axial predictions weigh the same")

@@ -60,7 +60,7 @@ def score_parts(
     for family in CONDITION_FAMILIES:
         rows = families == family
         if rows.any():
-            parts[family] = _weighted_log_loss(truth[rows], probs[rows], weights[rows])
+            parts[family] = weighted_log_loss(truth[rows], probs[rows], weights[rows])
     if "spinal" in parts:
         parts["any_severe_spinal"] = any_severe_scalar * _any_severe_spinal(
             merged[families == "spinal"], probs[families == "spinal"], row_id_column_name
@@ -86,7 +86,8 @@ def _align(solution: pd.DataFrame, submission: pd.DataFrame, row_id_column_name:
     return merged
 
 
-def _weighted_log_loss(truth: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> float:
+def weighted_log_loss(truth: np.ndarray, probs: np.ndarray, weights: np.ndarray) -> float:
+    """A family's term: the log loss of one-hot ``truth`` under clipped ``probs`` (rows, 3), weighted per row."""
     per_row = -(truth * np.log(probs)).sum(axis=1)
     return float((weights * per_row).sum() / weights.sum())
 

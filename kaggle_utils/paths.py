@@ -28,6 +28,7 @@ WHEELS_DATASET = "rsna24-wheels"
 KERNEL_SLUG = "rsna24-infer"
 RESUME_SUFFIX = ".state.pt"  # training state of an unfinished run: never a model
 WHEELS_MANIFEST = "wheels.json"  # inside the wheels dataset: what the kernel may install from it
+BLEND_FILE = "blend.json"  # beside the checkpoints: the sagittal/axial blend fit out of fold (kaggle_utils.blend)
 
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "synthetic"
 DEFAULT_WORK_DIR = REPO_ROOT / "work"
@@ -213,6 +214,11 @@ class Paths:
     def stage2_array(self, study_id: int, series_id: int, root: str = "stage2") -> Path:
         """Stage-2 crops (5, N, 256, 256) uint8; training crops use ``stage2``, inference crops ``infer/stage2``."""
         return self.work_dir / root / str(study_id) / f"{series_id}.npy"
+
+    @property
+    def blend_file(self) -> Path:
+        """The blend of sagittal and axial predictions that 04's CV fits, beside the checkpoints."""
+        return self.models_dir / BLEND_FILE
 
     @property
     def models_dir(self) -> Path:

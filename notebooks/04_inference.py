@@ -64,7 +64,7 @@ RUN = ""  # a training round's sub-folder of WORK_DIR ("denoised" after 05); "" 
 # %%
 import json
 
-from kaggle_utils import axial, blend, config, crossval, devices, infer, tables, viz
+from kaggle_utils import axial, config, crossval, devices, infer, tables, viz
 from kaggle_utils.paths import TEST_LABELS_CSV, TEST_SERIES_CSV, TRAIN_CSV, Paths, is_kaggle
 
 p = config.notebook_params(
@@ -94,7 +94,7 @@ if run_cv:
         paths, series, targets, p.FOLDS, pre_cfg, infer_cfg, device, true_points=tables.points_by_series(truth)
     )
     cv.submission.to_csv(paths.oof_dir / "oof_submission.csv", index=False)
-    cv.blend.save(paths.models_dir / blend.BLEND_FILE)
+    cv.blend.save(paths.blend_file)
     print("the blend of sagittal and axial predictions, fit out of fold:\n" + cv.blend_report.round(4).to_string())
     errors = crossval.localiser_errors(paths, cv.keypoints, truth, p.FOLDS)
     print("stage-1 localisation on held-out folds (256 grid):\n" + errors.round(3).to_string(index=False))

@@ -10,7 +10,6 @@ import pytest
 
 from kaggle_utils.blend import (
     BLEND_FAMILIES,
-    BLEND_FILE,
     SEVERE_BOOST,
     Blend,
     FamilyBlend,
@@ -19,6 +18,7 @@ from kaggle_utils.blend import (
     fit_blend,
 )
 from kaggle_utils.constants import LEVELS, SEVERITY_COLUMNS, SEVERITY_WEIGHTS
+from kaggle_utils.paths import BLEND_FILE
 
 COLUMNS = list(SEVERITY_COLUMNS)
 BLENDED_CONDITIONS = ("spinal_canal_stenosis", "left_subarticular_stenosis", "right_subarticular_stenosis")

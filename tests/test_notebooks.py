@@ -10,9 +10,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils.blend import BLEND_FILE, Blend
+from kaggle_utils.blend import Blend
 from kaggle_utils.constants import LABEL_COLUMNS, LEVEL_NAMES
 from kaggle_utils.dev.runner import run_notebook
+from kaggle_utils.paths import Paths
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0*.py"))
 # Round 1 trains two folds so that round 2 (05) of fold 0 has OOF predictions for some of its training studies;
@@ -90,7 +91,7 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
         assert set(report["stage1"][view]) == {"mean_px", "within_5px", "within_1pct", "within_5pct"}
     assert (work / "figures" / "worst_localisation.png").exists()
     assert (work / "figures" / "axial_predicted.png").exists()
-    blended = Blend.load(work / "models" / BLEND_FILE)  # fit by 04's CV, read by the kernel beside the models
+    blended = Blend.load(Paths(tiny_data, work).blend_file)  # fit by 04's CV, read by the kernel beside the models
     assert set(blended.families) == {"spinal", "subarticular"} and report["blend"] == blended.to_dict()
 
     # Round 2 (05): its tables, its own models and OOF beside round 1's, and the report.

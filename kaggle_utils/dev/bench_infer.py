@@ -317,9 +317,7 @@ def time_inference(
     timer = infer.StageTimer()
     _, levels = infer.predict_series_table(paths, series, models, desc=f"bench {label}", timer=timer, **run)
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    axial_presets = models.presets_for("axial")
-    axial_rows = levels[levels["preset"].isin(axial_presets)] if len(levels) else levels
-    assigned = len(axial_rows) // (3 * max(len(axial_presets), 1))  # 3 rows a level and preset
+    assigned = len(infer.axial_points(infer.split_axial(levels, models)[1]))  # one row per series and level
     del models
     if device.type == "cuda":
         torch.cuda.empty_cache()

@@ -33,9 +33,9 @@ import jupytext
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from kaggle_utils.blend import BLEND_FILE
 from kaggle_utils.checkpoints import half_precision_copy
 from kaggle_utils.paths import (
+    BLEND_FILE,
     CODE_DATASET,
     COMPETITION_SLUG,
     DEFAULT_WORK_DIR,
