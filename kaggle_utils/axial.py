@@ -39,7 +39,7 @@ from tqdm.auto import tqdm
 from kaggle_utils import paths as P
 from kaggle_utils.cache import cache_is_current, remove_partial_files, save_atomic
 from kaggle_utils.config import PreprocessConfig
-from kaggle_utils.constants import AXIAL_T2, CONDITION_TITLES, LEVEL_NAMES, LEVELS, SUBARTICULAR_CONDITIONS
+from kaggle_utils.constants import CONDITION_TITLES, LEVEL_NAMES, LEVELS, SUBARTICULAR_CONDITIONS
 from kaggle_utils.dicom import (
     Geometry,
     SeriesError,
@@ -50,7 +50,7 @@ from kaggle_utils.dicom import (
     world_to_pixel,
 )
 from kaggle_utils.preprocess import intensity_window, resize_slice, to_uint8
-from kaggle_utils.tables import SCHEMAS, drop_excluded, read_csv, save_table, series_points
+from kaggle_utils.tables import SCHEMAS, drop_excluded, listed_series, read_csv, save_table, series_points
 
 ORIENTATION_DECIMALS = 3
 """Slices whose ImageOrientationPatient agree to this many decimals form one block."""
@@ -235,8 +235,8 @@ def level_table(study_id: int, points: np.ndarray, series: list[AxialSeries], ma
 # --- every study of a split ---------------------------------------------------------------------------------
 def axial_series_table(paths: P.Paths, split: str) -> pd.DataFrame:
     """``study_id, series_id`` of the split's Axial T2 series (training drops the known bad ids)."""
-    table = read_csv(paths, P.TRAIN_SERIES_CSV if split == "train" else P.TEST_SERIES_CSV)
-    table = table[table["series_description"] == AXIAL_T2]
+    table = listed_series(paths, split)
+    table = table[table["plane"] == "axial"]
     if split == "train":
         table = drop_excluded(table)
     return table[["study_id", "series_id"]].reset_index(drop=True)
@@ -269,6 +269,7 @@ class Coverage:
 
 
 def _study_series(paths: P.Paths, split: str, study_id: int, series_ids: list[int], coverage: Coverage) -> list:
+    """A study's readable axial series; the files each leaves out are named in a warning."""
     found = []
     for series_id in series_ids:
         try:
@@ -276,6 +277,8 @@ def _study_series(paths: P.Paths, split: str, study_id: int, series_ids: list[in
         except SeriesError as err:
             coverage.unreadable.append(f"{series_id}: {err}")
             continue
+        for line in [] if series is None else series.geometry.dropped:
+            warnings.warn(f"study {study_id} axial series {series_id}: slice left out: {line}", stacklevel=2)
         if series is not None:
             found.append(series)
     return found
@@ -433,23 +436,34 @@ class StackJob:
     levels: tuple[LevelJob, ...]
 
 
-def cut_stacks(job: StackJob, size: int, percentiles: tuple[float, float]) -> str | None:
+def cut_stacks(job: StackJob, size: int, percentiles: tuple[float, float]) -> list[str]:
     """Read each instance once and write every level's stack and crops, each level windowed over its own slices (a
-    sample's intensities then do not depend on which other levels of the series are assigned); a warning line
-    instead of an exception, so one bad file does not stop the run."""
-    try:
-        wanted = sorted({i for level in job.levels for i in level.instances})
-        slices = {i: read_slice(job.folder / f"{i}.dcm") for i in wanted}
-        for level in job.levels:
-            stack = [slices[i] for i in level.instances]
+    sample's intensities then do not depend on which other levels of the series are assigned). Returns a line per
+    file that could not be read and per level left uncut, instead of raising: a bad file costs the levels whose
+    stack needs it, not the series or the run."""
+    slices, problems = {}, []
+    for instance in sorted({i for level in job.levels for i in level.instances}):
+        try:
+            slices[instance] = read_slice(job.folder / f"{instance}.dcm")
+        except SeriesError as error:
+            problems.append(f"axial series {job.folder}: {error}")
+    for level in job.levels:
+        name = (level.stack_out or level.crops_out).stem
+        stack = [slices[i] for i in level.instances if i in slices]
+        if len(stack) < len(level.instances):
+            problems.append(
+                f"axial series {job.folder}: level sample {name} not cached: a slice of its stack is unread"
+            )
+            continue
+        try:
             window = intensity_window(stack, percentiles)
             if level.stack_out is not None:
                 save_atomic(level.stack_out, level_stack(stack, size, window))
             if level.crops_out is not None:
                 save_atomic(level.crops_out, level_crops(stack, level.points, level.spacing, size, window))
-    except (SeriesError, ValueError, cv2.error) as error:
-        return f"axial series {job.folder}: {error}"
-    return None
+        except (ValueError, cv2.error) as error:
+            problems.append(f"axial series {job.folder}: level sample {name} not cached: {error}")
+    return problems
 
 
 def plan_stacks(
@@ -507,7 +521,7 @@ def cache_stacks(
             results = list(tqdm(pool.map(cut_stacks, *args), **bar))
     else:
         results = [cut_stacks(*a) for a in tqdm(zip(*args, strict=True), **bar)]
-    problems = [r for r in results if r]
+    problems = [line for lines in results for line in lines]
     for line in problems:
         warnings.warn(line, stacklevel=2)
     return problems

@@ -14,6 +14,7 @@ subarticular points, and its classifiers see the level's three crops (canal, lef
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from kaggle_utils.constants import AXIAL_T2, LEVELS, SAGITTAL_T1, SAGITTAL_T2
@@ -54,6 +55,9 @@ class View:
     flip_swaps_sides: bool  # reversing the slices mirrors the patient (sagittal slices run from left to right)
     conditions: str  # the condition rows its stage-2 models predict (``labels.CONDITION_ROWS``)
     localised_per: str = "series"  # "series" (sagittal: one stage-1 sample per series) or "level" (axial)
+    # Fewer usable slices and a series of this view is not read: a sagittal series needs the middle and both sides
+    # (the solution's series have 15 or more; 1 or 2 slices cannot show both foramina)
+    min_slices: int = 3
 
 
 VIEWS: dict[str, View] = {
@@ -94,6 +98,33 @@ VIEWS: dict[str, View] = {
 VIEW_OF_DESCRIPTION: dict[str, str] = {v.description: name for name, v in VIEWS.items() if v.localised_per == "series"}
 """A sagittal series description -> the name of the view that reads it: the series of the series table (the axial
 series have their own, ``axial.axial_series_table``); descriptions not here are not read as sagittal."""
+
+_PLANE_WORDS = {"sagittal": "sagittal", "sag": "sagittal", "axial": "axial", "ax": "axial", "tra": "axial"}
+_WEIGHTING_WORDS = {"t1": "t1", "t2": "t2", "stir": "t2"}
+"""Words of a series description that name its plane and its weighting (``view_of_description``): STIR is the
+fat-suppressed T2 that the competition files under "Sagittal T2/STIR"."""
+
+
+def _description_key(description: object) -> tuple[str, str] | None:
+    """(plane, weighting) a description names, ignoring case, spacing and punctuation; None unless it names
+    exactly one of each."""
+    if not isinstance(description, str):
+        return None
+    words = re.findall(r"[a-z0-9]+", description.lower())
+    planes = {_PLANE_WORDS[w] for w in words if w in _PLANE_WORDS}
+    weightings = {_WEIGHTING_WORDS[w] for w in words if w in _WEIGHTING_WORDS}
+    return (planes.pop(), weightings.pop()) if len(planes) == len(weightings) == 1 else None
+
+
+_VIEW_OF_KEY = {_description_key(v.description): name for name, v in VIEWS.items()}
+
+
+def view_of_description(description: object) -> str | None:
+    """The name of the view a ``series_description`` names, matched leniently where it is unambiguous: case,
+    spacing and punctuation are ignored, so "sagittal t2 stir", "Sagittal_T2-STIR", "Sagittal T2" and "Sag STIR"
+    are all Sagittal T2/STIR; None when it names no view, or a plane or weighting twice over ("Sagittal T1/T2")."""
+    key = _description_key(description)
+    return None if key is None else _VIEW_OF_KEY.get(key)
 
 
 def view(name: str) -> View:

@@ -155,3 +155,84 @@ def test_solution_folds_that_split_or_miss_a_study_are_refused(tiny_data: Path, 
     meta.drop(columns="fold").to_csv(path, index=False)
     with pytest.raises(tables.TableError, match="expected columns study_id, fold; it lacks fold"):
         tables.solution_folds(path, targets, 4)
+
+
+def _listing(tmp_path: Path, text: str) -> Paths:
+    folder = tmp_path / "competition"
+    folder.mkdir(exist_ok=True)
+    (folder / "test_series_descriptions.csv").write_text(text)
+    for study, series in ((1, 10), (2, 20), (3, 31), (3, 32)):
+        (folder / "test_images" / str(study) / str(series)).mkdir(parents=True, exist_ok=True)
+    return Paths(folder, tmp_path / "work")
+
+
+def test_ids_stay_whole_numbers_and_a_row_that_does_not_parse_is_named_by_line_and_study(tmp_path: Path) -> None:
+    paths = _listing(
+        tmp_path,
+        "study_id,series_id,series_description\n"
+        "1,10,Sagittal T1\n"
+        "2,,Sagittal T2/STIR\n"  # line 3: no series id
+        "\n"  # line 4
+        "2,20.0,Sagittal T2/STIR\n"  # written as a float somewhere: still the id 20
+        "3,31,Axial T2,extra\n"  # line 6
+        "x3,32,Sagittal T1\n",  # line 7
+    )
+    message = (
+        r"4 rows left out: line 3 \(study 2\): series_id '' is not an id; line 4: empty line; "
+        r"line 6: 4 fields where the header has 3; line 7: study_id 'x3' is not an id"
+    )
+    with pytest.warns(UserWarning, match=message):
+        table = tables.read_csv(paths, "test_series_descriptions.csv")
+    assert table[["study_id", "series_id"]].to_numpy().tolist() == [[1, 10], [2, 20]]
+    assert str(table["study_id"].dtype) == "int64" and str(table["series_id"].dtype) == "int64"
+    with pytest.warns(UserWarning):
+        series = tables.series_table(paths, "test")
+    assert [str(paths.series_dir("test", r.study_id, r.series_id)) for r in series.itertuples()] == [
+        str(paths.images_dir("test") / "1" / "10"),
+        str(paths.images_dir("test") / "2" / "20"),
+    ]
+    assert tables.study_ids(paths, "test") == [1, 2, 3]  # line 6 still names its study; "x3" names none
+
+
+def test_a_study_whose_rows_are_bad_still_gets_its_rows_and_the_sample_submission_adds_its_studies(
+    tmp_path: Path,
+) -> None:
+    paths = _listing(tmp_path, "study_id,series_id,series_description\n1,10,Sagittal T1\n3,,Sagittal T1\n")
+    assert tables.study_ids(paths, "test") == [1, 3]  # study 3's only row has no series id: priors, not dropped
+    (paths.data_dir / "sample_submission.csv").write_text(
+        "row_id,normal_mild,moderate,severe\n7_spinal_canal_stenosis_l1_l2,0.3,0.3,0.4\n"
+    )
+    with pytest.warns(UserWarning, match=r"expects studies that test_series_descriptions.csv does not list .*\[7\]"):
+        assert tables.study_ids(paths, "test") == [1, 3, 7]
+
+
+def test_descriptions_are_read_leniently_and_an_unknown_one_is_named(tmp_path: Path, capsys) -> None:
+    paths = _listing(
+        tmp_path,
+        "study_id,series_id,series_description\n"
+        "1,10,Sagittal T1\n2,20,sagittal t2 stir\n3,31,Sagittal T2 FLAIR\n3,32,Coronal T2\n",
+    )
+    with pytest.warns(UserWarning, match=r"1 series of no known view are not read: study 3 series 32 'Coronal T2'"):
+        listed = tables.listed_series(paths, "test")
+    assert listed[["series_id", "plane", "series_description"]].to_numpy().tolist() == [
+        [10, "t1", "Sagittal T1"],
+        [20, "t2", "Sagittal T2/STIR"],
+        [31, "t2", "Sagittal T2/STIR"],
+    ]
+    assert "2 series descriptions read as their view's: study 2 series 20 'sagittal t2 stir'" in capsys.readouterr().out
+
+
+def test_labels_are_matched_leniently_and_an_unknown_one_is_named() -> None:
+    labels = pd.DataFrame(
+        {
+            "study_id": [1, 2],
+            "spinal_canal_stenosis_l1_l2": [" normal / mild", "Servere"],
+            "left_neural_foraminal_narrowing_l1_l2": ["Severe", None],
+        }
+    )
+    with pytest.warns(
+        UserWarning, match=r"1 labels name no severity .*: study 2 spinal_canal_stenosis_l1_l2 'Servere'"
+    ):
+        targets = tables.targets_table(labels)
+    assert targets["spinal_canal_stenosis_l1_l2"].tolist() == [0, -100]
+    assert targets["left_neural_foraminal_narrowing_l1_l2"].tolist() == [2, -100]

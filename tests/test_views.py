@@ -9,7 +9,7 @@ from kaggle_utils.config import PreprocessConfig
 from kaggle_utils.constants import CONDITION_FAMILIES, SERIES_DESCRIPTIONS
 from kaggle_utils.labels import CONDITION_ROWS
 from kaggle_utils.preprocess import level_boxes
-from kaggle_utils.views import VIEW_OF_DESCRIPTION, VIEWS, view
+from kaggle_utils.views import VIEW_OF_DESCRIPTION, VIEWS, view, view_of_description
 
 
 def test_every_view_names_what_the_package_asks_of_it():
@@ -38,3 +38,25 @@ def test_the_crop_geometry_follows_the_view():
     t2 = level_boxes(points, "t2", 256, 256, PreprocessConfig())
     t1 = level_boxes(points, "t1", 256, 256, PreprocessConfig())
     assert all(abs(b.angle) > 1 for b in t2) and all(b.angle == 0 for b in t1)
+
+
+@pytest.mark.parametrize(
+    ("description", "name"),
+    [
+        ("Sagittal T1", "t1"),
+        ("Sagittal T2/STIR", "t2"),
+        ("Axial T2", "axial"),
+        ("sagittal t2 stir", "t2"),
+        ("Sagittal_T2-STIR", "t2"),
+        ("Sagittal T2", "t2"),
+        ("SAG STIR", "t2"),
+        (" Axial  T2 ", "axial"),
+        ("Sagittal T1/T2", None),  # two weightings: ambiguous
+        ("Coronal T2", None),
+        ("Axial T1", None),
+        ("", None),
+        (float("nan"), None),
+    ],
+)
+def test_a_description_names_its_view_leniently_where_unambiguous(description, name):
+    assert view_of_description(description) == name
