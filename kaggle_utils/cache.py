@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 from kaggle_utils.config import PreprocessConfig
 from kaggle_utils.dicom import SeriesError, read_series
 from kaggle_utils.paths import Paths
-from kaggle_utils.preprocess import intensity_window, stage1_volume, stage2_crops
+from kaggle_utils.preprocess import check_slice_count, intensity_window, stage1_volume, stage2_crops
 
 
 def save_atomic(path: Path, array: np.ndarray) -> None:
@@ -106,10 +106,21 @@ class SeriesJob:
     extra_crops: tuple[tuple[Path, np.ndarray], ...] = ()
 
 
-def run_job(job: SeriesJob, cfg: PreprocessConfig) -> str | None:
-    """Preprocess one series; returns a warning line instead of raising, so one bad series never stops a run."""
+@dataclass(frozen=True)
+class JobReport:
+    """What a job could not do: why its series was not cached (None: it was), and the files it left out."""
+
+    failure: str | None = None
+    dropped: tuple[str, ...] = ()
+
+
+def run_job(job: SeriesJob, cfg: PreprocessConfig) -> JobReport:
+    """Preprocess one series; a failure is reported instead of raised, so one bad series never stops a run, and a
+    file left out of the series (``Series.dropped``) is named."""
+    where = f"study {job.study_id} series {job.series_id}"
     try:
         series = read_series(job.folder)
+        check_slice_count(series, job.plane)
         window = intensity_window(series.slices, cfg.percentiles)  # once for both stages
         if job.stage1_out is not None:
             save_atomic(job.stage1_out, stage1_volume(series, cfg, window))
@@ -118,20 +129,22 @@ def run_job(job: SeriesJob, cfg: PreprocessConfig) -> str | None:
         for out, points in job.extra_crops:
             save_atomic(out, stage2_crops(series, points, job.plane, cfg, window))
     except (SeriesError, ValueError, cv2.error) as error:
-        return f"study {job.study_id} series {job.series_id}: {error}"
-    return None
+        return JobReport(failure=f"{where}: not cached: {error}")
+    return JobReport(dropped=tuple(f"{where}: slice left out: {line}" for line in series.dropped))
 
 
 def run_jobs(jobs: list[SeriesJob], cfg: PreprocessConfig, desc: str = "preprocess") -> list[str]:
-    """Run jobs in parallel over processes with a progress bar; returns the warnings of failed series."""
-    problems: list[str] = []
-    worker: Callable[[SeriesJob], str | None] = _JobRunner(cfg)
+    """Run jobs in parallel over processes with a progress bar; returns the lines of the series that failed (each
+    also a warning, as is each file left out of a series)."""
+    worker: Callable[[SeriesJob], JobReport] = _JobRunner(cfg)
     if cfg.num_workers > 1 and len(jobs) > 1:
         with ProcessPoolExecutor(cfg.num_workers) as pool:
-            results = list(tqdm(pool.map(worker, jobs, chunksize=1), total=len(jobs), desc=desc))
+            reports = list(tqdm(pool.map(worker, jobs, chunksize=1), total=len(jobs), desc=desc))
     else:
-        results = [worker(job) for job in tqdm(jobs, desc=desc)]
-    problems = [r for r in results if r]
+        reports = [worker(job) for job in tqdm(jobs, desc=desc)]
+    for line in (line for report in reports for line in report.dropped):
+        warnings.warn(line, stacklevel=2)
+    problems = [report.failure for report in reports if report.failure]
     for line in problems:
         warnings.warn(line, stacklevel=2)
     return problems
@@ -143,7 +156,7 @@ class _JobRunner:
     def __init__(self, cfg: PreprocessConfig) -> None:
         self.cfg = cfg
 
-    def __call__(self, job: SeriesJob) -> str | None:
+    def __call__(self, job: SeriesJob) -> JobReport:
         return run_job(job, self.cfg)
 
 

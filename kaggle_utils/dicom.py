@@ -8,6 +8,12 @@ largest component is positive, so for a sagittal series index 0 is the patient's
 Pixel <-> world: pixel (x = column, y = row) of a slice with ImagePositionPatient ``ipp``,
 ImageOrientationPatient ``(row_cos, col_cos)`` and PixelSpacing ``(row spacing, column spacing)``
 lies at ``ipp + x * col_spacing * row_cos + y * row_spacing * col_cos`` (mm).
+
+A file that cannot be used (unreadable header or pixels, geometry that places it nowhere: a degenerate
+orientation, a position that is not a number, a spacing that is not positive) costs its slice, not its series:
+it is left out and named in the series' ``dropped`` list, and so is an image of another plane stored in the
+series (a localiser), found against the plane of the series' majority. Only a folder with no usable file, or
+whose slices hold no image at all (every pixel equal), is a ``SeriesError``.
 """
 
 from __future__ import annotations
@@ -22,6 +28,8 @@ from pydicom.pixels import apply_modality_lut, get_decoder
 
 __all__ = [
     "Geometry",
+    "PLANE_NAMES",
+    "majority_plane",
     "Series",
     "SeriesError",
     "check_decodable",
@@ -39,6 +47,13 @@ __all__ = [
 # that float noise in the headers cannot shuffle slices that share a position.
 _TIE_TOLERANCE_MM = 1e-3
 
+PLANE_NAMES = ("sagittal", "coronal", "axial")
+"""The plane of a slice by the largest component of its normal (patient x, y, z)."""
+
+_MIN_SINE = 0.5
+"""ImageOrientationPatient's row and column directions must be this far from parallel (sine of their angle; they
+should be perpendicular): below it the orientation places the slice nowhere."""
+
 
 class SeriesError(RuntimeError):
     """A series folder or one of its files that cannot be read as an ordered stack of slices."""
@@ -55,6 +70,7 @@ class Series:
     instance_numbers: np.ndarray  # (N,)
     description: str
     folder: Path
+    dropped: tuple[str, ...] = ()  # "file: why" of each file left out (``read_series``)
 
     @property
     def geometry(self) -> Geometry:
@@ -118,6 +134,11 @@ def slice_normal(orientation: Sequence[float] | np.ndarray) -> np.ndarray:
     return normal
 
 
+def plane_of(orientation: Sequence[float] | np.ndarray) -> str:
+    """``PLANE_NAMES`` entry of a slice: the patient axis its normal mostly follows."""
+    return PLANE_NAMES[int(np.argmax(np.abs(slice_normal(orientation))))]
+
+
 def order_slices(
     positions: np.ndarray, orientation: Sequence[float] | np.ndarray, instance_numbers: np.ndarray | None = None
 ) -> np.ndarray:
@@ -158,10 +179,7 @@ def world_to_pixel(
 
 def read_header(path: Path) -> pydicom.Dataset:
     """The header of one file, without its pixels (fast on the ~0.5 MB RSNA slices)."""
-    try:
-        return pydicom.dcmread(path, stop_before_pixels=True)
-    except Exception as err:
-        raise SeriesError(f"{path}: cannot read DICOM header ({err})") from err
+    return _dataset(path, stop_before_pixels=True)
 
 
 def _file_sort_key(path: Path) -> tuple[int, int | str]:
@@ -176,7 +194,21 @@ def _geometry(ds: pydicom.Dataset, path: Path) -> tuple[np.ndarray, np.ndarray, 
         spacing = np.asarray(ds.PixelSpacing, dtype=np.float64).reshape(2)
     except (AttributeError, ValueError, TypeError) as err:
         raise SeriesError(f"{path}: missing or malformed geometry tag ({err})") from err
+    check_geometry(position, orientation, spacing, path)
     return position, orientation, spacing
+
+
+def check_geometry(position: np.ndarray, orientation: np.ndarray, spacing: np.ndarray, path: Path) -> None:
+    """Fail, naming the file and the tag, when a slice's geometry cannot place it in space."""
+    if not np.isfinite(position).all():
+        raise SeriesError(f"{path}: ImagePositionPatient {position.tolist()} is not a position")
+    row, column = orientation[:3], orientation[3:]
+    lengths = np.linalg.norm(row), np.linalg.norm(column)
+    usable = np.isfinite(orientation).all() and min(lengths) > 0.5
+    if not usable or np.linalg.norm(np.cross(row / lengths[0], column / lengths[1])) < _MIN_SINE:
+        raise SeriesError(f"{path}: degenerate ImageOrientationPatient {orientation.tolist()}")
+    if not (np.isfinite(spacing).all() and (spacing > 0).all()):
+        raise SeriesError(f"{path}: PixelSpacing {spacing.tolist()} is not positive")
 
 
 def check_decodable(ds: pydicom.Dataset, path: Path) -> None:
@@ -219,6 +251,7 @@ class Geometry:
     shapes: np.ndarray  # (N, 2) Rows, Columns
     instance_numbers: np.ndarray  # (N,)
     files: tuple[Path, ...] = ()  # empty for the geometry of a series read in full (``Series.geometry``)
+    dropped: tuple[str, ...] = ()  # "file: why" of each file whose header could not be used (``read_geometry``)
 
     def __len__(self) -> int:
         return len(self.positions)
@@ -233,6 +266,7 @@ class Geometry:
             self.shapes[index],
             self.instance_numbers[index],
             tuple(self.files[i] for i in index) if self.files else (),
+            self.dropped,
         )
 
 
@@ -246,65 +280,127 @@ def _dicom_files(folder: Path) -> list[Path]:
 
 
 def read_geometry(folder: Path) -> Geometry:
-    """The geometry of every ``*.dcm`` in a series folder, read from the headers without decoding pixels."""
+    """The geometry of every ``*.dcm`` in a series folder, read from the headers without decoding pixels; a file
+    whose header cannot be used is left out and named in ``dropped`` (none usable: ``SeriesError``)."""
     files = _dicom_files(Path(folder))
-    positions, orientations, spacings, shapes, instances = [], [], [], [], []
+    positions, orientations, spacings, shapes, instances, kept, dropped = [], [], [], [], [], [], []
     for path in files:
-        ds = read_header(path)
-        position, orientation, spacing = _geometry(ds, path)
+        try:
+            ds = read_header(path)
+            position, orientation, spacing = _geometry(ds, path)
+        except SeriesError as err:
+            dropped.append(str(err))
+            continue
         positions.append(position)
         orientations.append(orientation)
         spacings.append(spacing)
         shapes.append((int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)))
-        instances.append(int(getattr(ds, "InstanceNumber", 0) or 0))
-    return Geometry(
+        instances.append(_instance_number(ds))
+        kept.append(path)
+    if not kept:
+        raise SeriesError(f"{folder}: none of its {len(files)} files can be used ({_first(dropped)})")
+    on_plane, off_plane = majority_plane(orientations, kept)
+    geometry = Geometry(
         np.stack(positions),
         np.stack(orientations),
         np.stack(spacings),
         np.asarray(shapes, dtype=np.int64).reshape(-1, 2),
         np.asarray(instances, dtype=np.int64),
-        tuple(files),
+        tuple(kept),
+        tuple(dropped + off_plane),
     )
+    return geometry.take(np.flatnonzero(on_plane))
+
+
+def _instance_number(ds: pydicom.Dataset) -> int:
+    """InstanceNumber, 0 where it is missing or not a number (only ties in position fall back to it)."""
+    try:
+        return int(getattr(ds, "InstanceNumber", 0) or 0)
+    except (TypeError, ValueError):
+        return 0
+
+
+def _first(dropped: list[str]) -> str:
+    more = f"; and {len(dropped) - 1} more" if len(dropped) > 1 else ""
+    return (dropped[0] if dropped else "no file") + more
 
 
 def read_slice(path: Path) -> np.ndarray:
     """The pixels of one file as a 2-D float32 image (modality LUT applied)."""
+    return _pixels(_dataset(path), path)
+
+
+@dataclass(frozen=True)
+class _Slice:
+    """One usable file of a series."""
+
+    pixels: np.ndarray
+    position: np.ndarray
+    orientation: np.ndarray
+    spacing: np.ndarray
+    instance: int
+    description: str
+    path: Path
+
+
+def _dataset(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
+    """A file read by pydicom, or a ``SeriesError`` naming it (an empty file says so)."""
     try:
-        ds = pydicom.dcmread(path)
+        return pydicom.dcmread(path, stop_before_pixels=stop_before_pixels)
     except Exception as err:
-        raise SeriesError(f"{path}: cannot read DICOM file ({err})") from err
-    return _pixels(ds, path)
+        empty = path.is_file() and path.stat().st_size == 0
+        raise SeriesError(f"{path}: {'an empty file' if empty else f'cannot read DICOM file ({err})'}") from err
+
+
+def _read_file(path: Path) -> _Slice:
+    ds = _dataset(path)
+    position, orientation, spacing = _geometry(ds, path)
+    description = str(getattr(ds, "SeriesDescription", "") or "")
+    return _Slice(_pixels(ds, path), position, orientation, spacing, _instance_number(ds), description, path)
+
+
+def majority_plane(orientations: Sequence[np.ndarray], files: Sequence[Path]) -> tuple[np.ndarray, list[str]]:
+    """(N,) bool: the slices in the plane most of them lie in (ties: the first file's), and a line naming each of
+    the others (a localiser stored in the series, say)."""
+    planes = [plane_of(o) for o in orientations]
+    majority = max(dict.fromkeys(planes), key=planes.count) if planes else ""
+    keep = np.array([p == majority for p in planes], dtype=bool)
+    pairs = zip(files, planes, strict=True)
+    lines = [
+        f"{file}: an image in the {plane} plane among {majority} slices" for file, plane in pairs if plane != majority
+    ]
+    return keep, lines
 
 
 def read_series(folder: Path) -> Series:
-    """Read every ``*.dcm`` of a series folder, ordered left to right (sagittal) / top to bottom (axial)."""
+    """Read every ``*.dcm`` of a series folder, ordered left to right (sagittal) / top to bottom (axial); files
+    that cannot be used are left out and listed in ``Series.dropped`` (see the module doc)."""
     folder = Path(folder)
     files = _dicom_files(folder)
-
-    slices, positions, orientations, spacings, instances = [], [], [], [], []
-    description = ""
+    read, dropped = [], []
     for path in files:
         try:
-            ds = pydicom.dcmread(path)
-        except Exception as err:
-            raise SeriesError(f"{path}: cannot read DICOM file ({err})") from err
-        position, orientation, spacing = _geometry(ds, path)
-        slices.append(_pixels(ds, path))
-        positions.append(position)
-        orientations.append(orientation)
-        spacings.append(spacing)
-        instances.append(int(getattr(ds, "InstanceNumber", 0) or 0))
-        description = description or str(getattr(ds, "SeriesDescription", "") or "")
+            read.append(_read_file(path))
+        except SeriesError as err:
+            dropped.append(str(err))
+    keep, off_plane = majority_plane([s.orientation for s in read], [s.path for s in read])
+    read = [s for s, kept in zip(read, keep, strict=True) if kept]
+    dropped += off_plane
+    if not read:
+        raise SeriesError(f"{folder}: none of its {len(files)} files can be used ({_first(dropped)})")
+    if all(s.pixels.min() == s.pixels.max() == read[0].pixels.flat[0] for s in read):
+        raise SeriesError(f"{folder}: every pixel of its {len(read)} slices is {read[0].pixels.flat[0]:g}: no image")
 
-    positions_arr = np.stack(positions)
-    instance_arr = np.asarray(instances, dtype=np.int64)
-    order = order_slices(positions_arr, orientations[0], instance_arr)
+    positions = np.stack([s.position for s in read])
+    instances = np.asarray([s.instance for s in read], dtype=np.int64)
+    order = order_slices(positions, read[0].orientation, instances)
     return Series(
-        slices=[slices[i] for i in order],
-        positions=positions_arr[order],
-        orientation=orientations[order[0]],
-        pixel_spacing=np.stack(spacings)[order],
-        instance_numbers=instance_arr[order],
-        description=description,
+        slices=[read[i].pixels for i in order],
+        positions=positions[order],
+        orientation=read[order[0]].orientation,
+        pixel_spacing=np.stack([s.spacing for s in read])[order],
+        instance_numbers=instances[order],
+        description=next((s.description for s in read if s.description), ""),
         folder=folder,
+        dropped=tuple(dropped),
     )

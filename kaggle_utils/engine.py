@@ -292,8 +292,14 @@ class _Run:
             self.trainer.log.write(row)
 
     def finish(self, extra: dict | None) -> tuple[nn.Module, dict, pd.DataFrame]:
-        """The final evaluation, the checkpoint with its sidecar; the resume state goes."""
+        """The final evaluation, the checkpoint with its sidecar; the resume state goes. A run that made no
+        optimizer step (no training batch) saves nothing: an earlier checkpoint stays as it was."""
         trainer = self.trainer
+        if trainer.step == 0:
+            raise RuntimeError(
+                f"{self.cfg.name} fold {self.fold}: no training step was made (no training batch), so "
+                f"{self.checkpoint.name} is left as it was"
+            )
         metrics, preds = (
             self.task.evaluate(self.model, self.val_batches) if self.val_batches is not None else ({}, pd.DataFrame())
         )

@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 
 from kaggle_utils.config import PreprocessConfig
-from kaggle_utils.dicom import Series
+from kaggle_utils.dicom import Series, SeriesError
 from kaggle_utils.labels import sort_level_points
 from kaggle_utils.views import view
 
@@ -110,6 +110,17 @@ def resize_slice(image: np.ndarray, size: int, dst: np.ndarray | None = None) ->
     # cv2's area resampling takes at most 4 channels at non-integer factors and is slower on stacks anyway.
     interpolation = cv2.INTER_AREA if h >= size and w >= size else cv2.INTER_LANCZOS4
     return cv2.resize(np.asarray(image, np.float32), (size, size), dst=dst, interpolation=interpolation)
+
+
+def check_slice_count(series: Series, plane: str) -> None:
+    """Refuse a series with fewer usable slices than its view needs (``View.min_slices``), saying why."""
+    needed = view(plane).min_slices
+    if series.n_slices < needed:
+        dropped = f" ({len(series.dropped)} files left out)" if series.dropped else ""
+        raise SeriesError(
+            f"{series.folder}: {series.n_slices} usable slices{dropped}; a {view(plane).description} series needs "
+            f"{needed} to show the canal and both sides"
+        )
 
 
 def stage1_volume(series: Series, cfg: PreprocessConfig, window: tuple[float, float] | None = None) -> np.ndarray:

@@ -66,10 +66,12 @@ def plane_series(paths: Paths, cfg: TrainConfig) -> pd.DataFrame:
     series = load_table(paths, "series")
     keypoints = load_table(paths, "keypoints")
     series = series[(series["plane"] == cfg.plane) & series["series_id"].isin(keypoints["series_id"])]
-    if cfg.stage == 2:
-        exists = [paths.stage2_array(r.study_id, r.series_id).exists() for r in series.itertuples()]
-        series = series[exists]
-    return series.reset_index(drop=True)
+    array = paths.stage1_array if cfg.stage == 1 else paths.stage2_array
+    exists = np.array([array(r.study_id, r.series_id).exists() for r in series.itertuples()], dtype=bool)
+    if not exists.all():  # 01 could not cache them (it named each and why)
+        absent = ", ".join(str(s) for s in series.loc[~exists, "series_id"].head(10))
+        print(f"{cfg.name}: {int((~exists).sum())} series without cached arrays are left out: {absent}")
+    return series[exists].reset_index(drop=True)
 
 
 def datasets(paths: Paths, cfg: TrainConfig, series: pd.DataFrame, fold: int) -> tuple[Dataset, Dataset | None]:

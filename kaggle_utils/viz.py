@@ -65,9 +65,10 @@ def draw_study(
     volumes, points, crops = {}, {}, {}
     with_points = set(keypoints["series_id"])
     for row in series[series["study_id"] == study_id].itertuples():
-        if row.plane in volumes or row.series_id not in with_points:
-            continue
-        volumes[row.plane] = np.load(paths.stage1_array(study_id, row.series_id))
+        volume_path = paths.stage1_array(study_id, row.series_id)
+        if row.plane in volumes or row.series_id not in with_points or not volume_path.exists():
+            continue  # one series per plane, with keypoints, that 01 could cache
+        volumes[row.plane] = np.load(volume_path)
         points[row.plane] = series_points(keypoints, row.series_id)
         crop_path = paths.stage2_array(study_id, row.series_id, crops_root)
         if crop_path.exists():

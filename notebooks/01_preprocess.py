@@ -108,11 +108,14 @@ if len(covered):
 jobs = cache.plan_jobs(paths, series, tables.points_by_series(keypoints), cfg)
 problems = cache.run_jobs(jobs, cfg)
 print(f"{len(jobs)} series processed ({len(series) - len(jobs)} already cached), {len(problems)} failed")
+for line in problems:  # training leaves these series out; the rest carries on
+    print(f"  {line}")
 
 # %% [markdown]
 # ## One study: middle slices with the ten keypoints, and the five level crops
 
 # %%
-study_id = int(series["study_id"].iloc[0])
+cached = [paths.stage1_array(r.study_id, r.series_id).exists() for r in series.itertuples()]
+study_id = int(series.loc[cached, "study_id"].iloc[0])  # the first study whose arrays were made
 figure = viz.draw_study(paths, series, keypoints, study_id)
 viz.save_figure(figure, paths.figures_dir / f"study_{study_id}.png")

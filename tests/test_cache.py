@@ -82,17 +82,30 @@ def test_study_without_t1_or_t2_and_with_two_t2_series(paths: Paths) -> None:
     )
 
 
-def test_a_bad_series_is_reported_and_the_run_goes_on(paths: Paths) -> None:
-    victim = _sagittal(paths).iloc[0]
-    folder = paths.series_dir("train", victim.study_id, victim.series_id)
+def test_a_bad_file_costs_its_slice_and_a_bad_series_only_itself(paths: Paths) -> None:
+    damaged, broken = _sagittal(paths).iloc[0], _sagittal(paths).iloc[1]
+    folder = paths.series_dir("train", damaged.study_id, damaged.series_id)
+    n_files = len(list(folder.glob("*.dcm")))
     (folder / "5.dcm").write_bytes(b"truncated")
-    with pytest.warns(UserWarning, match=rf"study {victim.study_id} series {victim.series_id}: .*5\.dcm"):
+    for file in paths.series_dir("train", broken.study_id, broken.series_id).glob("*.dcm"):
+        file.write_bytes(b"")
+    left_out = rf"study {damaged.study_id} series {damaged.series_id}: slice left out: .*5\.dcm: cannot read"
+    with pytest.warns(UserWarning, match=left_out):
         series, jobs, problems = _planned_and_run(paths)
-    assert len(problems) == 1 and f"series {victim.series_id}" in problems[0]
-    done = [r for r in series.itertuples() if r.series_id != victim.series_id]
+    assert len(problems) == 1 and f"study {broken.study_id} series {broken.series_id}: not cached: " in problems[0]
+    assert np.load(paths.stage1_array(damaged.study_id, damaged.series_id)).shape[0] == n_files - 1
+    done = [r for r in series.itertuples() if r.series_id != broken.series_id]
     assert len(done) == len(series) - 1
     assert all(paths.stage1_array(r.study_id, r.series_id).exists() for r in done)
-    assert not paths.stage1_array(victim.study_id, victim.series_id).exists()
+    assert not paths.stage1_array(broken.study_id, broken.series_id).exists()
+
+
+def test_a_series_with_too_few_slices_is_not_cached(paths: Paths) -> None:
+    short = _sagittal(paths).iloc[0]
+    for file in sorted(paths.series_dir("train", short.study_id, short.series_id).glob("*.dcm"))[2:]:
+        file.unlink()
+    _, _, problems = _planned_and_run(paths)
+    assert len(problems) == 1 and "2 usable slices" in problems[0] and "needs 3" in problems[0]
 
 
 def test_an_interrupted_run_resumes_with_only_the_missing_work(paths: Paths) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -150,7 +151,7 @@ def test_pixel_world_round_trip_and_nearest_slice(tmp_path: Path) -> None:
 def test_volume_refuses_mixed_slice_sizes(tmp_path: Path) -> None:
     folder = tmp_path / "series"
     folder.mkdir()
-    _write_slice(folder / "1.dcm", np.zeros(3), SAGITTAL_IOP, 1, np.zeros((4, 4), dtype=np.uint16))
+    _write_slice(folder / "1.dcm", np.zeros(3), SAGITTAL_IOP, 1, np.ones((4, 4), dtype=np.uint16))
     _write_slice(folder / "2.dcm", np.array([4.0, 0, 0]), SAGITTAL_IOP, 2, np.zeros((4, 6), dtype=np.uint16))
     series = read_series(folder)
     assert series.shapes == [(4, 6), (4, 4)]
@@ -167,19 +168,73 @@ def test_empty_or_missing_folder_is_named(tmp_path: Path) -> None:
         read_series(tmp_path / "not_there")
 
 
-def test_corrupt_file_is_named(tmp_path: Path) -> None:
+def test_a_corrupt_file_costs_its_slice_and_is_named(tmp_path: Path) -> None:
     _shuffled_series(tmp_path / "series", n=3)
     (tmp_path / "series" / "999.dcm").write_bytes(b"this is not a DICOM file")
-    with pytest.raises(SeriesError, match="999.dcm"):
-        read_series(tmp_path / "series")
+    series = read_series(tmp_path / "series")
+    assert series.n_slices == 3 and len(series.dropped) == 1 and "999.dcm: cannot read DICOM file" in series.dropped[0]
 
 
-def test_truncated_pixel_data_is_named(tmp_path: Path) -> None:
+def test_a_truncated_file_costs_its_slice_and_is_named(tmp_path: Path) -> None:
     _shuffled_series(tmp_path / "series", n=3)
     victim = sorted((tmp_path / "series").glob("*.dcm"))[0]
     victim.write_bytes(victim.read_bytes()[:-20])
-    with pytest.raises(SeriesError, match=victim.name):
-        read_series(tmp_path / "series")
+    series = read_series(tmp_path / "series")
+    assert series.n_slices == 2 and victim.name in series.dropped[0] and "pixel data" in series.dropped[0]
+
+
+def test_a_series_of_unusable_files_is_named_with_its_first_reason(tmp_path: Path) -> None:
+    folder = tmp_path / "series"
+    folder.mkdir()
+    for name in ("1.dcm", "2.dcm"):
+        (folder / name).write_bytes(b"")
+    with pytest.raises(SeriesError, match=r"none of its 2 files can be used \(.*1\.dcm: an empty file; and 1 more\)"):
+        read_series(folder)
+    with pytest.raises(SeriesError, match="none of its 2 files"):
+        dicom.read_geometry(folder)
+
+
+@pytest.mark.parametrize(
+    ("tag", "value", "reason"),
+    [
+        ("ImageOrientationPatient", [1.0, 0.0, 0.0, 1.0, 0.0, 0.0], "degenerate ImageOrientationPatient"),
+        ("ImageOrientationPatient", [0.0] * 6, "degenerate ImageOrientationPatient"),
+        ("ImagePositionPatient", ["nan", 0.0, 0.0], "ImagePositionPatient .* is not a position"),
+        ("PixelSpacing", [0.0, 0.7], "PixelSpacing .* is not positive"),
+    ],
+)
+def test_a_slice_whose_geometry_places_it_nowhere_is_left_out(tmp_path: Path, tag: str, value: list, reason: str):
+    _shuffled_series(tmp_path / "series", n=5)
+    victim = sorted((tmp_path / "series").glob("*.dcm"))[2]
+    ds = pydicom.dcmread(victim)
+    setattr(ds, tag, value)
+    ds.save_as(victim)
+    for read in (read_series, dicom.read_geometry):
+        found = read(tmp_path / "series")
+        assert len(found.dropped) == 1 and found.dropped[0].startswith(f"{victim}: ")
+        assert re.search(reason, found.dropped[0])
+    series = read_series(tmp_path / "series")
+    assert series.n_slices == 4 and np.all(np.diff(series.positions @ slice_normal(series.orientation)) < 0)
+
+
+def test_an_image_of_another_plane_is_left_out_by_the_majority(tmp_path: Path) -> None:
+    """A localiser stored as the first instance of a sagittal series: the slices keep the sagittal order."""
+    positions = _shuffled_series(tmp_path / "series", n=5)
+    _write_slice(tmp_path / "series" / "1.dcm", positions[2], AXIAL_IOP, 0, np.full((6, 5), 9, dtype=np.uint16))
+    series = read_series(tmp_path / "series")
+    assert series.n_slices == 5 and [int(s[0, 0]) for s in series.slices] == [4, 3, 2, 1, 0]
+    assert series.dropped == (f"{tmp_path / 'series' / '1.dcm'}: an image in the axial plane among sagittal slices",)
+    geometry = dicom.read_geometry(tmp_path / "series")
+    assert len(geometry) == 5 and geometry.dropped == series.dropped
+
+
+def test_a_series_with_no_image_is_refused(tmp_path: Path) -> None:
+    folder = tmp_path / "black"
+    folder.mkdir()
+    for k in range(3):
+        _write_slice(folder / f"{k}.dcm", np.array([4.0 * k, 0, 0]), SAGITTAL_IOP, k, np.zeros((4, 4), np.uint16))
+    with pytest.raises(SeriesError, match="every pixel of its 3 slices is 0: no image"):
+        read_series(folder)
 
 
 @pytest.mark.parametrize("reverse", [False, True])

@@ -299,3 +299,24 @@ def test_a_gpu_trains_and_evaluates_like_the_cpu(prepared: Paths, tmp_path: Path
     log = pd.read_csv(gpu.checkpoint.with_suffix(".log.csv"))
     losses = log["train_loss"].dropna()
     assert len(losses) == log["step"].max() and losses.map(lambda v: torch.isfinite(torch.tensor(v))).all()
+
+
+def test_a_run_without_a_training_step_leaves_the_earlier_checkpoint(prepared: Paths, tmp_path: Path) -> None:
+    paths = _copy_work(prepared, tmp_path)
+    cfg = preset("stage1_t2", "smoke", {"fast_dev_run": True})
+    checkpoint = _fit(paths, cfg)
+    before = checkpoint.read_bytes()
+    with pytest.raises(RuntimeError, match="no training step was made .*stage1_t2-f0-s42.pt is left as it was"):
+        fit(preset("stage1_t2", "smoke", {"lr": 5e-4}), KeypointTask(cfg, CPU), [], None, checkpoint, fold=0)
+    assert checkpoint.read_bytes() == before
+
+
+def test_a_series_that_01_could_not_cache_is_left_out_and_named(prepared: Paths, tmp_path: Path, capsys) -> None:
+    paths = _copy_work(prepared, tmp_path)
+    cfg = preset("stage1_t1", "smoke")
+    every = train.plane_series(paths, cfg)
+    victim = every.iloc[0]
+    paths.stage1_array(victim.study_id, victim.series_id).unlink()
+    kept = train.plane_series(paths, cfg)
+    assert len(kept) == len(every) - 1 and victim.series_id not in set(kept["series_id"])
+    assert f"stage1_t1: 1 series without cached arrays are left out: {victim.series_id}" in capsys.readouterr().out
