@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from types import SimpleNamespace
 from typing import Any, Literal
 
-from kaggle_utils.constants import CONDITION_FAMILIES, TTA_ANGLES
+from kaggle_utils.constants import ALL_STUDIES_FOLD, CONDITION_FAMILIES, TTA_ANGLES
 from kaggle_utils.views import view
 
 Plane = Literal["t1", "t2", "axial"]  # views.VIEWS: Sagittal T1, Sagittal T2/STIR, Axial T2
@@ -44,6 +44,12 @@ def _choices(cls: type) -> dict[str, tuple[Any, ...]]:
     return {name: typing.get_args(hint) for name, hint in hints.items() if typing.get_origin(hint) is Literal}
 
 
+def _label(cfg: Any) -> str:
+    """How a message names a config: its class, and a training config's preset."""
+    name = getattr(cfg, "name", "")
+    return f"{type(cfg).__name__} {name}" if name else type(cfg).__name__
+
+
 def check_choices(cfg: Any) -> None:
     """Raise a ``ConfigError`` naming the field, the value and the allowed ones when a choice does not exist."""
     for name, choices in _choices(type(cfg)).items():
@@ -52,7 +58,65 @@ def check_choices(cfg: Any) -> None:
             near = difflib.get_close_matches(str(value), [str(c) for c in choices], n=1, cutoff=0.5)
             hint = f"; did you mean {near[0]}?" if near else ""
             allowed = ", ".join(map(str, choices))
-            raise ConfigError(f"{type(cfg).__name__} {name}={value!r} is not one of {allowed}{hint}")
+            raise ConfigError(f"{_label(cfg)} {name}={value!r} is not one of {allowed}{hint}")
+
+
+def _whole(low: int) -> tuple[Any, str]:
+    return (lambda v: v >= low), f"a whole number >= {low}"
+
+
+_SHARE = (lambda v: 0 <= v <= 1), "a share between 0 and 1"
+_NON_NEGATIVE = (lambda v: v >= 0), "a number >= 0"
+_POSITIVE = (lambda v: v > 0), "a number > 0"
+_RULES: dict[str, tuple[Any, str]] = {
+    **{name: _whole(1) for name in ("epochs", "batch_size", "n_frames", "img_size", "heatmap_stride", "decoder_dim")},
+    **{name: _whole(1) for name in ("stage1_error_draws",)},
+    **{name: _whole(0) for name in ("num_workers", "eval_every")},
+    "n_folds": _whole(2),
+    **{name: _NON_NEGATIVE for name in ("lr_min", "weight_decay", "shift_limit", "scale_limit", "rotate_limit")},
+    **{name: _POSITIVE for name in ("lr", "grad_clip", "heatmap_sigma", "axial_max_distance_mm", "mixup_alpha")},
+    **{name: _POSITIVE for name in ("t1_width_mult", "t1_height_mult", "t2_width_mult", "t2_height_mult")},
+    **{name: _SHARE for name in ("cutmix_p", "mixup_p", "blur_p", "distort_p", "stage1_error_p", "pseudo_weight")},
+    **{name: _SHARE for name in ("drop_path_rate", "fc_dropout")},
+    "tta_angles": ((lambda v: len(v) > 0), "at least one angle, e.g. [0]"),
+    "percentiles": ((lambda v: len(v) == 2 and 0 <= v[0] < v[1] <= 100), "two percentiles, low < high, in 0-100"),
+}
+"""The range of each numeric config field that has one, and how a message says it."""
+
+
+def _type_of(hint: Any) -> type | tuple[type, ...] | None:
+    """The Python type a field's value must have (floats take ints too); None for a choice (``check_choices``)."""
+    if typing.get_origin(hint) is Literal:
+        return None
+    hint = typing.get_origin(hint) or hint
+    return (int, float) if hint is float else hint
+
+
+def _number_or_pair(value: Any) -> bool:
+    """An element of a tuple field: a number (angles, percentiles) or a pair (``routes``)."""
+    return isinstance(value, tuple) or (isinstance(value, int | float) and not isinstance(value, bool))
+
+
+def check_values(cfg: Any) -> None:
+    """Raise a ``ConfigError`` naming the field when a value has the wrong type or lies out of its range
+    (``_RULES``): a 0 for ``epochs`` or ``batch_size`` stops here, before any work."""
+    hints = typing.get_type_hints(type(cfg))
+    for field in dataclasses.fields(cfg):
+        value, wanted = getattr(cfg, field.name), _type_of(hints[field.name])
+        if wanted is None:
+            continue
+        wrong_bool = isinstance(value, bool) and wanted is not bool
+        if wrong_bool or not isinstance(value, wanted):
+            name = " or ".join(t.__name__ for t in wanted) if isinstance(wanted, tuple) else wanted.__name__
+            example = ", give a list such as [0]" if wanted is tuple else ""
+            raise ConfigError(f"{_label(cfg)} {field.name}={value!r} is not of type {name}{example}")
+        if isinstance(value, tuple) and any(
+            isinstance(v, bool) or not isinstance(v, int | float | tuple) for v in value
+        ):
+            raise ConfigError(f"{_label(cfg)} {field.name}={value!r} holds something other than numbers")
+        rule = _RULES.get(field.name)
+        if rule is not None and not rule[0](value):
+            raise ConfigError(f"{_label(cfg)} {field.name}={value!r}: expected {rule[1]}")
 
 
 @dataclass(frozen=True)
@@ -74,6 +138,9 @@ class PreprocessConfig:
     num_workers: int = 2
     # An axial slice images a level when the level's Sagittal T2 point is this close to its plane (training samples)
     axial_max_distance_mm: float = 3.0
+
+    def __post_init__(self) -> None:
+        check_values(self)
 
 
 @dataclass(frozen=True)
@@ -119,6 +186,7 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         check_choices(self)
+        check_values(self)
 
     @property
     def stage(self) -> int:
@@ -200,6 +268,9 @@ class InferConfig:
     # An axial slice images a level at test time when the level's predicted Sagittal T2 point is this close to its
     # plane (wider than training's 3 mm: the predicted point carries the localiser's error)
     axial_max_distance_mm: float = 5.0
+
+    def __post_init__(self) -> None:
+        check_values(self)
 
 
 _STAGE1_T2 = Stage1Config()
@@ -316,12 +387,27 @@ PROFILE_PRESET_DELTAS: dict[str, dict[str, dict[str, Any]]] = {
 
 
 def preset(name: str, profile: str = "full", overrides: dict[str, Any] | None = None) -> TrainConfig:
-    """A preset by name, with a profile's deltas and then the caller's overrides applied and validated."""
+    """A preset by name, with a profile's deltas and then the caller's overrides applied and validated. The
+    overrides may hold keys of either stage (one dict serves every preset of a run): each preset takes the keys its
+    config has; a key that no training config has is an error naming it."""
     cfg = FULL_PRESETS[_look_up(name, FULL_PRESETS, "preset")]
     delta = {**PROFILES[_look_up(profile, PROFILES, "profile")], **PROFILE_PRESET_DELTAS.get(profile, {}).get(name, {})}
     fields = {f.name for f in dataclasses.fields(cfg)}
     cfg = apply_overrides(cfg, {k: v for k, v in delta.items() if k in fields})  # stage-2 keys skip stage 1
-    return apply_overrides(cfg, overrides or {})
+    return apply_overrides(cfg, train_overrides_for(cfg, overrides or {}))
+
+
+def train_overrides_for(cfg: TrainConfig, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The overrides ``cfg``'s class has fields for, after checking that every key is a field of some training
+    config (``Stage1Config`` or ``Stage2Config``)."""
+    known = {f.name for cls in (Stage1Config, Stage2Config) for f in dataclasses.fields(cls)}
+    for key in overrides:
+        if key not in known:
+            near = difflib.get_close_matches(key, known, n=3)
+            hint = f"; did you mean {', '.join(near)}?" if near else f"; valid keys: {', '.join(sorted(known))}"
+            raise ConfigError(f"unknown training config key {key!r}{hint}")
+    fields = {f.name for f in dataclasses.fields(cfg)}
+    return {key: value for key, value in overrides.items() if key in fields}
 
 
 def apply_overrides(cfg: Any, overrides: dict[str, Any]) -> Any:
@@ -389,20 +475,112 @@ def from_dict(values: dict[str, Any]) -> Any:
 
 def notebook_params(**defaults: Any) -> SimpleNamespace:
     """A notebook's parameters: the defaults of its ``parameters`` cell, each overridable by an
-    environment variable of the same name (JSON for lists, dicts, numbers and booleans)."""
+    environment variable of the same name (JSON for lists, dicts, numbers and booleans), each checked by its
+    ``PARAMETERS`` entry (type, range, known names) before the notebook does any work."""
     values = {}
     for key, default in defaults.items():
         raw = os.environ.get(key)
         if raw is None or raw == "":
-            values[key] = default
+            value = default
         elif isinstance(default, str) or default is None:
-            values[key] = raw
+            value = raw
         else:
             try:
-                values[key] = json.loads(raw)
+                value = json.loads(raw)
             except json.JSONDecodeError as error:
                 raise ConfigError(f"environment variable {key}={raw!r} is not valid JSON") from error
+        values[key] = check_parameter(key, value)
     return SimpleNamespace(**values)
+
+
+def _switch(key: str, value: Any) -> bool | str:
+    """``auto``, or a yes/no given as a boolean or as text (``"false"`` is no: ``bool("false")`` is not)."""
+    if isinstance(value, bool) or value == "auto":
+        return value
+    text = str(value).strip().lower()
+    if text in ("true", "1", "yes", "y", "on"):
+        return True
+    if text in ("false", "0", "no", "n", "off", ""):
+        return False
+    raise ConfigError(f"{key}={value!r}: expected auto, true or false")
+
+
+def _folds(key: str, value: Any) -> list[int]:
+    if not isinstance(value, list) or not all(isinstance(f, int) and not isinstance(f, bool) for f in value):
+        raise ConfigError(f"{key}={value!r}: expected a list of fold numbers, e.g. [0] or [0, 1, 2, 3]")
+    if any(f < ALL_STUDIES_FOLD for f in value):
+        raise ConfigError(f"{key}={value!r}: folds are 0, 1, ... ({ALL_STUDIES_FOLD}: a final model on every study)")
+    return value
+
+
+def _names(options: Iterable[str], what: str) -> Any:
+    def check(key: str, value: Any) -> list[str]:
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise ConfigError(f"{key}={value!r}: expected a list of {what} names")
+        for name in value:
+            _look_up(name, dict.fromkeys(options), what)
+        return value
+
+    return check
+
+
+def _profile(key: str, value: Any) -> str:
+    return value if value == "auto" else _look_up(str(value), PROFILES, "profile")
+
+
+def _mapping(key: str, value: Any) -> dict:
+    if not isinstance(value, dict):
+        raise ConfigError(f'{key}={value!r}: expected a JSON object of config fields, e.g. {{"epochs": 2}}')
+    return value
+
+
+def _count(key: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"{key}={value!r}: expected a whole number >= 0")
+    return value
+
+
+PARAMETERS: dict[str, Any] = {
+    "RUN_CV": _switch,
+    "FOLDS": _folds,
+    "PRESETS": _names(STAGE2_PRESETS, "stage-2 preset"),
+    "PLANES": _names([FULL_PRESETS[n].plane for n in STAGE1_PRESETS], "localiser view (plane)"),
+    "PROFILE": _profile,
+    "TRAIN_OVERRIDES": _mapping,
+    "INFER_OVERRIDES": _mapping,
+    "PREPROCESS_OVERRIDES": _mapping,
+    "WORKERS": _count,
+}
+"""How each notebook parameter with rules is checked (and parsed: a switch's text becomes a boolean)."""
+
+
+def check_parameter(key: str, value: Any) -> Any:
+    """A notebook parameter checked (and parsed) by its ``PARAMETERS`` entry; other keys pass as they are."""
+    check = PARAMETERS.get(key)
+    return value if check is None else check(key, value)
+
+
+def check_parameters(values: dict[str, str]) -> None:
+    """Parameters as a headless run passes them (environment strings) checked before its first notebook runs: each
+    by its rule, and the training and inference overrides by building every preset they reach with them, so a wrong
+    preset name or an ``epochs`` of 0 stops the run in seconds, naming the key, instead of after the notebooks
+    before the one that reads it."""
+    parsed = {}
+    for key, raw in values.items():
+        if key in PARAMETERS and raw != "":
+            text_parameter = key in ("RUN_CV", "PROFILE")
+            try:
+                parsed[key] = check_parameter(key, raw if text_parameter else json.loads(raw))
+            except json.JSONDecodeError as error:
+                raise ConfigError(f"{key}={raw!r} is not valid JSON") from error
+    profile = parsed.get("PROFILE", "auto")
+    profile = "smoke" if profile == "auto" else profile  # the presets' fields are the same in every profile
+    planes = parsed.get("PLANES", [FULL_PRESETS[n].plane for n in STAGE1_PRESETS])
+    names = [f"stage1_{plane}" for plane in planes] + presets_or_default(parsed.get("PRESETS", []))
+    for name in names:
+        preset(name, profile, parsed.get("TRAIN_OVERRIDES", {}))
+    apply_overrides(InferConfig(), parsed.get("INFER_OVERRIDES", {}))
+    apply_overrides(PreprocessConfig(), parsed.get("PREPROCESS_OVERRIDES", {}))
 
 
 def add_override_arguments(parser: argparse.ArgumentParser) -> None:

@@ -92,10 +92,10 @@ def test_choices_are_the_registries_and_a_wrong_one_is_named():
     assert typing.get_args(config.ModelName) == tuple(MODELS)
     assert typing.get_args(config.Condition) == tuple(CONDITION_ROWS)
     with pytest.raises(
-        config.ConfigError, match=r"Stage2Config plane='t22' is not one of t1, t2, axial; did you mean t2\?"
+        config.ConfigError, match=r"Stage2Config sp1 plane='t22' is not one of t1, t2, axial; did you mean t2\?"
     ):
         config.preset("sp1", overrides={"plane": "t22"})
-    wrong_model = "Stage1Config model='keypoints' is not one of keypoint, keypoint_heatmap, sagittal"
+    wrong_model = "Stage1Config stage1_t1 model='keypoints' is not one of keypoint, keypoint_heatmap, sagittal"
     with pytest.raises(config.ConfigError, match=wrong_model):
         config.preset("stage1_t1", overrides={"model": "keypoints"})
     with pytest.raises(config.ConfigError, match="amp_dtype='fp8' is not one of auto, bf16, fp16"):
@@ -124,3 +124,79 @@ def test_routes_rank_the_presets_as_the_solution_and_survive_a_sidecar():
         "su",
         "ax",
     )
+
+
+def test_a_switch_given_as_text_is_read_as_a_switch(monkeypatch):
+    for text, value in (("false", False), ("False", False), ("0", False), ("true", True), ("auto", "auto")):
+        monkeypatch.setenv("RUN_CV", text)
+        assert value == config.notebook_params(RUN_CV="auto").RUN_CV
+    monkeypatch.setenv("RUN_CV", "maybe")
+    with pytest.raises(config.ConfigError, match="RUN_CV='maybe': expected auto, true or false"):
+        config.notebook_params(RUN_CV="auto")
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"FOLDS": "0"}, r"FOLDS=0: expected a list of fold numbers, e.g. \[0\]"),
+        ({"FOLDS": "[-2]"}, r"FOLDS=\[-2\]: folds are 0, 1"),
+        ({"PRESETS": '["zz"]'}, "unknown stage-2 preset 'zz'"),
+        ({"PLANES": '["t3"]'}, "unknown localiser view \\(plane\\) 't3'"),
+        ({"PROFILE": "dmo"}, "unknown profile 'dmo'; did you mean demo"),
+        ({"TRAIN_OVERRIDES": "[1]"}, r"TRAIN_OVERRIDES=\[1\]: expected a JSON object"),
+        ({"WORKERS": "-1"}, "WORKERS=-1: expected a whole number >= 0"),
+    ],
+)
+def test_notebook_parameters_are_checked_by_their_rule(monkeypatch, env, message):
+    defaults = dict(FOLDS=[0], PRESETS=[], PLANES=["t1"], PROFILE="auto", TRAIN_OVERRIDES={}, WORKERS=2)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    with pytest.raises(config.ConfigError, match=message):
+        config.notebook_params(**defaults)
+    with pytest.raises(config.ConfigError, match=message):
+        config.check_parameters(env)
+
+
+@pytest.mark.parametrize(
+    ("cls", "key", "value", "message"),
+    [
+        (
+            config.InferConfig,
+            "tta_angles",
+            0,
+            r"InferConfig tta_angles=0 is not of type tuple, give a list such as \[0\]",
+        ),
+        (config.InferConfig, "tta_angles", [], r"tta_angles=\(\): expected at least one angle"),
+        (config.InferConfig, "batch_size", 0, "InferConfig batch_size=0: expected a whole number >= 1"),
+        (config.PreprocessConfig, "percentiles", [99, 1], "two percentiles, low < high"),
+        (config.PreprocessConfig, "n_folds", 1, "n_folds=1: expected a whole number >= 2"),
+    ],
+)
+def test_a_value_of_the_wrong_type_or_range_is_named(cls, key, value, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.apply_overrides(cls(), {key: value})
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"epochs": 0}, "Stage2Config sp1 epochs=0: expected a whole number >= 1"),
+        ({"batch_size": 0}, "Stage2Config sp1 batch_size=0: expected a whole number >= 1"),
+        ({"epochs": 2.5}, "Stage2Config sp1 epochs=2.5 is not of type int"),
+        ({"lr": True}, "Stage2Config sp1 lr=True is not of type int or float"),
+        ({"mixup_p": 1.5}, "mixup_p=1.5: expected a share between 0 and 1"),
+    ],
+)
+def test_a_training_value_out_of_its_range_stops_before_any_work(overrides, message):
+    with pytest.raises(config.ConfigError, match=message):
+        config.preset("sp1", "demo", overrides)
+
+
+def test_one_overrides_dict_serves_both_stages_and_an_unknown_key_is_named():
+    overrides = {"cutmix_p": 0.2, "heatmap_sigma": 1.5, "epochs": 3}  # a stage-2 key, a stage-1 key, a shared one
+    localiser, classifier = config.preset("stage1_t1", "demo", overrides), config.preset("sp1", "demo", overrides)
+    assert (localiser.heatmap_sigma, localiser.epochs) == (1.5, 3) and not hasattr(localiser, "cutmix_p")
+    assert (classifier.cutmix_p, classifier.epochs) == (0.2, 3)
+    with pytest.raises(config.ConfigError, match="unknown training config key 'cutmixp'; did you mean cutmix_p"):
+        config.preset("stage1_t1", "demo", {"cutmixp": 0.2})
+    config.check_parameters({"TRAIN_OVERRIDES": json.dumps(overrides), "PRESETS": '["fo"]', "PROFILE": "demo"})
