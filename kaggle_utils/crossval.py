@@ -19,7 +19,7 @@ from kaggle_utils.blend import Blend, blend_rows, fit_blend
 from kaggle_utils.config import FULL_PRESETS, InferConfig, PreprocessConfig
 from kaggle_utils.constants import ALL_STUDIES_FOLD, CONDITIONS, LEVELS, STAGE1_GRID, condition_family
 from kaggle_utils.dicom import read_series
-from kaggle_utils.infer import Prediction, label_priors, load_models, predict_studies
+from kaggle_utils.infer import Inference, Prediction, label_priors, load_models
 from kaggle_utils.metric import score_parts, solution_from_targets
 from kaggle_utils.paths import Paths
 from kaggle_utils.preprocess import intensity_window, stage1_volume, stage2_crops
@@ -120,12 +120,13 @@ def cross_validate(
         study_ids = sorted(int(s) for s in fold_series["study_id"].unique())
         priors = label_priors(targets[~targets["study_id"].isin(study_ids)])
         models = load_models(paths, [fold], device)
-        run = (paths, fold_series, study_ids, models, priors, pre_cfg, infer_cfg)
-        unfit = Blend()  # the blend is fit below, on every fold's rows
-        parts.append(predict_studies(*run, desc=f"OOF fold {fold}", blend=unfit))
+        run = (fold_series, study_ids, priors, Blend())  # the blend is fit below, on every fold's rows
+        parts.append(Inference(paths, models, pre_cfg, infer_cfg).predict(*run, desc=f"OOF fold {fold}"))
         if true_points is not None:
-            oracles.append(predict_studies(*run, desc=f"oracle fold {fold}", given_points=true_points, blend=unfit))
+            oracle = Inference(paths, models, pre_cfg, infer_cfg, given_points=true_points)
+            oracles.append(oracle.predict(*run, desc=f"oracle fold {fold}"))
     joined = _joined(parts)
+    print("out of fold: " + joined.summary())
     blend, report = fit_blend(joined.sagittal, joined.axial, _solution_for(joined.sagittal, targets))
     joined.submission = blend_rows(joined.sagittal, joined.axial, blend)
     oracle = _joined(oracles) if oracles else None

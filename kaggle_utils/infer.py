@@ -9,10 +9,15 @@ foraminal from the T1 model when the study has a Sagittal T1, else from the T2 m
 stacks are localised, cropped and classified by the axial presets; its spinal and subarticular rows meet the
 sagittal ones in the blend fit out of fold (``kaggle_utils.blend``). Every study gets its 25 rows: what no model
 covers falls back to the class priors of the training labels. Cross-validation and the scores are in ``crossval``.
+
+A run is an ``Inference``: its inputs, and each step from a study's files to its rows as a method. Studies are
+predicted one at a time and apart: a fault in one study's files costs only that study, is reported when it is found
+(``faults.FaultLog``) and is summed up at the end (``Prediction.summary``).
 """
 
 from __future__ import annotations
 
+import re
 import time
 import warnings
 from collections import defaultdict
@@ -21,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -51,22 +57,24 @@ from kaggle_utils.constants import (
 )
 from kaggle_utils.devices import default_device
 from kaggle_utils.dicom import Series, SeriesError, read_series, read_slice
+from kaggle_utils.faults import FAULT_COLUMNS, FaultLog
 from kaggle_utils.frames import take_frames
 from kaggle_utils.labels import condition_rows, level_frame, sort_level_points
-from kaggle_utils.paths import Paths
+from kaggle_utils.paths import RESUME_SUFFIX, Paths, checkpoint_parts
 from kaggle_utils.predictors import KeypointPredictor, LevelPredictor
-from kaggle_utils.preprocess import intensity_window, stage1_volume, stage2_crops
+from kaggle_utils.preprocess import check_slice_count, intensity_window, stage1_volume, stage2_crops
 from kaggle_utils.tables import points_frame
 from kaggle_utils.views import view
 
 
 @dataclass(frozen=True)
 class LoadedModel:
-    """A checkpoint ready to predict: the network, the config its sidecar holds, and its stage's predictor."""
+    """A checkpoint ready to predict: the network, the config its sidecar holds, its fold and its stage's predictor."""
 
     model: nn.Module
     cfg: TrainConfig
     predictor: KeypointPredictor | LevelPredictor
+    fold: int = 0
 
 
 @dataclass
@@ -80,22 +88,60 @@ class ModelSet:
         return [name for name, bank in self.stage2.items() if bank[0].cfg.plane == plane]
 
 
-def load_models(paths: Paths, folds: list[int] | None = None, device: torch.device | None = None) -> ModelSet:
+def load_models(
+    paths: Paths, folds: list[int] | None = None, device: torch.device | None = None, report: bool = True
+) -> ModelSet:
     """Every checkpoint in ``models/`` (of the given folds), rebuilt from its sidecar; final models (fold -1)
-    count as a fold of their own, so the test-time ensemble (``folds=None``) takes them beside the fold models."""
+    count as a fold of their own, so the test-time ensemble (``folds=None``) takes them beside the fold models.
+    A checkpoint that cannot be loaded is named and left out; with ``report`` the models used are listed per
+    preset and fold, and unfinished or missing runs are named (``models_report``). No model at all stops the run."""
     device = device or default_device()
     models = ModelSet()
     for path in paths.checkpoints():
-        model, cfg, sidecar = load_checkpoint(path, device)
+        try:
+            model, cfg, sidecar = load_checkpoint(path, device)
+        except Exception as error:  # a damaged file can raise anything its unpickler meets
+            warnings.warn(f"{path} cannot be loaded and is left out of the ensemble: {error}", stacklevel=2)
+            continue
         if folds is not None and sidecar["fold"] not in folds:
             continue
         if cfg.stage == 1:
-            models.stage1[cfg.plane].append(LoadedModel(model, cfg, KeypointPredictor(cfg, device)))
+            models.stage1[cfg.plane].append(LoadedModel(model, cfg, KeypointPredictor(cfg, device), sidecar["fold"]))
         else:
-            models.stage2[cfg.name].append(LoadedModel(model, cfg, LevelPredictor(cfg, device)))
+            models.stage2[cfg.name].append(LoadedModel(model, cfg, LevelPredictor(cfg, device), sidecar["fold"]))
     if not models.stage1 or not models.stage2:
-        raise FileNotFoundError(f"no stage-1 and stage-2 checkpoints for folds {folds} in {paths.models_dir}")
+        raise FileNotFoundError(
+            f"no stage-1 and stage-2 checkpoints for folds {folds} in {paths.models_dir}: train them (notebooks 02 "
+            "and 03), or attach the weights dataset (WEIGHTS_DIR points anywhere else)"
+        )
+    if report:
+        print(models_report(paths, models, folds))
     return models
+
+
+def models_report(paths: Paths, models: ModelSet, folds: list[int] | None = None) -> str:
+    """The models an ensemble uses, per localiser view and stage-2 preset with their folds; a warning names every
+    run of those folds that is unfinished (a resume state without its checkpoint), every preset that lacks a fold
+    the others have, and every classifier whose view has no localiser (it cannot be used)."""
+    banks = {**{f"stage1 {plane}": bank for plane, bank in models.stage1.items()}, **models.stage2}
+    folds_of = {name: sorted({m.fold for m in bank}) for name, bank in banks.items()}
+    problems = []
+    for state in sorted(paths.models_dir.glob(f"*{RESUME_SUFFIX}")):
+        parts = checkpoint_parts(state)
+        if parts is not None and (folds is None or parts[1] in folds) and not paths.checkpoint(*parts).exists():
+            problems.append(f"{state.name}: an unfinished run of {parts[0]} fold {parts[1]}, not used")
+    every = sorted({fold for found in folds_of.values() for fold in found})
+    for name, found in folds_of.items():
+        missing = [f for f in every if f not in found]
+        if missing:
+            problems.append(f"{name} has no model for fold(s) {missing}, which others have")
+    for name, bank in models.stage2.items():
+        if bank[0].cfg.plane not in models.stage1:
+            problems.append(f"{name} reads {bank[0].cfg.plane} series, for which no localiser is loaded: not used")
+    for problem in problems:
+        warnings.warn(f"{paths.models_dir}: {problem}", stacklevel=3)
+    listed = "; ".join(f"{name} {folds_of[name]}" for name in banks)
+    return f"models from {paths.models_dir} (preset [folds]): {listed}"
 
 
 def model_sets(models: ModelSet | Sequence[ModelSet]) -> list[ModelSet]:
@@ -105,8 +151,8 @@ def model_sets(models: ModelSet | Sequence[ModelSet]) -> list[ModelSet]:
 
 def load_models_on(paths: Paths, devices: Sequence[torch.device], folds: list[int] | None = None) -> list[ModelSet]:
     """The ensemble once per device, so studies can be split over the cards: each T4 of Kaggle's "T4 x2" holds all
-    of it (24 checkpoints: 8.5 GB in fp32, of its 15 GB)."""
-    return [load_models(paths, folds, device) for device in devices]
+    of it (24 checkpoints: 8.5 GB in fp32, of its 15 GB). The models are listed once."""
+    return [load_models(paths, folds, device, report=i == 0) for i, device in enumerate(devices)]
 
 
 @torch.no_grad()
@@ -170,6 +216,9 @@ def _untimed(stage: str) -> Iterator[None]:
     yield
 
 
+Timed = Callable[[str], AbstractContextManager[None]]
+
+
 def split_by_study(series: pd.DataFrame, n_shards: int) -> list[pd.DataFrame]:
     """``series`` in ``n_shards`` parts of whole studies, dealt in turn in the table's order (balanced to one study)."""
     studies = list(dict.fromkeys(series["study_id"]))
@@ -178,104 +227,6 @@ def split_by_study(series: pd.DataFrame, n_shards: int) -> list[pd.DataFrame]:
     return [series[shard == i] for i in range(n_shards)]
 
 
-def predict_series_table(
-    paths: Paths,
-    series: pd.DataFrame,
-    models: ModelSet | Sequence[ModelSet],
-    pre_cfg: PreprocessConfig,
-    infer_cfg: InferConfig,
-    desc: str = "inference",
-    timer: StageTimer | None = None,
-    given_points: Mapping[int, np.ndarray] | None = None,
-    axial_series: Mapping[int, list[int]] | None = None,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Keypoints and per-preset level probabilities for every series of a table (``study_id, series_id, plane,
-    split``). A series that cannot be read is reported and skipped; the submission falls back for it.
-    ``timer`` (for the benchmark) adds up the stages read, volume, keypoints, crop and classify, and those of the
-    axial branch (``predict_axial``).
-    ``given_points`` (series id -> (5, 2, 2) relative, e.g. the ground truth for the CV's oracle) replace the
-    localisers' keypoints of the series they cover; their rows say ``source=given``.
-    With ``axial_series`` (study id -> its Axial T2 series ids, ``axial_series_ids``) and axial models, each study's
-    first Sagittal T2 series places its levels on them (``predict_axial``): the axial presets' rows carry the
-    assigned slice's ``distance_mm``.
-
-    Given one model set per device (``load_models_on``), the studies are split over the devices, one thread each:
-    a thread's GPU work, cv2 and numpy run without the GIL, so the cards and the CPU stages overlap, and the models
-    stay in this process (no second copy in host memory, no pickling). The timer then sums over the devices."""
-    sets = model_sets(models)
-    if len(sets) == 1:
-        return _predict_shard(paths, series, sets[0], pre_cfg, infer_cfg, desc, timer, given_points, axial_series)
-    shards = split_by_study(series, len(sets))
-    timers = [StageTimer() for _ in sets]
-    with ThreadPoolExecutor(len(sets)) as pool:
-        jobs = [
-            pool.submit(
-                _predict_shard, paths, shard, ms, pre_cfg, infer_cfg, f"{desc} [{i}]", t, given_points, axial_series, i
-            )
-            for i, (shard, ms, t) in enumerate(zip(shards, sets, timers, strict=True))
-        ]
-        parts = [job.result() for job in jobs]
-    if timer is not None:
-        for shard_timer in timers:
-            timer.add(shard_timer)
-    return _concat([p[0] for p in parts]), _concat([p[1] for p in parts])
-
-
-def _predict_shard(
-    paths: Paths,
-    series: pd.DataFrame,
-    models: ModelSet,
-    pre_cfg: PreprocessConfig,
-    infer_cfg: InferConfig,
-    desc: str,
-    timer: StageTimer | None,
-    given_points: Mapping[int, np.ndarray] | None = None,
-    axial_series: Mapping[int, list[int]] | None = None,
-    position: int = 0,
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    timed = timer or _untimed
-    keypoints, levels = [], []
-    placed: set[int] = set()  # studies whose axial levels are placed (by their first Sagittal T2 series)
-    axial_ready = axial_series is not None and "axial" in models.stage1 and models.presets_for("axial")
-    for row in tqdm(list(series.itertuples()), desc=desc, position=position):
-        if row.plane not in models.stage1:
-            continue
-        try:
-            with timed("read"):
-                volume_series = read_series(paths.series_dir(row.split, row.study_id, row.series_id))
-        except SeriesError as error:
-            warnings.warn(f"study {row.study_id} series {row.series_id} skipped: {error}", stacklevel=2)
-            continue
-        given = None if given_points is None else given_points.get(row.series_id)
-        with timed("volume"):
-            window = intensity_window(volume_series.slices, pre_cfg.percentiles)  # shared with the crops
-            volume = stage1_volume(volume_series, pre_cfg, window) if given is None else None  # for the localisers
-        with timed("keypoints"):
-            points = predict_keypoints(volume, models.stage1[row.plane]) if given is None else given
-        source = "stage1" if given is None else "given"
-        keypoints.append(points_frame(row.study_id, row.series_id, row.plane, points, source))
-        with timed("crop"):
-            crops = stage2_crops(volume_series, points, row.plane, pre_cfg, window)
-        for preset in models.presets_for(row.plane):
-            bank = models.stage2[preset]
-            with timed("classify"):
-                probs = predict_levels(crops, bank, infer_cfg.tta_angles)
-            rows = condition_rows(bank[0].cfg.condition)
-            frame = level_frame([row.study_id], [row.series_id], probs[None], rows)
-            levels.append(frame.assign(preset=preset))
-        if axial_ready and row.plane == "t2" and row.study_id not in placed:
-            placed.add(row.study_id)
-            ids = axial_series.get(row.study_id, [])
-            study = (paths, row.split, row.study_id, volume_series, points, ids)
-            levels += predict_axial(*study, models, pre_cfg, infer_cfg, timed)
-    return _concat(keypoints), _concat(levels)
-
-
-def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
-    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
-
-
-# --- the axial branch ----------------------------------------------------------------------------
 AXIAL_DISTANCE_SCALE_MM = 2.0
 """Several series (or blocks) imaging one level: their predictions are averaged with weights exp(-|d| / this), d the
 distance from the level's point to the assigned slice's plane."""
@@ -287,81 +238,249 @@ def axial_series_ids(paths: Paths, split: str) -> dict[int, list[int]]:
     return {int(study): [int(s) for s in ids] for study, ids in table.groupby("study_id")["series_id"]}
 
 
-def predict_axial(
-    paths: Paths,
-    split: str,
-    study_id: int,
-    t2: Series,
-    t2_points: np.ndarray,
-    series_ids: list[int],
-    models: ModelSet,
-    pre_cfg: PreprocessConfig,
-    infer_cfg: InferConfig,
-    timed: Callable[[str], AbstractContextManager[None]] = _untimed,
-) -> list[pd.DataFrame]:
-    """Every axial preset's probabilities (``level_frame`` rows + ``preset``, the assigned slice's ``level,
-    instance_number, distance_mm`` and the localisers' points, ``AXIAL_POINT_COLUMNS``) of each level the study's
-    Axial T2 series image: the Sagittal T2 keypoints ``t2_points`` (5, 2, 2) of series ``t2`` place the levels
-    (within ``infer_cfg.axial_max_distance_mm``), each assigned level's stack is localised by the axial localisers
-    (median) and cut with the training crop function, and every axial preset classifies the crops with the TTA.
-    A series or a level that cannot be read is reported and skipped; a level no series images gives no rows.
-    ``timed`` (the benchmark's ``StageTimer``) adds up the stages axial_read and axial_crop (CPU) and axial_models
-    (the networks)."""
-    points = sagittal_level_points(t2_points, t2.geometry)
-    frames = []
-    for series_id in series_ids:
-        try:
-            with timed("axial_read"):
-                series = read_axial_series(paths.series_dir(split, study_id, series_id), series_id)
-        except SeriesError as error:
-            warnings.warn(f"study {study_id} axial series {series_id} skipped: {error}", stacklevel=2)
-            continue
-        if series is None:
-            continue
-        table = level_table(study_id, points, [series], infer_cfg.axial_max_distance_mm)
-        files = dict(zip(series.instance_numbers.tolist(), series.geometry.files, strict=True))
-        for row in table[table["assigned"]].itertuples():
+@dataclass
+class StudyRows:
+    """What one study's series gave: keypoint-table frames and ``level_frame`` rows (with ``preset``)."""
+
+    keypoints: list[pd.DataFrame] = field(default_factory=list)
+    levels: list[pd.DataFrame] = field(default_factory=list)
+
+
+@dataclass
+class Inference:
+    """One inference run: its inputs (where the data is, the models, one set per device, the configs) and, as
+    methods, every step from a study's files to its rows.
+
+    Each study is predicted on its own: a series that cannot be read or predicted (a bad file, header or geometry,
+    too few usable slices, or anything a broken input makes the code raise) is reported in ``faults``, naming the
+    study, the series and the file, and costs only that series (its rows then come from the study's other series,
+    or from the class priors); the other studies' predictions are exactly what they would be without it.
+
+    ``given_points`` (series id -> (5, 2, 2) relative, e.g. the ground truth for the CV's oracle) replace the
+    localisers' keypoints of the series they cover; their rows say ``source=given``. ``timer`` (the benchmark's)
+    adds up the stages read, volume, keypoints, crop and classify, and the axial branch's axial_read, axial_crop
+    and axial_models."""
+
+    paths: Paths
+    models: ModelSet | Sequence[ModelSet]
+    pre_cfg: PreprocessConfig = field(default_factory=PreprocessConfig)
+    infer_cfg: InferConfig = field(default_factory=InferConfig)
+    given_points: Mapping[int, np.ndarray] | None = None
+    timer: StageTimer | None = None
+    faults: FaultLog = field(default_factory=FaultLog)
+
+    @property
+    def sets(self) -> list[ModelSet]:
+        return model_sets(self.models)
+
+    # --- whole runs -----------------------------------------------------------------------------------------
+    def predict(
+        self, series: pd.DataFrame, study_ids: list[int], priors: pd.DataFrame, blend: Blend | None = None, desc=""
+    ) -> Prediction:
+        """The sagittal ``series`` and the studies' axial series predicted, and a 25-row submission completed for
+        every study in ``study_ids``: the sagittal and axial predictions of a row combined by ``blend`` (default:
+        the models' ``load_blend``), the rows no model predicted from ``priors``."""
+        split = str(series["split"].iloc[0]) if len(series) else "test"
+        axial_series = axial_series_ids(self.paths, split)
+        keypoints, levels = self.predict_table(series, axial_series, desc or "inference")
+        routes = model_routes(self.models)
+        sagittal_levels, axial_levels = split_axial(levels, self.models)
+        sagittal, axial = route(sagittal_levels, routes), merge_axial(axial_levels, routes)
+        placed = axial_points(axial_levels)
+        if self.sets[0].presets_for("axial"):
+            print(axial_coverage(placed, study_ids, axial_series))
+        blend = blend or (load_blend(self.paths) if len(axial) else Blend())
+        blended = blend_rows(sagittal, axial, blend)
+        return Prediction(
+            submission=complete_submission(blended, study_ids, priors),
+            baseline=prior_submission(study_ids, priors),
+            keypoints=keypoints,
+            sagittal=complete_submission(sagittal, study_ids, priors),
+            axial=axial,
+            axial_points=placed,
+            from_priors=rows_without_prediction(blended, study_ids),
+            faults=self.faults.frame(),
+            series=series[[c for c in ("study_id", "series_id", "plane") if c in series]],
+        )
+
+    def predict_table(
+        self, series: pd.DataFrame, axial_series: Mapping[int, list[int]] | None = None, desc: str = "inference"
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Keypoints and per-preset level probabilities of every series of a table (``study_id, series_id, plane,
+        split``). With ``axial_series`` (study id -> its Axial T2 series ids, ``axial_series_ids``) and axial
+        models, each study's first Sagittal T2 series places its levels on them (``predict_axial``): the axial
+        presets' rows carry the assigned slice's ``distance_mm``.
+
+        With one model set per device (``load_models_on``), the studies are split over the devices, one thread
+        each: a thread's GPU work, cv2 and numpy run without the GIL, so the cards and the CPU stages overlap, and
+        the models stay in this process (no second copy in host memory, no pickling). The timer sums over them."""
+        sets = self.sets
+        if len(sets) == 1:
+            return self._predict_shard(series, sets[0], axial_series, desc, self.timer)
+        shards = split_by_study(series, len(sets))
+        timers = [StageTimer() for _ in sets]
+        with ThreadPoolExecutor(len(sets)) as pool:
+            jobs = [
+                pool.submit(self._predict_shard, shard, models, axial_series, f"{desc} [{i}]", timer, i)
+                for i, (shard, models, timer) in enumerate(zip(shards, sets, timers, strict=True))
+            ]
+            parts = [job.result() for job in jobs]
+        if self.timer is not None:
+            for shard_timer in timers:
+                self.timer.add(shard_timer)
+        return _concat([p[0] for p in parts]), _concat([p[1] for p in parts])
+
+    def _predict_shard(
+        self,
+        series: pd.DataFrame,
+        models: ModelSet,
+        axial_series: Mapping[int, list[int]] | None,
+        desc: str,
+        timer: StageTimer | None,
+        position: int = 0,
+    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        timed = timer or _untimed
+        rows = StudyRows()
+        studies = series.groupby("study_id", sort=False)
+        for study_id, study in tqdm(studies, total=studies.ngroups, desc=desc, position=position):
+            ids = None if axial_series is None else axial_series.get(int(study_id), [])
+            found = self.predict_study(int(study_id), study, models, ids, timed)
+            rows.keypoints += found.keypoints
+            rows.levels += found.levels
+        return _concat(rows.keypoints), _concat(rows.levels)
+
+    # --- one study ------------------------------------------------------------------------------------------
+    def predict_study(
+        self,
+        study_id: int,
+        series: pd.DataFrame,
+        models: ModelSet,
+        axial_ids: list[int] | None = None,
+        timed: Timed = _untimed,
+    ) -> StudyRows:
+        """A study's rows from its sagittal ``series`` (in table order) and, when ``axial_ids`` are given and axial
+        models loaded, from its Axial T2 series, placed by its first Sagittal T2 series that could be predicted."""
+        found = StudyRows()
+        axial_ready = axial_ids is not None and "axial" in models.stage1 and models.presets_for("axial")
+        for row in series.itertuples():
+            if row.plane not in models.stage1:
+                continue
             try:
-                frames += _predict_axial_level(series.series_id, files, table, row, models, pre_cfg, infer_cfg, timed)
-            except SeriesError as error:  # an unreadable slice: that level falls back, the series' others stay
-                warnings.warn(f"study {study_id} series {series_id} {row.level} skipped: {error}", stacklevel=2)
-    return frames
+                keypoints, levels, t2 = self._predict_sagittal(row, models, timed)
+            except SeriesError as error:
+                self.faults.report(study_id, row.series_id, f"not used: {error}")
+                continue
+            except Exception as error:  # whatever a broken input makes the code raise costs only this series
+                self.faults.report(study_id, row.series_id, f"not used after {type(error).__name__}: {error}")
+                continue
+            found.keypoints.append(keypoints)
+            found.levels += levels
+            if axial_ready and row.plane == "t2":
+                axial_ready = False  # the study's first Sagittal T2 series places its levels
+                try:
+                    found.levels += self.predict_axial(row.split, study_id, *t2, axial_ids, models, timed)
+                except Exception as error:
+                    self.faults.report(study_id, None, f"axial branch not used after {type(error).__name__}: {error}")
+        return found
 
+    def _predict_sagittal(
+        self, row: Any, models: ModelSet, timed: Timed
+    ) -> tuple[pd.DataFrame, list[pd.DataFrame], tuple[Series, np.ndarray]]:
+        """One sagittal series: its keypoint rows, each preset's level rows, and the series with its keypoints."""
+        with timed("read"):
+            volume_series = read_series(self.paths.series_dir(row.split, row.study_id, row.series_id))
+        for line in volume_series.dropped:
+            self.faults.report(row.study_id, row.series_id, f"slice left out: {line}")
+        check_slice_count(volume_series, row.plane)
+        given = None if self.given_points is None else self.given_points.get(row.series_id)
+        with timed("volume"):
+            window = intensity_window(volume_series.slices, self.pre_cfg.percentiles)  # shared with the crops
+            volume = stage1_volume(volume_series, self.pre_cfg, window) if given is None else None
+        with timed("keypoints"):
+            points = predict_keypoints(volume, models.stage1[row.plane]) if given is None else given
+        keypoints = points_frame(row.study_id, row.series_id, row.plane, points, "stage1" if given is None else "given")
+        with timed("crop"):
+            crops = stage2_crops(volume_series, points, row.plane, self.pre_cfg, window)
+        levels = []
+        for preset in models.presets_for(row.plane):
+            bank = models.stage2[preset]
+            with timed("classify"):
+                probs = predict_levels(crops, bank, self.infer_cfg.tta_angles)
+            frame = level_frame([row.study_id], [row.series_id], probs[None], condition_rows(bank[0].cfg.condition))
+            levels.append(frame.assign(preset=preset))
+        return keypoints, levels, (volume_series, points)
 
-def _predict_axial_level(
-    series_id: int,
-    files: dict[int, Path],
-    table: pd.DataFrame,
-    row: tuple,
-    models: ModelSet,
-    pre_cfg: PreprocessConfig,
-    infer_cfg: InferConfig,
-    timed: Callable[[str], AbstractContextManager[None]],
-) -> list[pd.DataFrame]:
-    """The axial presets' rows of one assigned level, ``row`` of the series' level ``table``, its slices read from
-    ``files`` (instance number -> file; ``predict_axial``)."""
-    with timed("axial_read"):
-        slices = [read_slice(files[i]) for i in stack_instances(table, series_id, int(row.instance_number))]
-    with timed("axial_crop"):
-        window = intensity_window(slices, pre_cfg.percentiles)
-        stack = level_stack(slices, pre_cfg.img_size, window)
-    with timed("axial_models"):
-        level_points = predict_keypoints(stack, models.stage1["axial"])[0]
-    with timed("axial_crop"):
-        spacing = np.array([row.row_mm, row.column_mm])
-        crops = level_crops(slices, level_points, spacing, pre_cfg.img_size, window)
-    where = dict(zip(AXIAL_POINT_COLUMNS, level_points.reshape(-1).tolist(), strict=True))
-    where.update(level=row.level, instance_number=int(row.instance_number), distance_mm=row.distance_mm)
-    level = LEVEL_NAMES.index(row.level)  # the level's index into LEVELS
-    frames = []
-    for preset in models.presets_for("axial"):
-        bank = models.stage2[preset]
+    # --- the axial branch -----------------------------------------------------------------------------------
+    def predict_axial(
+        self,
+        split: str,
+        study_id: int,
+        t2: Series,
+        t2_points: np.ndarray,
+        series_ids: list[int],
+        models: ModelSet,
+        timed: Timed = _untimed,
+    ) -> list[pd.DataFrame]:
+        """Every axial preset's probabilities (``level_frame`` rows + ``preset``, the assigned slice's ``level,
+        instance_number, distance_mm`` and the localisers' points, ``AXIAL_POINT_COLUMNS``) of each level the
+        study's Axial T2 series image: the Sagittal T2 keypoints ``t2_points`` (5, 2, 2) of series ``t2`` place the
+        levels (within ``infer_cfg.axial_max_distance_mm``), each assigned level's stack is localised by the axial
+        localisers (median) and cut with the training crop function, and every axial preset classifies the crops
+        with the TTA. A series or a level that cannot be read is reported and skipped; a level no series images
+        gives no rows."""
+        points = sagittal_level_points(t2_points, t2.geometry)
+        frames = []
+        for series_id in series_ids:
+            try:
+                with timed("axial_read"):
+                    series = read_axial_series(self.paths.series_dir(split, study_id, series_id), series_id)
+            except SeriesError as error:
+                self.faults.report(study_id, series_id, f"axial series not used: {error}")
+                continue
+            if series is None:
+                continue
+            for line in series.geometry.dropped:
+                self.faults.report(study_id, series_id, f"axial slice left out: {line}")
+            table = level_table(study_id, points, [series], self.infer_cfg.axial_max_distance_mm)
+            files = dict(zip(series.instance_numbers.tolist(), series.geometry.files, strict=True))
+            for row in table[table["assigned"]].itertuples():
+                try:
+                    frames += self._predict_axial_level(series.series_id, files, table, row, models, timed)
+                except SeriesError as error:  # an unreadable slice: that level falls back, the series' others stay
+                    self.faults.report(study_id, series_id, f"{row.level} not predicted on the axial slices: {error}")
+        return frames
+
+    def _predict_axial_level(
+        self, series_id: int, files: dict[int, Path], table: pd.DataFrame, row: Any, models: ModelSet, timed: Timed
+    ) -> list[pd.DataFrame]:
+        """The axial presets' rows of one assigned level, ``row`` of the series' level ``table``, its slices read
+        from ``files`` (instance number -> file)."""
+        with timed("axial_read"):
+            slices = [read_slice(files[i]) for i in stack_instances(table, series_id, int(row.instance_number))]
+        with timed("axial_crop"):
+            window = intensity_window(slices, self.pre_cfg.percentiles)
+            stack = level_stack(slices, self.pre_cfg.img_size, window)
         with timed("axial_models"):
-            probs = predict_levels(crops, bank, infer_cfg.tta_angles)
-        rows = condition_rows(bank[0].cfg.condition)
-        frame = level_frame([row.study_id], [series_id], probs[None], rows, [level])
-        frames.append(frame.assign(preset=preset, **where))
-    return frames
+            level_points = predict_keypoints(stack, models.stage1["axial"])[0]
+        with timed("axial_crop"):
+            spacing = np.array([row.row_mm, row.column_mm])
+            crops = level_crops(slices, level_points, spacing, self.pre_cfg.img_size, window)
+        where = dict(zip(AXIAL_POINT_COLUMNS, level_points.reshape(-1).tolist(), strict=True))
+        where.update(level=row.level, instance_number=int(row.instance_number), distance_mm=row.distance_mm)
+        level = LEVEL_NAMES.index(row.level)  # the level's index into LEVELS
+        frames = []
+        for preset in models.presets_for("axial"):
+            bank = models.stage2[preset]
+            with timed("axial_models"):
+                probs = predict_levels(crops, bank, self.infer_cfg.tta_angles)
+            rows = condition_rows(bank[0].cfg.condition)
+            frame = level_frame([row.study_id], [series_id], probs[None], rows, [level])
+            frames.append(frame.assign(preset=preset, **where))
+        return frames
+
+
+def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
 def merge_axial(levels: pd.DataFrame, routes: dict[str, dict[str, int]]) -> pd.DataFrame:
@@ -412,33 +531,45 @@ def label_priors(targets: pd.DataFrame) -> pd.DataFrame:
 
 
 def complete_submission(merged: pd.DataFrame, study_ids: list[int], priors: pd.DataFrame) -> pd.DataFrame:
-    """25 rows for every study: model predictions where they exist, priors elsewhere; rows sum to one.
-    One warning line names the studies that fell back, and for how many rows."""
+    """25 rows for every study: model predictions where they exist, priors elsewhere; rows sum to one. A prediction
+    that is not a distribution (a value that is not finite, or all zero) is replaced by the priors, with a warning
+    naming its rows: a submission with one such value would fail to score."""
     template = pd.DataFrame(
         [(row_id(s, c), c, s) for s in study_ids for c in LABEL_COLUMNS], columns=["row_id", "column", "study_id"]
     )
     out = template.merge(merged, on="row_id", how="left")
-    missing = out[SEVERITY_COLUMNS[0]].isna()
-    out.loc[missing, list(SEVERITY_COLUMNS)] = priors.loc[out.loc[missing, "column"]].to_numpy()
-    if missing.any():
-        families = out.loc[missing, "column"].map(condition_family)
-        per_study = families.groupby(out.loc[missing, "study_id"]).agg(lambda f: ", ".join(sorted(set(f))))
-        detail = "; ".join(f"{s}: {f}" for s, f in per_study.items())
+    values = out[list(SEVERITY_COLUMNS)].to_numpy(float)
+    found = ~np.isnan(values).all(axis=1)
+    broken = found & ~_distributions(values)
+    if broken.any():
+        named = ", ".join(out.loc[broken, "row_id"].head(10))
         warnings.warn(
-            f"{len(per_study)} studies fell back to label priors for conditions no series or model covered "
-            f"(spinal/subarticular need a Sagittal T2, foraminal either plane): {detail}",
-            stacklevel=2,
+            f"{int(broken.sum())} predicted rows are not distributions: the priors replace them: {named}", stacklevel=2
         )
+    missing = ~found | broken
+    out.loc[missing, list(SEVERITY_COLUMNS)] = priors.loc[out.loc[missing, "column"]].to_numpy()
     values = out[list(SEVERITY_COLUMNS)].to_numpy(float).clip(1e-7, None)
     out[list(SEVERITY_COLUMNS)] = values / values.sum(axis=1, keepdims=True)
     return out[["row_id", *SEVERITY_COLUMNS]].reset_index(drop=True)
 
 
+def _distributions(values: np.ndarray) -> np.ndarray:
+    """(N,) bool: the rows of (N, 3) probabilities that are finite, not negative and not all zero."""
+    return np.isfinite(values).all(axis=1) & (values >= 0).all(axis=1) & (values.sum(axis=1) > 0)
+
+
+def rows_without_prediction(merged: pd.DataFrame, study_ids: list[int]) -> pd.DataFrame:
+    """``study_id, row_id`` of every row of the studies that no model predicted, or not as a distribution
+    (``complete_submission`` gives them the priors)."""
+    valid = _distributions(merged[list(SEVERITY_COLUMNS)].to_numpy(float)) if len(merged) else []
+    predicted = set(merged["row_id"][valid]) if len(merged) else set()
+    rows = [(s, row_id(s, c)) for s in study_ids for c in LABEL_COLUMNS if row_id(s, c) not in predicted]
+    return pd.DataFrame(rows, columns=["study_id", "row_id"]).astype({"study_id": "int64"})
+
+
 def prior_submission(study_ids: list[int], priors: pd.DataFrame) -> pd.DataFrame:
     """The class-prior baseline: every row predicted by its column's label frequencies."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        return complete_submission(pd.DataFrame(columns=["row_id", *SEVERITY_COLUMNS]), study_ids, priors)
+    return complete_submission(pd.DataFrame(columns=["row_id", *SEVERITY_COLUMNS]), study_ids, priors)
 
 
 def write_submission(submission: pd.DataFrame, path: Path) -> Path:
@@ -452,8 +583,9 @@ def write_submission(submission: pd.DataFrame, path: Path) -> Path:
 class Prediction:
     """What a run over studies produced: the complete submission (sagittal and axial blended), the class-prior
     baseline, the keypoints, the complete sagittal-only submission of the same models, the axial rows (one per
-    row id the axial branch predicted; empty without axial models or series) and the axial levels' assigned slices
-    and predicted points (``axial_points``)."""
+    row id the axial branch predicted; empty without axial models or series), the axial levels' assigned slices
+    and predicted points (``axial_points``), the rows the priors filled (``from_priors``), what the inputs cost
+    (``faults``, ``faults.FAULT_COLUMNS``) and the sagittal series it was given (``study_id, series_id, plane``)."""
 
     submission: pd.DataFrame
     baseline: pd.DataFrame
@@ -461,56 +593,60 @@ class Prediction:
     sagittal: pd.DataFrame
     axial: pd.DataFrame
     axial_points: pd.DataFrame
+    from_priors: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["study_id", "row_id"]))
+    faults: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=list(FAULT_COLUMNS)))
+    series: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=["study_id", "series_id", "plane"]))
+
+    def summary(self, shown: int = 10) -> str:
+        """Which studies were predicted fully, partly (which rows came from the priors, and why) and not at all,
+        and the faults of the studies predicted fully (``study_summary`` per study, ``shown`` of each kind)."""
+        studies = sorted(int(s) for s in self.submission["row_id"].str.split("_").str[0].astype("int64").unique())
+        missing = self.from_priors.groupby("study_id")["row_id"].apply(list).to_dict()
+        partly = [s for s in studies if 0 < len(missing.get(s, [])) < len(LABEL_COLUMNS)]
+        none = [s for s in studies if len(missing.get(s, [])) == len(LABEL_COLUMNS)]
+        faulty = sorted(set(self.faults["study_id"]) - set(partly) - set(none))
+        lines = [
+            f"{len(studies)} studies: {len(studies) - len(partly) - len(none)} predicted fully, {len(partly)} partly, "
+            f"{len(none)} not at all (class priors); {len(self.faults)} faults in the inputs"
+        ]
+        for label, group in (("partly", partly), ("not at all", none), ("fully, with faults", faulty)):
+            lines += [f"  {label}: {self.study_summary(s, missing.get(s, []))}" for s in group[:shown]]
+            if len(group) > shown:
+                lines.append(f"  {label}: and {len(group) - shown} more studies")
+        return "\n".join(lines)
+
+    def study_summary(self, study_id: int, prior_rows: list[str]) -> str:
+        """One study: how many rows of which families came from the priors, and its faults (or why no series
+        could predict them)."""
+        families = pd.Series([condition_family(r) for r in prior_rows], dtype=str).value_counts()
+        rows = ", ".join(f"{family} {count}" for family, count in sorted(families.items()))
+        faults = self.faults[self.faults["study_id"] == study_id]
+        why = "; ".join(
+            (f"series {f.series_id}: " if f.series_id >= 0 else "") + _short(f.message) for f in faults.itertuples()
+        )
+        if not why:
+            planes = sorted(set(self.series.loc[self.series["study_id"] == study_id, "plane"]))
+            why = f"the series listed for it: {', '.join(view(p).description for p in planes) or 'none'}"
+        head = f"study {study_id}" + (f": rows from the priors: {rows}" if rows else "")
+        return f"{head}; {why}"
+
+
+def _short(message: str) -> str:
+    """A fault's message with its file's folders left out (the summary names the study and the series)."""
+    without_folders = re.sub(r"\S*/(?=[^/\s]+\.dcm\b)", "", message)  # a file: its name
+    return re.sub(r"\S*/\d+/\d+: ", "", without_folders)  # a series folder: named by the summary already
 
 
 def load_blend(paths: Paths) -> Blend:
     """The blend fit out of fold beside the models (``models/blend.json``, written by the CV of notebook 04); without
-    it, sagittal and axial predictions count equally (``Blend()``), which a line says."""
+    it, sagittal and axial predictions count equally (``Blend()``), which a warning says."""
     path = paths.blend_file
     if path.exists():
         return Blend.load(path)
-    print(f"{path} not found (the CV of notebook 04 fits it): sagittal and axial predictions weigh the same")
-    return Blend()
-
-
-def predict_studies(
-    paths: Paths,
-    series: pd.DataFrame,
-    study_ids: list[int],
-    models: ModelSet | Sequence[ModelSet],
-    priors: pd.DataFrame,
-    pre_cfg: PreprocessConfig,
-    infer_cfg: InferConfig,
-    desc: str = "inference",
-    given_points: Mapping[int, np.ndarray] | None = None,
-    blend: Blend | None = None,
-) -> Prediction:
-    """Predict the sagittal ``series`` and the studies' axial series and complete a 25-row submission for every
-    study in ``study_ids``: the sagittal and axial predictions of a row combined by ``blend`` (default: the models'
-    ``load_blend``); with a model set per device (``load_models_on``), the studies are split over the devices;
-    ``given_points`` replace the localisers' keypoints where they have a series (``predict_series_table``)."""
-    split = str(series["split"].iloc[0]) if len(series) else "test"
-    axial_series = axial_series_ids(paths, split)
-    run = (paths, series, models, pre_cfg, infer_cfg, desc, None, given_points, axial_series)
-    keypoints, levels = predict_series_table(*run)
-    routes = model_routes(models)
-    sagittal_levels, axial_levels = split_axial(levels, models)
-    sagittal, axial = route(sagittal_levels, routes), merge_axial(axial_levels, routes)
-    placed = axial_points(axial_levels)
-    if model_sets(models)[0].presets_for("axial"):
-        print(axial_coverage(placed, study_ids, axial_series))
-    blend = blend or (load_blend(paths) if len(axial) else Blend())
-    with warnings.catch_warnings():  # the blended submission says which studies fell back
-        warnings.simplefilter("ignore")
-        sagittal_only = complete_submission(sagittal, study_ids, priors)
-    return Prediction(
-        submission=complete_submission(blend_rows(sagittal, axial, blend), study_ids, priors),
-        baseline=prior_submission(study_ids, priors),
-        keypoints=keypoints,
-        sagittal=sagittal_only,
-        axial=axial,
-        axial_points=placed,
+    warnings.warn(
+        f"{path} not found (the CV of notebook 04 fits it): sagittal and axial predictions weigh the same", stacklevel=2
     )
+    return Blend()
 
 
 def axial_coverage(placed: pd.DataFrame, study_ids: list[int], axial_series: Mapping[int, list[int]]) -> str:
@@ -534,7 +670,7 @@ def axial_points(axial_levels: pd.DataFrame) -> pd.DataFrame:
 
 
 def split_axial(levels: pd.DataFrame, models: ModelSet | Sequence[ModelSet]) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """``predict_series_table``'s rows of the sagittal presets, and those of the axial presets."""
+    """``Inference.predict_table``'s rows of the sagittal presets, and those of the axial presets."""
     if levels.empty:
         return levels, levels
     on_axial = levels["preset"].isin(model_sets(models)[0].presets_for("axial"))

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,6 +105,20 @@ def find_metadata(name: str, data_dir: Path) -> Path | None:
     root = kaggle_input()
     found = find_under(root, name) if root.is_dir() else None
     return found / name if found is not None else None
+
+
+_CHECKPOINT_NAME = re.compile(r"^(?P<preset>.+)-(?P<fold>f\d+|all)-s(?P<seed>\d+)$")
+
+
+def checkpoint_parts(path: Path) -> tuple[str, int, int] | None:
+    """(preset, fold, seed) of a checkpoint's or a resume state's file name (``Paths.checkpoint``); None for a file
+    not named so."""
+    stem = path.name.removesuffix(RESUME_SUFFIX).removesuffix(".pt")
+    match = _CHECKPOINT_NAME.match(stem)
+    if match is None:
+        return None
+    fold = ALL_STUDIES_FOLD if match["fold"] == "all" else int(match["fold"][1:])
+    return match["preset"], fold, int(match["seed"])
 
 
 def resume_state(checkpoint: Path) -> Path:

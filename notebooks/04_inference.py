@@ -65,7 +65,7 @@ RUN = ""  # a training round's sub-folder of WORK_DIR ("denoised" after 05); "" 
 import json
 
 from kaggle_utils import axial, config, crossval, devices, infer, tables, viz
-from kaggle_utils.paths import TEST_LABELS_CSV, TEST_SERIES_CSV, TRAIN_CSV, Paths, is_kaggle
+from kaggle_utils.paths import TEST_LABELS_CSV, TRAIN_CSV, Paths, is_kaggle
 
 p = config.notebook_params(
     DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, RUN_CV=RUN_CV, FOLDS=FOLDS, INFER_OVERRIDES=INFER_OVERRIDES, RUN=RUN
@@ -74,7 +74,7 @@ paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR).with_run(p.RUN)
 infer_cfg = config.apply_overrides(config.InferConfig(), p.INFER_OVERRIDES)
 pre_cfg = config.PreprocessConfig()
 device = devices.default_device()
-run_cv = (not is_kaggle()) if p.RUN_CV == "auto" else bool(p.RUN_CV)
+run_cv = (not is_kaggle()) if p.RUN_CV == "auto" else p.RUN_CV
 targets = tables.targets_table(tables.drop_excluded(tables.read_csv(paths, TRAIN_CSV)))
 report = {}
 
@@ -141,11 +141,11 @@ if run_cv and len(cv.prediction.axial_points):
 
 # %%
 test_series = tables.series_table(paths, "test")
-study_ids = sorted(int(s) for s in tables.read_csv(paths, TEST_SERIES_CSV)["study_id"].unique())
+study_ids = tables.study_ids(paths, "test")
 cards = devices.inference_devices()  # both cards of a "T4 x2": the studies are split over them
 models = infer.load_models_on(paths, cards)
 print(f"{len(study_ids)} test studies on {', '.join(map(str, cards))}")
-test = infer.predict_studies(paths, test_series, study_ids, models, infer.label_priors(targets), pre_cfg, infer_cfg)
+test = infer.Inference(paths, models, pre_cfg, infer_cfg).predict(test_series, study_ids, infer.label_priors(targets))
 infer.write_submission(test.submission, paths.submission_csv)
 print(f"{paths.submission_csv}: {len(test.submission)} rows for {len(study_ids)} studies")
 test.submission.head(10)
@@ -161,3 +161,11 @@ if paths.data_file(TEST_LABELS_CSV).exists():
     report["test_prior_score"] = crossval.score_submission(test.baseline, hidden)["score"]
 paths.cv_json.write_text(json.dumps(report, indent=1))
 print(json.dumps(report, indent=1))
+
+# %% [markdown]
+# ## What each test study got
+# Studies predicted fully, partly (which rows came from the class priors, and why) and not at all; every fault found
+# in the inputs (a file, a slice, a series, a row) was also said when it was found.
+
+# %%
+print(test.summary())

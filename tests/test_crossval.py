@@ -123,12 +123,11 @@ def test_with_the_localisers_replaced_by_the_true_keypoints_the_score_is_the_ora
     assert not plain.submission.equals(plain.oracle)
     assert set(plain.keypoints["source"]) == {"stage1"}
 
-    real = crossval.predict_studies
+    class LocalisedByTruth(crossval.Inference):
+        def __init__(self, *args, given_points=None, **options):
+            super().__init__(*args, given_points=true_points, **options)
 
-    def localised_by_truth(*run, given_points=None, **options):
-        return real(*run, given_points=true_points, **options)
-
-    monkeypatch.setattr(crossval, "predict_studies", localised_by_truth)
+    monkeypatch.setattr(crossval, "Inference", LocalisedByTruth)
     replaced = cross_validate(*args, true_points=true_points)
     pd.testing.assert_frame_equal(replaced.submission, replaced.oracle)
     assert score_submission(replaced.submission, targets) == score_submission(plain.oracle, targets)

@@ -19,14 +19,15 @@ from kaggle_utils.blend import Blend
 from kaggle_utils.config import FULL_PRESETS, ConfigError, InferConfig, PreprocessConfig, preset_routes
 from kaggle_utils.constants import LABEL_COLUMNS, SEVERITY_COLUMNS
 from kaggle_utils.dev import bench_infer
+from kaggle_utils.faults import FAULT_COLUMNS
 from kaggle_utils.infer import (
     AXIAL_DISTANCE_SCALE_MM,
+    Inference,
     StageTimer,
     complete_submission,
     label_priors,
     load_models_on,
     merge_axial,
-    predict_series_table,
     route,
     split_by_study,
 )
@@ -83,13 +84,55 @@ def test_every_study_gets_25_finite_rows_summing_to_one():
     targets = pd.DataFrame([[1, *([0] * 25)], [2, *([2] * 25)]], columns=["study_id", *LABEL_COLUMNS])
     priors = label_priors(targets)
     assert priors.loc[LABEL_COLUMNS[0]].tolist() == pytest.approx([2 / 5, 1 / 5, 2 / 5])
-    merged = pd.DataFrame([["7_spinal_canal_stenosis_l1_l2", 2.0, 1.0, 1.0]], columns=["row_id", *SEVERITY_COLUMNS])
-    with pytest.warns(UserWarning, match=r"2 studies fell back.*7: foraminal, spinal, subarticular; 8: foraminal"):
+    merged = pd.DataFrame(
+        [["7_spinal_canal_stenosis_l1_l2", 2.0, 1.0, 1.0], ["7_spinal_canal_stenosis_l2_l3", np.nan, 1.0, 0.0]],
+        columns=["row_id", *SEVERITY_COLUMNS],
+    )
+    not_one = "1 predicted rows are not distributions: the priors replace them: 7_spinal_canal_stenosis_l2_l3"
+    with pytest.warns(UserWarning, match=not_one):
         submission = complete_submission(merged, [7, 8], priors)
     assert len(submission) == 50 and submission["row_id"].is_unique
     values = submission[list(SEVERITY_COLUMNS)].to_numpy()
     assert np.isfinite(values).all() and np.allclose(values.sum(1), 1)
     assert submission.iloc[0][list(SEVERITY_COLUMNS)].tolist() == pytest.approx([0.5, 0.25, 0.25])
+    assert submission.iloc[1][list(SEVERITY_COLUMNS)].tolist() == pytest.approx(priors.iloc[1].tolist())
+    missing = infer.rows_without_prediction(merged, [7, 8])
+    assert len(missing) == 49 and "7_spinal_canal_stenosis_l1_l2" not in set(missing["row_id"])
+
+
+def test_the_summary_says_which_studies_lost_which_rows_and_why():
+    merged = pd.DataFrame(
+        [[f"7_{c}", 1.0, 0.0, 0.0] for c in LABEL_COLUMNS if "foraminal" in c], columns=["row_id", *SEVERITY_COLUMNS]
+    )
+    priors = label_priors(pd.DataFrame([[1, *([0] * 25)]], columns=["study_id", *LABEL_COLUMNS]))
+    studies = [7, 8, 9]
+    merged = pd.concat(
+        [merged, pd.DataFrame([[f"9_{c}", 1.0, 0.0, 0.0] for c in LABEL_COLUMNS], columns=merged.columns)]
+    )
+    prediction = infer.Prediction(
+        submission=complete_submission(merged, studies, priors),
+        baseline=infer.prior_submission(studies, priors),
+        keypoints=pd.DataFrame(),
+        sagittal=pd.DataFrame(),
+        axial=pd.DataFrame(),
+        axial_points=pd.DataFrame(),
+        from_priors=infer.rows_without_prediction(merged, studies),
+        faults=pd.DataFrame([(7, 71, "not used: bad header"), (9, 91, "slice left out: 3.dcm")], columns=FAULT_COLUMNS),
+        series=pd.DataFrame(
+            {"study_id": [7, 7, 8, 9], "series_id": [70, 71, 80, 90], "plane": ["t1", "t2", "t1", "t2"]}
+        ),
+    )
+    lines = prediction.summary().splitlines()
+    assert lines[0] == "3 studies: 1 predicted fully, 1 partly, 1 not at all (class priors); 2 faults in the inputs"
+    assert (
+        lines[1]
+        == "  partly: study 7: rows from the priors: spinal 5, subarticular 10; series 71: not used: bad header"
+    )
+    assert lines[2] == (
+        "  not at all: study 8: rows from the priors: foraminal 10, spinal 5, subarticular 10; "
+        "the series listed for it: Sagittal T1"
+    )
+    assert lines[3] == "  fully, with faults: study 9; series 91: slice left out: 3.dcm"
 
 
 def test_stage_timer_adds_up_each_stage():
@@ -119,9 +162,9 @@ def test_two_devices_predict_what_one_does(tiny_data: Path, tmp_path: Path) -> N
     bench_infer.write_bench_models(paths, data, series, "smoke")
     cpu = torch.device("cpu")
     args = (PreprocessConfig(), InferConfig(tta_angles=(0.0, 10.0)))
-    one = predict_series_table(paths, series, load_models_on(paths, [cpu], [0])[0], *args)
+    one = Inference(paths, load_models_on(paths, [cpu], [0])[0], *args).predict_table(series)
     timer = StageTimer()
-    two = predict_series_table(paths, series, load_models_on(paths, [cpu, cpu], [0]), *args, timer=timer)
+    two = Inference(paths, load_models_on(paths, [cpu, cpu], [0]), *args, timer=timer).predict_table(series)
     keys = (["series_id", "level", "side"], ["series_id", "preset", "row_id"])
     for a, b, key in zip(one, two, keys, strict=True):
         assert len(a) == len(b) and set(a["study_id"]) == set(series["study_id"])
@@ -172,7 +215,7 @@ def test_a_study_without_axial_series_keeps_its_sagittal_rows(tiny_data: Path, t
     args = (PreprocessConfig(), InferConfig(tta_angles=(0.0,)))
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(infer, "axial_series_ids", lambda *_: stripped)
-        prediction = infer.predict_studies(paths, series, studies, models, priors, *args, blend=Blend())
+        prediction = Inference(paths, models, *args).predict(series, studies, priors, Blend())
     submission, sagittal = (p.set_index("row_id") for p in (prediction.submission, prediction.sagittal))
     assert len(submission) == 50 and np.allclose(submission.sum(axis=1), 1)
     assert set(prediction.axial["row_id"].str.split("_").str[0].astype(int)) == {studies[1]}
@@ -191,15 +234,15 @@ def test_an_unreadable_axial_slice_drops_its_level_only(tiny_data: Path, tmp_pat
     series = series[series["study_id"] == next(s for s in sorted(series["study_id"].unique()) if s in axial)]
     bench_infer.write_bench_models(data, data, series, "smoke")
     models = load_models_on(data, [torch.device("cpu")], [0])[0]
-    run = (data, series, models, PreprocessConfig(), InferConfig(tta_angles=(0.0,)))
-    before = predict_series_table(*run, axial_series=axial)[1].query("preset == 'ax'")
+    run = (data, models, PreprocessConfig(), InferConfig(tta_angles=(0.0,)))
+    before = Inference(*run).predict_table(series, axial)[1].query("preset == 'ax'")
     broken = before.iloc[0]
     path = data.series_dir("train", int(broken.study_id), int(broken.series_id)) / f"{int(broken.instance_number)}.dcm"
     ds = pydicom.dcmread(path)
     ds.PixelData = ds.PixelData[:100]  # the header still reads; its pixels do not
     ds.save_as(path)
-    with pytest.warns(UserWarning, match=f"series {int(broken.series_id)} {broken.level} skipped"):
-        after = predict_series_table(*run, axial_series=axial)[1].query("preset == 'ax'")
+    with pytest.warns(UserWarning, match=f"series {int(broken.series_id)}: {broken.level} not predicted"):
+        after = Inference(*run).predict_table(series, axial)[1].query("preset == 'ax'")
     kept = before[(before["series_id"] != broken.series_id) | (before["level"] != broken.level)]
     assert set(zip(after["series_id"], after["row_id"], strict=True)) == set(
         zip(kept["series_id"], kept["row_id"], strict=True)
@@ -212,3 +255,30 @@ def test_the_axial_coverage_line_counts_levels_and_studies_without_axial_series(
     )
     line = infer.axial_coverage(placed, [1, 3], {1: [10, 11], 2: [20]})
     assert line.startswith("axial branch: 2 of 10 levels of 2 studies") and "1 of the studies without" in line
+
+
+def test_the_models_used_are_listed_and_unfinished_missing_or_broken_runs_named(
+    tiny_data: Path, tmp_path: Path, capsys
+) -> None:
+    data = Paths(tiny_data, tmp_path)
+    series = tables.series_table(data, "train")
+    series = series[series["study_id"] == series["study_id"].iloc[0]]
+    paths = Paths(tiny_data, tmp_path / "work")
+    bench_infer.write_bench_models(paths, data, series, "smoke", n_folds=2)
+    (paths.models_dir / "fo-f1-s42.pt").unlink()
+    (paths.models_dir / "sp2-f1-s42.pt").rename(paths.models_dir / "sp2-f1-s42.state.pt")  # an interrupted run
+    (paths.models_dir / "su-f1-s42.pt").write_bytes(b"not a checkpoint")
+    with pytest.warns(UserWarning) as warned:
+        models = infer.load_models(paths, None, torch.device("cpu"))
+    said = [str(w.message) for w in warned]
+    assert any("su-f1-s42.pt cannot be loaded and is left out of the ensemble" in m for m in said)
+    assert any("sp2-f1-s42.state.pt: an unfinished run of sp2 fold 1, not used" in m for m in said)
+    assert any("fo has no model for fold(s) [1], which others have" in m for m in said)
+    assert any("su has no model for fold(s) [1]" in m for m in said)
+    listed = capsys.readouterr().out
+    assert "stage1 t1 [0, 1]" in listed and "fo [0]" in listed and "sp1 [0, 1]" in listed
+    assert [m.fold for m in models.stage2["sp1"]] == [0, 1]
+    with pytest.warns(UserWarning, match="unfinished run of sp2 fold 1"):
+        infer.load_models(paths, [1], torch.device("cpu"))  # the CV of fold 1: its unfinished run is named too
+    with pytest.raises(FileNotFoundError, match="train them \\(notebooks 02 and 03\\), or attach the weights dataset"):
+        infer.load_models(paths, [5], torch.device("cpu"))

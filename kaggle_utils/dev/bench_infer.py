@@ -1,6 +1,6 @@
 """Benchmark: inference time per study, and its projection on Kaggle's T4.
 
-``infer.predict_series_table`` on the sagittal series of N studies and their axial branch, with a timer around each
+``infer.Inference.predict_table`` on the sagittal series of N studies and their axial branch, with a timer around each
 stage (DICOM reading, stage-1 volume, keypoints, cropping, stage 2 with all TTA rotations in one batch; the axial
 series' reading, their stacks and crops, and their localiser and classifier), on the CPU
 with the checkpoints of WORK_DIR/models when it has them, else small ones written to a temporary folder. On a
@@ -48,7 +48,7 @@ STAGES: dict[str, str] = {
     "axial_crop": "axial stacks, crops",
     "axial_models": "axial networks",
 }
-"""Timer keys of ``infer.predict_series_table`` and their names in the tables."""
+"""Timer keys of ``infer.Inference.predict_table`` and their names in the tables."""
 
 CPU_STAGES: tuple[str, ...] = ("read", "volume", "crop", "axial_read", "axial_crop")
 """Stages that run on the CPU whatever the device: their measured time carries over to the projection."""
@@ -86,7 +86,7 @@ class GpuAssumptions:
     """How the full ensemble's GPU time is projected; every value is printed with the projection."""
 
     precision: str = "fp16"  # what a T4 runs: fp16 autocast (``devices.autocast_dtype``)
-    cards: int = 1  # Kaggle's "T4 x2" splits the studies over both (``infer.predict_series_table``)
+    cards: int = 1  # Kaggle's "T4 x2" splits the studies over both (``infer.Inference.predict_table``)
     h100_ms_per_image: float = H100_ANCHOR_MS / H100_ANCHOR_IMAGES
     reference_px: int = 256  # images of another size cost in proportion to their pixels
     n_folds: int = 4
@@ -309,13 +309,13 @@ def time_inference(
     models = in_precision(infer.load_models(paths, None if folds is None else list(folds), device), amp)
     label = label or device.type
     axial = infer.axial_series_ids(paths, "train")
-    run = dict(pre_cfg=pre_cfg, infer_cfg=infer_cfg, axial_series=axial)
-    infer.predict_series_table(paths, series.iloc[:1], models, desc=f"warm-up {label}", **run)
+    infer.Inference(paths, models, pre_cfg, infer_cfg).predict_table(series.iloc[:1], axial, f"warm-up {label}")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
     timer = infer.StageTimer()
-    _, levels = infer.predict_series_table(paths, series, models, desc=f"bench {label}", timer=timer, **run)
+    timed = infer.Inference(paths, models, pre_cfg, infer_cfg, timer=timer)
+    _, levels = timed.predict_table(series, axial, f"bench {label}")
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
     assigned = len(infer.axial_points(infer.split_axial(levels, models)[1]))  # one row per series and level
     del models

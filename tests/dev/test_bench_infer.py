@@ -74,11 +74,12 @@ def test_bench_models_and_the_timer_leave_predictions_unchanged(tiny_data: Path,
     paths = Paths(tiny_data, tmp_path / "work")
     bench.write_bench_models(paths, data, series, "smoke")
     models = infer.load_models(paths, [0], torch.device("cpu"))
-    args = (paths, series, models, PreprocessConfig(), InferConfig(tta_angles=(0.0, 10.0)))
-    axial = {"axial_series": infer.axial_series_ids(paths, "train")}
-    assert series["study_id"].iloc[0] in axial["axial_series"]
+    args = (paths, models, PreprocessConfig(), InferConfig(tta_angles=(0.0, 10.0)))
+    axial = infer.axial_series_ids(paths, "train")
+    assert series["study_id"].iloc[0] in axial
     timer = infer.StageTimer()
-    plain, timed = infer.predict_series_table(*args, **axial), infer.predict_series_table(*args, timer=timer, **axial)
+    plain = infer.Inference(*args).predict_table(series, axial)
+    timed = infer.Inference(*args, timer=timer).predict_table(series, axial)
     for a, b in zip(plain, timed, strict=True):
         pd.testing.assert_frame_equal(a, b)
     assert set(timer.seconds) == set(bench.STAGES) and "ax" in set(plain[1]["preset"])
