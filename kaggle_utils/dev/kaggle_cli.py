@@ -245,4 +245,11 @@ def submit_version(kernel: str, version: int, competition: str, file_name: str, 
         message,
         echo=True,
     )
-    expect(run, SUBMITTED, f"submitting version {version} of kernel {kernel} to {competition}")
+    try:
+        expect(run, SUBMITTED, f"submitting version {version} of kernel {kernel} to {competition}")
+    except KaggleSetupError as error:
+        if run.returncode != 0:
+            raise
+        # Exit 0 without a known success line: the server's wording of an accepted code submission is not known
+        # for sure, so say where to look rather than only that it failed.
+        raise KaggleSetupError(f"{error}; if Kaggle took it, it is on the competition's submissions page") from None

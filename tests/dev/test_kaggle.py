@@ -156,13 +156,13 @@ def test_sync_fails_when_kaggle_refuses_an_upload_though_the_cli_exits_0(tmp_pat
 def test_owner_comes_from_kaggle_user_or_the_environment(tmp_path, work):
     bare_home = tmp_path / "bare"
     bare_home.mkdir()
-    result = make("sync", tmp_path, bare_home, KAGGLE_USERNAME="envuser", KAGGLE_KEY="k")
+    result = make("sync-code", tmp_path, bare_home, KAGGLE_USERNAME="envuser", KAGGLE_KEY="k")
     assert result.returncode == 0, result.stdout + result.stderr
     assert uploads(tmp_path)[0]["metadata"]["id"] == f"envuser/{CODE_DATASET}"
     (tmp_path / "kaggle.log").unlink()
-    result = make("sync", tmp_path, bare_home, "KAGGLE_USER=team-x", KAGGLE_USERNAME="envuser", KAGGLE_KEY="k")
+    result = make("sync-code", tmp_path, bare_home, "KAGGLE_USER=team-x", KAGGLE_USERNAME="envuser", KAGGLE_KEY="k")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert [c["metadata"]["id"] for c in uploads(tmp_path)] == [f"team-x/{CODE_DATASET}", f"team-x/{WEIGHTS_DATASET}"]
+    assert [c["metadata"]["id"] for c in uploads(tmp_path)] == [f"team-x/{CODE_DATASET}"]
 
 
 OUR_DATASETS = ",".join(f"tester/{slug}" for slug in (CODE_DATASET, WEIGHTS_DATASET, WHEELS_DATASET))

@@ -209,3 +209,10 @@ def test_the_quoted_line_of_real_cli_outputs(case):
 def test_both_wordings_of_not_found_mean_missing(case):
     assert kaggle_cli.NOT_FOUND.search(REAL_OUTPUTS[case][0])
     assert not kaggle_cli.NOT_FOUND.search(REAL_OUTPUTS["2.2.5 refused upload"][0])
+
+
+def test_a_submission_without_a_known_success_line_says_where_to_look(tmp_path):
+    """Exit 0 and an unknown wording: not taken for a success, but not called a sure failure either."""
+    cli = f"{sys.executable} -c 'print(\"Your submission is being processed\")'"
+    with pytest.raises(KaggleSetupError, match="being processed.*exit 0.*competition's submissions page"):
+        kaggle_cli.submit_version(KERNEL, 1, COMPETITION, "submission.csv", "abc1234", cli)
