@@ -45,11 +45,12 @@ DEMO_DATA := $(abspath $(DATA_DIR))
 DEMO_DEPS := install
 endif
 
-.PHONY: help install data demo train-all denoise test lint format notebooks clean sync submit wheels bench-preprocess \
-	bench-infer bench-train test-kaggle-image
+.PHONY: help install data demo train-all denoise test lint format notebooks clean sync sync-code sync-weights submit \
+	kernel-push kernel-follow kernel-output competition-submit wheels bench-preprocess bench-infer bench-train \
+	test-kaggle-image
 
 help: ## List the targets
-	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-17s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
+	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
 
 install: $(VENV)/.installed ## Create .venv with pinned torch and the package (editable) plus dev tools
 
@@ -134,13 +135,19 @@ format: install ## ruff fix and format
 notebooks: install ## Regenerate the .ipynb twin of every notebooks/*.py (the .py is the source)
 	$(VENV)/bin/jupytext --sync $(NOTEBOOKS)
 
-# --- Kaggle (needs the CLI: `pip install kaggle six`, and credentials) -------------------------------------
+# --- Kaggle (needs the CLI: `pip install -e '.[kaggle]'`, and credentials) ---------------------------------
 # The owner of every dataset and of the kernel is set here only; the committed metadata says {owner}.
+# Each step is a command of kaggle_utils/dev/kaggle.py, which judges the CLI by what it prints, not by its exit status.
 KAGGLE ?= kaggle
-KAGGLE_USER ?= $(shell $(PY) -m kaggle_utils.dev.kaggle owner 2>/dev/null)
+KAGGLE_USER ?= $(shell $(PY) -m kaggle_utils.dev.kaggle_auth 2>/dev/null)
 KAGGLE_BUILD ?= $(CURDIR)/build/kaggle
+KAGGLE_OUTPUT ?= $(KAGGLE_BUILD)/output
 MSG ?=
 KAGGLE_POLL ?= 30
+KERNEL_TIMEOUT ?= 43200
+KERNEL_VERSION ?=
+DELETE_OLD_WEIGHTS ?=
+COMPETITION_SUBMIT ?=
 # What the submission kernel may install offline (only where Kaggle's image lacks it or has it too old), at the
 # versions installed here, for every Python Kaggle's image has had (3.11; 3.12 since December 2025; 3.13 on Colab).
 # Platforms up to glibc 2.34: Kaggle's image is Ubuntu 22.04 (glibc 2.35).
@@ -149,37 +156,46 @@ WHEELS_PYTHONS ?= 3.11 3.12 3.13
 WHEELS_PLATFORMS := manylinux2014_x86_64 manylinux_2_17_x86_64 manylinux_2_28_x86_64 manylinux_2_31_x86_64 manylinux_2_34_x86_64
 PIP ?= $(PY) -m pip
 GIT_COMMIT = $(shell git rev-parse --short HEAD 2>/dev/null || echo no-git)$(if $(shell git status --porcelain 2>/dev/null),-dirty)
-STAGE = $(PY) -m kaggle_utils.dev.kaggle stage --owner '$(KAGGLE_USER)' --build '$(KAGGLE_BUILD)'
+VERSION_NOTE = $(strip $(GIT_COMMIT) $(MSG))
+KAGGLE_STEP = $(PY) -m kaggle_utils.dev.kaggle
+KAGGLE_ARGS = --owner '$(KAGGLE_USER)' --build '$(KAGGLE_BUILD)' --cli '$(KAGGLE)'
+WAIT_ARGS = --poll $(KAGGLE_POLL) --run-timeout $(KERNEL_TIMEOUT)
+OUTPUT_ARGS = --output '$(KAGGLE_OUTPUT)'
+SUBMIT_ARGS = --message "$(VERSION_NOTE)" $(if $(KERNEL_VERSION),--version $(KERNEL_VERSION))
 
-# Stage $(1) (code, weights or wheels) and publish it: a new version when the dataset exists, else create it.
-# --dir-mode zip because the CLI's default (skip) silently drops sub-folders such as kaggle_utils/.
-define publish_dataset
-	@set -eo pipefail; dir=$$($(STAGE) $(1) $(2)); id='$(KAGGLE_USER)'/$$(basename "$$dir"); \
-	action=$$($(PY) -m kaggle_utils.dev.kaggle publish-action "$$id" --cli '$(KAGGLE)'); echo "$$action $$id"; \
-	if [ "$$action" = version ]; then \
-		$(KAGGLE) datasets version -p "$$dir" -m "$(strip $(GIT_COMMIT) $(MSG))" --dir-mode zip; \
-	else $(KAGGLE) datasets create -p "$$dir" --dir-mode zip; fi
-endef
+sync: sync-code sync-weights ## Publish the code and the weights datasets (each a new version, or created the first time)
 
-sync: ## Publish the kaggle_utils code and WORK_DIR/models weights datasets as KAGGLE_USER (message: commit id, MSG)
-	@$(PY) -m kaggle_utils.dev.kaggle check
-	$(call publish_dataset,code)
-	$(call publish_dataset,weights,--models '$(WORK_DIR)/models')
+sync-code: ## Publish kaggle_utils (without dev/) as the code dataset: the everyday change (version note: commit id, MSG)
+	@$(KAGGLE_STEP) publish code $(KAGGLE_ARGS) --message "$(VERSION_NOTE)"
 
-submit: ## Wait until our datasets' new versions are ready, then push the submission kernel (notebook 04) as KAGGLE_USER
-	@$(PY) -m kaggle_utils.dev.kaggle check
-	@set -eo pipefail; dir=$$($(STAGE) kernel); \
-	$(PY) -m kaggle_utils.dev.kaggle wait-ready "$$dir/kernel-metadata.json" --cli '$(KAGGLE)' --poll $(KAGGLE_POLL); \
-	$(KAGGLE) kernels push -p "$$dir"
+sync-weights: ## Publish WORK_DIR/models in fp16 as the weights dataset (DELETE_OLD_WEIGHTS=1: delete its older versions)
+	@$(KAGGLE_STEP) publish weights $(KAGGLE_ARGS) --message "$(VERSION_NOTE)" --models '$(WORK_DIR)/models' \
+		$(if $(filter 1,$(DELETE_OLD_WEIGHTS)),--delete-old-versions)
+
+submit: ## Push the kernel (notebook 04), follow its run, fetch its log and submission.csv; COMPETITION_SUBMIT=1 submits it
+	@$(KAGGLE_STEP) submit $(KAGGLE_ARGS) $(WAIT_ARGS) $(OUTPUT_ARGS) $(SUBMIT_ARGS) $(if $(filter 1,$(COMPETITION_SUBMIT)),--to-competition)
+
+kernel-push: ## Once our datasets' newest versions are ready, push notebook 04 as the kernel (Kaggle runs it)
+	@$(KAGGLE_STEP) kernel-push $(KAGGLE_ARGS) $(WAIT_ARGS)
+
+kernel-follow: ## Follow the kernel's latest run until it completes or fails (on failure: the end of its log)
+	@$(KAGGLE_STEP) kernel-follow $(KAGGLE_ARGS) $(WAIT_ARGS) $(OUTPUT_ARGS)
+
+kernel-output: ## Fetch the log and submission.csv of the kernel's latest run into KAGGLE_OUTPUT
+	@$(KAGGLE_STEP) kernel-output $(KAGGLE_ARGS) $(OUTPUT_ARGS)
+
+competition-submit: ## Submit the pushed kernel version (or KERNEL_VERSION=N) to the competition (late submission)
+	@$(KAGGLE_STEP) competition-submit $(KAGGLE_ARGS) $(SUBMIT_ARGS)
 
 wheels: ## pip download WHEELS as installed here for WHEELS_PYTHONS and publish them as the wheels dataset
-	@$(PY) -m kaggle_utils.dev.kaggle check
-	@set -eo pipefail; pins=$$($(PY) -m kaggle_utils.dev.kaggle pins $(WHEELS)); echo "pins: $$pins"; \
+	@$(KAGGLE_STEP) check --cli '$(KAGGLE)'
+	@set -eo pipefail; pins=$$($(KAGGLE_STEP) pins $(WHEELS)); echo "pins: $$pins"; \
 	for python in $(WHEELS_PYTHONS); do \
 		$(PIP) download --dest '$(KAGGLE_BUILD)/downloads' --no-deps --only-binary=:all: --python-version $$python \
 			$(addprefix --platform ,$(WHEELS_PLATFORMS)) $$pins; \
 	done
-	$(call publish_dataset,wheels,--downloads '$(KAGGLE_BUILD)/downloads' --packages $(WHEELS))
+	@$(KAGGLE_STEP) publish wheels $(KAGGLE_ARGS) --message "$(VERSION_NOTE)" \
+		--downloads '$(KAGGLE_BUILD)/downloads' --packages $(WHEELS)
 
 clean: ## Remove WORK_DIR (outputs) and the synthetic data
 	rm -rf $(WORK_DIR) $(SYNTHETIC_DIR)

@@ -40,6 +40,7 @@ TRAIN_SERIES_CSV = "train_series_descriptions.csv"
 TEST_SERIES_CSV = "test_series_descriptions.csv"
 TRAIN_COORDINATES_CSV = "train_label_coordinates.csv"
 SAMPLE_SUBMISSION_CSV = "sample_submission.csv"
+SUBMISSION_CSV = "submission.csv"  # what a code-competition kernel must write in its working folder
 TEST_LABELS_CSV = "test_labels.csv"  # hidden test labels; only the synthetic data has them
 LABEL_FLIPS_CSV = "label_flips.csv"  # train.csv cells the synthetic generator flipped on purpose (--label-noise)
 
@@ -259,7 +260,7 @@ class Paths:
 
     @property
     def submission_csv(self) -> Path:
-        return self.run_dir / "submission.csv"
+        return self.run_dir / SUBMISSION_CSV
 
     @property
     def cv_json(self) -> Path:

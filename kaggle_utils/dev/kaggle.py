@@ -1,17 +1,25 @@
-"""Stage what we publish on Kaggle: the code, weights and wheels datasets and the submission kernel.
+"""Publish on Kaggle: stage the code, weights and wheels datasets and the submission kernel, then take them down the
+road to a score with the Kaggle CLI (``kaggle_cli``), as the Makefile's Kaggle targets do.
 
-Each goes to ``build/kaggle/<slug>/`` with its metadata rendered for one owner (the committed templates in
-``datasets-metadata/`` and ``submission/`` say ``{owner}``), so the Makefile only has to call the Kaggle CLI
-on a ready folder. The owner comes from the caller (``make ... KAGGLE_USER=``), else the ``username`` of the
-user's ``kaggle.json``, else ``KAGGLE_USERNAME``.
+Each thing is staged in ``build/kaggle/<slug>/`` with its metadata rendered for one owner (the committed templates
+in ``datasets-metadata/`` and ``submission/`` say ``{owner}``). The owner comes from the caller (``make ...
+KAGGLE_USER=``), else from the credentials the CLI will use (``kaggle_auth``). Every step that talks to Kaggle
+first asks the CLI its version and finds the credentials that version reads, and says which.
 
     python -m kaggle_utils.dev.kaggle owner
+    python -m kaggle_utils.dev.kaggle check                                 # the CLI's version and credentials
     python -m kaggle_utils.dev.kaggle stage code --owner me --build build/kaggle
     python -m kaggle_utils.dev.kaggle stage weights --owner me --models work/models
     python -m kaggle_utils.dev.kaggle stage wheels --owner me --packages timm pydicom --downloads build/kaggle/downloads
     python -m kaggle_utils.dev.kaggle pins timm pydicom                     # as installed here
-    python -m kaggle_utils.dev.kaggle publish-action me/rsna24-weights      # create or version
+    python -m kaggle_utils.dev.kaggle publish code --message "abc1234 fix"  # stage, then create or add a version
+    python -m kaggle_utils.dev.kaggle publish weights --delete-old-versions
     python -m kaggle_utils.dev.kaggle wait-ready build/kaggle/rsna24-infer/kernel-metadata.json
+    python -m kaggle_utils.dev.kaggle kernel-push          # once our datasets are ready: notebook 04 as the kernel
+    python -m kaggle_utils.dev.kaggle kernel-follow        # its run, until it completes or fails
+    python -m kaggle_utils.dev.kaggle kernel-output        # its log and submission.csv
+    python -m kaggle_utils.dev.kaggle competition-submit   # the pushed version (or --version N)
+    python -m kaggle_utils.dev.kaggle submit --to-competition   # all of the above in turn
 """
 
 from __future__ import annotations
@@ -20,12 +28,8 @@ import argparse
 import importlib.metadata
 import json
 import os
-import shlex
 import shutil
-import subprocess
 import sys
-import time
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -33,7 +37,19 @@ import jupytext
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from kaggle_utils.checkpoints import half_precision_copy
+from kaggle_utils.dev import kaggle_auth
+from kaggle_utils.dev.kaggle_cli import (
+    KERNEL_COMPLETE,
+    KaggleSetupError,
+    cli_version,
+    fetch_output,
+    follow_kernel,
+    log_tail,
+    publish_dataset,
+    push_kernel,
+    submit_version,
+    wait_until_ready,
+)
 from kaggle_utils.paths import (
     BLEND_FILE,
     CODE_DATASET,
@@ -41,6 +57,7 @@ from kaggle_utils.paths import (
     DEFAULT_WORK_DIR,
     KERNEL_SLUG,
     REPO_ROOT,
+    SUBMISSION_CSV,
     WEIGHTS_DATASET,
     WHEELS_DATASET,
     finished_checkpoints,
@@ -57,59 +74,29 @@ KERNEL_METADATA = "kernel-metadata.json"
 JUNK = ("__pycache__", "*.pyc", ".ipynb_checkpoints", ".DS_Store")
 DEV_PACKAGE = "dev"  # kaggle_utils/dev: the generator, benchmarks, the notebook runner and this module
 DISTRIBUTION = "kaggle-utils-rsna24"  # pyproject's project name: its metadata holds the accepted versions
+PUSH_RECORD = "kernel-push.json"  # in the build folder: the kernel and the version its last push made
 
 
-class KaggleSetupError(RuntimeError):
-    """Something needed to publish is missing (credentials, owner, checkpoints); the message says what."""
+# --- credentials and owner ---------------------------------------------------------------------------------------
+def require_credentials(cli: str) -> kaggle_auth.Credentials:
+    """The credentials the installed CLI will use, said on stderr; a failure saying what to set when it has none."""
+    version = cli_version(cli)
+    found = kaggle_auth.find_credentials(os.environ, version)
+    if found is None:
+        raise KaggleSetupError(kaggle_auth.missing_message(os.environ, version))
+    print(f"kaggle {version}: {found.describe()}", file=sys.stderr)
+    return found
 
 
-# --- credentials and owner ---------------------------------------------------------------------------
-def config_folders(env: Mapping[str, str] | None = None) -> list[Path]:
-    """Where the CLI looks for its credential files: ``$KAGGLE_CONFIG_DIR``, ``~/.kaggle``, ``~/.config/kaggle``."""
-    env = os.environ if env is None else env
-    home = Path(env.get("HOME") or Path.home())
-    folders = [Path(env["KAGGLE_CONFIG_DIR"])] if env.get("KAGGLE_CONFIG_DIR") else []
-    return [*folders, home / ".kaggle", home / ".config" / "kaggle"]
-
-
-def kaggle_json(env: Mapping[str, str] | None = None) -> Path | None:
-    """The user's ``kaggle.json`` in the first of the CLI's folders that has one."""
-    return next((f / "kaggle.json" for f in config_folders(env) if (f / "kaggle.json").is_file()), None)
-
-
-def has_credentials(env: Mapping[str, str] | None = None) -> bool:
-    """True when the CLI has something to authenticate with: a token, a key pair or ``kaggle.json``."""
-    env = os.environ if env is None else env
-    names = ("access_token", "access_token.txt")
-    token_file = any((folder / name).is_file() for folder in config_folders(env) for name in names)
-    key_pair = bool(env.get("KAGGLE_USERNAME") and env.get("KAGGLE_KEY"))
-    return bool(env.get("KAGGLE_API_TOKEN")) or token_file or key_pair or kaggle_json(env) is not None
-
-
-def require_credentials(env: Mapping[str, str] | None = None) -> None:
-    """Fail early with what to set, instead of the CLI's message after it has started."""
-    if not has_credentials(env):
+def kaggle_user() -> str:
+    """The owner of our datasets and kernel, from the credentials (``make ... KAGGLE_USER=`` overrides it)."""
+    owner = kaggle_auth.owner_name()
+    if not owner:
         raise KaggleSetupError(
-            "no Kaggle credentials: put your API key in ~/.kaggle/kaggle.json (or $KAGGLE_CONFIG_DIR/kaggle.json), "
-            "or set KAGGLE_USERNAME and KAGGLE_KEY, or set KAGGLE_API_TOKEN "
-            "(https://www.kaggle.com/settings -> API)"
+            "Kaggle user unknown: pass KAGGLE_USER=<name> to make, or set KAGGLE_USERNAME "
+            "(an access token alone does not name its user)"
         )
-
-
-def kaggle_user(env: Mapping[str, str] | None = None) -> str:
-    """The owner of our datasets: ``username`` in ``kaggle.json``, else ``KAGGLE_USERNAME``."""
-    env = os.environ if env is None else env
-    found = kaggle_json(env)
-    if found is not None:
-        username = json.loads(found.read_text()).get("username")
-        if username:
-            return str(username)
-    if env.get("KAGGLE_USERNAME"):
-        return env["KAGGLE_USERNAME"]
-    raise KaggleSetupError(
-        "Kaggle user unknown: pass KAGGLE_USER=<name> to make, or set KAGGLE_USERNAME, or add a "
-        "~/.kaggle/kaggle.json with your username (an access token alone does not name its user)"
-    )
+    return owner
 
 
 # --- metadata ----------------------------------------------------------------------------------------
@@ -168,6 +155,8 @@ def stage_weights(owner: str, models: Path = DEFAULT_WORK_DIR / "models", build:
     and the blend the CV fit (``blend.json``; logs, plots and an interrupted run's resume state stay). Half precision
     halves the upload (the full ensemble: 8.5 GB in fp32) and what the kernel reads; the sizes go to stderr (stdout
     is the folder, for the Makefile)."""
+    from kaggle_utils.checkpoints import half_precision_copy  # here: torch and timm take seconds to import
+
     checkpoints = finished_checkpoints(models)
     if not checkpoints:
         raise KaggleSetupError(f"no checkpoints (*.pt) in {models}: train first, or pass WORK_DIR=<folder>")
@@ -248,24 +237,9 @@ def stage_kernel(owner: str, build: Path = DEFAULT_BUILD_DIR, source: Path = KER
     return out
 
 
-# --- dataset status ----------------------------------------------------------------------------------
-def dataset_status(dataset_id: str, cli: str = "kaggle") -> str:
-    """What ``kaggle datasets status`` says of ``dataset_id`` (``ready``, ``pending``, ...), or ``missing`` when
-    Kaggle has no such dataset. Any other failure (no CLI, a CLI that crashes, no network) raises with its output,
-    so that it is never mistaken for a dataset still to be created."""
-    command = [*shlex.split(cli), "datasets", "status", dataset_id]
-    try:
-        done = subprocess.run(command, capture_output=True, text=True, timeout=300)
-    except FileNotFoundError as error:
-        raise KaggleSetupError(f"the Kaggle CLI {cli!r} was not found: `pip install kaggle six`") from error
-    except subprocess.TimeoutExpired as error:
-        raise KaggleSetupError(f"`{shlex.join(command)}` gave no answer in 5 minutes (no network?)") from error
-    output = (done.stdout + done.stderr).strip()
-    if done.returncode == 0 and done.stdout.strip():
-        return done.stdout.strip().splitlines()[-1].strip().lower()
-    if "404" in output or "Not Found" in output:
-        return "missing"
-    raise KaggleSetupError(f"`{shlex.join(command)}` failed (exit {done.returncode}): {output[-800:] or 'no output'}")
+# --- the road to a score -----------------------------------------------------------------------------------------
+def kernel_id(owner: str) -> str:
+    return f"{owner}/{KERNEL_SLUG}"
 
 
 def kernel_datasets(kernel_metadata: Path) -> list[str]:
@@ -273,52 +247,107 @@ def kernel_datasets(kernel_metadata: Path) -> list[str]:
     return list(json.loads(Path(kernel_metadata).read_text())["dataset_sources"])
 
 
-def wait_until_ready(dataset_ids: list[str], cli: str = "kaggle", timeout: float = 1800, poll: float = 30) -> None:
-    """Return once every dataset's newest version is ready, saying which it waits for: a kernel pushed earlier
-    would mount the previous versions."""
-    deadline = time.monotonic() + timeout
-    waiting = list(dataset_ids)
-    while True:
-        states = {dataset: dataset_status(dataset, cli) for dataset in waiting}
-        missing = [d for d, state in states.items() if state == "missing"]
-        if missing:
-            raise KaggleSetupError(
-                f"the kernel mounts datasets that do not exist yet: {missing} (make sync, make wheels)"
-            )
-        waiting = [d for d, state in states.items() if state != "ready"]
-        if not waiting:
-            print(f"datasets ready: {', '.join(dataset_ids)}", file=sys.stderr)
-            return
-        if time.monotonic() > deadline:
-            raise KaggleSetupError(f"still not ready after {timeout:.0f} s: {states}")
-        print(f"waiting for Kaggle to process {', '.join(f'{d} ({states[d]})' for d in waiting)}", file=sys.stderr)
-        time.sleep(poll)
+def kernel_push(owner: str, build: Path, cli: str, ready_timeout: float, poll: float) -> int | None:
+    """Stage notebook 04, wait until the datasets it mounts are ready, push it and record the version it made."""
+    folder = stage_kernel(owner, build)
+    wait_until_ready(kernel_datasets(folder / KERNEL_METADATA), cli, ready_timeout, poll)
+    version = push_kernel(kernel_id(owner), folder, cli)
+    (build / PUSH_RECORD).write_text(json.dumps({"kernel": kernel_id(owner), "version": version}) + "\n")
+    return version
 
 
-# --- command line ------------------------------------------------------------------------------------
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    commands = parser.add_subparsers(dest="command", required=True)
+def pushed_version(owner: str, build: Path) -> int:
+    """The version the last ``kernel-push`` from here made."""
+    record = build / PUSH_RECORD
+    pushed = json.loads(record.read_text()) if record.is_file() else {}
+    if pushed.get("kernel") != kernel_id(owner) or not pushed.get("version"):
+        raise KaggleSetupError(
+            f"no pushed version of kernel {kernel_id(owner)} in {record}: pass KERNEL_VERSION=<N> (see its page)"
+        )
+    return int(pushed["version"])
+
+
+def kernel_output(owner: str, cli: str, output: Path) -> Path:
+    """Download the log and files of the kernel's latest run; the path of its ``submission.csv``."""
+    kernel = kernel_id(owner)
+    files = fetch_output(kernel, cli, output)
+    log, submission = output / f"{KERNEL_SLUG}.log", output / SUBMISSION_CSV
+    print(f"kernel {kernel}: {', '.join(f.name for f in files) or 'no files'} in {output}", file=sys.stderr)
+    if not submission.is_file():
+        tail = log_tail(log) if log.is_file() else "(no log either)"
+        raise KaggleSetupError(f"kernel {kernel} wrote no {SUBMISSION_CSV}; the end of its log {log}:\n{tail}")
+    rows = len(submission.read_text().splitlines()) - 1
+    print(f"{submission}: {rows} rows", file=sys.stderr)
+    return submission
+
+
+def kernel_follow(owner: str, cli: str, output: Path, run_timeout: float, poll: float) -> None:
+    """Follow the kernel's latest run until it ends; when it fails, fetch and show the end of its log."""
+    kernel = kernel_id(owner)
+    state, message = follow_kernel(kernel, cli, run_timeout, poll)
+    if state == KERNEL_COMPLETE:
+        return
+    fetch_output(kernel, cli, output)
+    log = output / f"{KERNEL_SLUG}.log"
+    tail = log_tail(log) if log.is_file() else "(no log)"
+    reason = f': "{message}"' if message else ""
+    raise KaggleSetupError(f"kernel {kernel} ended {state}{reason}; the end of its log {log}:\n{tail}")
+
+
+def competition_submit(owner: str, build: Path, cli: str, version: int | None, message: str) -> None:
+    """Submit a version of the kernel (default: the one pushed from here) to the competition."""
+    version = version or pushed_version(owner, build)
+    message = message or f"{KERNEL_SLUG} version {version}"
+    submit_version(kernel_id(owner), version, COMPETITION_SLUG, SUBMISSION_CSV, message, cli)
+
+
+# --- command line ------------------------------------------------------------------------------------------------
+def parser() -> argparse.ArgumentParser:
+    top = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    commands = top.add_subparsers(dest="command", required=True)
+    kaggle = argparse.ArgumentParser(add_help=False)  # what every step that stages or talks to Kaggle takes
+    kaggle.add_argument("--owner", default="", help="Kaggle user (default: from the credentials)")
+    kaggle.add_argument("--build", type=Path, default=DEFAULT_BUILD_DIR, help="staging root")
+    kaggle.add_argument("--cli", default="kaggle", help="the Kaggle CLI command")
+    staging = argparse.ArgumentParser(add_help=False)
+    staging.add_argument("--models", type=Path, default=DEFAULT_WORK_DIR / "models", help="checkpoints (weights)")
+    staging.add_argument("--packages", nargs="*", default=[], help="requirements (wheels)")
+    staging.add_argument("--downloads", type=Path, default=DEFAULT_BUILD_DIR / "downloads", help="pip download dir")
+    waiting = argparse.ArgumentParser(add_help=False)
+    waiting.add_argument("--poll", type=float, default=30, help="seconds between questions to Kaggle")
+    waiting.add_argument("--ready-timeout", type=float, default=1800, help="seconds to wait for our datasets")
+    waiting.add_argument("--run-timeout", type=float, default=43200, help="seconds to follow the kernel's run")
+    output = argparse.ArgumentParser(add_help=False)
+    output.add_argument("--output", type=Path, default=DEFAULT_BUILD_DIR / "output", help="the kernel's files go here")
+    submitting = argparse.ArgumentParser(add_help=False)
+    submitting.add_argument("--version", type=int, default=None, help="kernel version (default: the one pushed)")
+    submitting.add_argument("--message", default="", help="submission description")
+
     commands.add_parser("owner", help="print the Kaggle user our datasets belong to")
-    commands.add_parser("check", help="fail with what to set when no Kaggle credentials are found")
-    stage = commands.add_parser("stage", help="stage one thing to publish; prints its folder")
+    commands.add_parser("check", parents=[kaggle], help="the CLI's version and the credentials it will use")
+    stage = commands.add_parser("stage", parents=[kaggle, staging], help="stage one thing; prints its folder")
     stage.add_argument("what", choices=["code", "weights", "wheels", "kernel"])
-    stage.add_argument("--owner", default="", help="Kaggle user (default: from the credentials)")
-    stage.add_argument("--build", type=Path, default=DEFAULT_BUILD_DIR, help="staging root")
-    stage.add_argument("--models", type=Path, default=DEFAULT_WORK_DIR / "models", help="checkpoints (weights)")
-    stage.add_argument("--packages", nargs="*", default=[], help="requirements (wheels)")
-    stage.add_argument("--downloads", type=Path, default=DEFAULT_BUILD_DIR / "downloads", help="pip download dir")
     pins = commands.add_parser("pins", help="print name==version of each package as installed here")
     pins.add_argument("packages", nargs="+")
-    action = commands.add_parser("publish-action", help="print `create` or `version` for a dataset id")
-    action.add_argument("dataset")
-    wait = commands.add_parser("wait-ready", help="wait until the datasets a staged kernel mounts are ready")
+    publish = commands.add_parser("publish", parents=[kaggle, staging], help="stage a dataset, create or version it")
+    publish.add_argument("what", choices=["code", "weights", "wheels"])
+    publish.add_argument("--message", default="", help="the version's notes")
+    publish.add_argument("--delete-old-versions", action="store_true", help="delete the dataset's older versions")
+    wait = commands.add_parser(
+        "wait-ready", parents=[kaggle, waiting], help="until a staged kernel's datasets are ready"
+    )
     wait.add_argument("kernel_metadata", type=Path, help="the staged kernel-metadata.json")
-    wait.add_argument("--timeout", type=float, default=1800)
-    wait.add_argument("--poll", type=float, default=30)
-    for command in (action, wait):
-        command.add_argument("--cli", default="kaggle", help="the Kaggle CLI command")
-    args = parser.parse_args(argv)
+    commands.add_parser("kernel-push", parents=[kaggle, waiting], help="push notebook 04 once our datasets are ready")
+    commands.add_parser("kernel-follow", parents=[kaggle, waiting, output], help="follow the kernel's latest run")
+    commands.add_parser("kernel-output", parents=[kaggle, output], help="fetch its log and submission.csv")
+    commands.add_parser("competition-submit", parents=[kaggle, submitting], help="submit a kernel version")
+    road = commands.add_parser("submit", parents=[kaggle, waiting, output, submitting], help="push, follow, output")
+    road.add_argument("--to-competition", action="store_true", help="then submit the pushed version")
+    return top
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
     try:
         return _run(args)
     except KaggleSetupError as error:
@@ -326,30 +355,49 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _run(args: argparse.Namespace) -> int:
-    if args.command == "owner":
-        print(kaggle_user())
-        return 0
-    if args.command == "check":
-        require_credentials()
-        return 0
-    if args.command == "pins":
-        print(" ".join(f"{w.name}=={w.version}" for w in pinned(args.packages)))
-        return 0
-    if args.command == "publish-action":
-        print("create" if dataset_status(args.dataset, args.cli) == "missing" else "version")
-        return 0
-    if args.command == "wait-ready":
-        wait_until_ready(kernel_datasets(args.kernel_metadata), args.cli, args.timeout, args.poll)
-        return 0
-    owner = args.owner or kaggle_user()
+def _stage(what: str, owner: str, args: argparse.Namespace) -> Path:
     staged = {
         "code": lambda: stage_code(owner, args.build),
         "weights": lambda: stage_weights(owner, args.models, args.build),
         "wheels": lambda: stage_wheels(owner, args.packages, args.downloads, args.build),
         "kernel": lambda: stage_kernel(owner, args.build),
-    }[args.what]()
-    print(staged)
+    }
+    return staged[what]()
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "owner":
+        print(kaggle_user())
+        return 0
+    if args.command == "pins":
+        print(" ".join(f"{w.name}=={w.version}" for w in pinned(args.packages)))
+        return 0
+    if args.command == "stage":
+        print(_stage(args.what, args.owner or kaggle_user(), args))
+        return 0
+    require_credentials(args.cli)  # every other command talks to Kaggle
+    if args.command == "check":
+        return 0
+    owner = args.owner or kaggle_user()
+    if args.command == "publish":
+        folder = _stage(args.what, owner, args)
+        publish_dataset(f"{owner}/{folder.name}", folder, args.message, args.cli, args.delete_old_versions)
+    elif args.command == "wait-ready":
+        wait_until_ready(kernel_datasets(args.kernel_metadata), args.cli, args.ready_timeout, args.poll)
+    elif args.command == "kernel-push":
+        kernel_push(owner, args.build, args.cli, args.ready_timeout, args.poll)
+    elif args.command == "kernel-follow":
+        kernel_follow(owner, args.cli, args.output, args.run_timeout, args.poll)
+    elif args.command == "kernel-output":
+        kernel_output(owner, args.cli, args.output)
+    elif args.command == "competition-submit":
+        competition_submit(owner, args.build, args.cli, args.version, args.message)
+    elif args.command == "submit":
+        version = kernel_push(owner, args.build, args.cli, args.ready_timeout, args.poll)
+        kernel_follow(owner, args.cli, args.output, args.run_timeout, args.poll)
+        kernel_output(owner, args.cli, args.output)
+        if args.to_competition:
+            competition_submit(owner, args.build, args.cli, args.version or version, args.message)
     return 0
 
 

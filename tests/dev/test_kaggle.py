@@ -1,6 +1,6 @@
-"""Publishing to Kaggle, offline: ``make sync|submit|wheels`` against a fake ``kaggle`` CLI (tests/dev/fakebin) that
-runs the real CLI's local checks and records what it was given, and the staged kernel notebook executed in a
-simulated ``/kaggle/input``."""
+"""Publishing to Kaggle, offline: ``make sync|sync-code|submit|wheels`` and each step of ``make submit`` against a
+fake ``kaggle`` CLI (tests/dev/fakebin) that behaves as kaggle 2.2.5 or 1.7.4.5, runs the real CLI's local checks and
+records what it was given, and the staged kernel notebook executed in a simulated ``/kaggle/input``."""
 
 from __future__ import annotations
 
@@ -37,6 +37,8 @@ REPO = Path(__file__).resolve().parents[2]
 PYTHONS = ("3.11", "3.12", "3.13")  # the Pythons of Kaggle's and Colab's images
 FAKEBIN = Path(__file__).parent / "fakebin"
 NOTEBOOKS = REPO / "notebooks"
+CLI_VERSIONS = ("2.2.5", "1.7.4.5")  # what the fake CLI behaves as (FAKE_KAGGLE_VERSION)
+UPLOADS = (["datasets", "create"], ["datasets", "version"], ["kernels", "push"])
 
 
 @pytest.fixture
@@ -65,7 +67,7 @@ def make(target: str, tmp_path: Path, home: Path, *args: str, **env: str) -> sub
     clean = {k: v for k, v in os.environ.items() if not k.startswith("KAGGLE") and k != "MAKEFLAGS"}
     clean.update(PATH=f"{FAKEBIN}{os.pathsep}{os.environ['PATH']}", HOME=str(home))
     clean.update(FAKE_KAGGLE_LOG=str(tmp_path / "kaggle.log"), **env)
-    command = ["make", "-C", str(REPO), "--no-print-directory", target, f"PY={sys.executable}"]
+    command = ["make", "-C", str(REPO), "--no-print-directory", target, f"PY={sys.executable}", "KAGGLE_POLL=0"]
     command += [f"KAGGLE_BUILD={tmp_path / 'build'}", f"WORK_DIR={tmp_path / 'work'}", *args]
     return subprocess.run(command, env=clean, capture_output=True, text=True, timeout=120)
 
@@ -76,7 +78,11 @@ def calls(tmp_path: Path) -> list[dict]:
 
 
 def uploads(tmp_path: Path) -> list[dict]:
-    return [c for c in calls(tmp_path) if c["argv"][:2] != ["datasets", "status"]]
+    return [c for c in calls(tmp_path) if c["argv"][:2] in UPLOADS]
+
+
+def argvs(tmp_path: Path) -> list[list[str]]:
+    return [c["argv"][:2] for c in calls(tmp_path)]
 
 
 def git_commit() -> str:
@@ -88,8 +94,9 @@ def assert_dataset_metadata(meta: dict, owner: str, slug: str) -> None:
     assert 6 <= len(meta["title"]) <= 50 and len(meta["licenses"]) == 1
 
 
-def test_sync_creates_then_versions_code_and_weights(tmp_path, home, work):
-    first = make("sync", tmp_path, home)
+@pytest.mark.parametrize("cli_version", CLI_VERSIONS)
+def test_sync_creates_then_versions_code_and_weights(tmp_path, home, work, cli_version):
+    first = make("sync", tmp_path, home, FAKE_KAGGLE_VERSION=cli_version)
     assert first.returncode == 0, first.stdout + first.stderr
     created = uploads(tmp_path)
     assert [c["argv"][:2] for c in created] == [["datasets", "create"]] * 2
@@ -106,10 +113,13 @@ def test_sync_creates_then_versions_code_and_weights(tmp_path, home, work):
     assert torch.load(staged / "sp1-f0-s42.pt", weights_only=True)["head.weight"].dtype == torch.float16
     assert json.loads((staged / "sp1-f0-s42.json").read_text()) == {"fold": 0, "stored_as": "float16"}
     assert "weights: 1 checkpoints" in first.stderr and "in fp16" in first.stderr
+    assert f"kaggle {cli_version}: API key from {home / '.kaggle' / 'kaggle.json'} (user tester)" in first.stderr
 
     (tmp_path / "kaggle.log").unlink()
     existing = f"tester/{CODE_DATASET},tester/{WEIGHTS_DATASET}"
-    second = make("sync", tmp_path, home, "MSG=retrained", FAKE_KAGGLE_EXISTING=existing)
+    second = make(
+        "sync", tmp_path, home, "MSG=retrained", FAKE_KAGGLE_EXISTING=existing, FAKE_KAGGLE_VERSION=cli_version
+    )
     assert second.returncode == 0, second.stdout + second.stderr
     versioned = uploads(tmp_path)
     assert [c["argv"][:2] for c in versioned] == [["datasets", "version"]] * 2
@@ -117,18 +127,42 @@ def test_sync_creates_then_versions_code_and_weights(tmp_path, home, work):
         message = call["argv"][call["argv"].index("-m") + 1]
         assert git_commit().strip() in message and "retrained" in message
         assert call["argv"][call["argv"].index("--dir-mode") + 1] == "zip"
+        assert "--delete-old-versions" not in call["argv"]
+
+
+def test_sync_code_publishes_the_code_alone_and_old_weights_can_go(tmp_path, home, work):
+    existing = f"tester/{CODE_DATASET},tester/{WEIGHTS_DATASET}"
+    result = make("sync-code", tmp_path, home, FAKE_KAGGLE_EXISTING=existing)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert [c["metadata"]["id"] for c in uploads(tmp_path)] == [f"tester/{CODE_DATASET}"]
+    assert not (tmp_path / "build" / WEIGHTS_DATASET).exists()  # nothing of the weights is staged
+    (tmp_path / "kaggle.log").unlink()
+    result = make("sync-weights", tmp_path, home, "DELETE_OLD_WEIGHTS=1", FAKE_KAGGLE_EXISTING=existing)
+    assert result.returncode == 0, result.stdout + result.stderr
+    (weights,) = uploads(tmp_path)
+    assert weights["metadata"]["id"] == f"tester/{WEIGHTS_DATASET}" and "--delete-old-versions" in weights["argv"]
+
+
+@pytest.mark.parametrize("cli_version", CLI_VERSIONS)
+def test_sync_fails_when_kaggle_refuses_an_upload_though_the_cli_exits_0(tmp_path, home, work, cli_version):
+    refuse = json.dumps({"create": "The requested title is already in use"})
+    result = make("sync", tmp_path, home, FAKE_KAGGLE_VERSION=cli_version, FAKE_KAGGLE_REFUSE=refuse)
+    assert result.returncode != 0
+    said = f'creating dataset tester/{CODE_DATASET}: the CLI said "Dataset creation error: The requested title'
+    assert said in result.stderr and "(exit 0)" in result.stderr
+    assert [c["metadata"]["id"] for c in uploads(tmp_path)] == [f"tester/{CODE_DATASET}"]  # the weights never go
 
 
 def test_owner_comes_from_kaggle_user_or_the_environment(tmp_path, work):
     bare_home = tmp_path / "bare"
     bare_home.mkdir()
-    result = make("sync", tmp_path, bare_home, KAGGLE_USERNAME="envuser", KAGGLE_KEY="k")
+    result = make("sync-code", tmp_path, bare_home, KAGGLE_USERNAME="envuser", KAGGLE_KEY="k")
     assert result.returncode == 0, result.stdout + result.stderr
     assert uploads(tmp_path)[0]["metadata"]["id"] == f"envuser/{CODE_DATASET}"
     (tmp_path / "kaggle.log").unlink()
-    result = make("sync", tmp_path, bare_home, "KAGGLE_USER=team-x", KAGGLE_USERNAME="envuser", KAGGLE_KEY="k")
+    result = make("sync-code", tmp_path, bare_home, "KAGGLE_USER=team-x", KAGGLE_USERNAME="envuser", KAGGLE_KEY="k")
     assert result.returncode == 0, result.stdout + result.stderr
-    assert [c["metadata"]["id"] for c in uploads(tmp_path)] == [f"team-x/{CODE_DATASET}", f"team-x/{WEIGHTS_DATASET}"]
+    assert [c["metadata"]["id"] for c in uploads(tmp_path)] == [f"team-x/{CODE_DATASET}"]
 
 
 OUR_DATASETS = ",".join(f"tester/{slug}" for slug in (CODE_DATASET, WEIGHTS_DATASET, WHEELS_DATASET))
@@ -149,6 +183,99 @@ def test_submit_pushes_the_offline_kernel(tmp_path, home, work):
     nbformat.validate(notebook)
     assert not any(cell.get("outputs") for cell in notebook.cells)
     assert "install_offline" in notebook.cells[1].source  # the bootstrap with the offline install
+    assert ["competitions", "submit"] not in argvs(tmp_path)  # only on request
+
+
+@pytest.mark.parametrize("cli_version", CLI_VERSIONS)
+def test_the_whole_road_from_a_fresh_clone(tmp_path, home, work, cli_version):
+    """sync, then submit: push, follow the run (queued, running, complete), fetch its output, submit it."""
+    cli = {"FAKE_KAGGLE_VERSION": cli_version, "FAKE_KAGGLE_EXISTING": f"tester/{WHEELS_DATASET}"}
+    result = make("sync", tmp_path, home, **cli)
+    assert result.returncode == 0, result.stdout + result.stderr
+    states = json.dumps(["queued", "running", "complete"])
+    result = make(
+        "submit", tmp_path, home, "COMPETITION_SUBMIT=1", "MSG=first", FAKE_KAGGLE_KERNEL_STATES=states, **cli
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    road = argvs(tmp_path)[road_start(tmp_path) :]
+    steps = [["kernels", "push"]] + [["kernels", "status"]] * 3 + [["kernels", "output"], ["competitions", "submit"]]
+    assert road == steps
+    for state in ("queued", "running", "complete"):
+        assert f"kernel tester/{KERNEL_SLUG}: {state}" in result.stderr
+    submit = calls(tmp_path)[-1]["argv"]
+    assert submit[submit.index("-k") + 1] == f"tester/{KERNEL_SLUG}" and submit[submit.index("-v") + 1] == "1"
+    assert "first" in submit[submit.index("-m") + 1]
+    output = tmp_path / "build" / "output"
+    assert (output / "submission.csv").is_file() and (output / f"{KERNEL_SLUG}.log").is_file()
+    assert f"{output / 'submission.csv'}: 4 rows" in result.stderr
+
+
+def road_start(tmp_path: Path) -> int:
+    """Where the kernel's part of the log begins (after the datasets were published and checked)."""
+    return next(i for i, argv in enumerate(argvs(tmp_path)) if argv[0] != "datasets")
+
+
+def test_each_step_of_submit_runs_alone(tmp_path, home, work):
+    cli = {"FAKE_KAGGLE_EXISTING": OUR_DATASETS}
+    for target in ("kernel-push", "kernel-follow", "kernel-output", "competition-submit"):
+        result = make(target, tmp_path, home, **cli)
+        assert result.returncode == 0, (target, result.stdout + result.stderr)
+    assert argvs(tmp_path)[road_start(tmp_path) :] == [
+        ["kernels", "push"],
+        ["kernels", "status"],
+        ["kernels", "output"],
+        ["competitions", "submit"],
+    ]
+    assert json.loads((tmp_path / "build" / "kernel-push.json").read_text())["version"] == 1
+    (tmp_path / "build" / "kernel-push.json").unlink()  # a fresh clone knows no pushed version
+    result = make("competition-submit", tmp_path, home, **cli)
+    assert result.returncode != 0 and "KERNEL_VERSION=<N>" in result.stderr
+    result = make("competition-submit", tmp_path, home, "KERNEL_VERSION=1", **cli)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.parametrize("cli_version", CLI_VERSIONS)
+def test_a_failed_run_stops_the_road_with_the_end_of_its_log(tmp_path, home, work, cli_version):
+    cli = {"FAKE_KAGGLE_EXISTING": OUR_DATASETS, "FAKE_KAGGLE_VERSION": cli_version}
+    states = json.dumps(["running", "error"])
+    failure = "Your notebook tried to allocate more memory than is available."
+    result = make(
+        "submit",
+        tmp_path,
+        home,
+        "COMPETITION_SUBMIT=1",
+        FAKE_KAGGLE_KERNEL_STATES=states,
+        FAKE_KAGGLE_FAILURE=failure,
+        **cli,
+    )
+    assert result.returncode != 0
+    assert f'kernel tester/{KERNEL_SLUG} ended error: "{failure}"' in result.stderr
+    assert "RuntimeError: CUDA out of memory" in result.stderr  # the end of the run's log
+    assert ["competitions", "submit"] not in argvs(tmp_path)
+
+
+def test_a_run_without_submission_csv_fails_its_output_step(tmp_path, home, work):
+    cli = {"FAKE_KAGGLE_EXISTING": OUR_DATASETS, "FAKE_KAGGLE_NO_SUBMISSION": "1"}
+    result = make("submit", tmp_path, home, **cli)
+    assert result.returncode != 0 and f"kernel tester/{KERNEL_SLUG} wrote no submission.csv" in result.stderr
+
+
+@pytest.mark.parametrize("cli_version", CLI_VERSIONS)
+def test_a_refused_push_fails_though_the_cli_exits_0(tmp_path, home, work, cli_version):
+    cli = {"FAKE_KAGGLE_EXISTING": OUR_DATASETS, "FAKE_KAGGLE_VERSION": cli_version}
+    result = make("kernel-push", tmp_path, home, FAKE_KAGGLE_REFUSE=json.dumps({"push": "Notebook not found"}), **cli)
+    assert result.returncode != 0
+    assert f'pushing kernel tester/{KERNEL_SLUG}: the CLI said "Kernel push error: Notebook not found" (exit 0)' in (
+        result.stderr
+    )
+    assert not (tmp_path / "build" / "kernel-push.json").exists()
+
+
+def test_make_help_lists_the_kaggle_targets():
+    listed = subprocess.run(["make", "-C", str(REPO), "--no-print-directory", "help"], capture_output=True, text=True)
+    for target in ("sync", "sync-code", "sync-weights", "submit", "kernel-push", "kernel-follow", "kernel-output"):
+        assert f"{target} " in listed.stdout
+    assert "competition-submit" in listed.stdout
 
 
 def test_wheels_pins_the_versions_installed_here_for_every_python(tmp_path, home):
@@ -176,15 +303,31 @@ def test_wheels_pins_the_versions_installed_here_for_every_python(tmp_path, home
     assert pip_resolves(staged, "3.14", f"pylibjpeg-rle=={rle}", tmp_path / "t").returncode != 0
 
 
-@pytest.mark.parametrize("target", ["sync", "submit"])
-def test_missing_credentials_say_what_to_set(tmp_path, work, target):
+@pytest.mark.parametrize("cli_version", CLI_VERSIONS)
+@pytest.mark.parametrize("target", ["sync", "sync-code", "submit"])
+def test_missing_credentials_say_what_to_set(tmp_path, work, target, cli_version):
     bare_home = tmp_path / "bare"
-    bare_home.mkdir()
-    result = make(target, tmp_path, bare_home)
+    (bare_home / ".config" / "kaggle").mkdir(parents=True)
+    (bare_home / ".config" / "kaggle" / "access_token").write_text("a token the CLI never reads")
+    result = make(target, tmp_path, bare_home, FAKE_KAGGLE_VERSION=cli_version)
     assert result.returncode != 0
-    for needed in ("kaggle.json", "KAGGLE_USERNAME", "KAGGLE_KEY", "KAGGLE_API_TOKEN"):
+    assert f"no Kaggle credentials that kaggle {cli_version} reads" in result.stderr
+    for needed in ("kaggle.json", "KAGGLE_USERNAME", "KAGGLE_KEY"):
         assert needed in result.stderr
+    assert ("KAGGLE_API_TOKEN" in result.stderr) == (cli_version == "2.2.5")
+    assert f"not read by this CLI: {bare_home / '.config' / 'kaggle' / 'access_token'}" in result.stderr
     assert calls(tmp_path) == []
+
+
+def test_credentials_of_kaggle_auth_login_are_used(tmp_path, work):
+    login_home = tmp_path / "login"
+    (login_home / ".kaggle").mkdir(parents=True)
+    login = {"refresh_token": "r", "access_token": "", "username": "oauth-user"}
+    (login_home / ".kaggle" / "credentials.json").write_text(json.dumps(login))
+    result = make("sync-code", tmp_path, login_home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert f"OAuth login from {login_home / '.kaggle' / 'credentials.json'} (user oauth-user)" in result.stderr
+    assert uploads(tmp_path)[0]["metadata"]["id"] == f"oauth-user/{CODE_DATASET}"
 
 
 def test_fake_cli_refuses_what_kaggle_would_drop_or_reject(tmp_path, home):
@@ -272,26 +415,21 @@ def test_paths_in_a_kernel_read_checkpoints_from_the_weights_dataset(tmp_path, m
     assert Paths(tmp_path / "d", tmp_path / "w").models_dir == tmp_path / "w" / "models"  # local runs: unchanged
 
 
-@pytest.mark.parametrize("folder", ["config_dir", ".kaggle", ".config/kaggle"])
-def test_an_access_token_counts_in_every_folder_the_cli_reads(tmp_path, folder):
-    home, config_dir = tmp_path / "home", tmp_path / "config_dir"
-    env = {"HOME": str(home), "KAGGLE_CONFIG_DIR": str(config_dir)}
-    assert not kaggle.has_credentials(env)
-    token = (config_dir if folder == "config_dir" else home / folder) / "access_token"
-    token.parent.mkdir(parents=True)
-    token.write_text("a-token")
-    assert kaggle.has_credentials(env)
-
-
 def test_submit_waits_until_the_new_dataset_versions_are_ready(tmp_path, home, work):
     weights = f"tester/{WEIGHTS_DATASET}"
-    result = make(
-        "submit", tmp_path, home, "KAGGLE_POLL=0", FAKE_KAGGLE_EXISTING=OUR_DATASETS, FAKE_KAGGLE_PENDING=f"{weights}:2"
-    )
+    states = json.dumps({weights: ["not_yet_persisted", "blobs_received", "ready"]})
+    result = make("submit", tmp_path, home, FAKE_KAGGLE_EXISTING=OUR_DATASETS, FAKE_KAGGLE_DATASET_STATES=states)
     assert result.returncode == 0, result.stdout + result.stderr
-    assert f"waiting for Kaggle to process {weights} (pending)" in result.stderr
-    argvs = [c["argv"][:2] for c in calls(tmp_path)]
-    assert argvs.count(["datasets", "status"]) == 3 + 2 and argvs[-1] == ["kernels", "push"]
+    assert f"waiting for Kaggle to process {weights} (not_yet_persisted)" in result.stderr
+    assert argvs(tmp_path)[: 3 + 2 + 1] == [["datasets", "status"]] * (3 + 2) + [["kernels", "push"]]
+
+
+def test_submit_stops_at_once_on_a_failed_dataset_version(tmp_path, home, work):
+    weights = f"tester/{WEIGHTS_DATASET}"
+    states = json.dumps({weights: ["blobs_received", "failed"]})
+    result = make("submit", tmp_path, home, FAKE_KAGGLE_EXISTING=OUR_DATASETS, FAKE_KAGGLE_DATASET_STATES=states)
+    assert result.returncode != 0 and f"the newest version of {weights} is failed" in result.stderr
+    assert argvs(tmp_path).count(["datasets", "status"]) == 3 + 1 and not uploads(tmp_path)
 
 
 def test_submit_refuses_a_kernel_whose_datasets_do_not_exist(tmp_path, home, work):
@@ -303,7 +441,7 @@ def test_submit_refuses_a_kernel_whose_datasets_do_not_exist(tmp_path, home, wor
 def test_a_cli_that_fails_is_shown_not_taken_for_a_missing_dataset(tmp_path, home, work):
     result = make("sync", tmp_path, home, FAKE_KAGGLE_CRASH="1")
     assert result.returncode != 0
-    assert "No module named 'six'" in result.stderr and "datasets status" in result.stderr
+    assert "No module named 'six'" in result.stderr and "--version" in result.stderr
     assert not uploads(tmp_path)  # no "create" that would then fail with "already exists"
     missing_cli = make("sync", tmp_path, home, "KAGGLE=no-such-kaggle-cli")
-    assert missing_cli.returncode != 0 and "pip install kaggle six" in missing_cli.stderr
+    assert missing_cli.returncode != 0 and "pip install" in missing_cli.stderr
