@@ -23,7 +23,7 @@ PRESETS ?= ["fo", "sp1", "ax"]
 TRAIN_OVERRIDES ?= {}
 # make train-all: the solution's full recipe (every preset x 4 folds) from DATA_DIR (default: the synthetic data)
 # The default list is config.STAGE1_PRESETS + STAGE2_PRESETS (asked when used, so `make install` comes first).
-TRAIN_PRESETS ?= $(shell $(PY) -m kaggle_utils.config presets)
+TRAIN_PRESETS ?= $(shell $(PY) -m kaggle_utils.core.presets presets)
 TRAIN_FOLDS ?= 0 1 2 3
 TRAIN_PROFILE ?= auto
 GPUS ?= 1
@@ -74,12 +74,12 @@ demo: $(DEMO_DEPS) ## Run the four notebooks headless on DATA_DIR (default: the 
 train-all: $(DEMO_DEPS) ## Preprocess, train TRAIN_PRESETS x TRAIN_FOLDS (GPUS=N: torchrun; ROUNDS=2: denoised round too); resumable
 	$(PY) -m kaggle_utils.dev.runner notebooks/01_preprocess.py --out $(WORK_DIR)/executed \
 		--set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR)
-	$(TRAIN_LAUNCH) -m kaggle_utils.train --presets $(TRAIN_PRESETS) --folds $(TRAIN_FOLDS) \
+	$(TRAIN_LAUNCH) -m kaggle_utils.training.train --presets $(TRAIN_PRESETS) --folds $(TRAIN_FOLDS) \
 		--profile $(TRAIN_PROFILE) --data-dir $(DEMO_DATA) --work-dir $(WORK_DIR) --overrides '$(TRAIN_OVERRIDES)'
 ifeq ($(ROUNDS),2)
-	$(PY) -m kaggle_utils.denoise --presets $(STAGE2_PRESETS) --threshold $(NOISY_THRESHOLD) \
+	$(PY) -m kaggle_utils.training.denoise --presets $(STAGE2_PRESETS) --threshold $(NOISY_THRESHOLD) \
 		--profile $(TRAIN_PROFILE) --data-dir $(DEMO_DATA) --work-dir $(WORK_DIR) --overrides '$(TRAIN_OVERRIDES)'
-	$(TRAIN_LAUNCH) -m kaggle_utils.train --presets $(STAGE2_PRESETS) --folds $(TRAIN_FOLDS) --run $(DENOISE_RUN) \
+	$(TRAIN_LAUNCH) -m kaggle_utils.training.train --presets $(STAGE2_PRESETS) --folds $(TRAIN_FOLDS) --run $(DENOISE_RUN) \
 		--profile $(TRAIN_PROFILE) --data-dir $(DEMO_DATA) --work-dir $(WORK_DIR) --overrides '$(TRAIN_OVERRIDES)' \
 		--set noisy_labels=$(WORK_DIR)/tables/noisy_labels.csv --set pseudo_labels=$(WORK_DIR)/tables/pseudo_labels.csv
 endif

@@ -9,9 +9,9 @@
 #
 # **Outputs** in `WORK_DIR`: `tables/{series,targets,folds,keypoints}.csv`, `tables/axial_levels.csv` (each Axial T2
 # slice's level) and `tables/axial_keypoints.csv` (the axial localiser's samples), `stage1/{study}/{series}.npy`
-# (N, 256, 256), `stage2/{study}/{series}.npy` (5, N, 256, 256), `axial1/{study}/{series}_{level}_{instance}.npy`
-# (5, 256, 256) and `axial2/...` (3, 5, 256, 256: centre, left, mirrored right crop) uint8, and `figures/study_*.png`,
-# `figures/axial_levels_*.png`.
+# (N, 256, 256), `stage2/{study}/{series}.npy` (5, N, 256, 256),
+# `axial_stacks/{study}/{series}_{level}_{instance}.npy` (5, 256, 256) and `axial_crops/...` (3, 5, 256, 256: centre,
+# left, mirrored right crop) uint8, and `figures/study_*.png`, `figures/axial_levels_*.png`.
 
 # %%
 # Bootstrap: import kaggle_utils from this repository or, on Kaggle, from the code dataset under /kaggle/input
@@ -40,12 +40,19 @@ try:
     import kaggle_utils
 except ImportError as error:
     raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle") from error
-from kaggle_utils.paths import wheels_dataset
+WRITTEN_FOR = "0.2"  # the kaggle_utils release these notebooks call (its major.minor)
+found = getattr(kaggle_utils, "__version__", "0.1 or older")
+print(f"kaggle_utils {found} from {Path(kaggle_utils.__file__).parent}")
+if not found.startswith(WRITTEN_FOR + "."):  # an older code dataset has other modules: say so, not a failed import
+    raise ImportError(
+        f"this notebook calls kaggle_utils {WRITTEN_FOR}, but {Path(kaggle_utils.__file__).parent} holds {found}: "
+        "publish the code that matches it (`make sync-code`) and attach that version of the code dataset"
+    )
+from kaggle_utils.core.paths import wheels_dataset
 
-print(f"kaggle_utils from {Path(kaggle_utils.__file__).parent}")
 wheels = wheels_dataset()
 if wheels is not None:  # internet is off in a submission: only what the image lacks, from the attached wheels
-    from kaggle_utils.wheels import install_offline
+    from kaggle_utils.core.wheels import install_offline
 
     print(f"installed offline: {install_offline(wheels) or 'nothing (the image has it all)'}")
 
@@ -56,10 +63,13 @@ WORKERS = 2  # processes for DICOM decoding
 PREPROCESS_OVERRIDES = {}  # PreprocessConfig fields, e.g. {"t2_height_mult": 1.2, "folds_file": "metadata.csv"}
 
 # %%
-from kaggle_utils import axial, cache, config, tables, viz
-from kaggle_utils.paths import Paths
+from kaggle_utils.core import config, parameters
+from kaggle_utils.core.paths import Paths
+from kaggle_utils.evaluation import viz
+from kaggle_utils.io import tables
+from kaggle_utils.preprocessing import axial_crops, cache
 
-p = config.notebook_params(
+p = parameters.notebook_params(
     DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, WORKERS=WORKERS, PREPROCESS_OVERRIDES=PREPROCESS_OVERRIDES
 )
 paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR)
@@ -76,7 +86,7 @@ print(
     f"{series['study_id'].nunique()} studies, {len(series)} sagittal series, "
     f"{keypoints['series_id'].nunique()} with keypoints"
 )
-series.groupby(["fold", "plane"]).size().unstack()
+series.groupby(["fold", "view"]).size().unstack()
 
 # %% [markdown]
 # ## Axial T2: the slice of each level
@@ -88,7 +98,7 @@ series.groupby(["fold", "plane"]).size().unstack()
 # mirrored.
 
 # %%
-prepared = axial.prepare_training(paths, series, keypoints, cfg)
+prepared = axial_crops.prepare_training(paths, series, keypoints, cfg)
 axial_levels = prepared.levels
 n_samples = len(prepared.keypoints.groupby(["series_id", "level"]))
 print(f"{prepared.coverage}\n{n_samples} axial localiser samples, {len(prepared.problems)} series failed")
@@ -98,7 +108,7 @@ axial_levels[axial_levels["assigned"]].groupby("level").size().rename("series wi
 covered = axial_levels.loc[axial_levels["assigned"], "study_id"]
 if len(covered):
     axial_study = int(covered.value_counts().index[0])  # the study with the most assigned slices
-    picture = axial.level_picture(paths, "train", axial_study, series, keypoints, cfg.axial_max_distance_mm)
+    picture = viz.level_picture(paths, "train", axial_study, series, keypoints, cfg.axial_max_distance_mm)
     viz.save_figure(viz.axial_levels_figure(picture), paths.figures_dir / f"axial_levels_{axial_study}.png")
 
 # %% [markdown]

@@ -10,7 +10,7 @@
 # localiser is imprecise (see the README).
 #
 # **Inputs**: `WORK_DIR/tables/{series,targets,keypoints,axial_keypoints}.csv`, `WORK_DIR/stage2/` and
-# `WORK_DIR/axial2/` from 01, `WORK_DIR/oof/stage1_*` from 02.
+# `WORK_DIR/axial_crops/` from 01, `WORK_DIR/oof/stage1_*` from 02.
 #
 # **Outputs**: `WORK_DIR/models/{preset}-f{fold}-s{seed}.pt` with sidecars and curves, `WORK_DIR/oof/{preset}-*.csv`.
 
@@ -41,12 +41,19 @@ try:
     import kaggle_utils
 except ImportError as error:
     raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle") from error
-from kaggle_utils.paths import wheels_dataset
+WRITTEN_FOR = "0.2"  # the kaggle_utils release these notebooks call (its major.minor)
+found = getattr(kaggle_utils, "__version__", "0.1 or older")
+print(f"kaggle_utils {found} from {Path(kaggle_utils.__file__).parent}")
+if not found.startswith(WRITTEN_FOR + "."):  # an older code dataset has other modules: say so, not a failed import
+    raise ImportError(
+        f"this notebook calls kaggle_utils {WRITTEN_FOR}, but {Path(kaggle_utils.__file__).parent} holds {found}: "
+        "publish the code that matches it (`make sync-code`) and attach that version of the code dataset"
+    )
+from kaggle_utils.core.paths import wheels_dataset
 
-print(f"kaggle_utils from {Path(kaggle_utils.__file__).parent}")
 wheels = wheels_dataset()
 if wheels is not None:  # internet is off in a submission: only what the image lacks, from the attached wheels
-    from kaggle_utils.wheels import install_offline
+    from kaggle_utils.core.wheels import install_offline
 
     print(f"installed offline: {install_offline(wheels) or 'nothing (the image has it all)'}")
 
@@ -54,21 +61,22 @@ if wheels is not None:  # internet is off in a submission: only what the image l
 DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)
 WORK_DIR = ""  # output folder ("" = auto)
 PROFILE = "auto"  # "full", "demo", "smoke"; auto = full on a GPU, demo on a CPU
-PRESETS = []  # stage-2 presets; [] = all of them (config.STAGE2_PRESETS: fo, sp1, sp2, su, ax)
+PRESETS = []  # stage-2 presets; [] = all of them (presets.STAGE2_PRESETS: fo, sp1, sp2, su, ax)
 FOLDS = [0, 1, 2, 3]
 TRAIN_OVERRIDES = {}  # TrainConfig fields for every preset, e.g. {"epochs": 2}
 
 # %%
-from kaggle_utils import config, train
-from kaggle_utils.paths import Paths
+from kaggle_utils.core import config, parameters, presets
+from kaggle_utils.core.paths import Paths
+from kaggle_utils.training import train
 
-p = config.notebook_params(
+p = parameters.notebook_params(
     DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, PROFILE=PROFILE, PRESETS=PRESETS, FOLDS=FOLDS, TRAIN_OVERRIDES=TRAIN_OVERRIDES
 )
 paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR)
-profile = config.resolve_profile(p.PROFILE)
-presets = [config.preset(name, profile, p.TRAIN_OVERRIDES) for name in config.presets_or_default(p.PRESETS)]
-print(f"profile {profile}: {[(c.name, c.backbone, c.n_frames, c.img_size, c.epochs) for c in presets]}")
+profile = presets.resolve_profile(p.PROFILE)
+configs = [presets.preset(name, profile, p.TRAIN_OVERRIDES) for name in presets.presets_or_default(p.PRESETS)]
+print(f"profile {profile}: {[(c.name, c.backbone, c.n_frames, c.img_size, c.epochs) for c in configs]}")
 
 # %% [markdown]
 # ## What the classifiers see
@@ -77,9 +85,9 @@ print(f"profile {profile}: {[(c.name, c.backbone, c.n_frames, c.img_size, c.epoc
 # An axial sample is one level: its canal crop and its two recess crops, flipped left to right with their labels.
 
 # %%
-from kaggle_utils import viz
+from kaggle_utils.evaluation import viz
 
-for cfg in presets:
+for cfg in configs:
     viz.save_figure(train.augmentation_preview(paths, cfg), paths.figures_dir / f"augment_{cfg.name}.png")
 
 # %% [markdown]
@@ -88,7 +96,7 @@ for cfg in presets:
 # with the plain view (no TTA) and ground-truth crops.
 
 # %%
-results = train.train_presets(paths, presets, p.FOLDS)
+results = train.train_presets(paths, configs, p.FOLDS)
 
 # %% [markdown]
 # ## Training curves of the last model (every checkpoint has its `*.curves.png` beside it)

@@ -44,12 +44,19 @@ try:
     import kaggle_utils
 except ImportError as error:
     raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle") from error
-from kaggle_utils.paths import wheels_dataset
+WRITTEN_FOR = "0.2"  # the kaggle_utils release these notebooks call (its major.minor)
+found = getattr(kaggle_utils, "__version__", "0.1 or older")
+print(f"kaggle_utils {found} from {Path(kaggle_utils.__file__).parent}")
+if not found.startswith(WRITTEN_FOR + "."):  # an older code dataset has other modules: say so, not a failed import
+    raise ImportError(
+        f"this notebook calls kaggle_utils {WRITTEN_FOR}, but {Path(kaggle_utils.__file__).parent} holds {found}: "
+        "publish the code that matches it (`make sync-code`) and attach that version of the code dataset"
+    )
+from kaggle_utils.core.paths import wheels_dataset
 
-print(f"kaggle_utils from {Path(kaggle_utils.__file__).parent}")
 wheels = wheels_dataset()
 if wheels is not None:  # internet is off in a submission: only what the image lacks, from the attached wheels
-    from kaggle_utils.wheels import install_offline
+    from kaggle_utils.core.wheels import install_offline
 
     print(f"installed offline: {install_offline(wheels) or 'nothing (the image has it all)'}")
 
@@ -63,11 +70,15 @@ RUN = ""  # a training round's sub-folder of WORK_DIR ("denoised" after 05); "" 
 
 # %%
 import json
+import warnings
 
-from kaggle_utils import axial, config, crossval, devices, infer, tables, viz
-from kaggle_utils.paths import TEST_LABELS_CSV, TRAIN_CSV, Paths, is_kaggle
+from kaggle_utils.core import config, devices, parameters
+from kaggle_utils.core.paths import TEST_LABELS_CSV, TRAIN_CSV, Paths, is_kaggle
+from kaggle_utils.evaluation import crossval, viz
+from kaggle_utils.inference import ensemble, run, submission
+from kaggle_utils.io import competition, tables
 
-p = config.notebook_params(
+p = parameters.notebook_params(
     DATA_DIR=DATA_DIR, WORK_DIR=WORK_DIR, RUN_CV=RUN_CV, FOLDS=FOLDS, INFER_OVERRIDES=INFER_OVERRIDES, RUN=RUN
 )
 paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR).with_run(p.RUN)
@@ -75,7 +86,7 @@ infer_cfg = config.apply_overrides(config.InferConfig(), p.INFER_OVERRIDES)
 pre_cfg = config.PreprocessConfig()
 device = devices.default_device()
 run_cv = (not is_kaggle()) if p.RUN_CV == "auto" else p.RUN_CV
-targets = tables.targets_table(tables.drop_excluded(tables.read_csv(paths, TRAIN_CSV)))
+targets = competition.targets_table(competition.drop_excluded(competition.read_csv(paths, TRAIN_CSV)))
 report = {}
 
 # %% [markdown]
@@ -90,28 +101,17 @@ report = {}
 # %%
 if run_cv:
     series, truth = tables.load_table(paths, "series"), tables.load_table(paths, "keypoints")
-    cv = crossval.cross_validate(
-        paths, series, targets, p.FOLDS, pre_cfg, infer_cfg, device, true_points=tables.points_by_series(truth)
-    )
+    evaluation = crossval.evaluate(paths, series, truth, targets, p.FOLDS, pre_cfg, infer_cfg, device)
+    cv = evaluation.cv
     cv.submission.to_csv(paths.oof_dir / "oof_submission.csv", index=False)
     cv.blend.save(paths.blend_file)
     print("the blend of sagittal and axial predictions, fit out of fold:\n" + cv.blend_report.round(4).to_string())
-    errors = crossval.localiser_errors(paths, cv.keypoints, truth, p.FOLDS)
-    print("stage-1 localisation on held-out folds (256 grid):\n" + errors.round(3).to_string(index=False))
-    oof_parts = crossval.score_submission(cv.submission, targets)
-    report.update(oof_parts, oracle_score=crossval.score_submission(cv.oracle, targets)["score"])
-    report.update(prior_score=crossval.score_submission(cv.baseline, targets)["score"])
-    report["sagittal_only_score"] = crossval.score_submission(cv.prediction.sagittal, targets)["score"]
-    report["stage1"] = crossval.stage1_report(errors)
-    report["blend"] = cv.blend.to_dict()
-    # Weighted log loss per condition and level, then the four terms of the score.
-    submissions = {
-        "sagittal only": cv.prediction.sagittal,
-        "with axial (OOF)": cv.submission,
-        "oracle (true keypoints)": cv.oracle,
-        "class priors": cv.baseline,
-    }
-    print(crossval.score_table(submissions, targets).round(4).to_string(index=False))
+    print("stage-1 localisation on held-out folds (256 grid):\n" + evaluation.errors.round(3).to_string(index=False))
+    print(evaluation.scores.round(4).to_string(index=False))  # per condition and level, then the score's terms
+    report.update(evaluation.entries)
+elif not paths.blend_file.exists():  # the kernel would weigh sagittal and axial rows equally: say it before a sync
+    missing = f"no CV here, and {paths.blend_file} does not exist: run 04 with its CV before `make sync`"
+    warnings.warn(missing, stacklevel=1)
 
 # %% [markdown]
 # ### The series the localisers missed most
@@ -133,20 +133,22 @@ if run_cv and len(cv.prediction.axial_points):
     axial_study = int(cv.prediction.axial_points["study_id"].value_counts().index[0])  # the most levels placed
     samples = tables.load_table(paths, "axial_keypoints")  # the true subarticular points
     where = (paths, "train", axial_study, series, truth, pre_cfg.axial_max_distance_mm)
-    picture = axial.level_picture(*where, samples=samples, predicted=cv.prediction.axial_points)
+    picture = viz.level_picture(*where, samples=samples, predicted=cv.prediction.axial_points)
     viz.save_figure(viz.axial_levels_figure(picture), paths.figures_dir / "axial_predicted.png")
 
 # %% [markdown]
 # ## Test studies: every fold's models, averaged
 
 # %%
-test_series = tables.series_table(paths, "test")
-study_ids = tables.study_ids(paths, "test")
+test_series = competition.series_table(paths, "test")
+study_ids = competition.study_ids(paths, "test")
 cards = devices.inference_devices()  # both cards of a "T4 x2": the studies are split over them
-models = infer.load_models_on(paths, cards)
+models = ensemble.load_models_on(paths, cards)
 print(f"{len(study_ids)} test studies on {', '.join(map(str, cards))}")
-test = infer.Inference(paths, models, pre_cfg, infer_cfg).predict(test_series, study_ids, infer.label_priors(targets))
-infer.write_submission(test.submission, paths.submission_csv)
+test = run.Inference(paths, models, pre_cfg, infer_cfg).predict(
+    test_series, study_ids, submission.label_priors(targets)
+)
+submission.write_submission(test.submission, paths.submission_csv)
 print(f"{paths.submission_csv}: {len(test.submission)} rows for {len(study_ids)} studies")
 test.submission.head(10)
 
@@ -155,7 +157,7 @@ test.submission.head(10)
 
 # %%
 if paths.data_file(TEST_LABELS_CSV).exists():
-    hidden = tables.targets_table(tables.read_csv(paths, TEST_LABELS_CSV))
+    hidden = competition.targets_table(competition.read_csv(paths, TEST_LABELS_CSV))
     report["test_score"] = crossval.score_submission(test.submission, hidden)["score"]
     report["test_sagittal_only_score"] = crossval.score_submission(test.sagittal, hidden)["score"]
     report["test_prior_score"] = crossval.score_submission(test.baseline, hidden)["score"]

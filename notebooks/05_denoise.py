@@ -48,12 +48,19 @@ try:
     import kaggle_utils
 except ImportError as error:
     raise ImportError("kaggle_utils not found: `make install` here, or add the code dataset on Kaggle") from error
-from kaggle_utils.paths import wheels_dataset
+WRITTEN_FOR = "0.2"  # the kaggle_utils release these notebooks call (its major.minor)
+found = getattr(kaggle_utils, "__version__", "0.1 or older")
+print(f"kaggle_utils {found} from {Path(kaggle_utils.__file__).parent}")
+if not found.startswith(WRITTEN_FOR + "."):  # an older code dataset has other modules: say so, not a failed import
+    raise ImportError(
+        f"this notebook calls kaggle_utils {WRITTEN_FOR}, but {Path(kaggle_utils.__file__).parent} holds {found}: "
+        "publish the code that matches it (`make sync-code`) and attach that version of the code dataset"
+    )
+from kaggle_utils.core.paths import wheels_dataset
 
-print(f"kaggle_utils from {Path(kaggle_utils.__file__).parent}")
 wheels = wheels_dataset()
 if wheels is not None:  # internet is off in a submission: only what the image lacks, from the attached wheels
-    from kaggle_utils.wheels import install_offline
+    from kaggle_utils.core.wheels import install_offline
 
     print(f"installed offline: {install_offline(wheels) or 'nothing (the image has it all)'}")
 
@@ -61,7 +68,7 @@ if wheels is not None:  # internet is off in a submission: only what the image l
 DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)
 WORK_DIR = ""  # output folder ("" = auto)
 PROFILE = "auto"  # "full", "demo", "smoke"; auto = full on a GPU, demo on a CPU
-PRESETS = []  # stage-2 presets; [] = all of them (config.STAGE2_PRESETS: fo, sp1, sp2, su, ax)
+PRESETS = []  # stage-2 presets; [] = all of them (presets.STAGE2_PRESETS: fo, sp1, sp2, su, ax)
 FOLDS = [0, 1, 2, 3]  # folds retrained in round 2 (round-1 OOF of every fold is read where it exists)
 TRAIN_OVERRIDES = {}  # TrainConfig fields for every preset, as in 03
 THRESHOLD = 0.85  # a label is noisy when the ensemble gives it at most 1 - THRESHOLD (and suggests another class)
@@ -73,11 +80,14 @@ import json
 
 import pandas as pd
 
-from kaggle_utils import config, denoise, tables, train, viz
-from kaggle_utils.constants import SEVERITIES
-from kaggle_utils.paths import LABEL_FLIPS_CSV, Paths
+from kaggle_utils.core import config, parameters, presets
+from kaggle_utils.core.constants import SEVERITIES
+from kaggle_utils.core.paths import LABEL_FLIPS_CSV, Paths
+from kaggle_utils.evaluation import viz
+from kaggle_utils.io import tables
+from kaggle_utils.training import denoise, train
 
-p = config.notebook_params(
+p = parameters.notebook_params(
     DATA_DIR=DATA_DIR,
     WORK_DIR=WORK_DIR,
     PROFILE=PROFILE,
@@ -90,8 +100,8 @@ p = config.notebook_params(
 )
 paths = Paths.resolve(p.DATA_DIR, p.WORK_DIR)  # round 1
 round2 = paths.with_run(p.RUN)
-profile = config.resolve_profile(p.PROFILE)
-presets = [config.preset(name, profile, p.TRAIN_OVERRIDES) for name in config.presets_or_default(p.PRESETS)]
+profile = presets.resolve_profile(p.PROFILE)
+configs = [presets.preset(name, profile, p.TRAIN_OVERRIDES) for name in presets.presets_or_default(p.PRESETS)]
 targets = tables.load_table(paths, "targets")
 folds = tables.load_table(paths, "folds")
 flips = pd.read_csv(paths.data_file(LABEL_FLIPS_CSV)) if paths.data_file(LABEL_FLIPS_CSV).exists() else None
@@ -103,8 +113,8 @@ report = {"threshold": p.THRESHOLD, "pseudo_weight": p.PSEUDO_WEIGHT}
 # pseudo-labelled, and a round-2 fold learns from them only through their given labels.
 
 # %%
-oof = denoise.load_oof(paths, presets, sorted(folds["fold"].unique()))
-ensemble = denoise.oof_ensemble(oof, presets)
+oof = denoise.load_oof(paths, configs, sorted(folds["fold"].unique()))
+ensemble = denoise.oof_ensemble(oof, configs)
 coverage = denoise.fold_coverage(folds, ensemble, p.FOLDS)
 print(f"round-1 OOF covers {ensemble['study_id'].nunique()} of {len(targets)} training studies")
 print(coverage.to_string(index=False))
@@ -165,7 +175,7 @@ overrides = {
     "pseudo_labels": str(paths.table("pseudo_labels")),
     "pseudo_weight": p.PSEUDO_WEIGHT,
 }
-round2_presets = [config.preset(cfg.name, profile, overrides) for cfg in presets]
+round2_presets = [presets.preset(cfg.name, profile, overrides) for cfg in configs]
 round2_folds = coverage.loc[coverage["with_oof"] > 0, "fold"].tolist()
 skipped = sorted(set(p.FOLDS) - set(round2_folds))
 if skipped:
@@ -184,7 +194,7 @@ if results:
 
 # %%
 if results:
-    before = denoise.load_oof(paths, presets, round2_folds)
+    before = denoise.load_oof(paths, configs, round2_folds)
     after = denoise.load_oof(round2, round2_presets, round2_folds)
     labels = {"given": targets} | ({"true": denoise.true_targets(targets, flips)} if flips is not None else {})
     cv = denoise.cv_compare(before, after, labels)

@@ -6,10 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from kaggle_utils import axial, cache, tables
-from kaggle_utils.config import PreprocessConfig
+from kaggle_utils.core.config import PreprocessConfig
+from kaggle_utils.core.paths import Paths
 from kaggle_utils.dev.synthetic import make_dataset
-from kaggle_utils.paths import Paths
+from kaggle_utils.io import tables
+from kaggle_utils.preprocessing import axial_crops, cache
 
 TINY_TRAIN, TINY_TEST = 8, 2
 
@@ -38,5 +39,5 @@ def prepared(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory) -> Paths
     built = tables.build_training_tables(paths, cfg)
     jobs = cache.plan_jobs(paths, built["series"], tables.points_by_series(built["keypoints"]), cfg)
     assert not cache.run_jobs(jobs, cfg)
-    assert not axial.prepare_training(paths, built["series"], built["keypoints"], cfg, progress=False).problems
+    assert not axial_crops.prepare_training(paths, built["series"], built["keypoints"], cfg, progress=False).problems
     return paths

@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from kaggle_utils.augment import GaussianBlur3, MotionBlur3
-from kaggle_utils.warps import GridDistortion, OpticalDistortion, ShiftScaleRotate
+from kaggle_utils.training.augment import GaussianBlur3, MotionBlur3
+from kaggle_utils.training.warps import GridDistortion, OpticalDistortion, ShiftScaleRotate
 
 A = pytest.importorskip("albumentations")
 if A.__version__ != "1.4.11":

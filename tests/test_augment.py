@@ -13,8 +13,9 @@ import torch.nn.functional as F
 from keypoint_images import blobs, peaks_near
 from torch import nn
 
-from kaggle_utils import augment, config
-from kaggle_utils.augment import (
+from kaggle_utils.core import presets
+from kaggle_utils.training import augment
+from kaggle_utils.training.augment import (
     GaussianBlur3,
     MedianBlur3,
     MotionBlur3,
@@ -32,7 +33,7 @@ def test_stage1_keypoints_follow_the_image(out_size, monkeypatch):
     # Brightness/contrast can clip a blob flat; the test is about geometry, so it is switched off here.
     monkeypatch.setattr(augment, "brightness_contrast", lambda images: images)
     torch.manual_seed(0)
-    cfg = dataclasses.replace(config.FULL_PRESETS["stage1_t2"], img_size=out_size, distort_p=1.0)
+    cfg = dataclasses.replace(presets.FULL_PRESETS["stage1_t2"], img_size=out_size, distort_p=1.0)
     keypoints = 44 + 40 * torch.rand(6, 10, 2)  # central, so no blob leaves the 128-px image
     aug = Stage1Augment(cfg)
     for op in aug.distortion.ops:
@@ -48,7 +49,7 @@ def test_stage1_keypoints_follow_the_image(out_size, monkeypatch):
 
 def test_stage2_channels_share_the_geometry_and_samples_differ():
     torch.manual_seed(0)
-    cfg = dataclasses.replace(config.FULL_PRESETS["sp1"], img_size=32)
+    cfg = dataclasses.replace(presets.FULL_PRESETS["sp1"], img_size=32)
     aug = Stage2Augment(cfg)
     aug.blur_or_noise.ops[3] = nn.Identity()  # noise is drawn per pixel and channel, on purpose
     frame = torch.rand(1, 1, 64, 64)
@@ -69,7 +70,7 @@ def test_one_of_applies_each_op_to_the_samples_that_drew_it():
 
 
 def test_stage2_runs_under_autocast():
-    cfg = dataclasses.replace(config.FULL_PRESETS["sp1"], img_size=16)
+    cfg = dataclasses.replace(presets.FULL_PRESETS["sp1"], img_size=16)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = Stage2Augment(cfg)(torch.rand(2, 4, 32, 32))
     assert out.shape == (2, 4, 16, 16) and out.dtype == torch.float32

@@ -10,13 +10,16 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils import axial, tables, viz
-from kaggle_utils.config import PreprocessConfig
-from kaggle_utils.constants import LEVEL_NAMES
-from kaggle_utils.dicom import Geometry, read_slice
-from kaggle_utils.paths import TRAIN_COORDINATES_CSV, Paths
-from kaggle_utils.preprocess import intensity_window, resize_slice, to_uint8
-from kaggle_utils.tables import load_table
+from kaggle_utils.core import labels
+from kaggle_utils.core.config import PreprocessConfig
+from kaggle_utils.core.constants import LEVEL_NAMES
+from kaggle_utils.core.paths import TRAIN_COORDINATES_CSV, Paths
+from kaggle_utils.evaluation import viz
+from kaggle_utils.io import tables
+from kaggle_utils.io.dicom import Geometry, read_slice
+from kaggle_utils.io.tables import load_table
+from kaggle_utils.preprocessing import axial_crops, axial_levels
+from kaggle_utils.preprocessing.intensity import intensity_window, resize_slice, to_uint8
 
 SPACING = 0.5  # mm per pixel
 SIZE = 200  # pixels: a 100 mm field of view centred on x = y = 0
@@ -63,7 +66,7 @@ def test_blocks_are_ordered_top_to_bottom_whatever_the_files_and_instance_number
     instances = [6, 5, 4, 3, 2, 1]
     shuffle = [4, 1, 5, 0, 3, 2]
     g = geometry([slices[i][0] for i in shuffle], [slices[i][1] for i in shuffle], [instances[i] for i in shuffle])
-    series = axial.split_blocks(7, g)
+    series = axial_levels.split_blocks(7, g)
     assert series.block.tolist() == [0, 0, 0, 1, 1, 1]
     assert series.index.tolist() == [0, 1, 2, 0, 1, 2]
     assert series.instance_numbers.tolist() == [6, 5, 4, 3, 2, 1]  # top to bottom, not by instance number
@@ -74,14 +77,14 @@ def test_blocks_are_ordered_top_to_bottom_whatever_the_files_and_instance_number
 def test_non_axial_images_are_dropped_and_named(capsys: pytest.CaptureFixture) -> None:
     coronal = np.array([1.0, 0.0, 0.0, 0.0, 0.0, -1.0])
     g = geometry([[0, 0, 4], [0, 0, 0], [0, 0, 2]], [FLAT, FLAT, coronal], [1, 2, 99])
-    series = axial.axial_from_geometry(3, g)
+    series = axial_levels.axial_from_geometry(3, g)
     assert series is not None and series.instance_numbers.tolist() == [1, 2]
     assert "series 3: 1 non-axial images dropped (instances [99])" in capsys.readouterr().out
-    assert axial.axial_from_geometry(3, geometry([[0, 0, 0]], [coronal], [1])) is None
+    assert axial_levels.axial_from_geometry(3, geometry([[0, 0, 0]], [coronal], [1])) is None
 
 
 def test_signed_distance_uses_each_blocks_own_normal() -> None:
-    series = axial.split_blocks(1, geometry([[0, 0, 0]], [tilted(30)], [1]))
+    series = axial_levels.split_blocks(1, geometry([[0, 0, 0]], [tilted(30)], [1]))
     point = np.array([0.0, 10.0, 0.0])  # 10 mm behind the slice centre, in the axial plane of a flat slice
     # The tilted slice's normal is row x column = (0, -sin 30, cos 30): the point lies 10 sin 30 = 5 mm below it.
     np.testing.assert_allclose(series.signed_distances(point), [-5.0])
@@ -90,23 +93,23 @@ def test_signed_distance_uses_each_blocks_own_normal() -> None:
 def test_nearest_slice_within_reach_is_assigned_and_gaps_and_uncovered_levels_are_not() -> None:
     # Slices every 4 mm from z = 0 down to -40, the one at -20 missing (a gap in the series).
     heights = [-4.0 * k for k in range(11) if k != 5]
-    series = axial.split_blocks(5, stack(heights, first=10))
+    series = axial_levels.split_blocks(5, stack(heights, first=10))
     points = points_at([-8.5, -20.0, 30.0, -36.0, -39.0])
     points[3, 0] = 80.0  # 80 mm to the left: it projects outside the 100 mm wide image
-    matches = axial.match_levels(points, series, max_distance_mm=3.0)
+    matches = axial_levels.match_levels(points, series, max_distance_mm=3.0)
     assert [m.assigned for m in matches] == [True, False, False, False, True]
     assert series.instance_numbers[matches[0].slice] == 12 and matches[0].distance_mm == pytest.approx(-0.5)
     assert abs(matches[1].distance_mm) == pytest.approx(4.0)  # the gap: nearest slices 4 mm away either side
     assert matches[4].xy == pytest.approx(((SIZE - 1) / 2, (SIZE - 1) / 2))
-    looser = axial.match_levels(points, series, max_distance_mm=5.0)  # inference reaches further
+    looser = axial_levels.match_levels(points, series, max_distance_mm=5.0)  # inference reaches further
     assert [m.assigned for m in looser] == [True, True, False, False, True]
 
 
 def test_level_table_marks_one_slice_per_covered_level_in_every_series() -> None:
-    upper = axial.split_blocks(1, stack([40.0, 36.0, 32.0, 28.0, 24.0, 20.0]))
-    lower = axial.split_blocks(2, stack([22.0, 18.0, 14.0, 10.0, 6.0, 2.0]))
+    upper = axial_levels.split_blocks(1, stack([40.0, 36.0, 32.0, 28.0, 24.0, 20.0]))
+    lower = axial_levels.split_blocks(2, stack([22.0, 18.0, 14.0, 10.0, 6.0, 2.0]))
     points = points_at([36.5, 21.0, 10.0, -30.0, -60.0])
-    table = axial.level_table(9, points, [upper, lower], max_distance_mm=3.0)
+    table = axial_levels.level_table(9, points, [upper, lower], max_distance_mm=3.0)
     assert list(table.columns) == [*tables.SCHEMAS["axial_levels"], "rows", "columns", "row_mm", "column_mm"]
     assigned = table[table.assigned]
     by_series = assigned.groupby("series_id")["level"].apply(list).to_dict()
@@ -134,7 +137,7 @@ def test_sagittal_points_are_placed_on_the_middle_slice() -> None:
     )
     keypoints = np.zeros((5, 2, 2))
     keypoints[:, 1] = [[0.5, 0.1 * (k + 1)] for k in range(5)]  # the back-of-disc points, relative x, y
-    world = axial.sagittal_level_points(keypoints, g)
+    world = axial_levels.sagittal_level_points(keypoints, g)
     expected = [[0.0, -50.0 + 0.5 * 200 * 0.5, 50.0 - 0.1 * (k + 1) * 200 * 0.5] for k in range(5)]
     np.testing.assert_allclose(world, expected)
 
@@ -143,7 +146,7 @@ def test_synthetic_levels_land_on_the_labelled_axial_slices(tiny_data: Path, pre
     """From the ground-truth Sagittal T2 keypoints, each labelled subarticular point's series has that level
     assigned within one slice of where the reader clicked; studies without the T2 keypoints are counted."""
     series, keypoints = tables.load_table(prepared, "series"), tables.load_table(prepared, "keypoints")
-    table, coverage = axial.build_level_table(prepared, "train", series, keypoints, 3.0, progress=False)
+    table, coverage = axial_levels.build_level_table(prepared, "train", series, keypoints, 3.0, progress=False)
     coords = pd.read_csv(tiny_data / TRAIN_COORDINATES_CSV)
     clicked = coords[coords.condition.str.contains("Subarticular")]
     assigned = table[table.assigned]
@@ -155,8 +158,8 @@ def test_synthetic_levels_land_on_the_labelled_axial_slices(tiny_data: Path, pre
     assert (gaps <= 1).all()
     assert coverage.studies == series.study_id.nunique() and coverage.levels_assigned > 0
 
-    without_t2 = keypoints[keypoints.plane == "t1"]
-    _, none = axial.build_level_table(prepared, "train", series, without_t2, 3.0, progress=False)
+    without_t2 = keypoints[keypoints.view == "t1"]
+    _, none = axial_levels.build_level_table(prepared, "train", series, without_t2, 3.0, progress=False)
     assert len(none.without_sagittal_t2) == none.studies and none.levels_assigned == 0
 
 
@@ -169,8 +172,14 @@ def test_stack_instances_repeat_the_ends_of_the_block() -> None:
             "index": [0, 1, 2, 0, 1],
         }
     )
-    assert axial.stack_instances(levels, 1, 8) == [9, 9, 8, 7, 7]
-    assert axial.stack_instances(levels, 1, 3) == [3, 3, 3, 2, 2]  # instance 7 belongs to another block
+    assert axial_levels.stack_instances(levels, 1, 8, PreprocessConfig()) == [9, 9, 8, 7, 7]
+    assert axial_levels.stack_instances(levels, 1, 3, PreprocessConfig()) == [
+        3,
+        3,
+        3,
+        2,
+        2,
+    ]  # instance 7 belongs to another block
 
 
 def test_localiser_samples_pair_both_points_on_the_assigned_slice(prepared: Paths) -> None:
@@ -190,10 +199,10 @@ def test_a_stack_is_the_assigned_slice_between_its_block_neighbours(prepared: Pa
     levels = tables.load_table(prepared, "axial_levels")
     sample = tables.load_table(prepared, "axial_keypoints").iloc[0]
     instance = int(sample.instance_number)
-    stack = np.load(prepared.axial_stack(sample.study_id, sample.series_id, axial.level_slug(sample.level), instance))
-    assert stack.shape == (axial.STACK_SLICES, 256, 256) and stack.dtype == np.uint8
-    instances = axial.stack_instances(levels, int(sample.series_id), instance)
-    assert instances[axial.STACK_SLICES // 2] == instance
+    stack = np.load(prepared.axial_stack(sample.study_id, sample.series_id, labels.level_slug(sample.level), instance))
+    assert stack.shape == (PreprocessConfig().axial_stack_slices, 256, 256) and stack.dtype == np.uint8
+    instances = axial_levels.stack_instances(levels, int(sample.series_id), instance, PreprocessConfig())
+    assert instances[PreprocessConfig().axial_stack_slices // 2] == instance
     folder = prepared.series_dir("train", int(sample.study_id), int(sample.series_id))
     slices = {i: read_slice(folder / f"{i}.dcm") for i in set(instances)}
     window = intensity_window([slices[i] for i in instances], PreprocessConfig().percentiles)  # the stack's own
@@ -209,9 +218,9 @@ def test_level_crops_centre_on_the_canal_and_each_recess_and_mirror_the_right_on
         image[100, int(point[0]) + 4] = 100.0
     points = np.stack([left / 200, right / 200])
     spacing = np.array([0.5, 0.5])  # 40 mm side crops are 80 px: size 80 keeps the pixels
-    crops = axial.level_crops([image] * 3, points, spacing, 80, (0.0, 100.0))
+    crops = axial_crops.level_crops([image] * 3, points, spacing, (0.0, 100.0), PreprocessConfig(img_size=80))
     assert crops.shape == (3, 3, 80, 80) and crops.dtype == np.uint8
-    profile = {name: crops[k, 1].max(axis=0) for k, name in enumerate(axial.CROPS)}
+    profile = {name: crops[k, 1].max(axis=0) for k, name in enumerate(axial_crops.CROPS)}
     centre_of_80 = 39.5
     assert np.flatnonzero(profile["left"]).mean() == pytest.approx(centre_of_80 + 4, abs=0.6)
     assert np.flatnonzero(profile["right"]).mean() == pytest.approx(centre_of_80 - 4, abs=0.6)
@@ -223,16 +232,19 @@ def test_training_crops_are_cut_from_the_true_points(prepared: Paths) -> None:
     levels = tables.load_table(prepared, "axial_levels")
     samples = tables.load_table(prepared, "axial_keypoints")
     sample = samples.iloc[0]
-    key = (int(sample.study_id), int(sample.series_id), axial.level_slug(sample.level), int(sample.instance_number))
+    key = (int(sample.study_id), int(sample.series_id), labels.level_slug(sample.level), int(sample.instance_number))
     crops = np.load(prepared.axial_crops(*key))
-    assert crops.shape == (len(axial.CROPS), axial.STACK_SLICES, 256, 256) and crops.dtype == np.uint8
-    instances = axial.stack_instances(levels, key[1], key[3])
+    assert (
+        crops.shape == (len(axial_crops.CROPS), PreprocessConfig().axial_stack_slices, 256, 256)
+        and crops.dtype == np.uint8
+    )
+    instances = axial_levels.stack_instances(levels, key[1], key[3], PreprocessConfig())
     folder = prepared.series_dir("train", key[0], key[1])
     stack = [read_slice(folder / f"{i}.dcm") for i in instances]
     row = levels[(levels.series_id == key[1]) & (levels.instance_number == key[3])].iloc[0]
-    points = axial.points_by_level(samples)[key[1], sample.level]
+    points = axial_levels.points_by_level(samples)[key[1], sample.level]
     window = intensity_window(stack, PreprocessConfig().percentiles)
-    expected = axial.level_crops(stack, points, np.array([row.row_mm, row.column_mm]), 256, window)
+    expected = axial_crops.level_crops(stack, points, np.array([row.row_mm, row.column_mm]), window, PreprocessConfig())
     np.testing.assert_array_equal(crops, expected)
 
 
@@ -252,7 +264,7 @@ def test_the_level_picture_puts_the_true_and_the_predicted_points_on_the_slices_
             "right_y": predicted["relative_y"]["R"],
         }
     ).reset_index()
-    picture = axial.level_picture(prepared, "train", study_id, series, keypoints, 3.0, samples, predicted)
+    picture = viz.level_picture(prepared, "train", study_id, series, keypoints, 3.0, samples, predicted)
     assert picture.true_points and picture.true_points.keys() == picture.predicted_points.keys()
     for level, true in picture.true_points.items():
         image = picture.slices[level][0]

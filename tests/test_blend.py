@@ -8,7 +8,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils.blend import (
+from kaggle_utils.core.constants import LEVEL_SLUGS, SEVERITY_COLUMNS, SEVERITY_WEIGHTS
+from kaggle_utils.core.paths import BLEND_FILE
+from kaggle_utils.inference.blend import (
     BLEND_FAMILIES,
     SEVERE_BOOST,
     Blend,
@@ -17,8 +19,6 @@ from kaggle_utils.blend import (
     boost_max_severe,
     fit_blend,
 )
-from kaggle_utils.constants import LEVELS, SEVERITY_COLUMNS, SEVERITY_WEIGHTS
-from kaggle_utils.paths import BLEND_FILE
 
 COLUMNS = list(SEVERITY_COLUMNS)
 BLENDED_CONDITIONS = ("spinal_canal_stenosis", "left_subarticular_stenosis", "right_subarticular_stenosis")
@@ -43,7 +43,7 @@ def synthetic_oof(seed: int = 0, n_studies: int = 300, sigma: float = 2.0):
     """Labels drawn from softmax(z); sagittal sees z + N(0, sigma^2), axial z + N(0, sigma^2 / 3). The best linear
     estimate of z weights the views by inverse noise variance, so the best axial weight is 3 / (1 + 3) = 0.75."""
     rng = np.random.default_rng(seed)
-    ids = [f"{s}_{c}_{lv}" for s in range(1, n_studies + 1) for c in BLENDED_CONDITIONS for lv in LEVELS]
+    ids = [f"{s}_{c}_{lv}" for s in range(1, n_studies + 1) for c in BLENDED_CONDITIONS for lv in LEVEL_SLUGS]
     n = len(ids)
     z = rng.normal(0, 3.0, (n, 3))
     labels = (rng.random(n)[:, None] > np.cumsum(softmax(z), axis=1)).sum(axis=1)
@@ -80,9 +80,9 @@ def test_fit_without_axial_rows_keeps_sagittal():
 
 def test_weight_zero_gives_sagittal_one_gives_axial_and_missing_rows_keep_the_other_side():
     rng = np.random.default_rng(1)
-    spinal = [f"7_spinal_canal_stenosis_{lv}" for lv in LEVELS]
-    subarticular = [f"7_left_subarticular_stenosis_{lv}" for lv in LEVELS]
-    foraminal = [f"7_left_neural_foraminal_narrowing_{lv}" for lv in LEVELS]
+    spinal = [f"7_spinal_canal_stenosis_{lv}" for lv in LEVEL_SLUGS]
+    subarticular = [f"7_left_subarticular_stenosis_{lv}" for lv in LEVEL_SLUGS]
+    foraminal = [f"7_left_neural_foraminal_narrowing_{lv}" for lv in LEVEL_SLUGS]
     sagittal = frame(spinal + subarticular + foraminal, random_probs(rng, 15))
     axial_ids = (
         spinal[:4]
@@ -127,7 +127,7 @@ def test_temperature_below_one_sharpens():
 
 def test_boost_changes_the_top_severe_spinal_row_of_each_study():
     rng = np.random.default_rng(4)
-    ids = [f"{s}_{c}_{lv}" for s in (11, 12, 13) for c in BLENDED_CONDITIONS for lv in LEVELS]
+    ids = [f"{s}_{c}_{lv}" for s in (11, 12, 13) for c in BLENDED_CONDITIONS for lv in LEVEL_SLUGS]
     submission = frame(ids, random_probs(rng, len(ids)))
     submission.index = np.arange(len(ids))[::-1] * 10  # an arbitrary index must not matter
     before = submission.copy()

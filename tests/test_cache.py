@@ -11,10 +11,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils import cache, tables
-from kaggle_utils.config import PreprocessConfig
+from kaggle_utils.core.config import PreprocessConfig
+from kaggle_utils.core.paths import COORDS_V7_CSV, Paths
 from kaggle_utils.dev.synthetic import make_dataset
-from kaggle_utils.paths import COORDS_V7_CSV, Paths
+from kaggle_utils.io import competition, tables
+from kaggle_utils.preprocessing import cache
 
 CFG = PreprocessConfig(num_workers=1)
 EXTRA_SERIES = 123
@@ -38,7 +39,7 @@ def _sagittal(paths: Paths) -> pd.DataFrame:
 
 
 def _planned_and_run(paths: Paths, cfg: PreprocessConfig = CFG) -> tuple[pd.DataFrame, list, list[str]]:
-    series = tables.series_table(paths, "train")
+    series = competition.series_table(paths, "train")
     keypoints = tables.keypoints_table(paths, series)
     jobs = cache.plan_jobs(paths, series, tables.points_by_series(keypoints), cfg)
     return series, jobs, cache.run_jobs(jobs, cfg)
@@ -70,8 +71,8 @@ def test_study_without_t1_or_t2_and_with_two_t2_series(paths: Paths) -> None:
     with pytest.warns(UserWarning, match=rf"no image folder.*{t1_first}"):
         series, jobs, problems = _planned_and_run(paths)
 
-    planes = series.groupby("study_id")["plane"].apply(sorted).to_dict()
-    assert planes == {first: ["t2", "t2"], second: ["t1"]}
+    views = series.groupby("study_id")["view"].apply(sorted).to_dict()
+    assert views == {first: ["t2", "t2"], second: ["t1"]}
     assert problems == []
     assert len(jobs) == 3
     for row in series.itertuples():

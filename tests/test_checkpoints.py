@@ -11,9 +11,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from kaggle_utils.checkpoints import MODEL_FIELDS_KEY, half_precision_copy, load_checkpoint, save_checkpoint
-from kaggle_utils.config import ConfigError, TrainConfig, preset
-from kaggle_utils.models import build_model
+from kaggle_utils.core.config import ConfigError, TrainConfig
+from kaggle_utils.core.presets import preset
+from kaggle_utils.models.checkpoints import (
+    MODEL_FIELDS_KEY,
+    half_precision_copy,
+    load_checkpoint,
+    same_run,
+    save_checkpoint,
+)
+from kaggle_utils.models.networks import build_model
 
 
 def _saved(tmp_path: Path, name: str) -> tuple[torch.nn.Module, TrainConfig, Path]:
@@ -136,3 +143,20 @@ def test_a_tensor_beyond_the_range_of_fp16_stays_fp32(tmp_path: Path) -> None:
         torch.float32,
         torch.int64,
     )
+
+
+def test_a_checkpoint_of_the_version_that_said_plane_still_loads_and_counts_as_the_same_run(tmp_path: Path) -> None:
+    """Before 0.2 a config's view was its ``plane``: in the sidecar and in the copy of the fields in the weights."""
+    model, cfg, path = _saved(tmp_path, "fo")
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    sidecar["config"]["plane"] = sidecar["config"].pop("view")
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
+    state = torch.load(path, weights_only=True)
+    fields = json.loads(state[MODEL_FIELDS_KEY])
+    fields["plane"] = fields.pop("view")
+    state[MODEL_FIELDS_KEY] = json.dumps(fields)
+    torch.save(state, path)
+    loaded, loaded_cfg, _ = load_checkpoint(path, torch.device("cpu"))
+    assert loaded_cfg.view == "t1" and same_run(sidecar["config"], cfg)
+    image, mask = _inputs(cfg)
+    torch.testing.assert_close(loaded(image, mask)["logits"], model(image, mask)["logits"])

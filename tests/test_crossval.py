@@ -7,10 +7,12 @@ import pandas as pd
 import pytest
 import torch
 
-from kaggle_utils import crossval
-from kaggle_utils.config import InferConfig, PreprocessConfig
-from kaggle_utils.constants import IGNORE_INDEX, LABEL_COLUMNS, SEVERITY_COLUMNS
-from kaggle_utils.crossval import (
+from kaggle_utils.core.config import InferConfig, PreprocessConfig
+from kaggle_utils.core.constants import IGNORE_INDEX, LABEL_COLUMNS, SEVERITY_COLUMNS
+from kaggle_utils.core.paths import Paths
+from kaggle_utils.dev import bench_infer
+from kaggle_utils.evaluation import crossval
+from kaggle_utils.evaluation.crossval import (
     cross_validate,
     keypoint_errors,
     score_submission,
@@ -18,10 +20,8 @@ from kaggle_utils.crossval import (
     stage1_report,
     worst_localised,
 )
-from kaggle_utils.dev import bench_infer
-from kaggle_utils.paths import Paths
-from kaggle_utils.tables import load_table, points_by_series, points_frame, series_points
-from kaggle_utils.viz import localisation_figure
+from kaggle_utils.evaluation.viz import localisation_figure
+from kaggle_utils.io.tables import load_table, points_by_series, points_frame, series_points
 
 
 def _submission(probs: dict[str, tuple[float, float, float]], default: tuple[float, float, float]) -> pd.DataFrame:
@@ -61,8 +61,8 @@ def test_score_table_per_condition_and_level_by_hand():
     assert table.loc[("spinal", "all"), "rows"] == 2 and pd.isna(table.loc[("score", "all"), "rows"])
 
 
-def _keypoints(series_id: int, plane: str, points: np.ndarray, study_id: int = 1) -> pd.DataFrame:
-    return points_frame(study_id, series_id, plane, points, "test")
+def _keypoints(series_id: int, view: str, points: np.ndarray, study_id: int = 1) -> pd.DataFrame:
+    return points_frame(study_id, series_id, view, points, "test")
 
 
 def test_keypoint_errors_count_pixels_on_the_grid_and_coordinates_in_shares_of_the_image():
@@ -73,7 +73,7 @@ def test_keypoint_errors_count_pixels_on_the_grid_and_coordinates_in_shares_of_t
     moved[:, 0, 0] += 0.03  # every first point 0.03 of the image to the right: 7.68 px, within 5 % not 1 %
     predicted = pd.concat([_keypoints(9, "t1", moved), _keypoints(8, "t2", truth)])
     errors = keypoint_errors(predicted, pd.concat([_keypoints(9, "t1", truth), _keypoints(8, "t2", truth)]))
-    t1, t2 = errors.set_index("plane").loc["t1"], errors.set_index("plane").loc["t2"]
+    t1, t2 = errors.set_index("view").loc["t1"], errors.set_index("view").loc["t2"]
     assert t1["mean_px"] == pytest.approx(0.03 * 256 / 2) and t1["within_5px"] == 0.5
     assert t1["within_1pct"] == 0.75 and t1["within_5pct"] == 1.0
     assert t2.tolist() == [0.0, 1.0, 1.0, 1.0]
@@ -104,7 +104,7 @@ def test_a_per_level_localiser_is_scored_by_side_against_its_samples():
     )
     errors = crossval.level_point_errors(oof, samples)
     assert errors["distance_px"].tolist() == pytest.approx([0.0, 5.0, 0.0, 0.0])
-    summary = crossval.summarise_errors(errors).set_index("plane").loc["axial"]
+    summary = crossval.summarise_errors(errors).set_index("view").loc["axial"]
     assert summary["mean_px"] == pytest.approx(1.25) and summary["within_5px"] == 0.75
 
 
@@ -140,7 +140,7 @@ def test_the_worst_localised_series_come_first_with_crops_from_both_point_sets(t
         [
             _keypoints(
                 s,
-                series.set_index("series_id").loc[s, "plane"],
+                series.set_index("series_id").loc[s, "view"],
                 series_points(truth, s) + 0.01 * k,
                 int(series.set_index("series_id").loc[s, "study_id"]),
             )

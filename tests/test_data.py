@@ -8,21 +8,26 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kaggle_utils.axial import level_slug
-from kaggle_utils.constants import (
+from kaggle_utils.core.constants import (
     FORAMINAL_CONDITIONS,
     IGNORE_INDEX,
     LABEL_COLUMNS,
     LEVEL_NAMES,
-    LEVELS,
+    LEVEL_SLUGS,
     SEVERITY_COLUMNS,
     row_id,
 )
-from kaggle_utils.data import AxialCropDataset, CropDataset, LevelKeypointDataset, one_hot_targets, soft_targets
-from kaggle_utils.devices import device_images
-from kaggle_utils.labels import condition_rows, left_right_pairs_of
-from kaggle_utils.paths import Paths
-from kaggle_utils.tables import load_table
+from kaggle_utils.core.devices import device_images
+from kaggle_utils.core.labels import condition_rows, left_right_pairs_of, level_slug
+from kaggle_utils.core.paths import Paths
+from kaggle_utils.io.tables import load_table
+from kaggle_utils.training.data import (
+    AxialCropDataset,
+    CropDataset,
+    LevelKeypointDataset,
+    one_hot_targets,
+    soft_targets,
+)
 
 
 def test_device_images_are_the_uint8_batch_scaled_to_unit_floats():
@@ -53,7 +58,7 @@ class FixedDraws:
 
 def test_the_sequence_flip_reverses_the_slices_and_swaps_left_and_right_labels(prepared):
     series = load_table(prepared, "series")
-    series = series[series["plane"] == "t2"]
+    series = series[series["view"] == "t2"]
     dataset = CropDataset(series, prepared, 6, condition_rows("all"), load_table(prepared, "targets"), train=True)
     plain_image, flipped_image = (np.empty(dataset.image_shape(), np.uint8) for _ in range(2))
     plain = dataset.fill(0, plain_image, FixedDraws(0.9))
@@ -81,7 +86,9 @@ def _crop_dataset(
     pseudo = None
     if pseudo_values is not None:
         pseudo = pd.DataFrame(
-            [(1, row_id(1, f"{c}_{lv}"), *v) for c, v in pseudo_values.items() for lv in LEVELS[:4]],  # L5/S1 absent
+            [
+                (1, row_id(1, f"{c}_{lv}"), *v) for c, v in pseudo_values.items() for lv in LEVEL_SLUGS[:4]
+            ],  # L5/S1 absent
             columns=["study_id", "row_id", *SEVERITY_COLUMNS],
         )
     series = pd.DataFrame({"study_id": [1], "series_id": [2]})
@@ -140,7 +147,7 @@ def test_a_level_sample_is_its_stacks_middle_frames_and_its_left_and_right_point
         prepared.axial_stack(first.study_id, first.series_id, level_slug(first.level), first.instance_number)
     )
     np.testing.assert_array_equal(sample["image"].numpy(), stack[1:4])  # the assigned slice and one either side
-    assert sample["mask"].all() and sample["level"] == LEVEL_NAMES.index(first.level)
+    assert sample["mask"].all() and sample["level_index"] == LEVEL_NAMES.index(first.level)
     rows = samples[(samples.series_id == first.series_id) & (samples.level == first.level)].set_index("side")
     np.testing.assert_allclose(sample["target"].numpy(), rows.loc[["L", "R"], ["relative_x", "relative_y"]], atol=1e-6)
     reversed_ = LevelKeypointDataset(samples, prepared, n_frames=3, keypoints=samples, train=True)
@@ -159,7 +166,7 @@ def test_an_axial_level_sample_is_its_three_crops_and_the_levels_three_labels(pr
     np.testing.assert_array_equal(sample["image"].numpy(), crops)  # (canal, left, mirrored right) x 5 slices
     labels = targets.set_index("study_id").loc[study_id, [f"{r}_{level_slug(level)}" for r in dataset.rows]]
     np.testing.assert_array_equal(sample["target"].numpy(), one_hot_targets(labels.to_numpy(int))[None])
-    assert sample["level"] == LEVEL_NAMES.index(level) and sample["series_id"] == series_id
+    assert sample["level_index"] == LEVEL_NAMES.index(level) and sample["series_id"] == series_id
 
     # Training: as cut or with its slices reversed, and each of those flipped horizontally or not (the canal crop
     # mirrored, the recess crops and their labels swapped).

@@ -11,20 +11,20 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils import denoise, train
-from kaggle_utils.config import preset
-from kaggle_utils.constants import (
+from kaggle_utils.core.constants import (
     CONDITIONS,
     FORAMINAL_CONDITIONS,
     IGNORE_INDEX,
     LABEL_COLUMNS,
-    LEVELS,
+    LEVEL_SLUGS,
     SEVERITIES,
     SEVERITY_COLUMNS,
     row_id,
 )
-from kaggle_utils.paths import Paths
-from kaggle_utils.train import round2_inputs
+from kaggle_utils.core.paths import Paths
+from kaggle_utils.core.presets import preset
+from kaggle_utils.training import denoise, train
+from kaggle_utils.training.denoise import round2_inputs
 
 N_STUDIES = 40
 
@@ -150,7 +150,7 @@ def test_pseudo_labels_cover_every_row_and_sum_to_one(planted):
 
 
 def test_the_ensemble_routes_foraminal_rows_to_the_t1_model():
-    column = f"{FORAMINAL_CONDITIONS[0]}_{LEVELS[0]}"
+    column = f"{FORAMINAL_CONDITIONS[0]}_{LEVEL_SLUGS[0]}"
     oof = pd.DataFrame(
         {
             "study_id": [1, 1, 1],
@@ -167,11 +167,19 @@ def test_the_ensemble_routes_foraminal_rows_to_the_t1_model():
 
 def test_noisy_cells_read_our_table_and_the_solutions_file():
     ours = pd.DataFrame(
-        {"study_id": [5, 6], "condition": [CONDITIONS[0], CONDITIONS[3]], "level": LEVELS[:2], "noisy": [True, False]}
+        {
+            "study_id": [5, 6],
+            "condition": [CONDITIONS[0], CONDITIONS[3]],
+            "level": LEVEL_SLUGS[:2],
+            "noisy": [True, False],
+        }
     )
-    assert denoise.noisy_cells(ours).to_dict("list") == {"study_id": [5], "column": [f"{CONDITIONS[0]}_{LEVELS[0]}"]}
-    solutions = pd.DataFrame({"study_id": [7], "target": [CONDITIONS[4]], "level": [LEVELS[4]]})
-    assert denoise.noisy_cells(solutions)["column"].tolist() == [f"{CONDITIONS[4]}_{LEVELS[4]}"]
+    assert denoise.noisy_cells(ours).to_dict("list") == {
+        "study_id": [5],
+        "column": [f"{CONDITIONS[0]}_{LEVEL_SLUGS[0]}"],
+    }
+    solutions = pd.DataFrame({"study_id": [7], "target": [CONDITIONS[4]], "level": [LEVEL_SLUGS[4]]})
+    assert denoise.noisy_cells(solutions)["column"].tolist() == [f"{CONDITIONS[4]}_{LEVEL_SLUGS[4]}"]
     with pytest.raises(ValueError, match="L1/L2"):
         denoise.noisy_cells(pd.DataFrame({"study_id": [7], "target": [CONDITIONS[4]], "level": ["L1/L2"]}))
 
@@ -238,7 +246,7 @@ def test_round_one_config_changes_nothing_and_round_two_prints_the_drops(tmp_pat
     same, pseudo = round2_inputs(preset("sp1", "smoke"), targets, fold=0)
     assert same is targets and pseudo is None
     noisy = pd.DataFrame(
-        {"study_id": [2], "row_id": ["x"], "condition": [CONDITIONS[2]], "level": [LEVELS[1]], "noisy": [True]}
+        {"study_id": [2], "row_id": ["x"], "condition": [CONDITIONS[2]], "level": [LEVEL_SLUGS[1]], "noisy": [True]}
     )
     noisy.to_csv(tmp_path / "noisy.csv", index=False)
     pd.DataFrame({"study_id": [1], "row_id": ["y"], "normal_mild": [1.0], "moderate": [0.0], "severe": [0.0]}).to_csv(
@@ -248,7 +256,7 @@ def test_round_one_config_changes_nothing_and_round_two_prints_the_drops(tmp_pat
         "sp1", "smoke", {"noisy_labels": str(tmp_path / "noisy.csv"), "pseudo_labels": str(tmp_path / "pseudo.csv")}
     )
     out, pseudo = round2_inputs(cfg, targets, fold=3)
-    assert out.loc[1, f"{CONDITIONS[2]}_{LEVELS[1]}"] == IGNORE_INDEX and len(pseudo) == 1
+    assert out.loc[1, f"{CONDITIONS[2]}_{LEVEL_SLUGS[1]}"] == IGNORE_INDEX and len(pseudo) == 1
     assert f"sp1 f3: 1 noisy training labels ignored ({CONDITIONS[0]} 0, {CONDITIONS[1]} 0, {CONDITIONS[2]} 1" in (
         capsys.readouterr().out
     )

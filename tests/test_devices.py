@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kaggle_utils.devices import autocast_dtype
+from kaggle_utils.core.devices import autocast_dtype
 
 
 @pytest.mark.parametrize(

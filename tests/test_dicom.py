@@ -15,8 +15,8 @@ from pydicom.encaps import encapsulate
 from pydicom.pixels import get_decoder
 from pydicom.uid import ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from kaggle_utils import dicom
-from kaggle_utils.dicom import (
+from kaggle_utils.io import dicom
+from kaggle_utils.io.dicom import (
     SeriesError,
     order_slices,
     pixel_to_world,

@@ -9,11 +9,11 @@ import pandas as pd
 import pytest
 import torch
 
-from kaggle_utils.config import preset
+from kaggle_utils.core.devices import autocast_dtype
+from kaggle_utils.core.presets import preset
 from kaggle_utils.dev.bench_train import CachedArrays
-from kaggle_utils.devices import autocast_dtype
-from kaggle_utils.engine import CurveLog, StepReadout, make_optimizer, prepare_model, train_step
-from kaggle_utils.tasks import ClassifierTask, KeypointTask
+from kaggle_utils.training.engine import CurveLog, StepReadout, make_optimizer, prepare_model, train_step
+from kaggle_utils.training.tasks import ClassifierTask, KeypointTask
 
 
 def test_curve_log_appends_rows_and_rewrites_when_a_column_appears_or_rows_are_replaced(tmp_path: Path) -> None:

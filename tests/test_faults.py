@@ -12,13 +12,13 @@ import pandas as pd
 import pydicom
 import pytest
 
-from kaggle_utils import tables
-from kaggle_utils.constants import LABEL_COLUMNS, SAGITTAL_T1, SAGITTAL_T2, SEVERITY_COLUMNS
+from kaggle_utils.core.constants import LABEL_COLUMNS, SAGITTAL_T1, SAGITTAL_T2, SEVERITY_COLUMNS
+from kaggle_utils.core.faults import FaultLog
+from kaggle_utils.core.paths import Paths
 from kaggle_utils.dev import bench_infer
 from kaggle_utils.dev.runner import run_notebook
 from kaggle_utils.dev.synthetic import make_dataset
-from kaggle_utils.faults import FaultLog
-from kaggle_utils.paths import Paths
+from kaggle_utils.io import competition
 
 KERNEL = Path(__file__).parent.parent / "notebooks" / "04_inference.py"
 
@@ -35,12 +35,12 @@ def test_a_fault_is_said_at_once_and_kept_for_the_summary() -> None:
 
 
 @pytest.fixture(scope="module")
-def competition(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+def kernel_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """Six test studies in the competition layout and a models folder of small untrained checkpoints."""
     root = tmp_path_factory.mktemp("kernel")
     data = make_dataset(root / "clean", n_train=4, n_test=6, seed=5, workers=1, progress=False)
     bench = Paths(data, root / "bench")
-    bench_infer.write_bench_models(bench, bench, tables.series_table(bench, "train"), "smoke")
+    bench_infer.write_bench_models(bench, bench, competition.series_table(bench, "train"), "smoke")
     return data, bench.models_dir
 
 
@@ -133,8 +133,8 @@ def _inject(data: Path) -> Faults:
 
 
 @pytest.mark.slow
-def test_faults_in_the_test_data_cost_only_their_studies_and_each_is_named(competition, tmp_path: Path, capsys):
-    data, models = competition
+def test_faults_in_the_test_data_cost_only_their_studies_and_each_is_named(kernel_inputs, tmp_path: Path, capsys):
+    data, models = kernel_inputs
     clean, _ = _kernel(data, tmp_path / "clean", models, capsys)
     shutil.copytree(data, tmp_path / "faulty")
     faults = _inject(tmp_path / "faulty")

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from kaggle_utils import frames
-from kaggle_utils.frames import array_shape, read_frames, select_frames, take_frames
+from kaggle_utils.io import frames
+from kaggle_utils.io.frames import array_shape, read_frames, select_frames, take_frames
 
 
 @pytest.mark.parametrize(
@@ -25,11 +25,11 @@ def test_middle_frames_and_symmetric_padding(n_total, n_frames, indices):
 @pytest.mark.parametrize(("n_total", "n_frames"), [(3, 5), (4, 5), (7, 3), (6, 6), (0, 2)])
 def test_take_frames_equals_indexing_by_the_selected_slices(n_total, n_frames):
     array = np.random.default_rng(0).integers(1, 256, (2, n_total, 3, 4), dtype=np.uint8)  # (levels, N, H, W)
-    frames, mask = take_frames(array, n_frames)
+    taken, mask = take_frames(array, n_frames)
     indices, expected_mask = select_frames(n_total, n_frames)
-    assert frames.shape == (2, n_frames, 3, 4) and mask.tolist() == expected_mask.tolist()
+    assert taken.shape == (2, n_frames, 3, 4) and mask.tolist() == expected_mask.tolist()
     for i, source in enumerate(indices):
-        assert (frames[:, i] == (array[:, source] if source >= 0 else 0)).all()
+        assert (taken[:, i] == (array[:, source] if source >= 0 else 0)).all()
 
 
 @pytest.mark.parametrize(("n_total", "n_frames"), [(3, 6), (8, 5), (5, 5)])

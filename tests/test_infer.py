@@ -14,24 +14,26 @@ import pydicom
 import pytest
 import torch
 
-from kaggle_utils import infer, tables
-from kaggle_utils.blend import Blend
-from kaggle_utils.config import FULL_PRESETS, ConfigError, InferConfig, PreprocessConfig, preset_routes
-from kaggle_utils.constants import LABEL_COLUMNS, SEVERITY_COLUMNS
+from kaggle_utils.core.config import ConfigError, InferConfig, PreprocessConfig
+from kaggle_utils.core.constants import LABEL_COLUMNS, SEVERITY_COLUMNS
+from kaggle_utils.core.faults import FAULT_COLUMNS
+from kaggle_utils.core.paths import Paths
+from kaggle_utils.core.presets import FULL_PRESETS, preset_routes
 from kaggle_utils.dev import bench_infer
-from kaggle_utils.faults import FAULT_COLUMNS
-from kaggle_utils.infer import (
-    AXIAL_DISTANCE_SCALE_MM,
-    Inference,
-    StageTimer,
+from kaggle_utils.inference import axial_branch, ensemble, run
+from kaggle_utils.inference.axial_branch import AXIAL_DISTANCE_SCALE_MM, merge_axial
+from kaggle_utils.inference.blend import Blend
+from kaggle_utils.inference.ensemble import load_models_on
+from kaggle_utils.inference.run import Inference, StageTimer, split_by_study
+from kaggle_utils.inference.submission import (
+    Prediction,
     complete_submission,
     label_priors,
-    load_models_on,
-    merge_axial,
+    prior_submission,
     route,
-    split_by_study,
+    rows_without_prediction,
 )
-from kaggle_utils.paths import Paths
+from kaggle_utils.io import competition
 
 
 def level_rows(preset: str, column: str, probs: tuple[float, float, float], study: int = 1) -> dict:
@@ -96,7 +98,7 @@ def test_every_study_gets_25_finite_rows_summing_to_one():
     assert np.isfinite(values).all() and np.allclose(values.sum(1), 1)
     assert submission.iloc[0][list(SEVERITY_COLUMNS)].tolist() == pytest.approx([0.5, 0.25, 0.25])
     assert submission.iloc[1][list(SEVERITY_COLUMNS)].tolist() == pytest.approx(priors.iloc[1].tolist())
-    missing = infer.rows_without_prediction(merged, [7, 8])
+    missing = rows_without_prediction(merged, [7, 8])
     assert len(missing) == 49 and "7_spinal_canal_stenosis_l1_l2" not in set(missing["row_id"])
 
 
@@ -109,17 +111,17 @@ def test_the_summary_says_which_studies_lost_which_rows_and_why():
     merged = pd.concat(
         [merged, pd.DataFrame([[f"9_{c}", 1.0, 0.0, 0.0] for c in LABEL_COLUMNS], columns=merged.columns)]
     )
-    prediction = infer.Prediction(
+    prediction = Prediction(
         submission=complete_submission(merged, studies, priors),
-        baseline=infer.prior_submission(studies, priors),
+        baseline=prior_submission(studies, priors),
         keypoints=pd.DataFrame(),
         sagittal=pd.DataFrame(),
         axial=pd.DataFrame(),
         axial_points=pd.DataFrame(),
-        from_priors=infer.rows_without_prediction(merged, studies),
+        from_priors=rows_without_prediction(merged, studies),
         faults=pd.DataFrame([(7, 71, "not used: bad header"), (9, 91, "slice left out: 3.dcm")], columns=FAULT_COLUMNS),
         series=pd.DataFrame(
-            {"study_id": [7, 7, 8, 9], "series_id": [70, 71, 80, 90], "plane": ["t1", "t2", "t1", "t2"]}
+            {"study_id": [7, 7, 8, 9], "series_id": [70, 71, 80, 90], "view": ["t1", "t2", "t1", "t2"]}
         ),
     )
     lines = prediction.summary().splitlines()
@@ -156,7 +158,7 @@ def test_studies_are_dealt_whole_over_the_devices() -> None:
 def test_two_devices_predict_what_one_does(tiny_data: Path, tmp_path: Path) -> None:
     """Two CPU "devices" (as the two cards of a T4 x2), each with its own copy of the models, one thread each."""
     data = Paths(tiny_data, tmp_path)
-    series = tables.series_table(data, "train")
+    series = competition.series_table(data, "train")
     series = series[series["study_id"].isin(sorted(series["study_id"].unique())[:3])]
     paths = Paths(tiny_data, tmp_path / "work")
     bench_infer.write_bench_models(paths, data, series, "smoke")
@@ -175,14 +177,15 @@ def test_two_devices_predict_what_one_does(tiny_data: Path, tmp_path: Path) -> N
 
 def test_inference_imports_no_training_code():
     """The kernel's path: no augmentation, tasks, training loop, losses or loaders come with ``infer``."""
-    code = "import sys, kaggle_utils.infer; print(' '.join(m for m in sys.modules if m.startswith('kaggle_utils')))"
+    listed = "print(' '.join(m for m in sys.modules if m.startswith('kaggle_utils')))"
+    code = f"import sys, kaggle_utils.inference.run; {listed}"
     loaded = set(
         subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     )
     training = {
         f"kaggle_utils.{m}" for m in ("augment", "warps", "tasks", "engine", "losses", "loader", "data", "train")
     }
-    assert "kaggle_utils.predictors" in loaded and not loaded & training
+    assert "kaggle_utils.models.predictors" in loaded and not loaded & training
 
 
 def test_axial_rows_of_several_series_are_averaged_by_distance() -> None:
@@ -203,18 +206,18 @@ def test_a_study_without_axial_series_keeps_its_sagittal_rows(tiny_data: Path, t
     """The kernel's path on two studies, one of them stripped of its axial series: 25 rows each; the axial branch
     changes the spinal and subarticular rows of the other one only, through the blend."""
     data = Paths(tiny_data, tmp_path)
-    series = tables.series_table(data, "train")
-    axial = infer.axial_series_ids(data, "train")
+    series = competition.series_table(data, "train")
+    axial = axial_branch.axial_series_ids(data, "train")
     studies = [s for s in sorted(series["study_id"].unique()) if s in axial][:2]
     series = series[series["study_id"].isin(studies)]
     paths = Paths(tiny_data, tmp_path / "work")
     bench_infer.write_bench_models(paths, data, series, "smoke")
     models = load_models_on(paths, [torch.device("cpu")], [0])[0]
     stripped = {studies[1]: axial[studies[1]]}  # studies[0] reads as a study without Axial T2
-    priors = label_priors(tables.targets_table(tables.read_csv(data, "train.csv")))
+    priors = label_priors(competition.targets_table(competition.read_csv(data, "train.csv")))
     args = (PreprocessConfig(), InferConfig(tta_angles=(0.0,)))
     with pytest.MonkeyPatch.context() as patch:
-        patch.setattr(infer, "axial_series_ids", lambda *_: stripped)
+        patch.setattr(run, "axial_series_ids", lambda *_: stripped)
         prediction = Inference(paths, models, *args).predict(series, studies, priors, Blend())
     submission, sagittal = (p.set_index("row_id") for p in (prediction.submission, prediction.sagittal))
     assert len(submission) == 50 and np.allclose(submission.sum(axis=1), 1)
@@ -229,20 +232,20 @@ def test_a_study_without_axial_series_keeps_its_sagittal_rows(tiny_data: Path, t
 def test_an_unreadable_axial_slice_drops_its_level_only(tiny_data: Path, tmp_path: Path) -> None:
     data = Paths(tmp_path / "data", tmp_path / "work")
     shutil.copytree(tiny_data, data.data_dir)
-    axial = infer.axial_series_ids(data, "train")
-    series = tables.series_table(data, "train")
+    axial = axial_branch.axial_series_ids(data, "train")
+    series = competition.series_table(data, "train")
     series = series[series["study_id"] == next(s for s in sorted(series["study_id"].unique()) if s in axial)]
     bench_infer.write_bench_models(data, data, series, "smoke")
     models = load_models_on(data, [torch.device("cpu")], [0])[0]
-    run = (data, models, PreprocessConfig(), InferConfig(tta_angles=(0.0,)))
-    before = Inference(*run).predict_table(series, axial)[1].query("preset == 'ax'")
+    given = (data, models, PreprocessConfig(), InferConfig(tta_angles=(0.0,)))
+    before = Inference(*given).predict_table(series, axial)[1].query("preset == 'ax'")
     broken = before.iloc[0]
     path = data.series_dir("train", int(broken.study_id), int(broken.series_id)) / f"{int(broken.instance_number)}.dcm"
     ds = pydicom.dcmread(path)
     ds.PixelData = ds.PixelData[:100]  # the header still reads; its pixels do not
     ds.save_as(path)
     with pytest.warns(UserWarning, match=f"series {int(broken.series_id)}: {broken.level} not predicted"):
-        after = Inference(*run).predict_table(series, axial)[1].query("preset == 'ax'")
+        after = Inference(*given).predict_table(series, axial)[1].query("preset == 'ax'")
     kept = before[(before["series_id"] != broken.series_id) | (before["level"] != broken.level)]
     assert set(zip(after["series_id"], after["row_id"], strict=True)) == set(
         zip(kept["series_id"], kept["row_id"], strict=True)
@@ -253,7 +256,7 @@ def test_the_axial_coverage_line_counts_levels_and_studies_without_axial_series(
     placed = pd.DataFrame(
         {"study_id": [1, 1, 1, 2], "level": ["L4/L5", "L4/L5", "L5/S1", "L1/L2"]}  # L4/L5 of study 1 twice
     )
-    line = infer.axial_coverage(placed, [1, 3], {1: [10, 11], 2: [20]})
+    line = axial_branch.axial_coverage(placed, [1, 3], {1: [10, 11], 2: [20]})
     assert line.startswith("axial branch: 2 of 10 levels of 2 studies") and "1 of the studies without" in line
 
 
@@ -261,7 +264,7 @@ def test_the_models_used_are_listed_and_unfinished_missing_or_broken_runs_named(
     tiny_data: Path, tmp_path: Path, capsys
 ) -> None:
     data = Paths(tiny_data, tmp_path)
-    series = tables.series_table(data, "train")
+    series = competition.series_table(data, "train")
     series = series[series["study_id"] == series["study_id"].iloc[0]]
     paths = Paths(tiny_data, tmp_path / "work")
     bench_infer.write_bench_models(paths, data, series, "smoke", n_folds=2)
@@ -269,7 +272,7 @@ def test_the_models_used_are_listed_and_unfinished_missing_or_broken_runs_named(
     (paths.models_dir / "sp2-f1-s42.pt").rename(paths.models_dir / "sp2-f1-s42.state.pt")  # an interrupted run
     (paths.models_dir / "su-f1-s42.pt").write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning) as warned:
-        models = infer.load_models(paths, None, torch.device("cpu"))
+        models = ensemble.load_models(paths, None, torch.device("cpu"))
     said = [str(w.message) for w in warned]
     assert any("su-f1-s42.pt cannot be loaded and is left out of the ensemble" in m for m in said)
     assert any("sp2-f1-s42.state.pt: an unfinished run of sp2 fold 1, not used" in m for m in said)
@@ -279,6 +282,6 @@ def test_the_models_used_are_listed_and_unfinished_missing_or_broken_runs_named(
     assert "stage1 t1 [0, 1]" in listed and "fo [0]" in listed and "sp1 [0, 1]" in listed
     assert [m.fold for m in models.stage2["sp1"]] == [0, 1]
     with pytest.warns(UserWarning, match="unfinished run of sp2 fold 1"):
-        infer.load_models(paths, [1], torch.device("cpu"))  # the CV of fold 1: its unfinished run is named too
+        ensemble.load_models(paths, [1], torch.device("cpu"))  # the CV of fold 1: its unfinished run is named too
     with pytest.raises(FileNotFoundError, match="train them \\(notebooks 02 and 03\\), or attach the weights dataset"):
-        infer.load_models(paths, [5], torch.device("cpu"))
+        ensemble.load_models(paths, [5], torch.device("cpu"))

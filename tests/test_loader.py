@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from kaggle_utils.loader import BatchLoader, DeviceBatches, collate, to_device
+from kaggle_utils.training.loader import BatchLoader, DeviceBatches, collate, to_device
 
 
 class Numbers:

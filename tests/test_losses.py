@@ -11,17 +11,18 @@ import torch
 import torch.nn.functional as F
 from keypoint_images import blobs
 
-from kaggle_utils import augment, config
-from kaggle_utils.augment import Stage1Augment
-from kaggle_utils.constants import IGNORE_INDEX
-from kaggle_utils.losses import (
+from kaggle_utils.core import presets
+from kaggle_utils.core.constants import IGNORE_INDEX
+from kaggle_utils.models.losses import (
     gaussian_heatmaps,
     heatmap_divergence,
     keypoint_l1,
     pseudo_label_loss,
     weighted_soft_cross_entropy,
 )
-from kaggle_utils.models import soft_argmax
+from kaggle_utils.models.networks import soft_argmax
+from kaggle_utils.training import augment
+from kaggle_utils.training.augment import Stage1Augment
 
 
 def test_two_rows_by_hand():
@@ -104,7 +105,7 @@ def test_heatmap_targets_follow_the_points_through_the_stage1_augmentation(strid
     soft-argmax of the warped images, pooled to the heatmap grid, agrees with the moved points within a pixel)."""
     monkeypatch.setattr(augment, "brightness_contrast", lambda images: images)
     torch.manual_seed(0)
-    cfg = dataclasses.replace(config.FULL_PRESETS["stage1_t2"], img_size=64, distort_p=0.0, blur_p=0.0)
+    cfg = dataclasses.replace(presets.FULL_PRESETS["stage1_t2"], img_size=64, distort_p=0.0, blur_p=0.0)
     keypoints = 44 + 40 * torch.rand(4, 10, 2)  # central pixels of a 128-px image
     images, moved = Stage1Augment(cfg)(blobs(keypoints, 128, sigma=6.0), keypoints)
     relative = moved / 64

@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils.constants import IGNORE_INDEX, LABEL_COLUMNS
-from kaggle_utils.metric import ParticipantVisibleError, score, score_parts, solution_from_targets
+from kaggle_utils.core.constants import IGNORE_INDEX, LABEL_COLUMNS
+from kaggle_utils.core.metric import ParticipantVisibleError, score, score_parts, solution_from_targets
 
 ROWS = [  # row_id, true class, predicted (unnormalised) probabilities
     ("1_spinal_canal_stenosis_l1_l2", 0, (0.8, 0.1, 0.1)),

@@ -8,11 +8,11 @@ import pytest
 import timm
 import torch
 
-from kaggle_utils import config
-from kaggle_utils.constants import CONDITIONS, FORAMINAL_CONDITIONS, IGNORE_INDEX
-from kaggle_utils.labels import condition_rows, left_right_pairs
-from kaggle_utils.losses import gaussian_heatmaps, weighted_soft_cross_entropy
-from kaggle_utils.models import (
+from kaggle_utils.core import config, presets
+from kaggle_utils.core.constants import CONDITIONS, FORAMINAL_CONDITIONS, IGNORE_INDEX
+from kaggle_utils.core.labels import condition_rows, left_right_pairs
+from kaggle_utils.models.losses import gaussian_heatmaps, weighted_soft_cross_entropy
+from kaggle_utils.models.networks import (
     MODELS,
     Attention,
     AttentionLSTM,
@@ -27,7 +27,7 @@ from kaggle_utils.models import (
     soft_argmax,
 )
 
-B, LEVELS, FRAMES, SIZE = 2, 5, 4, 32
+B, LEVEL_SLUGS, FRAMES, SIZE = 2, 5, 4, 32
 PRESET_OF_MODEL = {
     "keypoint": "stage1_t2",
     "keypoint_heatmap": "stage1_t2",
@@ -39,7 +39,7 @@ PRESET_OF_MODEL = {
 
 def tiny(name: str, **changes) -> config.TrainConfig:
     return dataclasses.replace(
-        config.FULL_PRESETS[name],
+        presets.FULL_PRESETS[name],
         backbone="test_convnext",
         pretrained=False,
         img_size=SIZE,
@@ -50,10 +50,10 @@ def tiny(name: str, **changes) -> config.TrainConfig:
 
 
 def stage2_batch(n_rows: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    x = torch.rand(B, LEVELS, FRAMES, 1, SIZE, SIZE)
+    x = torch.rand(B, LEVEL_SLUGS, FRAMES, 1, SIZE, SIZE)
     mask = torch.ones(B, FRAMES, dtype=torch.bool)
     mask[1, -1] = False
-    target = torch.eye(3)[torch.randint(3, (B, LEVELS, n_rows))]
+    target = torch.eye(3)[torch.randint(3, (B, LEVEL_SLUGS, n_rows))]
     return x, mask, target
 
 
@@ -72,14 +72,14 @@ def test_every_model_builds_and_has_its_output_shape(model_name):
         if cfg.stage == 1:
             out = model(torch.rand(B, FRAMES, 1, SIZE, SIZE), torch.ones(B, FRAMES, dtype=torch.bool))
             assert out.shape == (B, 10, 2) and ((out >= 0) & (out <= 1)).all()
-        elif cfg.plane == "axial":  # one level's three crops -> its three rows
+        elif cfg.view == "axial":  # one level's three crops -> its three rows
             out = model(torch.rand(B, 3, FRAMES, 1, SIZE, SIZE), torch.ones(B, FRAMES, dtype=torch.bool))
             assert out["logits"].shape == (B, 1, 3, 3) and out["target"] is None
         else:
             n_rows = len(condition_rows(cfg.condition))
             x, mask, _ = stage2_batch(n_rows)
             out = model(x, mask)
-            assert out["logits"].shape == (B, LEVELS, n_rows, 3) and out["target"] is None
+            assert out["logits"].shape == (B, LEVEL_SLUGS, n_rows, 3) and out["target"] is None
 
 
 def test_one_head_and_three_heads_layouts():
@@ -186,7 +186,7 @@ def test_training_mixes_keep_targets_valid(name):
     target[1, 3] = IGNORE_INDEX
     for _ in range(3):
         out = model(x, mask, target)
-        assert out["logits"].shape == out["target"].shape == (B, LEVELS, n_rows, 3)
+        assert out["logits"].shape == out["target"].shape == (B, LEVEL_SLUGS, n_rows, 3)
         assert_valid_targets(out["target"])
 
 
@@ -211,13 +211,13 @@ def test_model_cutmix_takes_all_right_rows_from_one_partner():
     model = SagittalNet(tiny("sp1", cutmix_p=1.0, mixup_p=0.0)).train()
     x, mask, target = stage2_batch(5)
     # A distinct soft right-foraminal row per (study, level) identifies the partner of every row.
-    a = torch.linspace(0.05, 0.95, B * LEVELS).view(B, LEVELS)
+    a = torch.linspace(0.05, 0.95, B * LEVEL_SLUGS).view(B, LEVEL_SLUGS)
     target[:, :, 2] = torch.stack([a, 1 - a, torch.zeros_like(a)], dim=-1)
     out = model(x, mask, target)["target"].flatten(0, 1)
     flat = target.flatten(0, 1)
     assert torch.equal(out[:, [0, 1, 3]], flat[:, [0, 1, 3]])
     partner = [int((flat[:, 2, 0] - row[2, 0]).abs().argmin()) for row in out]
-    assert sorted(partner) == list(range(B * LEVELS))
+    assert sorted(partner) == list(range(B * LEVEL_SLUGS))
     assert torch.equal(out[:, [2, 4]], flat[partner][:, [2, 4]])
 
 
@@ -230,7 +230,7 @@ def test_model_mixup_mixes_whole_rows_with_the_previous_row():
     flat = target.flatten(0, 1)
     previous = flat.roll(1, 0)
     assert torch.equal(out[[7, 8]], flat[[7, 8]])
-    mixed = [i for i in range(B * LEVELS) if i not in (7, 8) and not torch.equal(flat[i], previous[i])]
+    mixed = [i for i in range(B * LEVEL_SLUGS) if i not in (7, 8) and not torch.equal(flat[i], previous[i])]
     gammas = []
     for i in mixed:
         diff = flat[i] - previous[i]
@@ -290,7 +290,7 @@ def test_pseudo_labels_beside_the_labels_mix_exactly_like_them(name, cutmix_p, m
     x, mask, target = stage2_batch(len(model.rows))
     pseudo = 0.7 * target + 0.1  # a valid soft target per row, distinct from the label
     out = model(x, mask, torch.cat([target, pseudo], dim=-1))
-    assert out["target"].shape == (B, LEVELS, len(model.rows), 6) and out["logits"].shape[-1] == 3
+    assert out["target"].shape == (B, LEVEL_SLUGS, len(model.rows), 6) and out["logits"].shape[-1] == 3
     label, mixed_pseudo = out["target"].split(3, dim=-1)
     torch.testing.assert_close(mixed_pseudo, 0.7 * label + 0.1)
     assert not torch.equal(label, target)  # something did mix

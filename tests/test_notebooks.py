@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import json
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import jupytext
@@ -10,10 +13,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils.blend import Blend
-from kaggle_utils.constants import LABEL_COLUMNS, LEVEL_NAMES
+import kaggle_utils
+from kaggle_utils.core.constants import LABEL_COLUMNS, LEVEL_NAMES
+from kaggle_utils.core.paths import Paths
 from kaggle_utils.dev.runner import run_notebook
-from kaggle_utils.paths import Paths
+from kaggle_utils.inference.blend import Blend
 
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0*.py"))
 # Round 1 trains two folds so that round 2 (05) of fold 0 has OOF predictions for some of its training studies;
@@ -114,3 +118,15 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
     denoised = json.loads((work / "denoised" / "denoise.json").read_text())
     assert denoised["detection"]["flipped"] == len(flips)
     assert {(r["model"], r["labels"]) for r in denoised["cv"]} >= {("ensemble (routed)", "given"), ("fo", "true")}
+
+
+def test_the_notebooks_call_this_release_and_refuse_an_older_code_dataset(tmp_path):
+    bootstrap = next(c.source for c in jupytext.read(NOTEBOOKS[0]).cells if c.cell_type == "code")
+    written_for = re.search(r'WRITTEN_FOR = "([\d.]+)"', bootstrap)[1]
+    assert kaggle_utils.__version__.startswith(written_for + ".")
+    old = tmp_path / "kaggle_utils"  # what an older code dataset mounts: the flat modules of 0.1
+    old.mkdir()
+    (old / "__init__.py").write_text('__version__ = "0.1.0"\n')
+    ran = subprocess.run([sys.executable, "-c", bootstrap], cwd=tmp_path, capture_output=True, text=True)
+    assert ran.returncode != 0
+    assert f"this notebook calls kaggle_utils {written_for}, but {old} holds 0.1.0: publish the code" in ran.stderr

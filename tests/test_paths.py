@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from kaggle_utils import paths as P
+from kaggle_utils.core import paths as P
 
 
 def test_arguments_then_environment_then_defaults(monkeypatch, tmp_path):

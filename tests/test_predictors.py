@@ -8,10 +8,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from kaggle_utils.config import TrainConfig, preset
+from kaggle_utils.core.config import TrainConfig
+from kaggle_utils.core.presets import preset
 from kaggle_utils.dev.bench_train import CachedArrays
-from kaggle_utils.engine import prepare_model
-from kaggle_utils.tasks import ClassifierTask, KeypointTask
+from kaggle_utils.training.engine import prepare_model
+from kaggle_utils.training.tasks import ClassifierTask, KeypointTask
 
 
 def _predictions(cfg: TrainConfig, device: torch.device, batch: dict) -> torch.Tensor:

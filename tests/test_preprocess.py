@@ -11,19 +11,17 @@ import cv2
 import numpy as np
 import pytest
 
-from kaggle_utils.config import PreprocessConfig
-from kaggle_utils.dicom import Series
-from kaggle_utils.preprocess import (
+from kaggle_utils.core.config import PreprocessConfig
+from kaggle_utils.io.dicom import Series
+from kaggle_utils.preprocessing.intensity import intensity_window, percentiles_of, to_uint8
+from kaggle_utils.preprocessing.sagittal import (
     MAX_CV2_CHANNELS,
     box_pixels,
-    intensity_window,
     level_boxes,
-    percentiles_of,
     resize_stack,
     rotation_matrix,
     stage1_volume,
     stage2_crops,
-    to_uint8,
 )
 
 CFG = PreprocessConfig()
@@ -56,11 +54,11 @@ def t2_points() -> np.ndarray:
     return np.stack([front, back], axis=1)
 
 
-def reference_crop(image: np.ndarray, points: np.ndarray, plane: str, level: int) -> np.ndarray:
+def reference_crop(image: np.ndarray, points: np.ndarray, view: str, level: int) -> np.ndarray:
     """The solution's steps, literally, for one level of one slice (float output before windowing)."""
     h, w = image.shape
     front, back = points[:, 0], points[:, 1]
-    if plane == "t2":
+    if view == "t2":
         x_pct = 0.75 * np.median(back[:, 0] - front[:, 0])
         y_pct = 1.3 * np.median(np.diff(back[:, 1]))
         a, b = front[level] * [w, h], back[level] * [w, h]
@@ -86,19 +84,19 @@ def reference_crop(image: np.ndarray, points: np.ndarray, plane: str, level: int
     return out
 
 
-@pytest.mark.parametrize("plane", ["t2", "t1"])
+@pytest.mark.parametrize("view", ["t2", "t1"])
 @pytest.mark.parametrize("shape", [(384, 384), (320, 448)])
-def test_crops_match_the_plain_implementation(plane, shape):
+def test_crops_match_the_plain_implementation(view, shape):
     image = smooth_image(*shape)
     points = t2_points()
-    crops = stage2_crops(make_series([image, image * 0.9]), points, plane, CFG)
+    crops = stage2_crops(make_series([image, image * 0.9]), points, view, CFG)
     assert crops.shape == (5, 2, 256, 256) and crops.dtype == np.uint8
     window = (
         float(np.percentile(np.r_[image.ravel(), image.ravel() * 0.9], 1)),
         float(np.percentile(np.r_[image.ravel(), image.ravel() * 0.9], 99)),
     )
     for level in range(5):
-        expected = to_uint8(reference_crop(image, points, plane, level), window).astype(float)
+        expected = to_uint8(reference_crop(image, points, view, level), window).astype(float)
         ours = crops[level, 0].astype(float)
         inside = expected > 0
         # the same interpolation steps: equal but for cv2's fixed-point warp coordinates (T2) and rare roundings
@@ -171,12 +169,12 @@ def _degenerate(kind: str) -> np.ndarray:
     return points
 
 
-@pytest.mark.parametrize("plane", ["t2", "t1"])
+@pytest.mark.parametrize("view", ["t2", "t1"])
 @pytest.mark.parametrize("kind", ["nan", "inf", "off_image"])
-def test_bad_keypoints_of_one_level_leave_that_level_black(plane, kind):
-    good = stage2_crops(make_series([smooth_image(320, 320)] * 2), t2_points(), plane, CFG)
+def test_bad_keypoints_of_one_level_leave_that_level_black(view, kind):
+    good = stage2_crops(make_series([smooth_image(320, 320)] * 2), t2_points(), view, CFG)
     with pytest.warns(UserWarning, match=r"synthetic: .*levels \[2\]"):
-        crops = stage2_crops(make_series([smooth_image(320, 320)] * 2), _degenerate(kind), plane, CFG)
+        crops = stage2_crops(make_series([smooth_image(320, 320)] * 2), _degenerate(kind), view, CFG)
     assert not crops[2].any()
     for level in (0, 1, 3, 4):  # the other levels keep their geometry (the scale comes from the valid levels)
         assert np.abs(crops[level].astype(float) - good[level]).mean() < 1.0
@@ -187,12 +185,12 @@ def test_two_equal_points_of_a_level_do_not_crash():
     assert crops.shape == (5, 1, 256, 256) and crops[2].any()
 
 
-@pytest.mark.parametrize("plane", ["t2", "t1"])
-def test_all_points_equal_or_nan_give_black_crops_with_a_warning(plane):
+@pytest.mark.parametrize("view", ["t2", "t1"])
+def test_all_points_equal_or_nan_give_black_crops_with_a_warning(view):
     series = make_series([smooth_image(320, 320)])
     for points in (np.full((5, 2, 2), 0.5), np.full((5, 2, 2), np.nan)):
         with pytest.warns(UserWarning, match=r"synthetic: empty crop at levels \[0, 1, 2, 3, 4\]"):
-            crops = stage2_crops(series, points, plane, CFG)
+            crops = stage2_crops(series, points, view, CFG)
         assert crops.shape == (5, 1, 256, 256) and not crops.any()
 
 
@@ -268,14 +266,14 @@ def test_box_only_rotation_equals_rotating_the_whole_slice_then_cropping():
         assert np.abs(ours - expected).max() < 1e-2 * value_range
 
 
-@pytest.mark.parametrize("plane", ["t2", "t1"])
-def test_a_given_window_gives_the_same_arrays(plane):
+@pytest.mark.parametrize("view", ["t2", "t1"])
+def test_a_given_window_gives_the_same_arrays(view):
     series = make_series([smooth_image(320, 320, seed) for seed in range(3)])
     window = intensity_window(series.slices, CFG.percentiles)
     np.testing.assert_array_equal(stage1_volume(series, CFG, window), stage1_volume(series, CFG))
-    crops = stage2_crops(series, t2_points(), plane, CFG)
-    np.testing.assert_array_equal(stage2_crops(series, t2_points(), plane, CFG, window), crops)
-    assert not np.array_equal(stage2_crops(series, t2_points(), plane, CFG, (window[0], window[1] * 2)), crops)
+    crops = stage2_crops(series, t2_points(), view, CFG)
+    np.testing.assert_array_equal(stage2_crops(series, t2_points(), view, CFG, window), crops)
+    assert not np.array_equal(stage2_crops(series, t2_points(), view, CFG, (window[0], window[1] * 2)), crops)
 
 
 def test_stage1_volume_equals_per_slice_resize_then_numpy_window():

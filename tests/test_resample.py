@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from kaggle_utils.resample import rotate_resize
+from kaggle_utils.models.resample import rotate_resize
 
 
 def test_rotate_resize_is_sample_major_and_rotates_counter_clockwise():

@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 import torch
 
-from kaggle_utils import stage1_error, train
-from kaggle_utils.config import preset
-from kaggle_utils.data import CropDataset
-from kaggle_utils.dicom import read_series
-from kaggle_utils.paths import Paths
-from kaggle_utils.preprocess import intensity_window, stage2_crops
-from kaggle_utils.tables import load_table, points_by_series
-from kaggle_utils.tasks import keypoint_frame
+from kaggle_utils.core.paths import Paths
+from kaggle_utils.core.presets import preset
+from kaggle_utils.io.dicom import read_series
+from kaggle_utils.io.tables import load_table, points_by_series
+from kaggle_utils.preprocessing.intensity import intensity_window
+from kaggle_utils.preprocessing.sagittal import stage2_crops
+from kaggle_utils.training import stage1_error, train
+from kaggle_utils.training.data import CropDataset
+from kaggle_utils.training.tasks import keypoint_frame
 
 OFFSET = 0.03  # relative error of every point of the fake stage-1 predictions
 
@@ -48,7 +49,7 @@ def _work_with_oof(prepared: Paths, tmp_path: Path) -> tuple[Paths, dict[int, np
     paths = Paths(data_dir=prepared.data_dir, work_dir=work)
     series = load_table(paths, "series")
     truth = points_by_series(load_table(paths, "keypoints"))
-    t2 = [s for s in series.loc[series["plane"] == "t2", "series_id"] if s in truth]
+    t2 = [s for s in series.loc[series["view"] == "t2", "series_id"] if s in truth]
     paths.oof_dir.mkdir(parents=True)
     predicted = torch.tensor(np.stack([truth[s] + OFFSET for s in t2]).reshape(len(t2), 10, 2))
     keypoint_frame(t2, predicted).assign(fold=0).to_csv(paths.oof_dir / "stage1_t2-f0-s42.csv", index=False)
@@ -100,7 +101,7 @@ def test_the_dataset_reads_crops_with_error_at_the_configured_rate(
 def test_training_reads_crops_with_error_when_configured_and_validation_never(prepared: Paths, tmp_path: Path) -> None:
     paths, _ = _work_with_oof(prepared, tmp_path)
     cfg = preset("sp1", "smoke", {"stage1_error_p": 1.0, "stage1_error_draws": 1})
-    train_set, val_set = train.datasets(paths, cfg, train.plane_series(paths, cfg), fold=0)
+    train_set, val_set = train.datasets(paths, cfg, train.training_samples(paths, cfg), fold=0)
     assert train_set.error_roots == ("stage2_error/0",) and train_set.error_p == 1.0
     assert val_set.error_roots == () and val_set.error_p == 0.0
     assert preset("sp1").stage1_error_p == 0.0  # off by default (README: what it measured)

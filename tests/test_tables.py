@@ -3,16 +3,17 @@
 from __future__ import annotations
 
 import shutil
+import warnings
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
 
-from kaggle_utils import tables
-from kaggle_utils.config import PreprocessConfig
-from kaggle_utils.constants import CONDITION_TITLES, CONDITIONS, LEVEL_NAMES
-from kaggle_utils.paths import COORDS_IMPROVED_CSV, COORDS_V7_CSV, SOLUTION_METADATA_CSV, Paths
+from kaggle_utils.core.config import PreprocessConfig
+from kaggle_utils.core.constants import CONDITION_TITLES, CONDITIONS, LEVEL_NAMES
+from kaggle_utils.core.paths import COORDS_IMPROVED_CSV, COORDS_V7_CSV, SOLUTION_METADATA_CSV, Paths
+from kaggle_utils.io import competition, tables
 
 
 def _canal_rows(points: np.ndarray) -> pd.DataFrame:
@@ -49,7 +50,7 @@ def test_without_the_corrected_coordinates_the_keypoints_come_with_a_warning(tin
     shutil.copytree(tiny_data, data)
     (data / COORDS_V7_CSV).unlink()
     paths = Paths(data_dir=data, work_dir=tmp_path / "work")
-    series = tables.series_table(paths, "train")
+    series = competition.series_table(paths, "train")
     # the synthetic labels, like the real ones, miss a level here and there: those series are left out
     with (
         pytest.warns(UserWarning, match="without 10 keypoints are left out"),
@@ -58,7 +59,7 @@ def test_without_the_corrected_coordinates_the_keypoints_come_with_a_warning(tin
         keypoints = tables.keypoints_table(paths, series)
     assert set(keypoints["series_id"]) < set(series["series_id"]) and keypoints["series_id"].nunique() >= 12
     assert (keypoints.groupby("series_id").size() == 2 * len(LEVEL_NAMES)).all()
-    t2 = keypoints[keypoints["plane"] == "t2"].pivot_table("relative_x", ["series_id", "level"], "side")
+    t2 = keypoints[keypoints["view"] == "t2"].pivot_table("relative_x", ["series_id", "level"], "side")
     assert (t2["L"] < t2["R"]).all()  # the derived front-of-disc point lies in front of the canal
 
 
@@ -72,9 +73,9 @@ def _copy(tiny_data: Path, tmp_path: Path) -> Paths:
 def _per_condition(coords: pd.DataFrame, series: pd.DataFrame) -> pd.DataFrame:
     """``coords_v7``-style rows in the layout of ``coords_rsna_improved.csv``: a condition per row, T1 points as
     the two foramina, T2 points under the spinal canal, levels written as in train.csv, plus an axial row."""
-    plane = coords["series_id"].map(series.set_index("series_id")["plane"])
+    view = coords["series_id"].map(series.set_index("series_id")["view"])
     foramen = coords["side"].map({"L": CONDITION_TITLES[CONDITIONS[1]], "R": CONDITION_TITLES[CONDITIONS[2]]})
-    out = coords.assign(condition=np.where(plane == "t1", foramen, CONDITION_TITLES[CONDITIONS[0]]))
+    out = coords.assign(condition=np.where(view == "t1", foramen, CONDITION_TITLES[CONDITIONS[0]]))
     out["level"] = out["level"].str.lower().str.replace("/", "_")
     axial = out.iloc[:1].assign(series_id=123, condition=CONDITION_TITLES[CONDITIONS[3]])
     return pd.concat([out, axial]).sample(frac=1.0, random_state=0).reset_index(drop=True)
@@ -82,7 +83,7 @@ def _per_condition(coords: pd.DataFrame, series: pd.DataFrame) -> pd.DataFrame:
 
 def test_coords_rsna_improved_gives_the_keypoints_of_coords_v7(tiny_data: Path, tmp_path: Path) -> None:
     paths = _copy(tiny_data, tmp_path)
-    series = tables.series_table(paths, "train")
+    series = competition.series_table(paths, "train")
     expected = tables.keypoints_table(paths, series)
     v7 = paths.data_file(COORDS_V7_CSV)
     _per_condition(pd.read_csv(v7), series).to_csv(paths.data_file(COORDS_IMPROVED_CSV))  # with its index column
@@ -97,8 +98,8 @@ def test_a_keypoint_file_with_other_columns_is_named_with_the_columns_expected(t
     paths = _copy(tiny_data, tmp_path)
     other = tmp_path / "coords_pretrain.csv"  # the pretraining dataset's image coordinates: no series ids
     pd.DataFrame(columns=["source", "filename", "level", "x", "y", "relative_x", "relative_y"]).to_csv(other)
-    with pytest.raises(tables.TableError, match=r"coords_pretrain\.csv is not a keypoint file") as error:
-        tables.keypoints_table(paths, tables.series_table(paths, "train"), str(other))
+    with pytest.raises(competition.TableError, match=r"coords_pretrain\.csv is not a keypoint file") as error:
+        tables.keypoints_table(paths, competition.series_table(paths, "train"), str(other))
     assert "coords_v7.csv (series_id, level, side, relative_x, relative_y)" in str(error.value)
     assert "lacks series_id, side" in str(error.value)
 
@@ -113,7 +114,7 @@ def test_a_metadata_file_is_found_by_name_in_an_attached_dataset(
     monkeypatch.setenv("KAGGLE_INPUT_DIR", str(tmp_path / "input"))
     assert tables.corrected_keypoints_file(paths) == dataset / COORDS_V7_CSV
     assert tables.metadata_path(paths, COORDS_V7_CSV, "keypoints_file") == dataset / COORDS_V7_CSV
-    with pytest.raises(tables.TableError, match=r"folds_file='metadata\.csv': no such file"):
+    with pytest.raises(competition.TableError, match=r"folds_file='metadata\.csv': no such file"):
         tables.metadata_path(paths, SOLUTION_METADATA_CSV, "folds_file")
 
 
@@ -139,21 +140,21 @@ def test_the_solutions_folds_are_used_when_asked(tiny_data: Path, tmp_path: Path
 def test_solution_folds_that_split_or_miss_a_study_are_refused(tiny_data: Path, tmp_path: Path) -> None:
     paths = _copy(tiny_data, tmp_path)
     meta = _solution_metadata(paths)
-    targets = tables.targets_table(pd.read_csv(paths.data_file("train.csv")))
+    targets = competition.targets_table(pd.read_csv(paths.data_file("train.csv")))
     path = tmp_path / SOLUTION_METADATA_CSV
     split = meta.copy()
     split.loc[split.index[0], "fold"] = (split["fold"].iloc[0] + 1) % 4
     split.to_csv(path, index=False)
-    with pytest.raises(tables.TableError, match="more than one fold"):
+    with pytest.raises(competition.TableError, match="more than one fold"):
         tables.solution_folds(path, targets, 4)
     meta[meta["study_id"] != targets["study_id"].iloc[0]].to_csv(path, index=False)
-    with pytest.raises(tables.TableError, match="gives no fold to 1 training studies"):
+    with pytest.raises(competition.TableError, match="gives no fold to 1 training studies"):
         tables.solution_folds(path, targets, 4)
     meta.to_csv(path, index=False)
-    with pytest.raises(tables.TableError, match="n_folds=5"):
+    with pytest.raises(competition.TableError, match="n_folds=5"):
         tables.solution_folds(path, targets, 5)
     meta.drop(columns="fold").to_csv(path, index=False)
-    with pytest.raises(tables.TableError, match="expected columns study_id, fold; it lacks fold"):
+    with pytest.raises(competition.TableError, match="expected columns study_id, fold; it lacks fold"):
         tables.solution_folds(path, targets, 4)
 
 
@@ -182,28 +183,30 @@ def test_ids_stay_whole_numbers_and_a_row_that_does_not_parse_is_named_by_line_a
         r"line 6: 4 fields where the header has 3; line 7: study_id 'x3' is not an id"
     )
     with pytest.warns(UserWarning, match=message):
-        table = tables.read_csv(paths, "test_series_descriptions.csv")
+        table = competition.read_csv(paths, "test_series_descriptions.csv")
     assert table[["study_id", "series_id"]].to_numpy().tolist() == [[1, 10], [2, 20]]
     assert str(table["study_id"].dtype) == "int64" and str(table["series_id"].dtype) == "int64"
-    with pytest.warns(UserWarning):
-        series = tables.series_table(paths, "test")
+    with warnings.catch_warnings(record=True) as again:
+        warnings.simplefilter("always")
+        series = competition.series_table(paths, "test")
+    assert not again  # the same file's faults are said once
     assert [str(paths.series_dir("test", r.study_id, r.series_id)) for r in series.itertuples()] == [
         str(paths.images_dir("test") / "1" / "10"),
         str(paths.images_dir("test") / "2" / "20"),
     ]
-    assert tables.study_ids(paths, "test") == [1, 2, 3]  # line 6 still names its study; "x3" names none
+    assert competition.study_ids(paths, "test") == [1, 2, 3]  # line 6 still names its study; "x3" names none
 
 
 def test_a_study_whose_rows_are_bad_still_gets_its_rows_and_the_sample_submission_adds_its_studies(
     tmp_path: Path,
 ) -> None:
     paths = _listing(tmp_path, "study_id,series_id,series_description\n1,10,Sagittal T1\n3,,Sagittal T1\n")
-    assert tables.study_ids(paths, "test") == [1, 3]  # study 3's only row has no series id: priors, not dropped
+    assert competition.study_ids(paths, "test") == [1, 3]  # study 3's only row has no series id: priors, not dropped
     (paths.data_dir / "sample_submission.csv").write_text(
         "row_id,normal_mild,moderate,severe\n7_spinal_canal_stenosis_l1_l2,0.3,0.3,0.4\n"
     )
     with pytest.warns(UserWarning, match=r"expects studies that test_series_descriptions.csv does not list .*\[7\]"):
-        assert tables.study_ids(paths, "test") == [1, 3, 7]
+        assert competition.study_ids(paths, "test") == [1, 3, 7]
 
 
 def test_descriptions_are_read_leniently_and_an_unknown_one_is_named(tmp_path: Path, capsys) -> None:
@@ -213,8 +216,8 @@ def test_descriptions_are_read_leniently_and_an_unknown_one_is_named(tmp_path: P
         "1,10,Sagittal T1\n2,20,sagittal t2 stir\n3,31,Sagittal T2 FLAIR\n3,32,Coronal T2\n",
     )
     with pytest.warns(UserWarning, match=r"1 series of no known view are not read: study 3 series 32 'Coronal T2'"):
-        listed = tables.listed_series(paths, "test")
-    assert listed[["series_id", "plane", "series_description"]].to_numpy().tolist() == [
+        listed = competition.listed_series(paths, "test")
+    assert listed[["series_id", "view", "series_description"]].to_numpy().tolist() == [
         [10, "t1", "Sagittal T1"],
         [20, "t2", "Sagittal T2/STIR"],
         [31, "t2", "Sagittal T2/STIR"],
@@ -233,6 +236,14 @@ def test_labels_are_matched_leniently_and_an_unknown_one_is_named() -> None:
     with pytest.warns(
         UserWarning, match=r"1 labels name no severity .*: study 2 spinal_canal_stenosis_l1_l2 'Servere'"
     ):
-        targets = tables.targets_table(labels)
+        targets = competition.targets_table(labels)
     assert targets["spinal_canal_stenosis_l1_l2"].tolist() == [0, -100]
     assert targets["left_neural_foraminal_narrowing_l1_l2"].tolist() == [2, -100]
+
+
+def test_a_table_of_the_version_that_said_plane_still_loads(tmp_path: Path) -> None:
+    paths = Paths(tmp_path, tmp_path / "work")
+    paths.tables_dir.mkdir(parents=True)
+    old = "study_id,series_id,series_description,plane,split,fold\n1,10,Sagittal T1,t1,train,0\n"
+    paths.table("series").write_text(old)
+    assert tables.load_table(paths, "series")["view"].tolist() == ["t1"]

@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from kaggle_utils.config import TrainConfig, preset
-from kaggle_utils.losses import weighted_soft_cross_entropy
-from kaggle_utils.models import build_model
-from kaggle_utils.tasks import ClassifierTask, keypoint_metrics
+from kaggle_utils.core.config import TrainConfig
+from kaggle_utils.core.presets import preset
+from kaggle_utils.models.losses import weighted_soft_cross_entropy
+from kaggle_utils.models.networks import build_model
+from kaggle_utils.training.tasks import ClassifierTask, keypoint_metrics
 
 
 def _pseudo_batch(cfg: TrainConfig) -> dict:

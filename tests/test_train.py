@@ -15,14 +15,17 @@ import pandas as pd
 import pytest
 import torch
 
-from kaggle_utils import crossval, infer, train
-from kaggle_utils.checkpoints import load_checkpoint
-from kaggle_utils.config import ConfigError, TrainConfig, preset
-from kaggle_utils.constants import ALL_STUDIES_FOLD
-from kaggle_utils.engine import fit, prepare_model
-from kaggle_utils.loader import BatchLoader
-from kaggle_utils.paths import Paths, resume_state
-from kaggle_utils.tasks import KeypointTask
+from kaggle_utils.core.config import ConfigError, TrainConfig
+from kaggle_utils.core.constants import ALL_STUDIES_FOLD
+from kaggle_utils.core.paths import Paths, resume_state
+from kaggle_utils.core.presets import preset
+from kaggle_utils.evaluation import crossval
+from kaggle_utils.inference import ensemble
+from kaggle_utils.models.checkpoints import load_checkpoint
+from kaggle_utils.training import train
+from kaggle_utils.training.engine import fit, prepare_model
+from kaggle_utils.training.loader import BatchLoader
+from kaggle_utils.training.tasks import KeypointTask
 
 CPU = torch.device("cpu")
 
@@ -54,7 +57,7 @@ class InterruptedAt:
 
 
 def _fit(paths: Paths, cfg: TrainConfig, interrupt_at: int | None = None) -> Path:
-    series = train.plane_series(paths, cfg)
+    series = train.training_samples(paths, cfg)
     train_set, val_set = train.datasets(paths, cfg, series, fold=0)
     loader = train.loader(train_set, cfg, train=True)
     if interrupt_at is not None:
@@ -111,8 +114,8 @@ def test_finished_folds_are_skipped_unless_the_configuration_changed(prepared: P
 def test_fold_minus_one_trains_a_final_model_on_every_study(prepared: Paths, tmp_path: Path, capsys) -> None:
     paths = _copy_work(prepared, tmp_path)
     cfg = preset("fo", "smoke", {"fast_dev_run": True})
-    train_set, val_set = train.datasets(paths, cfg, train.plane_series(paths, cfg), ALL_STUDIES_FOLD)
-    assert val_set is None and len(train_set) == train.plane_series(paths, cfg)["study_id"].nunique()
+    train_set, val_set = train.datasets(paths, cfg, train.training_samples(paths, cfg), ALL_STUDIES_FOLD)
+    assert val_set is None and len(train_set) == train.training_samples(paths, cfg)["study_id"].nunique()
     (result,) = train.train_folds(paths, cfg, [ALL_STUDIES_FOLD], CPU)
     assert result.checkpoint == paths.models_dir / "fo-all-s42.pt" and result.metrics == {}
     assert not paths.oof_dir.exists() or not list(paths.oof_dir.glob("fo-all-*"))  # nothing held out, no OOF
@@ -122,7 +125,7 @@ def test_fold_minus_one_trains_a_final_model_on_every_study(prepared: Paths, tmp
     assert sidecar["fold"] == ALL_STUDIES_FOLD
 
     train.train_folds(paths, preset("stage1_t1", "smoke", {"fast_dev_run": True}), [ALL_STUDIES_FOLD], CPU)
-    models = infer.load_models(paths, device=CPU)  # the test-time ensemble takes final models like fold models
+    models = ensemble.load_models(paths, device=CPU)  # the test-time ensemble takes final models like fold models
     assert [m.cfg.name for m in models.stage2["fo"]] == ["fo"] and len(models.stage1["t1"]) == 1
     with pytest.raises(ValueError, match="no folds to cross-validate"):
         crossval.cross_validate(paths, pd.DataFrame(), pd.DataFrame(), [ALL_STUDIES_FOLD], None, None, CPU)
@@ -132,7 +135,7 @@ def test_the_axial_localiser_trains_per_level_and_writes_its_oof_by_level(prepar
     paths = _copy_work(prepared, tmp_path)
     cfg = preset("stage1_axial", "smoke", {"epochs": 1})
     (result,) = train.train_folds(paths, cfg, [0], CPU)
-    samples = train.plane_series(paths, cfg)
+    samples = train.training_samples(paths, cfg)
     held_out = samples[samples["fold"] == 0].drop_duplicates(["series_id", "level"])
     oof = pd.read_csv(paths.oof_dir / f"{result.checkpoint.stem}.csv")
     assert list(oof.columns[:3]) == ["series_id", "level", "point"] and set(oof["point"]) == {0, 1}
@@ -147,7 +150,7 @@ def test_the_axial_classifier_trains_per_level_and_writes_three_rows_a_level(pre
     paths = _copy_work(prepared, tmp_path)
     cfg = preset("ax", "smoke", {"epochs": 1})
     (result,) = train.train_folds(paths, cfg, [0], CPU)
-    samples = train.plane_series(paths, cfg)
+    samples = train.training_samples(paths, cfg)
     held_out = samples[samples["fold"] == 0].drop_duplicates(["series_id", "level"])
     oof = pd.read_csv(paths.oof_dir / f"{result.checkpoint.stem}.csv")
     assert len(oof) == 3 * len(held_out)  # spinal, left and right subarticular of each held-out level
@@ -185,13 +188,13 @@ def test_a_run_starts_from_the_weights_of_a_full_checkpoint(prepared: Paths, tmp
 def test_augmentation_preview_shows_a_training_sample_plain_then_augmented(prepared: Paths, name: str) -> None:
     cfg = preset(name, "smoke", {})
     state = torch.get_rng_state()
-    figure = train.augmentation_preview(prepared, cfg, views=3)
+    figure = train.augmentation_preview(prepared, cfg, draws=3)
     assert torch.equal(torch.get_rng_state(), state)  # drawn apart from the training's random state
     shown = [ax.images[0].get_array() for ax in figure.axes]
-    per_view = 1 if cfg.stage == 1 else 3 if cfg.plane == "axial" else 5  # stage 2: a row of five levels (3 crops)
+    per_view = 1 if cfg.stage == 1 else 3 if cfg.view == "axial" else 5  # stage 2: a row of five levels (3 crops)
     assert len(shown) == 4 * per_view and all(s.shape == (cfg.img_size, cfg.img_size) for s in shown)
     # the first view is the sample as validation resizes it: the middle frame of its first level
-    train_set, _ = train.datasets(prepared, cfg, train.plane_series(prepared, cfg), fold=0)
+    train_set, _ = train.datasets(prepared, cfg, train.training_samples(prepared, cfg), fold=0)
     train_set.flip = False  # the plain view has no sequence flip (the synthetic studies have one series a plane)
     sample = train_set[0]
     plain = train.middle_frames(sample["image"][None].float() / 255, sample["mask"][None])[0]
@@ -207,7 +210,7 @@ def test_augmentation_preview_shows_a_training_sample_plain_then_augmented(prepa
 def test_augmentation_preview_takes_every_view_from_one_series(prepared: Paths, tmp_path: Path, monkeypatch) -> None:
     paths = _copy_work(prepared, tmp_path)
     cfg = preset("sp1", "smoke", {})
-    train_set, val_set = train.datasets(paths, cfg, train.plane_series(paths, cfg), fold=0)
+    train_set, val_set = train.datasets(paths, cfg, train.training_samples(paths, cfg), fold=0)
     (study_id, series_ids), (other_study, other_ids) = train_set.records[:2]
     # a study with a second series (another study's crops): training picks one of the two per access
     shutil.copyfile(paths.stage2_array(other_study, other_ids[0]), paths.stage2_array(study_id, other_ids[0]))
@@ -221,7 +224,7 @@ def test_augmentation_preview_takes_every_view_from_one_series(prepared: Paths, 
         return sample
 
     monkeypatch.setattr(type(train_set), "fill", spy)
-    plt.close(train.augmentation_preview(paths, cfg, views=5))
+    plt.close(train.augmentation_preview(paths, cfg, draws=5))
     assert shown == [series_ids[0]] * 6
 
 
@@ -241,7 +244,7 @@ def _train_cli(paths: Paths, processes: int) -> Path:
     args += ["--data-dir", str(paths.data_dir), "--work-dir", str(paths.work_dir)]
     args += [f"--set={k}={v}" for k, v in settings.items()]
     launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}"]
-    command = (launcher if processes > 1 else [sys.executable]) + ["-m", "kaggle_utils.train", *args]
+    command = (launcher if processes > 1 else [sys.executable]) + ["-m", "kaggle_utils.training.train", *args]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
     done = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -251,7 +254,7 @@ def _train_cli(paths: Paths, processes: int) -> Path:
 def _validation_points(paths: Paths, checkpoint: Path) -> torch.Tensor:
     """The relative keypoints (N, 10, 2) a trained localiser predicts for fold 0's validation series."""
     model, cfg, _ = load_checkpoint(checkpoint, CPU)
-    _, val_set = train.datasets(paths, cfg, train.plane_series(paths, cfg), fold=0)
+    _, val_set = train.datasets(paths, cfg, train.training_samples(paths, cfg), fold=0)
     task = KeypointTask(cfg, CPU)
     with torch.no_grad():
         return torch.cat([task.predict(model, batch) for batch in train.loader(val_set, cfg, train=False)])
@@ -314,9 +317,9 @@ def test_a_run_without_a_training_step_leaves_the_earlier_checkpoint(prepared: P
 def test_a_series_that_01_could_not_cache_is_left_out_and_named(prepared: Paths, tmp_path: Path, capsys) -> None:
     paths = _copy_work(prepared, tmp_path)
     cfg = preset("stage1_t1", "smoke")
-    every = train.plane_series(paths, cfg)
+    every = train.training_samples(paths, cfg)
     victim = every.iloc[0]
     paths.stage1_array(victim.study_id, victim.series_id).unlink()
-    kept = train.plane_series(paths, cfg)
+    kept = train.training_samples(paths, cfg)
     assert len(kept) == len(every) - 1 and victim.series_id not in set(kept["series_id"])
     assert f"stage1_t1: 1 series without cached arrays are left out: {victim.series_id}" in capsys.readouterr().out

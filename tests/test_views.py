@@ -5,11 +5,18 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from kaggle_utils.config import PreprocessConfig
-from kaggle_utils.constants import CONDITION_FAMILIES, SERIES_DESCRIPTIONS
-from kaggle_utils.labels import CONDITION_ROWS
-from kaggle_utils.preprocess import level_boxes
-from kaggle_utils.views import VIEW_OF_DESCRIPTION, VIEWS, view, view_of_description
+from kaggle_utils.core.config import PreprocessConfig
+from kaggle_utils.core.constants import CONDITION_FAMILIES, SERIES_DESCRIPTIONS
+from kaggle_utils.core.labels import CONDITION_ROWS
+from kaggle_utils.core.views import (
+    LEVEL_VIEW,
+    PLACING_VIEW,
+    VIEW_OF_DESCRIPTION,
+    VIEWS,
+    view_named,
+    view_of_description,
+)
+from kaggle_utils.preprocessing.sagittal import level_boxes
 
 
 def test_every_view_names_what_the_package_asks_of_it():
@@ -28,7 +35,7 @@ def test_every_view_names_what_the_package_asks_of_it():
 
 def test_an_unknown_view_is_named_with_the_known_ones():
     with pytest.raises(ValueError, match="unknown view \\(plane\\) 'ax'; known: t1, t2, axial"):
-        view("ax")
+        view_named("ax")
 
 
 def test_the_crop_geometry_follows_the_view():
@@ -60,3 +67,8 @@ def test_the_crop_geometry_follows_the_view():
 )
 def test_a_description_names_its_view_leniently_where_unambiguous(description, name):
     assert view_of_description(description) == name
+
+
+def test_one_view_is_localised_per_level_and_one_places_its_levels():
+    assert [n for n, v in VIEWS.items() if v.localised_per == "level"] == [LEVEL_VIEW] == ["axial"]
+    assert [n for n, v in VIEWS.items() if v.places_levels] == [PLACING_VIEW] == ["t2"]

@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import shutil
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
-from kaggle_utils import viz
+from kaggle_utils.core.paths import Paths
+from kaggle_utils.evaluation import viz
+from kaggle_utils.io import tables
 
 
 def test_curves_figure_has_the_train_loss_and_one_panel_per_validation_metric() -> None:
@@ -44,4 +49,19 @@ def test_augmentation_figure_draws_stage1_keypoints_and_stage2_levels_by_row() -
     figure = viz.augmentation_figure(rng.random((2, 5, 16, 16)))
     assert len(figure.axes) == 10 and [ax.get_ylabel() for ax in figure.axes[::5]] == ["no augmentation", "augmented 1"]
     assert [ax.get_title() for ax in figure.axes[:5]] == ["L1/L2", "L2/L3", "L3/L4", "L4/L5", "L5/S1"]
+    plt.close(figure)
+
+
+def test_a_study_drawn_without_a_series_01_could_not_cache(prepared: Paths, tmp_path: Path) -> None:
+    """01's preview of a study whose T1 series failed: the T2 row is drawn, the missing array is not read."""
+    work = tmp_path / "work"
+    shutil.copytree(prepared.work_dir, work)
+    paths = Paths(prepared.data_dir, work)
+    series, keypoints = tables.load_table(paths, "series"), tables.load_table(paths, "keypoints")
+    study = series.iloc[0].study_id
+    t1 = series[(series["study_id"] == study) & (series["view"] == "t1")].iloc[0]
+    paths.stage1_array(study, t1.series_id).unlink()
+    figure = viz.draw_study(paths, series, keypoints, int(study))
+    assert "Sagittal T2/STIR: middle slice" in [ax.get_title() for ax in figure.axes]
+    assert "Sagittal T1: middle slice" not in [ax.get_title() for ax in figure.axes]
     plt.close(figure)

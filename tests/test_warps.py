@@ -11,13 +11,14 @@ import torch.nn.functional as F
 from keypoint_images import blobs, peaks_near
 from kornia.geometry.transform import get_affine_matrix2d, warp_affine
 
-from kaggle_utils import config, warps
-from kaggle_utils.warps import GridDistortion, OpticalDistortion, ShiftScaleRotate
+from kaggle_utils.core import presets
+from kaggle_utils.training import warps
+from kaggle_utils.training.warps import GridDistortion, OpticalDistortion, ShiftScaleRotate
 
 
 def test_affine_scales_each_axis_independently_as_shift_scale_rotate():
     # albumentations 1.4.11's ShiftScaleRotate is an Affine with keep_ratio=False: x and y zooms are two draws.
-    cfg = config.FULL_PRESETS["fo"]
+    cfg = presets.FULL_PRESETS["fo"]
     torch.manual_seed(0)
     angle, zoom_x, zoom_y, shift_x, shift_y = ShiftScaleRotate.from_config(cfg).draw(4000, torch.device("cpu")).T
     zoom, shift = torch.stack([zoom_x, zoom_y], dim=1), torch.stack([shift_x, shift_y], dim=1)

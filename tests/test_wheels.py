@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 from wheelhouse import build_wheel
 
-from kaggle_utils import wheels
-from kaggle_utils.wheels import MissingModuleError, Wheel, install_offline, read_manifest, write_manifest
+from kaggle_utils.core import wheels
+from kaggle_utils.core.wheels import MissingModuleError, Wheel, install_offline, read_manifest, write_manifest
 
 
 def dataset(folder: Path, *entries: Wheel) -> Path:

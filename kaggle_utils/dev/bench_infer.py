@@ -1,6 +1,6 @@
 """Benchmark: inference time per study, and its projection on Kaggle's T4.
 
-``infer.Inference.predict_table`` on the sagittal series of N studies and their axial branch, with a timer around each
+``run.Inference.predict_table`` on the sagittal series of N studies and their axial branch, with a timer around each
 stage (DICOM reading, stage-1 volume, keypoints, cropping, stage 2 with all TTA rotations in one batch; the axial
 series' reading, their stacks and crops, and their localiser and classifier), on the CPU
 with the checkpoints of WORK_DIR/models when it has them, else small ones written to a temporary folder. On a
@@ -27,15 +27,18 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kaggle_utils import axial, infer, tables
-from kaggle_utils.checkpoints import half_precision_copy, save_checkpoint
-from kaggle_utils.config import FULL_PRESETS, InferConfig, PreprocessConfig, TrainConfig, apply_overrides, preset
-from kaggle_utils.constants import LEVELS, TTA_ANGLES
+from kaggle_utils.core.config import InferConfig, PreprocessConfig, TrainConfig, apply_overrides
+from kaggle_utils.core.constants import LEVEL_SLUGS, TTA_ANGLES
+from kaggle_utils.core.paths import Paths
+from kaggle_utils.core.presets import FULL_PRESETS, preset
+from kaggle_utils.core.views import view_named
 from kaggle_utils.dev.bench_preprocess import bench_data
-from kaggle_utils.dicom import read_header
-from kaggle_utils.models import build_model
-from kaggle_utils.paths import Paths
-from kaggle_utils.views import view
+from kaggle_utils.inference import axial_branch, ensemble, run
+from kaggle_utils.io import competition, tables
+from kaggle_utils.io.dicom import read_header
+from kaggle_utils.models.checkpoints import half_precision_copy, save_checkpoint
+from kaggle_utils.models.networks import build_model
+from kaggle_utils.preprocessing import axial_levels
 
 # --- inference benchmark -------------------------------------------------------------------------
 STAGES: dict[str, str] = {
@@ -48,12 +51,12 @@ STAGES: dict[str, str] = {
     "axial_crop": "axial stacks, crops",
     "axial_models": "axial networks",
 }
-"""Timer keys of ``infer.Inference.predict_table`` and their names in the tables."""
+"""Timer keys of ``run.Inference.predict_table`` and their names in the tables."""
 
 CPU_STAGES: tuple[str, ...] = ("read", "volume", "crop", "axial_read", "axial_crop")
 """Stages that run on the CPU whatever the device: their measured time carries over to the projection."""
 
-H100_ANCHOR_MS, H100_ANCHOR_IMAGES = 31.0, len(LEVELS) * 5 * len(TTA_ANGLES)
+H100_ANCHOR_MS, H100_ANCHOR_IMAGES = 31.0, len(LEVEL_SLUGS) * 5 * len(TTA_ANGLES)
 """The solution's model shapes timed on one H100 (hgnetv2_b5, fp16, channels_last): one T2 series at 256 px,
 5 levels x 5 frames, the 9 TTA rotations in one batch."""
 
@@ -86,7 +89,7 @@ class GpuAssumptions:
     """How the full ensemble's GPU time is projected; every value is printed with the projection."""
 
     precision: str = "fp16"  # what a T4 runs: fp16 autocast (``devices.autocast_dtype``)
-    cards: int = 1  # Kaggle's "T4 x2" splits the studies over both (``infer.Inference.predict_table``)
+    cards: int = 1  # Kaggle's "T4 x2" splits the studies over both (``run.Inference.predict_table``)
     h100_ms_per_image: float = H100_ANCHOR_MS / H100_ANCHOR_IMAGES
     reference_px: int = 256  # images of another size cost in proportion to their pixels
     n_folds: int = 4
@@ -117,24 +120,24 @@ def images_per_series(cfg: TrainConfig, gpu: GpuAssumptions) -> float:
     """Images one sample sends through one model, in reference-size images: stage 1 its frames once, stage 2
     every level's (an axial level: every crop's) frames once per TTA rotation. A sagittal sample is a series, an
     axial one a level of a series."""
-    per_level = view(cfg.plane).localised_per == "level"
-    copies = 1 if cfg.stage == 1 else (3 if per_level else len(LEVELS)) * gpu.n_tta
+    per_level = view_named(cfg.view).localised_per == "level"
+    copies = 1 if cfg.stage == 1 else (3 if per_level else len(LEVEL_SLUGS)) * gpu.n_tta
     return copies * cfg.n_frames * (cfg.img_size / gpu.reference_px) ** 2
 
 
 def gpu_stage(cfg: TrainConfig) -> str:
     """The timer stage a preset's forward passes fall in."""
-    if view(cfg.plane).localised_per == "level":
+    if view_named(cfg.view).localised_per == "level":
         return "axial_models"
     return "keypoints" if cfg.stage == 1 else "classify"
 
 
 def full_images_per_study(samples_per_study: dict[str, float], gpu: GpuAssumptions) -> dict[str, float]:
     """Reference-size images per study through the full ensemble (every preset, every fold), by timer stage;
-    ``samples_per_study``: sagittal series by plane, and under "axial" the assigned levels of its axial series."""
+    ``samples_per_study``: sagittal series by view, and under "axial" the assigned levels of its axial series."""
     images = {"keypoints": 0.0, "classify": 0.0, "axial_models": 0.0}
     for cfg in (FULL_PRESETS[name] for name in INFERENCE_PRESETS):
-        images[gpu_stage(cfg)] += images_per_series(cfg, gpu) * gpu.n_folds * samples_per_study.get(cfg.plane, 0.0)
+        images[gpu_stage(cfg)] += images_per_series(cfg, gpu) * gpu.n_folds * samples_per_study.get(cfg.view, 0.0)
     return images
 
 
@@ -226,12 +229,12 @@ def write_bench_models(
 ) -> list[Path]:
     """Checkpoints of the presets inference runs (the six of the solution) at ``profile`` size for folds
     0..n_folds-1. Timing does not depend on the weights, but crops do depend on the keypoints: the stage-1 heads
-    (the regression head) output the mean training keypoints of their plane (so crop boxes are realistic), and the
+    (the regression head) output the mean training keypoints of their view (so crop boxes are realistic), and the
     stage-2 weights stay random. Folds after the first are fp16 copies of it, as the weights dataset holds them (the
     same weights: an ensemble's cost, not its diversity). The axial localiser outputs the mean left and right
     subarticular points of the studies' assigned levels."""
     truth = tables.keypoints_table(data_paths, series)
-    mean_points = {plane: _mean_points(truth[truth["plane"] == plane]) for plane in ("t1", "t2")}
+    mean_points = {view: _mean_points(truth[truth["view"] == view]) for view in ("t1", "t2")}
     mean_points["axial"] = _mean_axial_points(data_paths, series, truth)
     written = []
     for name in INFERENCE_PRESETS:
@@ -243,7 +246,7 @@ def write_bench_models(
         torch.manual_seed(cfg.seed)
         model = build_model(cfg)
         if cfg.stage == 1:
-            _predict_constant(model, mean_points[cfg.plane])
+            _predict_constant(model, mean_points[cfg.view])
         first = paths.checkpoint(name, 0, cfg.seed)
         sidecar = save_checkpoint(model, cfg, first, fold=0, metrics={}, seconds=0.0, extra={"bench": "untrained"})
         written.append(first)
@@ -263,8 +266,8 @@ def _mean_points(keypoints: pd.DataFrame) -> np.ndarray:
 
 def _mean_axial_points(data_paths: Paths, series: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
     """(2, 2) mean left and right subarticular points of the levels the true Sagittal T2 keypoints assign."""
-    levels, _ = axial.build_level_table(data_paths, "train", series, truth, 3.0, progress=False)
-    samples = axial.points_by_level(axial.keypoints_table(data_paths, levels))
+    levels, _ = axial_levels.build_level_table(data_paths, "train", series, truth, 3.0, progress=False)
+    samples = axial_levels.points_by_level(axial_levels.keypoints_table(data_paths, levels))
     return np.mean(list(samples.values()), axis=0) if samples else np.array([[0.55, 0.5], [0.45, 0.5]])
 
 
@@ -276,18 +279,18 @@ def _predict_constant(model: torch.nn.Module, points: np.ndarray) -> None:
         model.fc.bias.copy_(torch.log(mean / (1 - mean)))
 
 
-def _samples(plane: str) -> str:
-    return "axial levels" if view(plane).localised_per == "level" else f"{plane.upper()} series"
+def _samples(view: str) -> str:
+    return "axial levels" if view_named(view).localised_per == "level" else f"{view.upper()} series"
 
 
-def in_precision(models: infer.ModelSet, amp: bool) -> infer.ModelSet:
+def in_precision(models: ensemble.ModelSet, amp: bool) -> ensemble.ModelSet:
     """The same networks predicting under autocast (``amp``: fp16 on a T4, bf16 from Ampere on) or in fp32."""
 
-    def switched(loaded: infer.LoadedModel) -> infer.LoadedModel:
+    def switched(loaded: ensemble.LoadedModel) -> ensemble.LoadedModel:
         cfg = dataclasses.replace(loaded.cfg, amp=amp)
         return dataclasses.replace(loaded, cfg=cfg, predictor=dataclasses.replace(loaded.predictor, cfg=cfg))
 
-    out = infer.ModelSet()
+    out = ensemble.ModelSet()
     for bank, banks in ((out.stage1, models.stage1), (out.stage2, models.stage2)):
         for key, loaded in banks.items():
             bank[key] = [switched(m) for m in loaded]
@@ -306,18 +309,20 @@ def time_inference(
 ) -> InferTiming:
     """Seconds per stage over ``series`` on ``device``, after one warm-up series (lazy CUDA and cuDNN set-up), with
     the peak GPU memory of the timed run (the loaded models included)."""
-    models = in_precision(infer.load_models(paths, None if folds is None else list(folds), device), amp)
+    models = in_precision(ensemble.load_models(paths, None if folds is None else list(folds), device), amp)
     label = label or device.type
-    axial = infer.axial_series_ids(paths, "train")
-    infer.Inference(paths, models, pre_cfg, infer_cfg).predict_table(series.iloc[:1], axial, f"warm-up {label}")
+    axial = axial_branch.axial_series_ids(paths, "train")
+    run.Inference(paths, models, pre_cfg, infer_cfg).predict_table(series.iloc[:1], axial, f"warm-up {label}")
     if device.type == "cuda":
         torch.cuda.synchronize(device)
         torch.cuda.reset_peak_memory_stats(device)
-    timer = infer.StageTimer()
-    timed = infer.Inference(paths, models, pre_cfg, infer_cfg, timer=timer)
+    timer = run.StageTimer()
+    timed = run.Inference(paths, models, pre_cfg, infer_cfg, timer=timer)
     _, levels = timed.predict_table(series, axial, f"bench {label}")
     peak = torch.cuda.max_memory_allocated(device) / 1e9 if device.type == "cuda" else None
-    assigned = len(infer.axial_points(infer.split_axial(levels, models)[1]))  # one row per series and level
+    assigned = len(
+        axial_branch.axial_points(axial_branch.split_axial(levels, models)[1])
+    )  # one row per series and level
     del models
     if device.type == "cuda":
         torch.cuda.empty_cache()
@@ -351,7 +356,7 @@ def infer_main(argv: list[str] | None = None) -> tuple[list[InferTiming], list[P
     with tempfile.TemporaryDirectory() as tmp:
         data_dir = bench_data(args.data, args.studies, args.seed, Path(tmp) / "data")
         work = Paths.resolve(data_dir, args.work_dir)
-        series = tables.series_table(work, "train")
+        series = competition.series_table(work, "train")
         series = series[series["study_id"].isin(sorted(series["study_id"].unique())[: args.studies])]
         paths = work
         if args.build_models or not list(work.models_dir.glob("*-f0-*.pt")):
@@ -361,11 +366,11 @@ def infer_main(argv: list[str] | None = None) -> tuple[list[InferTiming], list[P
         print(_describe_series(paths, series))
         timings = [time_inference(paths, series, torch.device("cpu"), pre_cfg, infer_cfg)]
         if torch.cuda.is_available():
-            ensemble = Paths(data_dir, Path(tmp) / "ensemble")
-            write_bench_models(ensemble, work, series, args.gpu_profile, args.gpu_folds)
-            print(f"on {torch.cuda.get_device_name()}: {_describe_models(ensemble)} x {args.gpu_folds} folds")
-            timings += gpu_timings(ensemble, series, torch.device("cuda"), pre_cfg, infer_cfg)
-    per_study = (series.groupby("plane").size() / series["study_id"].nunique()).to_dict()
+            ensemble_paths = Paths(data_dir, Path(tmp) / "ensemble")
+            write_bench_models(ensemble_paths, work, series, args.gpu_profile, args.gpu_folds)
+            print(f"on {torch.cuda.get_device_name()}: {_describe_models(ensemble_paths)} x {args.gpu_folds} folds")
+            timings += gpu_timings(ensemble_paths, series, torch.device("cuda"), pre_cfg, infer_cfg)
+    per_study = (series.groupby("view").size() / series["study_id"].nunique()).to_dict()
     per_study["axial"] = timings[0].axial_levels / timings[0].n_studies
     projections = [project(timings[0], per_study, gpu) for gpu in KAGGLE_SETUPS]
     print(format_timings(timings))

@@ -28,17 +28,13 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from kaggle_utils import tables
-from kaggle_utils.config import PreprocessConfig
+from kaggle_utils.core.config import PreprocessConfig
+from kaggle_utils.core.paths import DEFAULT_DATA_DIR, Paths
+from kaggle_utils.core.views import view_named
 from kaggle_utils.dev.synthetic import make_dataset
-from kaggle_utils.dicom import Series, read_series
-from kaggle_utils.paths import DEFAULT_DATA_DIR, Paths
-from kaggle_utils.preprocess import (
-    level_boxes,
-    stage1_volume,
-    stage2_crops,
-)
-from kaggle_utils.views import view
+from kaggle_utils.io import competition, tables
+from kaggle_utils.io.dicom import Series, read_series
+from kaggle_utils.preprocessing.sagittal import level_boxes, stage1_volume, stage2_crops
 
 DEFAULT_DATA = DEFAULT_DATA_DIR
 
@@ -78,15 +74,15 @@ def _per_chunk(stack: np.ndarray, op: Callable[[np.ndarray], np.ndarray]) -> np.
     return np.concatenate([p.reshape(p.shape[0], p.shape[1], -1) for p in parts], axis=-1)
 
 
-def plain_level_crop(stack: np.ndarray, points: np.ndarray, plane: str, level: int, cfg: PreprocessConfig):
+def plain_level_crop(stack: np.ndarray, points: np.ndarray, view: str, level: int, cfg: PreprocessConfig):
     """One level's crops of a whole (H, W, N) stack: rotate it all, crop, longest-side resize, pad."""
     height, width = stack.shape[:2]
-    box = level_boxes(points, plane, width, height, cfg)[level]
+    box = level_boxes(points, view, width, height, cfg)[level]
     size = cfg.img_size
     out = np.zeros((size, size, stack.shape[2]), np.float32)
     if box.empty:
         return out
-    if view(plane).crop == "along_disc":
+    if view_named(view).crop == "along_disc":
         matrix = cv2.getRotationMatrix2D(((width - 1) / 2, (height - 1) / 2), box.angle, 1.0)
         stack = _per_chunk(
             stack,
@@ -103,10 +99,10 @@ def plain_level_crop(stack: np.ndarray, points: np.ndarray, plane: str, level: i
     return out
 
 
-def plain_stage2(series: Series, points: np.ndarray, plane: str, cfg: PreprocessConfig) -> np.ndarray:
+def plain_stage2(series: Series, points: np.ndarray, view: str, cfg: PreprocessConfig) -> np.ndarray:
     """``(size, size, 5, N)`` uint8 the solution's way (needs slices of one size)."""
     stack = series.volume().transpose(1, 2, 0)
-    crops = np.stack([plain_level_crop(stack, points, plane, lv, cfg) for lv in range(len(points))], axis=2)
+    crops = np.stack([plain_level_crop(stack, points, view, lv, cfg) for lv in range(len(points))], axis=2)
     out = plain_uint8(crops, plain_window(series, cfg))
     out[crops == 0] = 0  # pad pixels clip to black in the solution too
     return out
@@ -148,18 +144,18 @@ def _mad(ours: list[np.ndarray], plain: list[np.ndarray]) -> float:
 def load_cases(data_dir: Path, n_studies: int) -> list[tuple[Series, np.ndarray, str]]:
     """The sagittal series of the first ``n_studies`` training studies that have keypoints, decoded."""
     paths = Paths(data_dir, Path(tempfile.gettempdir()))
-    series = tables.series_table(paths, "train")
+    series = competition.series_table(paths, "train")
     series = series[series["study_id"].isin(sorted(series["study_id"].unique())[:n_studies])]
     points = tables.points_by_series(tables.keypoints_table(paths, series))
     return [
-        (read_series(paths.series_dir("train", r.study_id, r.series_id)), points[r.series_id], r.plane)
+        (read_series(paths.series_dir("train", r.study_id, r.series_id)), points[r.series_id], r.view)
         for r in series.itertuples()
         if r.series_id in points
     ]
 
 
 Case = tuple[Series, np.ndarray, str]
-"""A decoded series, its (5, 2, 2) relative keypoints and its plane."""
+"""A decoded series, its (5, 2, 2) relative keypoints and its view."""
 
 
 def _row(
@@ -182,14 +178,14 @@ def _row(
 
 def compare(cases: list[Case], cfg: PreprocessConfig, repeat: int = 1) -> list[Row]:
     """Time both implementations of both stages on the same decoded series and compare their outputs; stage 2
-    also per plane, since only T2 crops are rotated. Each stage computes its own window on both sides, as the
+    also per view, since only T2 crops are rotated. Each stage computes its own window on both sides, as the
     solution's separate stage runs did."""
     rows = [_row("stage 1", cases, lambda c: stage1_volume(c[0], cfg), lambda c: plain_stage1(c[0], cfg), repeat)]
-    for plane in sorted({plane for _, _, plane in cases}):
+    for view in sorted({view for _, _, view in cases}):
         rows.append(
             _row(
-                f"stage 2 {plane}",
-                [c for c in cases if c[2] == plane],
+                f"stage 2 {view}",
+                [c for c in cases if c[2] == view],
                 lambda c: stage2_crops(*c, cfg),
                 lambda c: plain_stage2(*c, cfg),
                 repeat,
@@ -203,9 +199,9 @@ def resampled(cases: list[Case], size: int) -> list[Case]:
     many real sagittal series (512 px and more) while the synthetic ones are ~300 px. Keypoints are relative,
     so they stay valid."""
     out = []
-    for series, points, plane in cases:
+    for series, points, view in cases:
         slices = [cv2.resize(s, (size, size), interpolation=cv2.INTER_CUBIC) for s in series.slices]
-        out.append((dataclasses.replace(series, slices=slices), points, plane))
+        out.append((dataclasses.replace(series, slices=slices), points, view))
     return out
 
 

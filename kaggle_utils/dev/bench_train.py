@@ -50,19 +50,20 @@ import numpy as np
 import pandas as pd
 import torch
 
-from kaggle_utils import config
-from kaggle_utils.axial import CROPS, STACK_SLICES, level_slug
-from kaggle_utils.config import FULL_PRESETS, TrainConfig, preset
-from kaggle_utils.constants import LABEL_COLUMNS, LEVEL_NAMES, LEVELS
-from kaggle_utils.data import AxialCropDataset, CropDataset, KeypointDataset, LevelKeypointDataset
-from kaggle_utils.devices import autocast_dtype
-from kaggle_utils.engine import StepReadout, make_optimizer, prepare_model, train_step
-from kaggle_utils.labels import condition_rows
-from kaggle_utils.loader import BatchLoader, DeviceBatches, to_device
-from kaggle_utils.paths import REPO_ROOT, Paths
-from kaggle_utils.tasks import ClassifierTask, KeypointTask
-from kaggle_utils.train import loader
-from kaggle_utils.views import view
+from kaggle_utils.core import parameters
+from kaggle_utils.core.config import PreprocessConfig, TrainConfig
+from kaggle_utils.core.constants import LABEL_COLUMNS, LEVEL_NAMES, LEVEL_SLUGS
+from kaggle_utils.core.devices import autocast_dtype
+from kaggle_utils.core.labels import condition_rows, level_slug
+from kaggle_utils.core.paths import REPO_ROOT, Paths
+from kaggle_utils.core.presets import FULL_PRESETS, preset
+from kaggle_utils.core.views import view_named
+from kaggle_utils.preprocessing.axial_crops import CROPS
+from kaggle_utils.training.data import AxialCropDataset, CropDataset, KeypointDataset, LevelKeypointDataset
+from kaggle_utils.training.engine import StepReadout, make_optimizer, prepare_model, train_step
+from kaggle_utils.training.loader import BatchLoader, DeviceBatches, to_device
+from kaggle_utils.training.tasks import ClassifierTask, KeypointTask
+from kaggle_utils.training.train import loader
 
 DEFAULT_SEED_SCRIPT = REPO_ROOT.parent / "shared" / "bench" / "seed_shapes_gpu.py"
 SEED_CONFIGS = {  # our preset -> the seed script's configuration of the same shape
@@ -213,7 +214,7 @@ class CachedArrays:
         rows = []
         for study in range(1, n_studies + 1):
             twin = (study - 1) % distinct + 1  # the study whose arrays this one shares
-            for plane, offset in (("t1", 0), ("t2", 1)):
+            for view, offset in (("t1", 0), ("t2", 1)):
                 series, twin_series = 10 * study + offset, 10 * twin + offset
                 volume, crops = paths.stage1_array(study, series), paths.stage2_array(study, series)
                 for path in (volume, crops):
@@ -221,11 +222,11 @@ class CachedArrays:
                 if study == twin:
                     slices = rng.integers(0, 256, (n_slices, 256, 256), dtype=np.uint8)
                     np.save(volume, slices)
-                    np.save(crops, np.repeat(slices[None], len(LEVELS), axis=0))
+                    np.save(crops, np.repeat(slices[None], len(LEVEL_SLUGS), axis=0))
                 else:
                     _link(paths.stage1_array(twin, twin_series), volume)
                     _link(paths.stage2_array(twin, twin_series), crops)
-                rows.append({"study_id": study, "series_id": series, "plane": plane})
+                rows.append({"study_id": study, "series_id": series, "view": view})
             axial_series = 10 * study + 2
             for level in LEVEL_NAMES:
                 key = (level_slug(level), AXIAL_INSTANCE)
@@ -233,22 +234,22 @@ class CachedArrays:
                 for path in (stack, crops):
                     path.parent.mkdir(parents=True, exist_ok=True)
                 if study == twin:
-                    slices = rng.integers(0, 256, (STACK_SLICES, 256, 256), dtype=np.uint8)
+                    slices = rng.integers(0, 256, (PreprocessConfig().axial_stack_slices, 256, 256), dtype=np.uint8)
                     np.save(stack, slices)
                     np.save(crops, np.repeat(slices[None], len(CROPS), axis=0))
                 else:
                     _link(paths.axial_stack(twin, 10 * twin + 2, *key), stack)
                     _link(paths.axial_crops(twin, 10 * twin + 2, *key), crops)
-                rows.append({"study_id": study, "series_id": axial_series, "plane": "axial", "level": level})
+                rows.append({"study_id": study, "series_id": axial_series, "view": "axial", "level": level})
         return cls(paths, pd.DataFrame(rows))
 
     def training_set(self, cfg: TrainConfig) -> torch.utils.data.Dataset:
         """The preset's training dataset over these arrays (random labels for stage 2, zero keypoints)."""
-        series = self.series[self.series["plane"] == cfg.plane]
+        series = self.series[self.series["view"] == cfg.view]
         studies = series["study_id"].unique()
         labels = np.random.default_rng(1).integers(0, 3, (len(studies), len(LABEL_COLUMNS)))
         targets = pd.DataFrame(labels, columns=list(LABEL_COLUMNS)).assign(study_id=studies)
-        if view(cfg.plane).localised_per == "level":
+        if view_named(cfg.view).localised_per == "level":
             samples = series.assign(instance_number=AXIAL_INSTANCE)
             if cfg.stage == 1:
                 return LevelKeypointDataset(samples, self.paths, cfg.n_frames, keypoints=None, train=True)
@@ -350,7 +351,9 @@ def bench_preset(
         in_step = loader_ms(fed_step, loader(data.training_set(cfg), cfg, True), device, steps, warmup)
     _reset_memory(device)
     seed, source = seed_settings_ms(cfg, data, device, seed_script, steps, warmup)
-    levels = "" if cfg.stage == 1 else "3 x " if view(cfg.plane).localised_per == "level" else f"{len(LEVELS)} x "
+    levels = (
+        "" if cfg.stage == 1 else "3 x " if view_named(cfg.view).localised_per == "level" else f"{len(LEVEL_SLUGS)} x "
+    )
     shape = f"{cfg.batch_size} x {levels}{cfg.n_frames} x {cfg.img_size}px"
     return Row(cfg.name, shape, compute, pure, fed, seed, source, peak, in_step)
 
@@ -398,13 +401,13 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--slices", type=int, default=17, help="slices per cached series")
     parser.add_argument("--seed-script", type=Path, default=DEFAULT_SEED_SCRIPT)
     parser.add_argument("--host-batches", type=int, default=5, help="batches timed for the host table (0: none)")
-    config.add_override_arguments(parser)
+    parameters.add_override_arguments(parser)
     args = parser.parse_args(argv)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     gpu = device.type == "cuda"
     profile = args.profile if args.profile != "auto" else ("full" if gpu else "smoke")
     steps, warmup = args.steps or (8 if gpu else 2), args.warmup if args.warmup is not None else (3 if gpu else 1)
-    overrides = {"num_workers": args.workers, "pretrained": False, **config.parsed_overrides(args)}
+    overrides = {"num_workers": args.workers, "pretrained": False, **parameters.parsed_overrides(args)}
     configs = [preset(name, profile, overrides) for name in args.presets]
     seed_script = load_seed_script(args.seed_script) if device.type == "cuda" else None
     full = [preset(name, "full", overrides) for name in args.presets]  # the host table's batch shapes

@@ -37,6 +37,19 @@ import jupytext
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
+from kaggle_utils.core.paths import (
+    BLEND_FILE,
+    CODE_DATASET,
+    COMPETITION_SLUG,
+    DEFAULT_WORK_DIR,
+    KERNEL_SLUG,
+    REPO_ROOT,
+    SUBMISSION_CSV,
+    WEIGHTS_DATASET,
+    WHEELS_DATASET,
+    finished_checkpoints,
+)
+from kaggle_utils.core.wheels import Wheel, write_manifest
 from kaggle_utils.dev import kaggle_auth
 from kaggle_utils.dev.kaggle_cli import (
     KERNEL_COMPLETE,
@@ -50,19 +63,6 @@ from kaggle_utils.dev.kaggle_cli import (
     submit_version,
     wait_until_ready,
 )
-from kaggle_utils.paths import (
-    BLEND_FILE,
-    CODE_DATASET,
-    COMPETITION_SLUG,
-    DEFAULT_WORK_DIR,
-    KERNEL_SLUG,
-    REPO_ROOT,
-    SUBMISSION_CSV,
-    WEIGHTS_DATASET,
-    WHEELS_DATASET,
-    finished_checkpoints,
-)
-from kaggle_utils.wheels import Wheel, write_manifest
 
 METADATA_DIR = REPO_ROOT / "datasets-metadata"
 SUBMISSION_DIR = REPO_ROOT / "submission"
@@ -155,7 +155,7 @@ def stage_weights(owner: str, models: Path = DEFAULT_WORK_DIR / "models", build:
     and the blend the CV fit (``blend.json``; logs, plots and an interrupted run's resume state stay). Half precision
     halves the upload (the full ensemble: 8.5 GB in fp32) and what the kernel reads; the sizes go to stderr (stdout
     is the folder, for the Makefile)."""
-    from kaggle_utils.checkpoints import half_precision_copy  # here: torch and timm take seconds to import
+    from kaggle_utils.models.checkpoints import half_precision_copy  # here: torch and timm take seconds to import
 
     checkpoints = finished_checkpoints(models)
     if not checkpoints:

@@ -5,7 +5,7 @@
 
 What the cells print reaches the console as it is printed: stdout, and stderr too (warnings, each fallback a
 notebook reports), of which progress bars show only their final state. The parameters given with ``--set`` are
-checked (``config.check_parameters``) before the first notebook starts, so a wrong one costs seconds.
+checked (``parameters.check_parameters``) before the first notebook starts, so a wrong one costs seconds.
 """
 
 from __future__ import annotations
@@ -23,7 +23,8 @@ import jupytext
 import nbformat
 from nbclient import NotebookClient
 
-from kaggle_utils.config import ConfigError, check_parameters
+from kaggle_utils.core.config import ConfigError
+from kaggle_utils.core.parameters import check_parameters
 
 NOISE = ("TqdmWarning: IProgress not found",)
 """Warnings not echoed: without ipywidgets, ``tqdm.auto`` warns once per kernel that it draws text bars, which is what
@@ -46,7 +47,7 @@ def run_notebook(
     echo: bool = True,
 ) -> nbformat.NotebookNode:
     """Execute a notebook (``.py`` or ``.ipynb``) in its own folder; raises ``CellExecutionError`` on a failing
-    cell. Parameters reach the notebook as environment variables (see ``config.notebook_params``)."""
+    cell. Parameters reach the notebook as environment variables (see ``parameters.notebook_params``)."""
     source = Path(source)
     notebook = jupytext.read(source)
     client = EchoingClient(

@@ -9,10 +9,12 @@ import pandas as pd
 import pytest
 import torch
 
-from kaggle_utils import infer, tables
-from kaggle_utils.config import InferConfig, PreprocessConfig, preset
+from kaggle_utils.core.config import InferConfig, PreprocessConfig
+from kaggle_utils.core.paths import Paths
+from kaggle_utils.core.presets import preset
 from kaggle_utils.dev import bench_infer as bench
-from kaggle_utils.paths import Paths
+from kaggle_utils.inference import axial_branch, ensemble, run
+from kaggle_utils.io import competition, tables
 
 
 def test_t4_throughput_follows_the_datasheets() -> None:
@@ -69,17 +71,17 @@ def test_projection_takes_cpu_stages_as_measured_and_splits_gpu_stages_over_the_
 
 def test_bench_models_and_the_timer_leave_predictions_unchanged(tiny_data: Path, tmp_path: Path) -> None:
     data = Paths(tiny_data, tmp_path)
-    series = tables.series_table(data, "train")
+    series = competition.series_table(data, "train")
     series = series[series["study_id"] == series["study_id"].iloc[0]]
     paths = Paths(tiny_data, tmp_path / "work")
     bench.write_bench_models(paths, data, series, "smoke")
-    models = infer.load_models(paths, [0], torch.device("cpu"))
+    models = ensemble.load_models(paths, [0], torch.device("cpu"))
     args = (paths, models, PreprocessConfig(), InferConfig(tta_angles=(0.0, 10.0)))
-    axial = infer.axial_series_ids(paths, "train")
+    axial = axial_branch.axial_series_ids(paths, "train")
     assert series["study_id"].iloc[0] in axial
-    timer = infer.StageTimer()
-    plain = infer.Inference(*args).predict_table(series, axial)
-    timed = infer.Inference(*args, timer=timer).predict_table(series, axial)
+    timer = run.StageTimer()
+    plain = run.Inference(*args).predict_table(series, axial)
+    timed = run.Inference(*args, timer=timer).predict_table(series, axial)
     for a, b in zip(plain, timed, strict=True):
         pd.testing.assert_frame_equal(a, b)
     assert set(timer.seconds) == set(bench.STAGES) and "ax" in set(plain[1]["preset"])
@@ -93,12 +95,12 @@ def test_bench_models_and_the_timer_leave_predictions_unchanged(tiny_data: Path,
 def test_the_gpu_columns_time_every_fold_in_fp32_and_under_autocast(tiny_data: Path, tmp_path: Path) -> None:
     """On the CPU here (autocast is fp32 there): the ensemble of two folds, the second an fp16 copy of the first."""
     data = Paths(tiny_data, tmp_path)
-    series = tables.series_table(data, "train")
+    series = competition.series_table(data, "train")
     series = series[series["study_id"] == series["study_id"].iloc[0]]
     paths = Paths(tiny_data, tmp_path / "ensemble")
     written = bench.write_bench_models(paths, data, series, "smoke", n_folds=2)
     assert len(written) == 16 and {json.loads(p.with_suffix(".json").read_text())["fold"] for p in written} == {0, 1}
-    models = infer.load_models(paths, None, torch.device("cpu"))
+    models = ensemble.load_models(paths, None, torch.device("cpu"))
     assert {len(bank) for bank in (*models.stage1.values(), *models.stage2.values())} == {2}
     fp32 = bench.in_precision(models, amp=False)
     assert all(not m.cfg.amp and not m.predictor.cfg.amp for bank in fp32.stage2.values() for m in bank)

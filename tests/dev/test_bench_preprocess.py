@@ -7,12 +7,12 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from kaggle_utils.config import PreprocessConfig
+from kaggle_utils.core.config import PreprocessConfig
 from kaggle_utils.dev import bench_preprocess as bench
-from kaggle_utils.dicom import Series
+from kaggle_utils.io.dicom import Series
 
 
-def _case(plane: str) -> tuple[Series, np.ndarray, str]:
+def _case(view: str) -> tuple[Series, np.ndarray, str]:
     rng = np.random.default_rng(0)
     slices = [cv2.resize(rng.random((20, 16), np.float32), (256, 320), interpolation=cv2.INTER_CUBIC) * 900 + 50]
     slices.append(slices[0] * 0.8)
@@ -27,7 +27,7 @@ def _case(plane: str) -> tuple[Series, np.ndarray, str]:
     )
     y = np.linspace(0.3, 0.7, 5)
     points = np.stack([np.c_[np.full(5, 0.4), y + 0.02], np.c_[np.full(5, 0.57), y - 0.02]], axis=1)
-    return series, points, plane
+    return series, points, view
 
 
 def test_compare_reports_close_outputs_and_a_table() -> None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from kaggle_utils.config import preset
+from kaggle_utils.core.presets import preset
 from kaggle_utils.dev import bench_train
 
 
@@ -60,11 +60,11 @@ def test_the_host_fill_writes_every_sample_of_the_batch(tmp_path: Path) -> None:
 
 def test_studies_beyond_the_distinct_ones_share_their_arrays(tmp_path: Path) -> None:
     data = bench_train.CachedArrays.write(tmp_path, n_studies=5, n_slices=3, distinct=2)
-    assert data.series["plane"].value_counts().to_dict() == {"axial": 5 * 5, "t1": 5, "t2": 5}  # 5 levels an axial
+    assert data.series["view"].value_counts().to_dict() == {"axial": 5 * 5, "t1": 5, "t2": 5}  # 5 levels an axial
     for study, twin in ((3, 1), (4, 2), (5, 1)):
-        for plane in (0, 1):
-            ours = np.load(data.paths.stage2_array(study, 10 * study + plane))
-            np.testing.assert_array_equal(ours, np.load(data.paths.stage2_array(twin, 10 * twin + plane)))
+        for view in (0, 1):
+            ours = np.load(data.paths.stage2_array(study, 10 * study + view))
+            np.testing.assert_array_equal(ours, np.load(data.paths.stage2_array(twin, 10 * twin + view)))
         stack = data.paths.axial_stack(study, 10 * study + 2, "l4_l5", bench_train.AXIAL_INSTANCE)
         twin_stack = data.paths.axial_stack(twin, 10 * twin + 2, "l4_l5", bench_train.AXIAL_INSTANCE)
         np.testing.assert_array_equal(np.load(stack), np.load(twin_stack))
@@ -76,7 +76,7 @@ def test_the_axial_localiser_is_fed_a_levels_stack(tmp_path: Path) -> None:
     cfg = preset("stage1_axial", "smoke", {"batch_size": 4, "num_workers": 0})
     batch = data.first_batch(cfg, torch.device("cpu"))
     assert tuple(batch["image"].shape) == (4, cfg.n_frames, 256, 256) and batch["mask"].all()
-    assert set(batch["level"].tolist()) <= set(range(5))
+    assert set(batch["level_index"].tolist()) <= set(range(5))
 
 
 def test_the_axial_classifier_is_fed_a_levels_three_crops(tmp_path: Path) -> None:

@@ -18,11 +18,8 @@ import pytest
 import torch
 from wheelhouse import build_wheel, pip_resolves
 
-from kaggle_utils.checkpoints import MODEL_FIELDS_KEY
-from kaggle_utils.constants import LABEL_COLUMNS
-from kaggle_utils.dev import kaggle
-from kaggle_utils.dev.runner import run_notebook
-from kaggle_utils.paths import (
+from kaggle_utils.core.constants import LABEL_COLUMNS
+from kaggle_utils.core.paths import (
     CODE_DATASET,
     COMPETITION_SLUG,
     KERNEL_SLUG,
@@ -31,7 +28,10 @@ from kaggle_utils.paths import (
     Paths,
     wheels_dataset,
 )
-from kaggle_utils.wheels import Wheel, read_manifest, write_manifest
+from kaggle_utils.core.wheels import Wheel, read_manifest, write_manifest
+from kaggle_utils.dev import kaggle
+from kaggle_utils.dev.runner import run_notebook
+from kaggle_utils.models.checkpoints import MODEL_FIELDS_KEY
 
 REPO = Path(__file__).resolve().parents[2]
 PYTHONS = ("3.11", "3.12", "3.13")  # the Pythons of Kaggle's and Colab's images
@@ -89,6 +89,14 @@ def git_commit() -> str:
     return subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True, text=True).stdout
 
 
+def staged_code_files() -> list[str]:
+    """What the code dataset must hold: every module of the package, its sub-packages' ``__init__.py`` included,
+    but not the development tools (``dev/``, which the kernel never imports) nor caches."""
+    package = REPO / "kaggle_utils"
+    modules = [p.relative_to(REPO) for p in package.rglob("*.py") if "__pycache__" not in p.parts]
+    return sorted(str(p) for p in modules if p.parts[1] != "dev")
+
+
 def assert_dataset_metadata(meta: dict, owner: str, slug: str) -> None:
     assert meta["id"] == f"{owner}/{slug}"
     assert 6 <= len(meta["title"]) <= 50 and len(meta["licenses"]) == 1
@@ -105,9 +113,8 @@ def test_sync_creates_then_versions_code_and_weights(tmp_path, home, work, cli_v
     code, weights = created
     assert_dataset_metadata(code["metadata"], "tester", CODE_DATASET)
     assert_dataset_metadata(weights["metadata"], "tester", WEIGHTS_DATASET)
-    assert {"kaggle_utils/__init__.py", "kaggle_utils/paths.py", "kaggle_utils/wheels.py"} <= set(code["files"])
-    assert not [f for f in code["files"] if f.startswith("kaggle_utils/dev/")]  # the kernel never imports it
-    assert not [f for f in code["files"] if "__pycache__" in f or f.endswith(".pyc")]
+    assert sorted(code["files"]) == ["dataset-metadata.json", *staged_code_files()]
+    assert "kaggle_utils/core/paths.py" in code["files"] and "kaggle_utils/inference/run.py" in code["files"]
     assert weights["files"] == ["dataset-metadata.json", "sp1-f0-s42.json", "sp1-f0-s42.pt"]
     staged = tmp_path / "build" / WEIGHTS_DATASET
     assert torch.load(staged / "sp1-f0-s42.pt", weights_only=True)["head.weight"].dtype == torch.float16

@@ -9,14 +9,14 @@ import pandas as pd
 import pydicom
 import pytest
 
-from kaggle_utils.constants import (
+from kaggle_utils.core.constants import (
     AXIAL_T2,
     CONDITION_FAMILIES,
     CONDITION_TITLES,
     CONDITIONS,
     LABEL_COLUMNS,
     LEVEL_NAMES,
-    LEVELS,
+    LEVEL_SLUGS,
     SAGITTAL_T1,
     SAGITTAL_T2,
     SERIES_DESCRIPTIONS,
@@ -25,10 +25,7 @@ from kaggle_utils.constants import (
     condition_family,
     row_id,
 )
-from kaggle_utils.dev.synthetic import flip_labels, make_dataset
-from kaggle_utils.dev.synthetic.acquisition import _instance_numbers, axial_coverage
-from kaggle_utils.dicom import read_series
-from kaggle_utils.paths import (
+from kaggle_utils.core.paths import (
     COORDS_V7_CSV,
     LABEL_FLIPS_CSV,
     SAMPLE_SUBMISSION_CSV,
@@ -38,6 +35,9 @@ from kaggle_utils.paths import (
     TRAIN_CSV,
     TRAIN_SERIES_CSV,
 )
+from kaggle_utils.dev.synthetic import flip_labels, make_dataset
+from kaggle_utils.dev.synthetic.acquisition import _instance_numbers, axial_coverage
+from kaggle_utils.io.dicom import read_series
 
 N_TRAIN, N_TEST, SEED = 3, 2, 0
 SPINAL, FORAMINAL, SUBARTICULAR = CONDITION_FAMILIES
@@ -117,7 +117,7 @@ def test_label_coordinates_sit_on_the_right_series_inside_the_image(data_dir: Pa
     condition_of_title = {title: c for c, title in CONDITION_TITLES.items()}
     for row in coords.itertuples():
         condition = condition_of_title[row.condition]
-        column = f"{condition}_{LEVELS[LEVEL_NAMES.index(row.level)]}"
+        column = f"{condition}_{LEVEL_SLUGS[LEVEL_NAMES.index(row.level)]}"
         assert pd.notna(labels.loc[row.study_id, column])
         assert series.loc[row.series_id, "series_description"] == SERIES_OF_FAMILY[condition_family(condition)]
         path = data_dir / "train_images" / str(row.study_id) / str(row.series_id) / f"{row.instance_number}.dcm"
@@ -131,7 +131,7 @@ def test_coords_v7_has_ten_points_per_sagittal_series(data_dir: Path) -> None:
     series = _csv(data_dir, TRAIN_SERIES_CSV)
     sagittal = series[series.series_description.isin([SAGITTAL_T1, SAGITTAL_T2])]
     assert set(corrected.series_id) == set(sagittal.series_id)
-    assert (corrected.groupby("series_id").size() == 2 * len(LEVELS)).all()
+    assert (corrected.groupby("series_id").size() == 2 * len(LEVEL_SLUGS)).all()
     assert set(corrected.side) == {"L", "R"} and set(corrected.level) == set(LEVEL_NAMES)
     assert corrected.relative_x.between(0, 1).all() and corrected.relative_y.between(0, 1).all()
     # On the T2, "R" is the back of the disc: further posterior, i.e. larger x (columns run front to back).
@@ -186,7 +186,7 @@ def _box_means(data_dir: Path, condition: str, half_mm: float) -> dict[str, list
             half_row, half_col = np.round(half_mm / series.pixel_spacing[k]).astype(int)
             x, y = round(row.x), round(row.y)
             box = series.slices[k][y - half_row : y + half_row + 1, x - half_col : x + half_col + 1]
-            severity = labels.loc[study_id, f"{condition}_{LEVELS[LEVEL_NAMES.index(row.level)]}"]
+            severity = labels.loc[study_id, f"{condition}_{LEVEL_SLUGS[LEVEL_NAMES.index(row.level)]}"]
             means[severity].append(float(box.mean() / top))
     return means
 

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import pandas as pd
 
+from kaggle_utils.core.paths import LABEL_FLIPS_CSV, Paths
 from kaggle_utils.dev import synthetic
 from kaggle_utils.dev.synthetic.dataset import OUTPUT_FILES, SPLITS, make_dataset
-from kaggle_utils.paths import LABEL_FLIPS_CSV, Paths
 
 
 def main(argv: list[str] | None = None) -> None:

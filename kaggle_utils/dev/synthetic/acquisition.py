@@ -13,10 +13,10 @@ import numpy as np
 from pydicom.dataset import Dataset, FileMetaDataset
 from pydicom.uid import PYDICOM_IMPLEMENTATION_UID, ExplicitVRLittleEndian, MRImageStorage, generate_uid
 
-from kaggle_utils.constants import AXIAL_T2, SAGITTAL_T1
+from kaggle_utils.core.constants import AXIAL_T2, SAGITTAL_T1
 from kaggle_utils.dev.synthetic.anatomy import LABELLED_DISCS, LEFT, RIGHT, Phantom
 from kaggle_utils.dev.synthetic.render import T1, T2, render
-from kaggle_utils.dicom import slice_normal, world_to_pixel
+from kaggle_utils.io.dicom import slice_normal, world_to_pixel
 
 # --- acquisition -------------------------------------------------------------------------------------------
 _SAGITTAL_MATRICES = ((256, 256), (320, 320), (384, 384), (384, 384), (384, 320), (320, 256))

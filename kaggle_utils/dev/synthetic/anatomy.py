@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from kaggle_utils.constants import (
+from kaggle_utils.core.constants import (
     AXIAL_T2,
     CONDITION_FAMILIES,
     CONDITIONS,

@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from kaggle_utils.constants import (
+from kaggle_utils.core.constants import (
     AXIAL_T2,
     CONDITION_TITLES,
     CONDITIONS,
@@ -23,7 +23,7 @@ from kaggle_utils.constants import (
     EXCLUDED_STUDIES,
     LABEL_COLUMNS,
     LEVEL_NAMES,
-    LEVELS,
+    LEVEL_SLUGS,
     SAGITTAL_T1,
     SAGITTAL_T2,
     SERIES_DESCRIPTIONS,
@@ -31,6 +31,17 @@ from kaggle_utils.constants import (
     SEVERITY_COLUMNS,
     condition_family,
     row_id,
+)
+from kaggle_utils.core.paths import (
+    COORDS_V7_CSV,
+    LABEL_FLIPS_CSV,
+    SAMPLE_SUBMISSION_CSV,
+    TEST_LABELS_CSV,
+    TEST_SERIES_CSV,
+    TRAIN_COORDINATES_CSV,
+    TRAIN_CSV,
+    TRAIN_SERIES_CSV,
+    Paths,
 )
 from kaggle_utils.dev.synthetic.acquisition import (
     AxialCoverage,
@@ -52,17 +63,6 @@ from kaggle_utils.dev.synthetic.anatomy import (
     condition_side,
     draw_phantom,
 )
-from kaggle_utils.paths import (
-    COORDS_V7_CSV,
-    LABEL_FLIPS_CSV,
-    SAMPLE_SUBMISSION_CSV,
-    TEST_LABELS_CSV,
-    TEST_SERIES_CSV,
-    TRAIN_COORDINATES_CSV,
-    TRAIN_CSV,
-    TRAIN_SERIES_CSV,
-    Paths,
-)
 
 TRAIN, TEST = SPLITS = ("train", "test")  # the ``{split}_images`` folders
 
@@ -83,9 +83,9 @@ def draw_severities(rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
     feeds both foraminal and subarticular of that side, so the labels correlate like real ones do.
     """
     study = rng.normal()
-    level = _LEVEL_PROPENSITY + 0.5 * rng.normal(size=len(LEVELS))
-    side = 0.35 * rng.normal(size=(2, len(LEVELS)))
-    score = 0.75 * study + level[None, :] + 0.45 * rng.normal(size=(len(CONDITIONS), len(LEVELS)))
+    level = _LEVEL_PROPENSITY + 0.5 * rng.normal(size=len(LEVEL_SLUGS))
+    side = 0.35 * rng.normal(size=(2, len(LEVEL_SLUGS)))
+    score = 0.75 * study + level[None, :] + 0.45 * rng.normal(size=(len(CONDITIONS), len(LEVEL_SLUGS)))
     for c, condition in enumerate(CONDITIONS):
         family = condition_family(condition)
         score[c] += _FAMILY_PROPENSITY[family] + (0.0 if family == SPINAL else side[condition_side(condition)])
@@ -100,7 +100,7 @@ def _label_row(study_id: int, codes: np.ndarray, missing: np.ndarray) -> dict:
 
 
 def _missing_cells(rng: np.random.Generator) -> np.ndarray:
-    missing = np.zeros((len(CONDITIONS), len(LEVELS)), dtype=bool)
+    missing = np.zeros((len(CONDITIONS), len(LEVEL_SLUGS)), dtype=bool)
     if rng.random() < _MISSING_STUDY_FRACTION:
         cells = rng.choice(missing.size, size=int(rng.integers(1, 4)), replace=False)
         missing.flat[cells] = True
@@ -120,7 +120,10 @@ def flip_labels(labels: pd.DataFrame, fraction: float, rng: np.random.Generator)
         true = values[r, c]
         given = SEVERITIES[(SEVERITIES.index(true) + int(rng.integers(1, len(SEVERITIES)))) % len(SEVERITIES)]
         values[r, c] = given
-        condition, level = CONDITIONS[c // len(LEVELS)], LEVELS[c % len(LEVELS)]  # LABEL_COLUMNS is condition-major
+        condition, level = (
+            CONDITIONS[c // len(LEVEL_SLUGS)],
+            LEVEL_SLUGS[c % len(LEVEL_SLUGS)],
+        )  # LABEL_COLUMNS is condition-major
         study_id = int(labels["study_id"].iloc[r])
         flips.append((study_id, row_id(study_id, LABEL_COLUMNS[c]), condition, level, true, given))
     noisy = labels.copy()
@@ -217,12 +220,12 @@ def _label_coordinates(
 def _uncovered_subarticular(axial: list[AxialCoverage]) -> np.ndarray:
     """(condition, level) cells of subarticular points no axial series carries: unlabelled, as in the
     competition, where a missing point means a missing grade."""
-    uncovered = np.zeros((len(CONDITIONS), len(LEVELS)), dtype=bool)
+    uncovered = np.zeros((len(CONDITIONS), len(LEVEL_SLUGS)), dtype=bool)
     for c, condition in enumerate(CONDITIONS):
         if condition_family(condition) == SUBARTICULAR:
             side = condition_side(condition)
             carried = {lv for coverage in axial for lv, sides in coverage.sides.items() if side in sides}
-            uncovered[c] = [lv not in carried for lv in range(len(LEVELS))]
+            uncovered[c] = [lv not in carried for lv in range(len(LEVEL_SLUGS))]
     return uncovered
 
 

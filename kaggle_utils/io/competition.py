@@ -1,0 +1,247 @@
+"""The competition's own files as given: each CSV read row by row (ids as integers; a row that does not parse named
+by file, line and study and left out), the series each split lists with their views, the studies a submission must
+cover, and the training labels as class indices. The files are the competition's; every fault found in them is said
+once, and costs only the rows it is in.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import re
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from kaggle_utils.core import paths as P
+from kaggle_utils.core.constants import EXCLUDED_SERIES, EXCLUDED_STUDIES, IGNORE_INDEX, LABEL_COLUMNS, SEVERITIES
+from kaggle_utils.core.views import VIEW_OF_DESCRIPTION, view_named, view_of_description
+
+
+class TableError(ValueError):
+    """A table that is missing or does not match its schema."""
+
+
+ID_COLUMNS = ("study_id", "series_id", "instance_number")
+"""Columns of the competition's CSVs that hold integer ids: read as text and parsed row by row, so that one bad row
+cannot turn a whole column into floats (and every folder name into "123.0")."""
+
+NUMBER_COLUMNS = ("x", "y")
+"""Columns of the competition's CSVs that hold coordinates."""
+
+_SHOWN_PROBLEMS = 10
+"""Rows named in full in a warning about a file; the others are counted."""
+
+_SAID: set[str] = set()
+
+
+def _say_once(message: str, warn: bool = True) -> None:
+    """A warning (or a printed line) about an input file, once per process: a run reads the same listing for its
+    sagittal and its axial series, and the fault it finds there is one fault."""
+    if message not in _SAID:
+        _SAID.add(message)
+        if warn:
+            warnings.warn(message, stacklevel=3)
+        else:
+            print(message)
+
+
+def read_csv(paths: P.Paths, name: str) -> pd.DataFrame:
+    """A file of the competition folder (``read_checked_csv``); a missing one says where it was looked for."""
+    path = paths.data_file(name)
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {paths.data_dir} a folder in the competition layout?")
+    return read_checked_csv(path)
+
+
+def read_checked_csv(path: Path) -> pd.DataFrame:
+    """A competition CSV with its ids (``ID_COLUMNS``) as int64 and its coordinates (``NUMBER_COLUMNS``) as floats.
+
+    A row that does not fit (a field count other than the header's, an id that is not a whole number, a coordinate
+    that is not a number, an empty line) is left out, and one warning names each such row by file, line and study.
+    """
+    ids = ID_COLUMNS
+    header, rows, lines, problems = _csv_rows(path)
+    buffer = io.StringIO()
+    csv.writer(buffer).writerows([header, *rows])
+    buffer.seek(0)
+    table = pd.read_csv(buffer, dtype={c: str for c in ids if c in header})
+    table.index = lines
+    keep = pd.Series(True, index=table.index)
+    for column in (c for c in ids if c in table):
+        text = table[column].fillna("").str.strip()
+        whole = text.str.fullmatch(r"\d+(\.0*)?")  # as ``_whole`` reads one
+        problems += [(line, f"{column} {value!r} is not an id") for line, value in text[~whole & keep].items()]
+        keep &= whole
+        table[column] = text.str.replace(r"\.0*$", "", regex=True).where(whole, "-1")
+    for column in (c for c in NUMBER_COLUMNS if c in table):
+        values = pd.to_numeric(table[column], errors="coerce")
+        bad = values.isna() & keep
+        problems += [(line, f"{column} {table.at[line, column]!r} is not a number") for line in bad[bad].index]
+        keep &= ~values.isna()
+        table[column] = values
+    if problems:
+        _warn_rows(path, table, problems)
+    table = table[keep].astype({c: "int64" for c in ids if c in table})
+    return table.reset_index(drop=True)
+
+
+def _csv_rows(path: Path) -> tuple[list[str], list[list[str]], list[int], list[tuple[int, str]]]:
+    """The header, the rows with as many fields as the header and their line numbers, and the other lines."""
+    try:
+        reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig", errors="replace")))
+        header = next(reader, None)
+        if not header:
+            raise TableError(f"{path}: the file is empty, it has no header line")
+        rows, lines, problems = [], [], []
+        for fields in reader:
+            if not any(f.strip() for f in fields):
+                problems.append((reader.line_num, "empty line"))
+            elif len(fields) != len(header):
+                problems.append((reader.line_num, f"{len(fields)} fields where the header has {len(header)}"))
+            else:
+                rows.append(fields)
+                lines.append(reader.line_num)
+    except csv.Error as error:
+        raise TableError(f"{path}: not a readable CSV ({error})") from error
+    return header, rows, lines, problems
+
+
+def _warn_rows(path: Path, table: pd.DataFrame, problems: list[tuple[int, str]]) -> None:
+    studies = table["study_id"] if "study_id" in table else pd.Series(dtype=str)
+    named = []
+    for line, why in sorted(problems)[:_SHOWN_PROBLEMS]:
+        study = studies.get(line, "")
+        named.append(f"line {line}" + (f" (study {study})" if str(study).isdigit() else "") + f": {why}")
+    more = f"; and {len(problems) - _SHOWN_PROBLEMS} more" if len(problems) > _SHOWN_PROBLEMS else ""
+    _say_once(f"{path}: {len(problems)} rows left out: {'; '.join(named)}{more}")
+
+
+def study_ids(paths: P.Paths, split: str) -> list[int]:
+    """The studies a submission must cover: every study a split's series descriptions name, in any row whose first
+    fields can be read (a row whose other fields cannot still names its study, which then gets its rows from the
+    class priors), and for the test split those of ``sample_submission.csv`` where it exists (said when the
+    descriptions do not list them)."""
+    path = paths.data_file(series_csv(split))
+    if not path.exists():
+        raise FileNotFoundError(f"{path} not found: is {paths.data_dir} a folder in the competition layout?")
+    reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig", errors="replace")))
+    header = next(reader, [])
+    if "study_id" not in header:
+        raise TableError(f"{path}: no study_id column in its header {header}")
+    k = header.index("study_id")
+    listed = {_whole(fields[k]) for fields in reader if len(fields) > k} - {None}
+    sample = paths.data_file(P.SAMPLE_SUBMISSION_CSV)
+    if split == "test" and sample.exists():
+        row_ids = pd.read_csv(sample, usecols=["row_id"], dtype=str)["row_id"].dropna()
+        expected = {int(s) for s in row_ids.str.extract(r"^\s*(\d+)_", expand=False).dropna()}
+        unlisted = sorted(expected - listed)
+        if unlisted:
+            warnings.warn(
+                f"{sample.name} expects studies that {path.name} does not list (they get the class priors): "
+                f"{unlisted[:_SHOWN_PROBLEMS]}",
+                stacklevel=2,
+            )
+        listed |= expected
+    return sorted(int(s) for s in listed)
+
+
+def _whole(text: str) -> int | None:
+    """An id written as a whole number ("123", " 123 ", "123.0"), else None."""
+    match = re.fullmatch(r"\s*(\d+)(\.0*)?\s*", text)
+    return int(match[1]) if match else None
+
+
+def series_csv(split: str) -> str:
+    """The series descriptions file of ``train`` or ``test``."""
+    return P.TRAIN_SERIES_CSV if split == "train" else P.TEST_SERIES_CSV
+
+
+def listed_series(paths: P.Paths, split: str) -> pd.DataFrame:
+    """Every series a split's descriptions list, with its view (``views.view_of_description``; descriptions matched
+    leniently are said, unknown ones are named and left out) and its description written as the view's."""
+    table = read_csv(paths, series_csv(split))
+    table["view"] = table["series_description"].map(view_of_description)
+    unknown = table[table["view"].isna()]
+    if len(unknown):
+        named = _named_series(unknown, with_description=True)
+        _say_once(f"{series_csv(split)}: {len(unknown)} series of no known view are not read: {named}")
+    table = table.dropna(subset=["view"])
+    canonical = table["view"].map(lambda name: view_named(name).description)
+    lenient = table[table["series_description"] != canonical]
+    if len(lenient):
+        named = _named_series(lenient, with_description=True)
+        _say_once(f"{series_csv(split)}: {len(lenient)} series descriptions read as their view's: {named}", warn=False)
+    return table.assign(series_description=canonical)
+
+
+def _named_series(table: pd.DataFrame, with_description: bool = False) -> str:
+    rows = table.head(_SHOWN_PROBLEMS).itertuples()
+    named = [
+        f"study {r.study_id} series {r.series_id}" + (f" {r.series_description!r}" if with_description else "")
+        for r in rows
+    ]
+    return ", ".join(named) + (f" and {len(table) - _SHOWN_PROBLEMS} more" if len(table) > _SHOWN_PROBLEMS else "")
+
+
+def series_table(paths: P.Paths, split: str) -> pd.DataFrame:
+    """Sagittal series of a split (``train`` or ``test``); training drops the known bad ids, saying why."""
+    table = listed_series(paths, split)
+    table = table[table["view"].isin(VIEW_OF_DESCRIPTION.values())].copy()
+    if split == "train":
+        table = drop_excluded(table)
+    table["split"] = split
+    table["fold"] = -1
+    present = [
+        paths.series_dir(split, s, r).is_dir() for s, r in zip(table["study_id"], table["series_id"], strict=True)
+    ]
+    if not all(present):
+        absent = table[~np.array(present)]
+        warnings.warn(
+            f"{len(absent)} {split} series have no image folder and are skipped: {_named_series(absent)}",
+            stacklevel=2,
+        )
+        table = table[np.array(present)]
+    return table[["study_id", "series_id", "series_description", "view", "split", "fold"]].reset_index(drop=True)
+
+
+def drop_excluded(table: pd.DataFrame) -> pd.DataFrame:
+    """Rows of excluded studies and series removed (``constants.EXCLUDED_*`` hold the reasons)."""
+    bad = table["study_id"].isin(EXCLUDED_STUDIES) | (
+        table["series_id"].isin(EXCLUDED_SERIES) if "series_id" in table else False
+    )
+    if bad.any():
+        print(f"excluded {int(bad.sum())} rows of known bad studies/series (reasons in constants.EXCLUDED_*)")
+    return table[~bad]
+
+
+# --- labels ----------------------------------------------------------------------------------------
+def targets_table(labels: pd.DataFrame) -> pd.DataFrame:
+    """``study_id`` + the 25 label columns as class indices (``IGNORE_INDEX`` where missing). Labels are matched
+    ignoring case, spacing and punctuation ("normal / mild"); a label that names no severity is ignored, and one
+    warning counts them with examples."""
+    codes = {_label_key(name): k for k, name in enumerate(SEVERITIES)}
+    out = pd.DataFrame({"study_id": labels["study_id"].astype(np.int64)})
+    unknown: list[str] = []
+    for column in LABEL_COLUMNS:
+        if column not in labels:
+            out[column] = IGNORE_INDEX
+            continue
+        cells = labels[column]
+        classes = cells.map(lambda v: codes.get(_label_key(v)) if isinstance(v, str) else None)
+        odd = cells.notna() & classes.isna()
+        unknown += [f"study {s} {column} {v!r}" for s, v in zip(labels.loc[odd, "study_id"], cells[odd], strict=True)]
+        out[column] = classes.fillna(IGNORE_INDEX).astype(int)
+    if unknown:
+        warnings.warn(
+            f"{len(unknown)} labels name no severity ({', '.join(SEVERITIES)}) and are ignored: "
+            f"{', '.join(unknown[:_SHOWN_PROBLEMS])}",
+            stacklevel=2,
+        )
+    return out
+
+
+def _label_key(label: str) -> str:
+    return re.sub(r"[^a-z]", "", label.lower())
