@@ -177,6 +177,14 @@ def project(
     return Projection(dict(sorted(per_study.items(), key=lambda kv: order.index(kv[0]))), n_studies)
 
 
+def samples_per_study(series: pd.DataFrame, timing: InferTiming) -> dict[str, float]:
+    """What the projection scales with: sagittal series per study by plane, and under "axial" the assigned levels of
+    the studies' axial series that ``timing``'s run predicted."""
+    per_study = (series.groupby("plane").size() / series["study_id"].nunique()).to_dict()
+    per_study["axial"] = timing.axial_levels / timing.n_studies
+    return per_study
+
+
 def format_timings(timings: list[InferTiming]) -> str:
     width = max(12, *(len(t.device) + 2 for t in timings))
     lines = [f"{'stage (s/study)':<22}" + "".join(f"{t.device:>{width}}" for t in timings)]
@@ -365,8 +373,7 @@ def infer_main(argv: list[str] | None = None) -> tuple[list[InferTiming], list[P
             write_bench_models(ensemble, work, series, args.gpu_profile, args.gpu_folds)
             print(f"on {torch.cuda.get_device_name()}: {_describe_models(ensemble)} x {args.gpu_folds} folds")
             timings += gpu_timings(ensemble, series, torch.device("cuda"), pre_cfg, infer_cfg)
-    per_study = (series.groupby("plane").size() / series["study_id"].nunique()).to_dict()
-    per_study["axial"] = timings[0].axial_levels / timings[0].n_studies
+    per_study = samples_per_study(series, timings[0])
     projections = [project(timings[0], per_study, gpu) for gpu in KAGGLE_SETUPS]
     print(format_timings(timings))
     print(format_projection(projections, list(KAGGLE_SETUPS), per_study))

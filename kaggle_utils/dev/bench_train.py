@@ -278,19 +278,32 @@ def _task(cfg: TrainConfig, device: torch.device) -> KeypointTask | ClassifierTa
     return KeypointTask(cfg, device) if cfg.stage == 1 else ClassifierTask(cfg, device)
 
 
-def _stepper(cfg: TrainConfig, device: torch.device) -> Callable[[dict], object]:
-    """A closure doing one training step of ``cfg`` (fresh model and optimizer) on a given batch."""
-    model = prepare_model(cfg, device).train()
-    task = _task(cfg, device)
-    optimizer = make_optimizer(model, cfg, device)
-    dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return lambda batch: train_step(model, task, batch, optimizer, scaler, dtype, cfg.grad_clip)
+@dataclass
+class Stepper:
+    """One training step of ``cfg`` on a given batch, as the loop takes it: a fresh model and optimizer, the
+    config's autocast type and (for fp16) the grad scaler. ``model`` and ``task`` stay reachable, to evaluate."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module
+    task: KeypointTask | ClassifierTask
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, device: torch.device) -> Stepper:
+        model = prepare_model(cfg, device).train()
+        dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        return cls(cfg, model, _task(cfg, device), make_optimizer(model, cfg, device), scaler, dtype)
+
+    def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return train_step(self.model, self.task, batch, self.optimizer, self.scaler, self.dtype, self.cfg.grad_clip)
 
 
 def pure_ms(cfg: TrainConfig, batch: dict, device: torch.device, steps: int, warmup: int) -> float:
     """The training step without augmentation (its own model and optimizer, freed on return)."""
-    step = _stepper(replace(cfg, augment=False), device)
+    step = Stepper.build(replace(cfg, augment=False), device)
     return median_ms(lambda: step(batch), device, steps, warmup)
 
 
@@ -308,11 +321,13 @@ def reading_back(step: Callable[[dict], tuple[torch.Tensor, torch.Tensor]]) -> C
     return fed
 
 
-def _peak_gb(device: torch.device) -> float | None:
+def peak_memory_gib(device: torch.device) -> float | None:
+    """The peak memory allocated on ``device`` since the last ``reset_memory``, in GiB (None off a GPU)."""
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def _reset_memory(device: torch.device) -> None:
+def reset_memory(device: torch.device) -> None:
+    """Return cached blocks to the card and restart the peak count."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -331,28 +346,38 @@ def seed_settings_ms(
         median, _, _ = seed_script.time_steps(model, x, mask, torch.float16, False, steps=steps, warm=warmup)
         return median, f"seed script ({name})"
     seed_cfg = replace(cfg, amp_dtype="fp16", channels_last=False, grad_checkpointing=True, augment=False)
-    step, batch = _stepper(seed_cfg, device), data.first_batch(seed_cfg, device)
+    step, batch = Stepper.build(seed_cfg, device), data.first_batch(seed_cfg, device)
     return median_ms(lambda: step(batch), device, steps, warmup), "our model, seed settings"
 
 
 def bench_preset(
     cfg: TrainConfig, data: CachedArrays, device: torch.device, seed_script: ModuleType | None, steps: int, warmup: int
 ) -> Row:
-    _reset_memory(device)
-    step, resident = _stepper(cfg, device), data.first_batch(cfg, device)
+    reset_memory(device)
+    step, resident = Stepper.build(cfg, device), data.first_batch(cfg, device)
     compute = median_ms(lambda: step(resident), device, steps, warmup)
-    peak = _peak_gb(device)
+    peak = peak_memory_gib(device)
     pure = pure_ms(cfg, resident, device, steps, warmup)
     fed_step = reading_back(step)
     fed = loader_ms(fed_step, DeviceBatches(loader(data.training_set(cfg), cfg, True), device), device, steps, warmup)
     in_step = None
     if device.type == "cuda":  # the same without the side stream: each step starts with its batch's copy
         in_step = loader_ms(fed_step, loader(data.training_set(cfg), cfg, True), device, steps, warmup)
-    _reset_memory(device)
+    reset_memory(device)
     seed, source = seed_settings_ms(cfg, data, device, seed_script, steps, warmup)
-    levels = "" if cfg.stage == 1 else "3 x " if view(cfg.plane).localised_per == "level" else f"{len(LEVELS)} x "
-    shape = f"{cfg.batch_size} x {levels}{cfg.n_frames} x {cfg.img_size}px"
-    return Row(cfg.name, shape, compute, pure, fed, seed, source, peak, in_step)
+    return Row(cfg.name, batch_shape(cfg), compute, pure, fed, seed, source, peak, in_step)
+
+
+def batch_shape(cfg: TrainConfig) -> str:
+    """A training batch as the model sees it: batch x [levels or axial crops x] frames x pixels."""
+    levels = (
+        ""
+        if cfg.stage == 1
+        else f"{len(CROPS)} x "
+        if view(cfg.plane).localised_per == "level"
+        else f"{len(LEVELS)} x "
+    )
+    return f"{cfg.batch_size} x {levels}{cfg.n_frames} x {cfg.img_size}px"
 
 
 # --- report --------------------------------------------------------------------------------------
