@@ -15,6 +15,9 @@ N_TEST ?= 16
 SEED ?= 0
 BENCH_STUDIES ?= 8
 BENCH_FLAGS ?=
+# make preflight: the recipe's presets (TRAIN_PRESETS, TRAIN_FOLDS, TRAIN_OVERRIDES) tried on this card first
+PREFLIGHT_STUDIES ?= 1975
+PREFLIGHT_FLAGS ?=
 PROFILE ?= demo
 # The CPU demo trains fold 0 of 4 with the T1 foraminal, one T2 and the axial model; on a GPU use
 # PROFILE=full FOLDS='[0, 1, 2, 3]' PRESETS='[]' (every stage-2 preset).
@@ -47,7 +50,7 @@ endif
 
 .PHONY: help install data demo train-all denoise test lint format notebooks clean sync sync-code sync-weights submit \
 	kernel-push kernel-follow kernel-output competition-submit wheels bench-preprocess bench-infer bench-train \
-	test-kaggle-image
+	test-kaggle-image preflight
 
 help: ## List the targets
 	@awk 'BEGIN {FS = ":.*## "} /^[a-zA-Z_-]+:.*## / {printf "  \033[36m%-18s\033[0m %s\n", $$1, $$2}' $(MAKEFILE_LIST)
@@ -114,6 +117,10 @@ $(KAGGLE_IMAGE_VENV)/.installed: pyproject.toml
 	$(KAGGLE_IMAGE_VENV)/bin/pip install --quiet $(KAGGLE_IMAGE_PINS)
 	$(KAGGLE_IMAGE_VENV)/bin/pip install --quiet -e '.[dev]' $(KAGGLE_IMAGE_PINS)
 	touch $@
+
+preflight: install ## Before train-all: every preset's steps on this GPU (memory, ms, recipe hours, overrides that fit), inference, one e2e pass
+	$(PY) -m kaggle_utils.dev.preflight --presets $(TRAIN_PRESETS) --folds $(TRAIN_FOLDS) --studies $(PREFLIGHT_STUDIES) \
+		--overrides '$(TRAIN_OVERRIDES)' --out '$(WORK_DIR)/preflight' $(PREFLIGHT_FLAGS)
 
 bench-preprocess: install ## Time stage-1/2 preprocessing against the plain way on BENCH_STUDIES synthetic studies
 	$(PY) -m kaggle_utils.dev.bench_preprocess --studies $(BENCH_STUDIES)

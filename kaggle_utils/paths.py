@@ -30,9 +30,14 @@ KERNEL_SLUG = "rsna24-infer"
 RESUME_SUFFIX = ".state.pt"  # training state of an unfinished run: never a model
 WHEELS_MANIFEST = "wheels.json"  # inside the wheels dataset: what the kernel may install from it
 BLEND_FILE = "blend.json"  # beside the checkpoints: the sagittal/axial blend fit out of fold (kaggle_utils.blend)
+PREFLIGHT_JSON = "preflight.json"  # `make preflight`'s findings (kaggle_utils.dev.preflight), beside its chart
+PREFLIGHT_PNG = "preflight.png"
 
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "synthetic"
 DEFAULT_WORK_DIR = REPO_ROOT / "work"
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+# What a GPU machine without internet needs beside the checkout (`make gpu-wheels`; kaggle_utils.dev.gpu_checks)
+GPU_KIT_DIR = REPO_ROOT / ".gpu"
 
 # File names of the competition layout.
 TRAIN_CSV = "train.csv"
@@ -265,6 +270,11 @@ class Paths:
     @property
     def cv_json(self) -> Path:
         return self.run_dir / "cv.json"
+
+    @property
+    def preflight_dir(self) -> Path:
+        """``make preflight``'s report: ``preflight.json`` and ``preflight.png``."""
+        return self.work_dir / "preflight"
 
     @property
     def denoise_json(self) -> Path:
