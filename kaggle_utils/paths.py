@@ -36,8 +36,10 @@ PREFLIGHT_PNG = "preflight.png"
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "synthetic"
 DEFAULT_WORK_DIR = REPO_ROOT / "work"
 NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
-# What a GPU machine without internet needs beside the checkout (`make gpu-wheels`; kaggle_utils.dev.gpu_checks)
+# What a GPU machine without internet needs beside the checkout (`make gpu-kit`; kaggle_utils.dev.gpu_checks)
 GPU_KIT_DIR = REPO_ROOT / ".gpu"
+# The seed's model shapes timed with its own settings (bench-train's reference): beside the repository, or in the kit
+SEED_BENCH_SCRIPTS = (REPO_ROOT.parent / "shared" / "bench" / "seed_shapes_gpu.py", GPU_KIT_DIR / "seed_shapes_gpu.py")
 
 # File names of the competition layout.
 TRAIN_CSV = "train.csv"

@@ -16,8 +16,8 @@ Per preset, in one run on one device:
   begins by copying its own batch, as without the side stream; set beside the overhead above, it shows what the
   side stream saves;
 - **seed settings**: the seed's model of the same shape with its settings (fp16, NCHW, gradient
-  checkpointing, no augmentation), timed by the seed's own script when it is found (``--seed-script``,
-  default ``../shared/bench/seed_shapes_gpu.py``), else our model with those settings.
+  checkpointing, no augmentation), timed by the seed's own script when it is found (``--seed-script``, default
+  ``../shared/bench/seed_shapes_gpu.py``, else ``.gpu/seed_shapes_gpu.py``), else our model with those settings.
 
 Targets: step <= 0.5 x seed for ``fo`` and ``su``, <= 0.6 x for the others (the step with its augmentation
 against the seed's step without any); loading plus augmentation add <= 10 % to the pure step.
@@ -59,12 +59,12 @@ from kaggle_utils.devices import autocast_dtype
 from kaggle_utils.engine import StepReadout, make_optimizer, prepare_model, train_step
 from kaggle_utils.labels import condition_rows
 from kaggle_utils.loader import BatchLoader, DeviceBatches, to_device
-from kaggle_utils.paths import REPO_ROOT, Paths
+from kaggle_utils.paths import SEED_BENCH_SCRIPTS, Paths
 from kaggle_utils.tasks import ClassifierTask, KeypointTask
 from kaggle_utils.train import loader
 from kaggle_utils.views import view
 
-DEFAULT_SEED_SCRIPT = REPO_ROOT.parent / "shared" / "bench" / "seed_shapes_gpu.py"
+DEFAULT_SEED_SCRIPT = next((p for p in SEED_BENCH_SCRIPTS if p.exists()), SEED_BENCH_SCRIPTS[0])
 SEED_CONFIGS = {  # our preset -> the seed script's configuration of the same shape
     "stage1_t1": "stage1_s2",
     "stage1_t2": "stage1_s2",
