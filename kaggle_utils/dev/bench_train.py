@@ -73,6 +73,7 @@ SEED_CONFIGS = {  # our preset -> the seed script's configuration of the same sh
     "sp1": "stage2_s2_sp1",
     "sp2": "stage2_s2_sp2",
 }
+CACHED_SLICES = 17  # slices per cached sagittal series: about what the competition's series have
 TARGETS = {"fo": 0.5, "su": 0.5}  # step time over seed-settings time; 0.6 for every other preset
 DEFAULT_TARGET, LOADER_TARGET = 0.6, 0.10
 
@@ -420,7 +421,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 3 on a GPU, 1 on the CPU)")
     parser.add_argument("--workers", type=int, default=4, help="loader threads")
     parser.add_argument("--studies", type=int, default=0, help="cached studies (default: enough for the steps)")
-    parser.add_argument("--slices", type=int, default=17, help="slices per cached series")
+    parser.add_argument("--slices", type=int, default=CACHED_SLICES, help="slices per cached series")
     parser.add_argument("--seed-script", type=Path, default=DEFAULT_SEED_SCRIPT)
     parser.add_argument("--host-batches", type=int, default=5, help="batches timed for the host table (0: none)")
     config.add_override_arguments(parser)

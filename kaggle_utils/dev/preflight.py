@@ -48,7 +48,15 @@ from kaggle_utils.dev.bench_infer import (
     time_inference,
     write_bench_models,
 )
-from kaggle_utils.dev.bench_train import CachedArrays, Stepper, batch_shape, median_ms, peak_memory_gib, reset_memory
+from kaggle_utils.dev.bench_train import (
+    CACHED_SLICES,
+    CachedArrays,
+    Stepper,
+    batch_shape,
+    median_ms,
+    peak_memory_gib,
+    reset_memory,
+)
 from kaggle_utils.dev.preflight_report import (
     END_TO_END,
     FAILS,
@@ -72,7 +80,6 @@ HIDDEN_TEST_STUDIES = 750
 KAGGLE_T4_GIB = 15.0
 """What a 16 GB T4 leaves to PyTorch."""
 E2E_NOTEBOOKS = ("01_preprocess", "02_train_stage1", "03_train_stage2", "04_inference")
-CACHED_SLICES = 17  # slices per cached series of the training batches (bench_train's default)
 
 
 # --- what a run does ------------------------------------------------------------------------------
