@@ -44,15 +44,20 @@ WHEELS_DATASET = "rsna24-wheels"
 KERNEL_SLUG = "rsna24-infer"
 RESUME_SUFFIX = ".state.pt"  # training state of an unfinished run: never a model
 WHEELS_MANIFEST = "wheels.json"  # inside the wheels dataset: what the kernel may install from it
-BLEND_FILE = (
-    "blend.json"  # beside the checkpoints: the sagittal/axial blend fit out of fold (kaggle_utils.inference.blend)
-)
+BLEND_FILE = "blend.json"  # beside the checkpoints: the sagittal/axial blend fit out of fold (inference.blend)
+PREFLIGHT_JSON = "preflight.json"  # `make preflight`'s findings (kaggle_utils.dev.preflight), beside its chart
+PREFLIGHT_PNG = "preflight.png"
 
 STAGE1, STAGE2, AXIAL_STACKS, AXIAL_CROPS = "stage1", "stage2", "axial_stacks", "axial_crops"
 """The folders of ``WORK_DIR`` that hold cached arrays, named as the ``Paths`` methods that give their files."""
 
 DEFAULT_DATA_DIR = REPO_ROOT / "data" / "synthetic"
 DEFAULT_WORK_DIR = REPO_ROOT / "work"
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+# What a GPU machine without internet needs beside the checkout (`make gpu-kit`; kaggle_utils.dev.gpu_checks)
+GPU_KIT_DIR = REPO_ROOT / ".gpu"
+# The seed's model shapes timed with its own settings (bench-train's reference): beside the repository, or in the kit
+SEED_BENCH_SCRIPTS = (REPO_ROOT.parent / "shared" / "bench" / "seed_shapes_gpu.py", GPU_KIT_DIR / "seed_shapes_gpu.py")
 
 # File names of the competition layout.
 TRAIN_CSV = "train.csv"
@@ -289,6 +294,11 @@ class Paths:
     @property
     def cv_json(self) -> Path:
         return self.run_dir / "cv.json"
+
+    @property
+    def preflight_dir(self) -> Path:
+        """``make preflight``'s report: ``preflight.json`` and ``preflight.png``."""
+        return self.work_dir / "preflight"
 
     @property
     def denoise_json(self) -> Path:

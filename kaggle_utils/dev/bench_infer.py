@@ -31,7 +31,7 @@ from kaggle_utils.core.config import InferConfig, PreprocessConfig, TrainConfig,
 from kaggle_utils.core.constants import LEVEL_SLUGS, TTA_ANGLES
 from kaggle_utils.core.paths import Paths
 from kaggle_utils.core.presets import FULL_PRESETS, preset
-from kaggle_utils.core.views import view_named
+from kaggle_utils.core.views import LEVEL_VIEW, view_named
 from kaggle_utils.dev.bench_preprocess import bench_data
 from kaggle_utils.inference import axial_branch, ensemble, run
 from kaggle_utils.io import competition, tables
@@ -178,6 +178,14 @@ def project(
         per_study[stage] = images * gpu.t4_ms_per_image / 1000 / gpu.cards
     order = list(STAGES)
     return Projection(dict(sorted(per_study.items(), key=lambda kv: order.index(kv[0]))), n_studies)
+
+
+def samples_per_study(series: pd.DataFrame, timing: InferTiming) -> dict[str, float]:
+    """What the projection scales with: sagittal series per study by view, and under "axial" the assigned levels of
+    the studies' axial series that ``timing``'s run predicted."""
+    per_study = (series.groupby("view").size() / series["study_id"].nunique()).to_dict()
+    per_study[LEVEL_VIEW] = timing.axial_levels / timing.n_studies
+    return per_study
 
 
 def format_timings(timings: list[InferTiming]) -> str:
@@ -370,8 +378,7 @@ def infer_main(argv: list[str] | None = None) -> tuple[list[InferTiming], list[P
             write_bench_models(ensemble_paths, work, series, args.gpu_profile, args.gpu_folds)
             print(f"on {torch.cuda.get_device_name()}: {_describe_models(ensemble_paths)} x {args.gpu_folds} folds")
             timings += gpu_timings(ensemble_paths, series, torch.device("cuda"), pre_cfg, infer_cfg)
-    per_study = (series.groupby("view").size() / series["study_id"].nunique()).to_dict()
-    per_study["axial"] = timings[0].axial_levels / timings[0].n_studies
+    per_study = samples_per_study(series, timings[0])
     projections = [project(timings[0], per_study, gpu) for gpu in KAGGLE_SETUPS]
     print(format_timings(timings))
     print(format_projection(projections, list(KAGGLE_SETUPS), per_study))

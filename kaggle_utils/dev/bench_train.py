@@ -16,8 +16,8 @@ Per preset, in one run on one device:
   begins by copying its own batch, as without the side stream; set beside the overhead above, it shows what the
   side stream saves;
 - **seed settings**: the seed's model of the same shape with its settings (fp16, NCHW, gradient
-  checkpointing, no augmentation), timed by the seed's own script when it is found (``--seed-script``,
-  default ``../shared/bench/seed_shapes_gpu.py``), else our model with those settings.
+  checkpointing, no augmentation), timed by the seed's own script when it is found (``--seed-script``, default
+  ``../shared/bench/seed_shapes_gpu.py``, else ``.gpu/seed_shapes_gpu.py``), else our model with those settings.
 
 Targets: step <= 0.5 x seed for ``fo`` and ``su``, <= 0.6 x for the others (the step with its augmentation
 against the seed's step without any); loading plus augmentation add <= 10 % to the pure step.
@@ -55,7 +55,7 @@ from kaggle_utils.core.config import PreprocessConfig, TrainConfig
 from kaggle_utils.core.constants import LABEL_COLUMNS, LEVEL_NAMES, LEVEL_SLUGS
 from kaggle_utils.core.devices import autocast_dtype
 from kaggle_utils.core.labels import condition_rows, level_slug
-from kaggle_utils.core.paths import REPO_ROOT, Paths
+from kaggle_utils.core.paths import SEED_BENCH_SCRIPTS, Paths
 from kaggle_utils.core.presets import FULL_PRESETS, preset
 from kaggle_utils.core.views import view_named
 from kaggle_utils.preprocessing.axial_crops import CROPS
@@ -65,7 +65,7 @@ from kaggle_utils.training.loader import BatchLoader, DeviceBatches, to_device
 from kaggle_utils.training.tasks import ClassifierTask, KeypointTask
 from kaggle_utils.training.train import loader
 
-DEFAULT_SEED_SCRIPT = REPO_ROOT.parent / "shared" / "bench" / "seed_shapes_gpu.py"
+DEFAULT_SEED_SCRIPT = next((p for p in SEED_BENCH_SCRIPTS if p.exists()), SEED_BENCH_SCRIPTS[0])
 SEED_CONFIGS = {  # our preset -> the seed script's configuration of the same shape
     "stage1_t1": "stage1_s2",
     "stage1_t2": "stage1_s2",
@@ -74,6 +74,7 @@ SEED_CONFIGS = {  # our preset -> the seed script's configuration of the same sh
     "sp1": "stage2_s2_sp1",
     "sp2": "stage2_s2_sp2",
 }
+CACHED_SLICES = 17  # slices per cached sagittal series: about what the competition's series have
 TARGETS = {"fo": 0.5, "su": 0.5}  # step time over seed-settings time; 0.6 for every other preset
 DEFAULT_TARGET, LOADER_TARGET = 0.6, 0.10
 
@@ -279,19 +280,32 @@ def _task(cfg: TrainConfig, device: torch.device) -> KeypointTask | ClassifierTa
     return KeypointTask(cfg, device) if cfg.stage == 1 else ClassifierTask(cfg, device)
 
 
-def _stepper(cfg: TrainConfig, device: torch.device) -> Callable[[dict], object]:
-    """A closure doing one training step of ``cfg`` (fresh model and optimizer) on a given batch."""
-    model = prepare_model(cfg, device).train()
-    task = _task(cfg, device)
-    optimizer = make_optimizer(model, cfg, device)
-    dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
-    scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
-    return lambda batch: train_step(model, task, batch, optimizer, scaler, dtype, cfg.grad_clip)
+@dataclass
+class Stepper:
+    """One training step of ``cfg`` on a given batch, as the loop takes it: a fresh model and optimizer, the
+    config's autocast type and (for fp16) the grad scaler. ``model`` and ``task`` stay reachable, to evaluate."""
+
+    cfg: TrainConfig
+    model: torch.nn.Module
+    task: KeypointTask | ClassifierTask
+    optimizer: torch.optim.Optimizer
+    scaler: torch.amp.GradScaler
+    dtype: torch.dtype | None
+
+    @classmethod
+    def build(cls, cfg: TrainConfig, device: torch.device) -> Stepper:
+        model = prepare_model(cfg, device).train()
+        dtype = autocast_dtype(device, cfg.amp, cfg.amp_dtype)
+        scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
+        return cls(cfg, model, _task(cfg, device), make_optimizer(model, cfg, device), scaler, dtype)
+
+    def __call__(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        return train_step(self.model, self.task, batch, self.optimizer, self.scaler, self.dtype, self.cfg.grad_clip)
 
 
 def pure_ms(cfg: TrainConfig, batch: dict, device: torch.device, steps: int, warmup: int) -> float:
     """The training step without augmentation (its own model and optimizer, freed on return)."""
-    step = _stepper(replace(cfg, augment=False), device)
+    step = Stepper.build(replace(cfg, augment=False), device)
     return median_ms(lambda: step(batch), device, steps, warmup)
 
 
@@ -309,11 +323,13 @@ def reading_back(step: Callable[[dict], tuple[torch.Tensor, torch.Tensor]]) -> C
     return fed
 
 
-def _peak_gb(device: torch.device) -> float | None:
+def peak_memory_gib(device: torch.device) -> float | None:
+    """The peak memory allocated on ``device`` since the last ``reset_memory``, in GiB (None off a GPU)."""
     return torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None
 
 
-def _reset_memory(device: torch.device) -> None:
+def reset_memory(device: torch.device) -> None:
+    """Return cached blocks to the card and restart the peak count."""
     if device.type == "cuda":
         torch.cuda.empty_cache()
         torch.cuda.reset_peak_memory_stats(device)
@@ -332,30 +348,33 @@ def seed_settings_ms(
         median, _, _ = seed_script.time_steps(model, x, mask, torch.float16, False, steps=steps, warm=warmup)
         return median, f"seed script ({name})"
     seed_cfg = replace(cfg, amp_dtype="fp16", channels_last=False, grad_checkpointing=True, augment=False)
-    step, batch = _stepper(seed_cfg, device), data.first_batch(seed_cfg, device)
+    step, batch = Stepper.build(seed_cfg, device), data.first_batch(seed_cfg, device)
     return median_ms(lambda: step(batch), device, steps, warmup), "our model, seed settings"
 
 
 def bench_preset(
     cfg: TrainConfig, data: CachedArrays, device: torch.device, seed_script: ModuleType | None, steps: int, warmup: int
 ) -> Row:
-    _reset_memory(device)
-    step, resident = _stepper(cfg, device), data.first_batch(cfg, device)
+    reset_memory(device)
+    step, resident = Stepper.build(cfg, device), data.first_batch(cfg, device)
     compute = median_ms(lambda: step(resident), device, steps, warmup)
-    peak = _peak_gb(device)
+    peak = peak_memory_gib(device)
     pure = pure_ms(cfg, resident, device, steps, warmup)
     fed_step = reading_back(step)
     fed = loader_ms(fed_step, DeviceBatches(loader(data.training_set(cfg), cfg, True), device), device, steps, warmup)
     in_step = None
     if device.type == "cuda":  # the same without the side stream: each step starts with its batch's copy
         in_step = loader_ms(fed_step, loader(data.training_set(cfg), cfg, True), device, steps, warmup)
-    _reset_memory(device)
+    reset_memory(device)
     seed, source = seed_settings_ms(cfg, data, device, seed_script, steps, warmup)
-    levels = (
-        "" if cfg.stage == 1 else "3 x " if view_named(cfg.view).localised_per == "level" else f"{len(LEVEL_SLUGS)} x "
-    )
-    shape = f"{cfg.batch_size} x {levels}{cfg.n_frames} x {cfg.img_size}px"
-    return Row(cfg.name, shape, compute, pure, fed, seed, source, peak, in_step)
+    return Row(cfg.name, batch_shape(cfg), compute, pure, fed, seed, source, peak, in_step)
+
+
+def batch_shape(cfg: TrainConfig) -> str:
+    """A training batch as the model sees it: batch x [levels or axial crops x] frames x pixels."""
+    per_level = view_named(cfg.view).localised_per == "level"
+    levels = "" if cfg.stage == 1 else f"{len(CROPS)} x " if per_level else f"{len(LEVEL_SLUGS)} x "
+    return f"{cfg.batch_size} x {levels}{cfg.n_frames} x {cfg.img_size}px"
 
 
 # --- report --------------------------------------------------------------------------------------
@@ -398,7 +417,7 @@ def main(argv: list[str] | None = None) -> list[Row]:
     parser.add_argument("--warmup", type=int, help="untimed steps first (default 3 on a GPU, 1 on the CPU)")
     parser.add_argument("--workers", type=int, default=4, help="loader threads")
     parser.add_argument("--studies", type=int, default=0, help="cached studies (default: enough for the steps)")
-    parser.add_argument("--slices", type=int, default=17, help="slices per cached series")
+    parser.add_argument("--slices", type=int, default=CACHED_SLICES, help="slices per cached series")
     parser.add_argument("--seed-script", type=Path, default=DEFAULT_SEED_SCRIPT)
     parser.add_argument("--host-batches", type=int, default=5, help="batches timed for the host table (0: none)")
     parameters.add_override_arguments(parser)
