@@ -247,3 +247,9 @@ def test_a_table_of_the_version_that_said_plane_still_loads(tmp_path: Path) -> N
     old = "study_id,series_id,series_description,plane,split,fold\n1,10,Sagittal T1,t1,train,0\n"
     paths.table("series").write_text(old)
     assert tables.load_table(paths, "series")["view"].tolist() == ["t1"]
+
+
+def test_a_listing_without_the_columns_read_is_named_with_its_header(tmp_path: Path) -> None:
+    paths = _listing(tmp_path, "study,series,description\n1,10,Sagittal T1\n")
+    with pytest.raises(competition.TableError, match="lacks the columns study_id, series_id, series_description"):
+        competition.series_table(paths, "test")

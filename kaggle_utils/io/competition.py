@@ -48,12 +48,27 @@ def _say_once(message: str, warn: bool = True) -> None:
             print(message)
 
 
+COLUMNS: dict[str, tuple[str, ...]] = {
+    P.TRAIN_CSV: ("study_id",),
+    P.TRAIN_SERIES_CSV: ("study_id", "series_id", "series_description"),
+    P.TEST_SERIES_CSV: ("study_id", "series_id", "series_description"),
+    P.TRAIN_COORDINATES_CSV: ("study_id", "series_id", "instance_number", "condition", "level", "x", "y"),
+}
+"""The columns the pipeline reads from each competition file: without one the whole file is unusable."""
+
+
 def read_csv(paths: P.Paths, name: str) -> pd.DataFrame:
-    """A file of the competition folder (``read_checked_csv``); a missing one says where it was looked for."""
+    """A file of the competition folder (``read_checked_csv``); a missing one says where it was looked for, and one
+    without the columns the pipeline reads (``COLUMNS``) says which it lacks."""
     path = paths.data_file(name)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {paths.data_dir} a folder in the competition layout?")
-    return read_checked_csv(path)
+    table = read_checked_csv(path)
+    missing = [c for c in COLUMNS.get(name, ()) if c not in table]
+    if missing:
+        found = ", ".join(map(str, table.columns[:12]))
+        raise TableError(f"{path} lacks the columns {', '.join(missing)} (its header: {found})")
+    return table
 
 
 def read_checked_csv(path: Path) -> pd.DataFrame:
