@@ -143,14 +143,19 @@ class Inference:
 
     # --- whole runs -----------------------------------------------------------------------------------------
     def predict(
-        self, series: pd.DataFrame, study_ids: list[int], priors: pd.DataFrame, blend: Blend | None = None, desc=""
+        self,
+        series: pd.DataFrame,
+        study_ids: list[int],
+        priors: pd.DataFrame,
+        blend: Blend | None = None,
+        desc: str = "inference",
     ) -> Prediction:
         """The sagittal ``series`` and the studies' axial series predicted, and a 25-row submission completed for
         every study in ``study_ids``: the sagittal and axial predictions of a row combined by ``blend`` (default:
         the models' ``load_blend``), the rows no model predicted from ``priors``."""
         split = str(series["split"].iloc[0]) if len(series) else "test"
         axial_series = axial_series_ids(self.paths, split)
-        keypoints, levels = self.predict_table(series, axial_series, desc or "inference")
+        keypoints, levels = self.predict_table(series, axial_series, desc)
         routes = model_routes(self.models)
         sagittal_levels, axial_levels = split_axial(levels, self.models)
         sagittal, axial = route(sagittal_levels, routes), merge_axial(axial_levels, routes)
@@ -234,7 +239,7 @@ class Inference:
             if row.view not in models.stage1:
                 continue
             try:
-                keypoints, levels, t2 = self._predict_sagittal(row, models, timed)
+                keypoints, levels, placing = self._predict_sagittal(row, models, timed)
             except SeriesError as error:
                 self.faults.report(study_id, row.series_id, f"not used: {error}")
                 continue
@@ -246,7 +251,7 @@ class Inference:
             if axial_ready and view_named(row.view).places_levels:
                 axial_ready = False  # the study's first Sagittal T2 series places its levels
                 try:
-                    found.levels += self.predict_axial(row.split, study_id, *t2, axial_ids, models, timed)
+                    found.levels += self.predict_axial(row.split, study_id, *placing, axial_ids, models, timed)
                 except Exception as error:
                     self.faults.report(study_id, None, f"axial branch not used after {type(error).__name__}: {error}")
         return found
