@@ -25,7 +25,7 @@ PROFILE ?= demo
 # The CPU demo trains fold 0 of 4 with the T1 foraminal, one T2 and the axial model; on a GPU use
 # PROFILE=full FOLDS='[0, 1, 2, 3]' PRESETS='[]' (every stage-2 preset).
 FOLDS ?= [0]
-PRESETS ?= ["fo", "sp1", "ax"]
+PRESETS ?= ["fs", "sp1", "ax"]
 TRAIN_OVERRIDES ?= {}
 # make train-all: the solution's full recipe (every preset x 4 folds) from DATA_DIR (default: the synthetic data)
 # The default list is config.STAGE1_PRESETS + STAGE2_PRESETS (asked when used, so `make install` comes first).

@@ -1,7 +1,8 @@
 # %% [markdown]
 # # 03 · Train stage 2: per-level severity classifiers
-# Each preset classifies the crop sequence of every disc level: `fo` (Sagittal T1, 24 frames, 96 px) the two
-# foramina; `sp1` (8 frames, 128 px), `sp2` (5 frames, 256 px) and `su` (24 frames, 96 px) on Sagittal T2/STIR
+# Each preset classifies the crop sequence of every disc level: `fs` (Sagittal T1, 24 frames, 96 px) the two
+# foramina, each from its own side's half of the slices (`fo`, the solution's, reads both from all of them; train it
+# by name); `sp1` (8 frames, 128 px), `sp2` (5 frames, 256 px) and `su` (24 frames, 96 px) on Sagittal T2/STIR
 # all five conditions; `ax` (Axial T2, 5 slices, 128 px) the spinal canal from the canal crop and each side's
 # subarticular recess from its own crop (the right one mirrored, one head for both). Training crops are cut around
 # the true keypoints, inference crops around stage-1 predictions. `stage1_error_p` (say 0.5) trains that share of the
@@ -61,7 +62,7 @@ if wheels is not None:  # internet is off in a submission: only what the image l
 DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)
 WORK_DIR = ""  # output folder ("" = auto)
 PROFILE = "auto"  # "full", "demo", "smoke"; auto = full on a GPU, demo on a CPU
-PRESETS = []  # stage-2 presets; [] = all of them (presets.STAGE2_PRESETS: fo, sp1, sp2, su, ax)
+PRESETS = []  # stage-2 presets; [] = all of them (presets.STAGE2_PRESETS: fs, sp1, sp2, su, ax; fo by name)
 FOLDS = [0, 1, 2, 3]
 TRAIN_OVERRIDES = {}  # TrainConfig fields for every preset, e.g. {"epochs": 2}
 
@@ -86,9 +87,24 @@ print(f"profile {profile}: {[(c.name, c.backbone, c.n_frames, c.img_size, c.epoc
 
 # %%
 from kaggle_utils.evaluation import viz
+from kaggle_utils.io.tables import load_table
 
 for cfg in configs:
     viz.save_figure(train.augmentation_preview(paths, cfg), paths.figures_dir / f"augment_{cfg.name}.png")
+
+# %% [markdown]
+# ## The foramina a T1 model reads
+# A Normal/Mild and a Severe foramen of each side, the level's crop on every frame the T1 presets read, left to
+# right: the narrowing shows on its side's lateral frames only, which is why `fs` reads each side from its own half.
+
+# %%
+t1 = next((cfg for cfg in configs if cfg.view == "t1"), None)
+examples = [] if t1 is None else viz.foramen_examples(paths, load_table(paths, "series"), load_table(paths, "targets"))
+if examples:
+    picture = viz.save_figure(
+        viz.foramina_figure(paths, examples, t1.n_frames, t1.img_size), paths.figures_dir / "foramina.png"
+    )
+    print(f"{picture}: {len(examples)} foramina")
 
 # %% [markdown]
 # ## Train every preset on every fold

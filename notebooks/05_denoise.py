@@ -68,7 +68,7 @@ if wheels is not None:  # internet is off in a submission: only what the image l
 DATA_DIR = ""  # competition-layout folder ("" = auto, see 01)
 WORK_DIR = ""  # output folder ("" = auto)
 PROFILE = "auto"  # "full", "demo", "smoke"; auto = full on a GPU, demo on a CPU
-PRESETS = []  # stage-2 presets; [] = all of them (presets.STAGE2_PRESETS: fo, sp1, sp2, su, ax)
+PRESETS = []  # stage-2 presets; [] = all of them (presets.STAGE2_PRESETS: fs, sp1, sp2, su, ax; fo by name)
 FOLDS = [0, 1, 2, 3]  # folds retrained in round 2 (round-1 OOF of every fold is read where it exists)
 TRAIN_OVERRIDES = {}  # TrainConfig fields for every preset, as in 03
 THRESHOLD = 0.85  # a label is noisy when the ensemble gives it at most 1 - THRESHOLD (and suggests another class)

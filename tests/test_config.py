@@ -105,9 +105,10 @@ def test_choices_are_the_registries_and_a_wrong_one_is_named():
 
 
 def test_routes_rank_the_presets_as_the_solution_and_survive_a_sidecar():
-    routes = presets.preset_routes(presets.FULL_PRESETS[n] for n in presets.STAGE2_PRESETS)
+    routes = presets.preset_routes(presets.FULL_PRESETS[n] for n in presets.ALL_STAGE2_PRESETS)
     assert routes == {
         "fo": {"foraminal": 1},
+        "fs": {"foraminal": 1},
         "sp1": {"spinal": 1, "subarticular": 2, "foraminal": 2},
         "sp2": {"spinal": 1, "subarticular": 2, "foraminal": 2},
         "su": {"spinal": 1, "subarticular": 1, "foraminal": 2},
@@ -121,7 +122,7 @@ def test_routes_rank_the_presets_as_the_solution_and_survive_a_sidecar():
     old = {k: v for k, v in config.to_dict(su).items() if k != "routes"}  # a sidecar from before routes
     assert presets.from_dict(old).routes == su.routes
     assert presets.STAGE1_PRESETS == ("stage1_t1", "stage1_t2", "stage1_axial") and presets.STAGE2_PRESETS == (
-        "fo",
+        "fs",
         "sp1",
         "sp2",
         "su",

@@ -17,6 +17,7 @@ from kaggle_utils.evaluation.crossval import (
     keypoint_errors,
     score_submission,
     score_table,
+    side_terms,
     stage1_report,
     worst_localised,
 )
@@ -59,6 +60,21 @@ def test_score_table_per_condition_and_level_by_hand():
         parts = score_submission(submission, targets)
         assert table[name].xs("all", level="level").to_dict() == pytest.approx(parts)
     assert table.loc[("spinal", "all"), "rows"] == 2 and pd.isna(table.loc[("score", "all"), "rows"])
+
+
+def test_a_sided_family_is_scored_per_side_and_together_as_the_metric_does():
+    left, right = "left_neural_foraminal_narrowing_l1_l2", "right_neural_foraminal_narrowing_l1_l2"
+    targets = pd.DataFrame(IGNORE_INDEX, index=[0, 1], columns=["study_id", *LABEL_COLUMNS])
+    targets["study_id"] = [1, 2]
+    targets.loc[:, left], targets.loc[:, right] = 0, 2  # weights 1 and 4
+    model = _submission({f"{s}_{left}": (0.5, 0.25, 0.25) for s in (1, 2)}, default=(0.25, 0.25, 0.5))
+    terms = side_terms(model, targets)
+    assert terms == pytest.approx({"left": np.log(2), "right": np.log(2), "both": np.log(2)})
+    model = _submission({f"{s}_{right}": (0.25, 0.25, 0.5) for s in (1, 2)}, default=(0.25, 0.5, 0.25))
+    terms = side_terms(model, targets)
+    assert terms["left"] == pytest.approx(np.log(4)) and terms["right"] == pytest.approx(np.log(2))
+    assert terms["both"] == pytest.approx(score_submission(model, targets)["foraminal"])
+    assert terms["both"] == pytest.approx((2 * np.log(4) + 8 * np.log(2)) / 10)
 
 
 def _keypoints(series_id: int, view: str, points: np.ndarray, study_id: int = 1) -> pd.DataFrame:

@@ -355,3 +355,48 @@ def test_the_axial_model_mixes_whole_levels_and_learns_through_every_head():
     assert_valid_targets(out["target"])
     weighted_soft_cross_entropy(out["logits"], out["target"]).backward()
     assert all(p.grad is not None for p in model.fcs.parameters())
+
+
+def test_side_halves_read_each_side_from_its_own_half_of_the_slices():
+    torch.manual_seed(3)
+    model = SagittalNet(tiny("fo", side_halves=True)).eval()
+    x, mask, _ = stage2_batch(2)
+    mask[:] = True
+    logits = model(x, mask)["logits"]
+    changed = x.clone()
+    changed[:, :, FRAMES // 2 :] = torch.rand_like(changed[:, :, FRAMES // 2 :])
+    changed_logits = model(changed, mask)["logits"]
+    assert torch.allclose(changed_logits[:, :, 0], logits[:, :, 0])  # the left row sees only the left half
+    assert not torch.allclose(changed_logits[:, :, 1], logits[:, :, 1])
+    # Reversed slices are the mirrored patient: the two rows swap, and nothing else changes.
+    mirrored = model(x.flip(2), mask)["logits"]
+    assert torch.allclose(mirrored, logits.flip(2), atol=1e-6)
+
+
+def test_side_halves_give_an_odd_middle_frame_to_the_right_half_as_cutmix_does():
+    from kaggle_utils.models.networks import side_halves
+
+    emb = torch.arange(5, dtype=torch.float32).view(1, 5, 1)
+    (left, left_mask), (right, right_mask) = side_halves(emb, torch.ones(1, 5, dtype=torch.bool))
+    assert left.flatten().tolist() == [0, 1, 0] and left_mask.flatten().tolist() == [True, True, False]
+    assert right.flatten().tolist() == [4, 3, 2] and right_mask.all()
+
+
+@pytest.mark.parametrize("side_halves", [False, True])
+def test_the_loss_sees_the_two_sides_labels_swapped(side_halves):
+    """Swapping the two sides' labels changes the loss; with side halves, reversing the slices with them (the
+    sequence flip) gives the loss back by construction (the solution's single pool has to learn that)."""
+    torch.manual_seed(4)
+    model = SagittalNet(tiny("fo", side_halves=side_halves)).eval()
+    x, mask, target = stage2_batch(2)
+    mask[:] = True
+    target[..., 0, :], target[..., 1, :] = torch.eye(3)[0], torch.eye(3)[2]  # left Normal/Mild, right Severe
+    swapped = target.flip(2)
+
+    @torch.no_grad()
+    def loss(images: torch.Tensor, labels: torch.Tensor) -> float:
+        return float(weighted_soft_cross_entropy(model(images, mask)["logits"], labels))
+
+    assert abs(loss(x, target) - loss(x, swapped)) > 1e-4
+    if side_halves:
+        assert loss(x.flip(2), swapped) == pytest.approx(loss(x, target), abs=1e-5)

@@ -22,7 +22,7 @@ from kaggle_utils.inference.blend import Blend
 NOTEBOOKS = sorted((Path(__file__).parent.parent / "notebooks").glob("0*.py"))
 # Round 1 trains two folds so that round 2 (05) of fold 0 has OOF predictions for some of its training studies;
 # round 2 retrains two presets to stay quick.
-EXTRA_ENV = {"03_train_stage2": {"FOLDS": "[0, 1]"}, "05_denoise": {"PRESETS": '["fo", "sp1"]'}}
+EXTRA_ENV = {"03_train_stage2": {"FOLDS": "[0, 1]"}, "05_denoise": {"PRESETS": '["fs", "sp1"]'}}
 
 
 def test_five_paired_notebooks_in_sync():
@@ -66,7 +66,7 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
     assert list((work / "figures").glob("axial_levels_*.png"))
     levels = pd.read_csv(work / "tables" / "axial_levels.csv")
     assert levels["assigned"].any() and set(levels["level"]) <= set(LEVEL_NAMES)
-    for name in ("stage1_t1", "stage1_t2", "stage1_axial", "fo", "sp1", "sp2", "su", "ax"):
+    for name in ("stage1_t1", "stage1_t2", "stage1_axial", "fs", "sp1", "sp2", "su", "ax"):
         sidecar = json.loads((work / "models" / f"{name}-f0-s42.json").read_text())
         assert sidecar["fold"] == 0 and sidecar["config"]["name"] == name
         assert (work / "models" / f"{name}-f0-s42.curves.png").exists()
@@ -106,7 +106,7 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
     assert covered == set(pd.read_csv(work / "tables" / "folds.csv").query("fold in [0, 1]")["study_id"])
     assert set(noisy["study_id"]) <= covered and len(noisy) > 0
     assert (work / "figures" / "noisy_labels.png").exists()
-    for name in ("fo", "sp1"):
+    for name in ("fs", "sp1"):
         first = json.loads((work / "models" / f"{name}-f0-s42.json").read_text())["config"]
         second = json.loads((work / "denoised" / "models" / f"{name}-f0-s42.json").read_text())["config"]
         assert first["noisy_labels"] == first["pseudo_labels"] == ""
@@ -117,7 +117,7 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
     assert (work / "denoised" / "models" / "stage1_t2-f0-s42.pt").exists()  # a complete models folder for 04
     denoised = json.loads((work / "denoised" / "denoise.json").read_text())
     assert denoised["detection"]["flipped"] == len(flips)
-    assert {(r["model"], r["labels"]) for r in denoised["cv"]} >= {("ensemble (routed)", "given"), ("fo", "true")}
+    assert {(r["model"], r["labels"]) for r in denoised["cv"]} >= {("ensemble (routed)", "given"), ("fs", "true")}
 
 
 def test_the_notebooks_call_this_release_and_refuse_an_older_code_dataset(tmp_path):

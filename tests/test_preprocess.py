@@ -5,6 +5,7 @@ the plain operations they replace."""
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import cv2
@@ -54,8 +55,11 @@ def t2_points() -> np.ndarray:
     return np.stack([front, back], axis=1)
 
 
-def reference_crop(image: np.ndarray, points: np.ndarray, view: str, level: int) -> np.ndarray:
-    """The solution's steps, literally, for one level of one slice (float output before windowing)."""
+def reference_crop(
+    image: np.ndarray, points: np.ndarray, view: str, level: int, t1_height_mult: float = 1.0
+) -> np.ndarray:
+    """The solution's steps, literally, for one level of one slice (float output before windowing); its T1 crop
+    is 1.0 level spacings high each way, ``t1_height_mult`` scales it."""
     h, w = image.shape
     front, back = points[:, 0], points[:, 1]
     if view == "t2":
@@ -68,7 +72,7 @@ def reference_crop(image: np.ndarray, points: np.ndarray, view: str, level: int)
         bx, by = matrix[:, :2] @ b + matrix[:, 2]
         x0, y0 = int(bx) - 0.5 * w * x_pct, int(by)
     else:
-        y_pct = np.median(np.diff(front[:, 1]))
+        y_pct = t1_height_mult * np.median(np.diff(front[:, 1]))
         x_pct = 1.25 * y_pct
         a, b = front[level] * [w, h], back[level] * [w, h]
         x0, y0 = (a + b) / 2
@@ -84,19 +88,21 @@ def reference_crop(image: np.ndarray, points: np.ndarray, view: str, level: int)
     return out
 
 
+@pytest.mark.parametrize("t1_height_mult", [CFG.t1_height_mult, 1.0])  # the default and the solution's T1 crop
 @pytest.mark.parametrize("view", ["t2", "t1"])
 @pytest.mark.parametrize("shape", [(384, 384), (320, 448)])
-def test_crops_match_the_plain_implementation(view, shape):
+def test_crops_match_the_plain_implementation(view, shape, t1_height_mult):
     image = smooth_image(*shape)
     points = t2_points()
-    crops = stage2_crops(make_series([image, image * 0.9]), points, view, CFG)
+    cfg = dataclasses.replace(CFG, t1_height_mult=t1_height_mult)
+    crops = stage2_crops(make_series([image, image * 0.9]), points, view, cfg)
     assert crops.shape == (5, 2, 256, 256) and crops.dtype == np.uint8
     window = (
         float(np.percentile(np.r_[image.ravel(), image.ravel() * 0.9], 1)),
         float(np.percentile(np.r_[image.ravel(), image.ravel() * 0.9], 99)),
     )
     for level in range(5):
-        expected = to_uint8(reference_crop(image, points, view, level), window).astype(float)
+        expected = to_uint8(reference_crop(image, points, view, level, t1_height_mult), window).astype(float)
         ours = crops[level, 0].astype(float)
         inside = expected > 0
         # the same interpolation steps: equal but for cv2's fixed-point warp coordinates (T2) and rare roundings
@@ -124,11 +130,25 @@ def test_t1_box_spaces_levels_by_the_midpoints_of_the_two_foramina():
     left[:, 1] += tilt
     right[:, 1] -= tilt
     right[:, 0] = [0.52, 0.48, 0.52, 0.48, 0.52]
-    boxes = level_boxes(np.stack([left, right], axis=1), "t1", 400, 400, CFG)
-    spacing = 0.1 * 400
-    for box in boxes[1:4]:
-        assert box.bottom - box.top == pytest.approx(2 * spacing, abs=2)
-        assert box.right - box.left == pytest.approx(2 * 1.25 * spacing, abs=2)
+    solution = dataclasses.replace(CFG, t1_height_mult=1.0)
+    for cfg in (CFG, solution):
+        boxes = level_boxes(np.stack([left, right], axis=1), "t1", 400, 400, cfg)
+        half_height = cfg.t1_height_mult * 0.1 * 400
+        for box in boxes[1:4]:
+            assert box.bottom - box.top == pytest.approx(2 * half_height, abs=2)
+            assert box.right - box.left == pytest.approx(2 * 1.25 * half_height, abs=2)
+
+
+def test_the_default_t1_crop_frames_its_own_foramen_and_not_the_neighbours():
+    """The solution's T1 crop reaches the next levels' foramina (one level spacing up and down); the default crop
+    stops half-way, so the narrowing it shows is its own level's."""
+    y = np.linspace(0.3, 0.7, 5)
+    points = np.stack([np.c_[np.full(5, 0.5), y], np.c_[np.full(5, 0.5), y]], axis=1)
+    neighbours = 0.1 * 400
+    own = level_boxes(points, "t1", 400, 400, CFG)[2]
+    wide = level_boxes(points, "t1", 400, 400, dataclasses.replace(CFG, t1_height_mult=1.0))[2]
+    assert own.top > 0.4 * 400 - neighbours + 10 and own.bottom < 0.6 * 400 + neighbours - 10
+    assert wide.top <= 0.4 * 400 and wide.bottom >= 0.6 * 400
 
 
 def test_stage1_volume_resizes_every_slice_and_windows():

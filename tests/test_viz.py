@@ -9,6 +9,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 
+from kaggle_utils.core.constants import LEVEL_SLUGS
 from kaggle_utils.core.paths import Paths
 from kaggle_utils.evaluation import viz
 from kaggle_utils.io import tables
@@ -65,3 +66,22 @@ def test_a_study_drawn_without_a_series_01_could_not_cache(prepared: Paths, tmp_
     assert "Sagittal T2/STIR: middle slice" in [ax.get_title() for ax in figure.axes]
     assert "Sagittal T1: middle slice" not in [ax.get_title() for ax in figure.axes]
     plt.close(figure)
+
+
+def test_the_foramina_picture_shows_one_strip_per_side_and_severity_from_the_cached_crops(prepared: Paths) -> None:
+    series, targets = tables.load_table(prepared, "series"), tables.load_table(prepared, "targets")
+    examples = viz.foramen_examples(prepared, series, targets, severities=(0, 1, 2))
+    assert {(e.side, e.severity) for e in examples} <= {(s, k) for s in ("left", "right") for k in (0, 1, 2)}
+    assert len(examples) == len({(e.side, e.severity) for e in examples}) > 0
+    for example in examples:  # each one really has that label
+        column = f"{example.side}_neural_foraminal_narrowing_{LEVEL_SLUGS[example.level]}"
+        assert targets.set_index("study_id").loc[example.study_id, column] == example.severity
+    fig = viz.foramina_figure(prepared, examples, n_frames=6, img_size=24)
+    strips = [ax.get_images()[0].get_array().shape for ax in fig.axes]
+    assert strips == [(24, 6 * 24)] * len(examples)
+    plt.close(fig)
+
+
+def test_no_foramen_is_drawn_from_a_series_without_cached_crops(prepared: Paths) -> None:
+    series = tables.load_table(prepared, "series").assign(series_id=1)  # no such arrays
+    assert viz.foramen_examples(prepared, series, tables.load_table(prepared, "targets")) == []

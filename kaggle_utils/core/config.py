@@ -126,15 +126,19 @@ def check_values(cfg: Any) -> None:
 
 @dataclass(frozen=True)
 class PreprocessConfig:
-    """Deterministic preprocessing (cached as uint8 arrays); multipliers are the solution's crop geometry."""
+    """Deterministic preprocessing (cached as uint8 arrays); the multipliers are the solution's crop geometry, but
+    for the T1 crop's size."""
 
     img_size: int = 256
     percentiles: tuple[float, float] = (1.0, 99.0)
     t2_width_mult: float = 0.75  # half-width of a T2 crop, in median disc widths
     t2_offset_mult: float = 0.5  # shift of the T2 crop centre towards the front, in crop half-widths
     t2_height_mult: float = 1.3  # half-height of a T2 crop, in median level spacings
-    t1_width_mult: float = 1.25  # half-width of a T1 crop, in median level spacings (relative to width)
-    t1_height_mult: float = 1.0  # half-height of a T1 crop, in median level spacings
+    t1_width_mult: float = 1.25  # half-width of a T1 crop, in its half-heights (relative to the width)
+    # Half-height of a T1 crop, in median level spacings. The solution's 1.0 frames the foramina above and below as
+    # well, at the crop's edges; half of it frames the level's own foramen, and a model learns the narrowing from
+    # that (README, "Where it departs").
+    t1_height_mult: float = 0.5
     n_folds: int = 4
     fold_seed: int = 42
     # The solution's metadata files, each a path or a bare name looked for in DATA_DIR and the attached datasets.
@@ -251,6 +255,10 @@ class Stage2Config(TrainConfig):
     stage1_error_draws: int = 4
     # Padded frames enter the attention-LSTM as zeros; False feeds their backbone features, as the solution does.
     lstm_zero_masked: bool = True
+    # A sided condition read from its own side's half of the slices: the left row from the left half (index 0 is the
+    # patient's left), the right row from the right half reversed (lateral first, as the left half), through one
+    # pool and one linear layer for both sides. False: one pool of every frame gives both rows, as the solution does.
+    side_halves: bool = False
     # Round 2 of the noisy-label recipe (notebooks/05_denoise, kaggle_utils/denoise.py); "" = off, as in round 1.
     noisy_labels: str = ""  # CSV of label cells ignored in training (denoise.noisy_table, or the solution's file)
     pseudo_labels: str = ""  # CSV of soft targets per study and row (denoise.pseudo_table)

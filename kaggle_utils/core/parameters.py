@@ -14,7 +14,14 @@ from typing import Any
 
 from kaggle_utils.core.config import ConfigError, InferConfig, PreprocessConfig, apply_overrides, look_up
 from kaggle_utils.core.constants import ALL_STUDIES_FOLD
-from kaggle_utils.core.presets import FULL_PRESETS, PROFILES, STAGE1_PRESETS, STAGE2_PRESETS, preset, presets_or_default
+from kaggle_utils.core.presets import (
+    ALL_STAGE2_PRESETS,
+    FULL_PRESETS,
+    PROFILES,
+    STAGE1_PRESETS,
+    preset,
+    presets_or_default,
+)
 
 
 def notebook_params(**defaults: Any) -> SimpleNamespace:
@@ -87,7 +94,7 @@ def _count(key: str, value: Any) -> int:
 PARAMETERS: dict[str, Any] = {
     "RUN_CV": _switch,
     "FOLDS": _folds,
-    "PRESETS": _names(STAGE2_PRESETS, "stage-2 preset"),
+    "PRESETS": _names(ALL_STAGE2_PRESETS, "stage-2 preset"),
     "VIEWS": _names([FULL_PRESETS[n].view for n in STAGE1_PRESETS], "localiser view"),
     "PROFILE": _profile,
     "TRAIN_OVERRIDES": _mapping,

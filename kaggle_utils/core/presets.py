@@ -25,24 +25,31 @@ from kaggle_utils.core.config import (
 _STAGE1_T2 = Stage1Config()
 _STAGE2_T2 = Stage2Config()
 
+_FO = dataclasses.replace(
+    _STAGE2_T2,
+    name="fo",
+    view="t1",
+    model="sagittal_1head",
+    condition="foraminal",
+    n_frames=24,
+    img_size=96,
+    epochs=32,
+    vflip=False,
+    routes=(("foraminal", 1),),
+)
+"""The solution's T1 model."""
+
 FULL_PRESETS: dict[str, TrainConfig] = {
     "stage1_t1": dataclasses.replace(_STAGE1_T2, name="stage1_t1", view="t1"),
     "stage1_t2": _STAGE1_T2,
     # the axial localiser: the left and right subarticular points of a level from its assigned slice and the two
     # neighbours (3 frames of the cached 5)
     "stage1_axial": dataclasses.replace(_STAGE1_T2, name="stage1_axial", view="axial", n_frames=3),
-    "fo": dataclasses.replace(
-        _STAGE2_T2,
-        name="fo",
-        view="t1",
-        model="sagittal_1head",
-        condition="foraminal",
-        n_frames=24,
-        img_size=96,
-        epochs=32,
-        vflip=False,
-        routes=(("foraminal", 1),),
-    ),
+    "fo": _FO,
+    # The T1 model of the defaults: fo reading each side from its own half of the slices (Stage2Config.side_halves),
+    # so both sides' labels train one head; with the solution's fo, a model trained from scratch did not learn the
+    # narrowing at all (README, "Where it departs").
+    "fs": dataclasses.replace(_FO, name="fs", side_halves=True),
     "sp1": _STAGE2_T2,
     "sp2": dataclasses.replace(_STAGE2_T2, name="sp2", n_frames=5, img_size=256),
     "su": dataclasses.replace(
@@ -65,9 +72,15 @@ FULL_PRESETS: dict[str, TrainConfig] = {
 }
 """The solution's six configurations and the axial classifier."""
 
+OPTIONAL_PRESETS: tuple[str, ...] = ("fo",)
+"""Presets trained only when named: the solution's T1 model, which ``fs`` replaces in the defaults."""
 STAGE1_PRESETS: tuple[str, ...] = tuple(n for n, c in FULL_PRESETS.items() if c.stage == 1)
-STAGE2_PRESETS: tuple[str, ...] = tuple(n for n, c in FULL_PRESETS.items() if c.stage == 2)
+STAGE2_PRESETS: tuple[str, ...] = tuple(
+    n for n, c in FULL_PRESETS.items() if c.stage == 2 and n not in OPTIONAL_PRESETS
+)
 """The default preset lists of the notebooks and the Makefile (``python -m kaggle_utils.core.presets presets``)."""
+ALL_STAGE2_PRESETS: tuple[str, ...] = tuple(n for n, c in FULL_PRESETS.items() if c.stage == 2)
+"""Every stage-2 preset a notebook's ``PRESETS`` may name."""
 
 
 def preset_routes(configs: Iterable[TrainConfig]) -> dict[str, dict[str, int]]:
@@ -116,6 +129,7 @@ PROFILE_PRESET_DELTAS: dict[str, dict[str, dict[str, Any]]] = {
         "stage1_t2": dict(img_size=128, epochs=80, scale_limit=0.25),
         "stage1_axial": dict(img_size=96, epochs=6),  # the synthetic canal is easy to find: 1.8 px after 6 epochs
         "fo": dict(img_size=64, n_frames=16),
+        "fs": dict(img_size=64, n_frames=16),
         "sp1": dict(img_size=64),
         "sp2": dict(img_size=96),
         "su": dict(img_size=64, n_frames=16),
@@ -126,6 +140,7 @@ PROFILE_PRESET_DELTAS: dict[str, dict[str, dict[str, Any]]] = {
         "stage1_t2": dict(img_size=64),
         "stage1_axial": dict(img_size=64),
         "fo": dict(img_size=32, n_frames=8),
+        "fs": dict(img_size=32, n_frames=8),
         "sp1": dict(img_size=32),
         "sp2": dict(img_size=32),
         "su": dict(img_size=32, n_frames=8),

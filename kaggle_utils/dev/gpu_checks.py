@@ -147,7 +147,7 @@ def plan_steps(out: Path, scratch: Path) -> list[Step]:
     """The checks in order of value; each step's limit is its share of about 8 minutes on an H100."""
     python, bench = sys.executable, scratch / "bench"
     train_flags = ["--steps", "5", "--warmup", "2", "--host-batches", "2"]
-    t4 = ["--presets", "stage1_t2", "fo", "sp2", "--memory-gib", "15", "--set", "amp_dtype=fp16", "--steps", "2"]
+    t4 = ["--presets", "stage1_t2", "fs", "sp2", "--memory-gib", "15", "--set", "amp_dtype=fp16", "--steps", "2"]
     t4 += ["--warmup", "1", "--infer", "off", "--e2e", "off", "--out", str(out / "t4")]
     return [
         Step("gpu tests", [python, "-m", "pytest", "-m", "gpu", "-q", "-p", "no:cacheprovider"], 90),

@@ -44,6 +44,15 @@ def score_submission(submission: pd.DataFrame, targets: pd.DataFrame) -> dict[st
     return score_parts(_solution_for(submission, targets), submission, "row_id")
 
 
+def side_terms(submission: pd.DataFrame, targets: pd.DataFrame, family: str = "foraminal") -> dict[str, float]:
+    """The metric's term of a sided family, left and right rows apart and together (the family's own term)."""
+    solution = _solution_for(submission, targets)
+    solution = solution[solution["row_id"].map(condition_family) == family]
+    side = solution["row_id"].str.split("_").str[1]
+    terms = {which: score_parts(solution[side == which], submission)[family] for which in ("left", "right")}
+    return {**terms, "both": score_parts(solution, submission)[family]}
+
+
 def score_table(submissions: dict[str, pd.DataFrame], targets: pd.DataFrame) -> pd.DataFrame:
     """Weighted log loss per condition and level of each named submission (e.g. the model and the class-prior
     baseline, over the same studies), then the four terms of the score and the score.
@@ -170,6 +179,11 @@ def evaluate(
     entries["sagittal_only_score"] = score_submission(cv.prediction.sagittal, targets)["score"]
     entries["stage1"] = stage1_report(errors)
     entries["blend"] = cv.blend.to_dict()
+    # The T1 model's family, by side: a mix-up of the sides, or one side unlearnt, shows here first.
+    entries["foraminal_by_side"] = {
+        name: side_terms(submission, targets)
+        for name, submission in (("model", cv.submission), ("oracle", cv.oracle), ("priors", cv.baseline))
+    }
     submissions = {
         "sagittal only": cv.prediction.sagittal,
         "with axial (OOF)": cv.submission,

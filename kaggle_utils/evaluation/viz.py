@@ -1,6 +1,6 @@
 """Pictures people look at: a study's sagittal slices with keypoints and its level crops, training samples through
-the augmentation, training curves, score tables, the series the localisers missed most, and a study's axial slices
-per level."""
+the augmentation, training curves, score tables, the series the localisers missed most, a study's axial slices
+per level, and the T1 crops of a Normal/Mild and a Severe foramen per side."""
 
 from __future__ import annotations
 
@@ -8,16 +8,18 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import cv2
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 from matplotlib import ticker
 
-from kaggle_utils.core.constants import LEVEL_NAMES
+from kaggle_utils.core.constants import FORAMINAL_CONDITIONS, LEVEL_NAMES, LEVEL_SLUGS, SEVERITIES
 from kaggle_utils.core.paths import STAGE2, Paths
 from kaggle_utils.core.views import VIEWS
 from kaggle_utils.inference.axial_branch import AXIAL_POINT_COLUMNS
 from kaggle_utils.io.dicom import Geometry, pixel_to_world, read_geometry, read_slice, world_to_pixel
+from kaggle_utils.io.frames import read_frames
 from kaggle_utils.io.tables import series_points
 from kaggle_utils.preprocessing.axial_levels import (
     AxialSeries,
@@ -339,3 +341,60 @@ def level_picture(
                     rows[list(AXIAL_POINT_COLUMNS)].to_numpy(float)[0].reshape(2, 2) * scale
                 )
     return picture
+
+
+# --- foramina -----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class ForamenExample:
+    """One labelled foramen: its study's T1 series, the level (``LEVEL_SLUGS`` index), side and severity index."""
+
+    study_id: int
+    series_id: int
+    level: int
+    side: str  # "left" or "right"
+    severity: int
+
+
+def foramen_examples(
+    paths: Paths, series: pd.DataFrame, targets: pd.DataFrame, severities: tuple[int, ...] = (0, 2)
+) -> list[ForamenExample]:
+    """The first labelled foramen of each side and severity (default Normal/Mild and Severe) among the studies with
+    cached Sagittal T1 crops, in study order: the examples :func:`foramina_figure` shows."""
+    t1 = series[series["view"] == "t1"].drop_duplicates("study_id")
+    pairs = zip(t1["study_id"], t1["series_id"], strict=True)
+    cached = [paths.stage2_array(int(study), int(series), STAGE2).exists() for study, series in pairs]
+    t1 = t1[cached].set_index("study_id")["series_id"]
+    labelled = targets[targets["study_id"].isin(t1.index)].sort_values("study_id")
+    examples = []
+    for condition in FORAMINAL_CONDITIONS:
+        side = condition.split("_")[0]
+        for severity in severities:
+            for level, slug in enumerate(LEVEL_SLUGS):
+                hits = labelled.loc[labelled[f"{condition}_{slug}"] == severity, "study_id"]
+                if len(hits):
+                    study = int(hits.iloc[0])
+                    examples.append(ForamenExample(study, int(t1[study]), level, side, severity))
+                    break
+    return examples
+
+
+def foramina_figure(paths: Paths, examples: list[ForamenExample], n_frames: int, img_size: int) -> plt.Figure:
+    """Each example's level crop on every frame a T1 model reads, left to right as the model sees them (index 0 is
+    the patient's left, resized to ``img_size``), one strip per example: the narrowing shows on its side's lateral
+    frames or nowhere."""
+    fig, axes = plt.subplots(len(examples), 1, figsize=(n_frames * 0.8, len(examples) * 1.0), squeeze=False)
+    for ax, example in zip(axes[:, 0], examples, strict=True):
+        path = paths.stage2_array(example.study_id, example.series_id, STAGE2)
+        frames = np.zeros((5, n_frames, *np.load(path, mmap_mode="r").shape[-2:]), np.uint8)
+        read_frames(path, n_frames, frames)
+        strip = np.concatenate([cv2.resize(frame, (img_size, img_size)) for frame in frames[example.level]], axis=1)
+        _grey(ax, strip)
+        ax.axvline(n_frames // 2 * img_size - 0.5, color=SIDE_COLOURS[1], linewidth=1.5)  # the halves' border
+        ax.set_title(
+            f"{example.side} {LEVEL_NAMES[example.level]} {SEVERITIES[example.severity]} (study {example.study_id})",
+            fontsize=8,
+            loc="left",
+        )
+    fig.suptitle("T1 level crops per frame, patient left to right; the line parts the two sides' halves", fontsize=9)
+    fig.tight_layout()
+    return fig

@@ -164,5 +164,7 @@ def run_fields(config: dict[str, Any]) -> dict[str, Any]:
 
 
 def same_run(config: dict[str, Any], cfg: TrainConfig) -> bool:
-    """Whether a saved config (sidecar or resume state) describes the run ``cfg`` asks for."""
-    return run_fields(renamed(config)) == run_fields(json.loads(json.dumps(to_dict(cfg))))
+    """Whether a saved config (sidecar or resume state) describes the run ``cfg`` asks for. A field the saved config
+    lacks was added later with its default, which keeps the earlier behaviour, so it counts as that default."""
+    defaults = json.loads(json.dumps(to_dict(type(cfg)())))
+    return run_fields({**defaults, **renamed(config)}) == run_fields(json.loads(json.dumps(to_dict(cfg))))

@@ -258,6 +258,27 @@ def manifold_mixup(
     return [mix(x) for x in pooled], mix(target)
 
 
+def side_halves(
+    emb: torch.Tensor, mask: torch.Tensor
+) -> tuple[tuple[torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]:
+    """The (embedding, mask) of the left and right halves of frame sequences (N, F, E) and (N, F), each lateral
+    first: frames ``[:F // 2]`` and frames ``[F // 2:]`` reversed, the halves of ``sequence_cutmix``. An odd middle
+    frame is the right half's, as there; the left half then ends in a masked frame, so both have one length."""
+    half = emb.shape[1] // 2
+    right = emb[:, half:].flip(1), mask[:, half:].flip(1)
+    extra = right[0].shape[1] - half
+    left = (
+        torch.cat([emb[:, :half], emb.new_zeros(emb.shape[0], extra, emb.shape[2])], dim=1),
+        torch.cat([mask[:, :half], mask.new_zeros(mask.shape[0], extra)], dim=1),
+    )
+    return left, right
+
+
+def is_pair(group: Sequence[str]) -> bool:
+    """Whether a head's rows are one condition's left and right, in that order."""
+    return len(group) == 2 and group[0].startswith("left_") and group[1] == group[0].replace("left_", "right_", 1)
+
+
 class SagittalNet(nn.Module):
     """Stage 2: level crop sequences (B, 5, F, 1, S, S) with mask (B, F) -> logits (B, 5, R, 3).
 
@@ -265,6 +286,8 @@ class SagittalNet(nn.Module):
     [left, right]; "all" (T2) has spinal [spinal], foraminal [left, right] and subarticular [left, right].
     Each head has its own AttentionLSTM and linear layer; the backbone and one dropout are shared. The
     levels are independent sequences sharing all weights. The spinal head sees the un-mixed sequence.
+    With ``cfg.side_halves`` a left/right head reads each side from its own half of the slices (``side_halves``),
+    both halves through its one pool and a 3-class linear layer, so either side's labels teach both.
 
     ``forward`` returns ``dict(logits=(B, 5, R, 3), target=(B, 5, R, K) or None)``; in training mode with a
     target, sequence cutmix and manifold mixup change the target accordingly. The target's last axis may hold
@@ -283,9 +306,14 @@ class SagittalNet(nn.Module):
         self.dropout = nn.Dropout(cfg.fc_dropout)
         self.families = tuple(condition_family(group[0]) for group in self.groups)
         self.pools = nn.ModuleDict({family: AttentionLSTM(dim, cfg.lstm_zero_masked) for family in self.families})
+        self.halved = frozenset(
+            family
+            for family, group in zip(self.families, self.groups, strict=True)
+            if cfg.side_halves and is_pair(group)
+        )
         self.fcs = nn.ModuleDict(
             {
-                family: nn.Linear(dim, N_CLASSES * len(group))
+                family: nn.Linear(dim, N_CLASSES * (1 if family in self.halved else len(group)))
                 for family, group in zip(self.families, self.groups, strict=True)
             }
         )
@@ -306,7 +334,7 @@ class SagittalNet(nn.Module):
         if mixing and self.cutmix_p > 0:
             mixed_emb, mixed_mask, rows, _ = sequence_cutmix(emb, mask, rows, self.right_rows, self.cutmix_p)
         pooled = [
-            self.pools[family](mixed_emb, mixed_mask) if any(map(is_sided, group)) else self.pools[family](emb, mask)
+            self._pool(family, group, emb, mask, mixed_emb, mixed_mask)
             for family, group in zip(self.families, self.groups, strict=True)
         ]
         if mixing and self.mixup_p > 0:
@@ -320,6 +348,25 @@ class SagittalNet(nn.Module):
         )
         shape = (b, n_levels, len(self.rows), N_CLASSES)
         return dict(logits=logits.view(shape), target=rows.view(*shape[:-1], -1) if rows is not None else None)
+
+    def _pool(
+        self,
+        family: str,
+        group: Sequence[str],
+        emb: torch.Tensor,
+        mask: torch.Tensor,
+        mixed_emb: torch.Tensor,
+        mixed_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        """A family's pooled embedding: (N, E), or (N, 2, E) for a family read by side halves. Sided families see
+        the cutmixed sequence (whose halves carry their sides' labels); the spinal one the sequence as it was."""
+        if not any(map(is_sided, group)):
+            return self.pools[family](emb, mask)
+        if family not in self.halved:
+            return self.pools[family](mixed_emb, mixed_mask)
+        left, right = side_halves(mixed_emb, mixed_mask)
+        pooled = self.pools[family](torch.cat([left[0], right[0]]), torch.cat([left[1], right[1]]))
+        return torch.stack(pooled.chunk(2), dim=1)
 
 
 class AxialNet(nn.Module):

@@ -82,9 +82,9 @@ def level_boxes(points: np.ndarray, view: str, width: int, height: int, cfg: Pre
     With D = median disc width (front-back distance) and S = median spacing between levels:
     T2/STIR crops are rotated so the front->back line is horizontal and span
     x in [b - 1.125 D, b + 0.375 D], y in b +- 1.3 S around the back point b;
-    T1 crops are not rotated and span the midpoint of the two foramina +- 1.25 S (relative to the
-    width) horizontally and +- S vertically, S measured between the levels' midpoints. Boxes are clamped to
-    the image, not padded.
+    T1 crops are not rotated and span the midpoint of the two foramina +- 1.25 h (relative to the width)
+    horizontally and +- h vertically, h = ``t1_height_mult`` S (the solution's 1.0; 0.5 by default), S measured
+    between the levels' midpoints. Boxes are clamped to the image, not padded.
     Levels with a missing (non-finite) point get an empty box; D and S come from the levels inside the image.
     """
     along_disc = _along_disc(view)

@@ -23,9 +23,9 @@ With known flips (the synthetic ``label_flips.csv``) the detection gets a precis
 The command line writes both tables from a work folder's round-1 OOF (what notebooks/05_denoise does before it trains),
 so a script can run the two rounds::
 
-    python -m kaggle_utils.training.train --presets fo sp1 --folds 0 1 2 3                      # round 1
-    python -m kaggle_utils.training.denoise --presets fo sp1 --threshold 0.85                   # the two tables
-    python -m kaggle_utils.training.train --presets fo sp1 --run denoised \
+    python -m kaggle_utils.training.train --presets fs sp1 --folds 0 1 2 3                      # round 1
+    python -m kaggle_utils.training.denoise --presets fs sp1 --threshold 0.85                   # the two tables
+    python -m kaggle_utils.training.train --presets fs sp1 --run denoised \
         --set noisy_labels=work/tables/noisy_labels.csv --set pseudo_labels=work/tables/pseudo_labels.csv  # round 2
 """
 

@@ -8,7 +8,7 @@ be started again.
 
 The command line runs the same on one or several GPUs (``make train-all`` uses it)::
 
-    python -m kaggle_utils.training.train --presets fo sp1 --folds 0 1 2 3 --profile full
+    python -m kaggle_utils.training.train --presets fs sp1 --folds 0 1 2 3 --profile full
     torchrun --standalone --nproc_per_node=2 -m kaggle_utils.training.train --presets su --set batch_size=64
 """
 
