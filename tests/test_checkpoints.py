@@ -3,6 +3,7 @@ half-precision copies of the weights dataset predict as the originals."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
 import shutil
@@ -158,5 +159,20 @@ def test_a_checkpoint_of_the_version_that_said_plane_still_loads_and_counts_as_t
     torch.save(state, path)
     loaded, loaded_cfg, _ = load_checkpoint(path, torch.device("cpu"))
     assert loaded_cfg.view == "t1" and same_run(sidecar["config"], cfg)
+    image, mask = _inputs(cfg)
+    torch.testing.assert_close(loaded(image, mask)["logits"], model(image, mask)["logits"])
+
+
+def test_a_sidecar_from_before_side_halves_loads_as_the_run_it_was(tmp_path: Path) -> None:
+    """A field added later with a default that keeps the earlier behaviour: an older sidecar without it is the same
+    run at that default (it resumes and is skipped as trained), and a different value is a different run."""
+    model, cfg, path = _saved(tmp_path, "fo")
+    sidecar = json.loads(path.with_suffix(".json").read_text())
+    del sidecar["config"]["side_halves"]
+    assert same_run(sidecar["config"], cfg)
+    assert not same_run(sidecar["config"], dataclasses.replace(cfg, side_halves=True))
+    path.with_suffix(".json").write_text(json.dumps(sidecar))
+    loaded, loaded_cfg, _ = load_checkpoint(path, torch.device("cpu"))
+    assert loaded_cfg.side_halves is False
     image, mask = _inputs(cfg)
     torch.testing.assert_close(loaded(image, mask)["logits"], model(image, mask)["logits"])
