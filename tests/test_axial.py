@@ -18,7 +18,7 @@ from kaggle_utils.evaluation import viz
 from kaggle_utils.io import tables
 from kaggle_utils.io.dicom import Geometry, read_slice
 from kaggle_utils.io.tables import load_table
-from kaggle_utils.preprocessing import axial_crops, axial_levels
+from kaggle_utils.preprocessing import axial_crops, axial_levels, axial_samples
 from kaggle_utils.preprocessing.intensity import intensity_window, resize_slice, to_uint8
 
 SPACING = 0.5  # mm per pixel
@@ -242,7 +242,7 @@ def test_training_crops_are_cut_from_the_true_points(prepared: Paths) -> None:
     folder = prepared.series_dir("train", key[0], key[1])
     stack = [read_slice(folder / f"{i}.dcm") for i in instances]
     row = levels[(levels.series_id == key[1]) & (levels.instance_number == key[3])].iloc[0]
-    points = axial_levels.points_by_level(samples)[key[1], sample.level]
+    points = axial_samples.points_by_level(samples)[key[1], sample.level]
     window = intensity_window(stack, PreprocessConfig().percentiles)
     expected = axial_crops.level_crops(stack, points, np.array([row.row_mm, row.column_mm]), window, PreprocessConfig())
     np.testing.assert_array_equal(crops, expected)

@@ -27,7 +27,7 @@ from kaggle_utils.inference.run import Inference
 from kaggle_utils.inference.submission import Prediction, label_priors
 from kaggle_utils.io.dicom import read_series
 from kaggle_utils.io.tables import load_table, points_by_series, series_points
-from kaggle_utils.preprocessing.axial_levels import SIDES
+from kaggle_utils.preprocessing.axial_samples import SIDES
 from kaggle_utils.preprocessing.intensity import intensity_window
 from kaggle_utils.preprocessing.sagittal import stage1_volume, stage2_crops
 
@@ -204,7 +204,8 @@ def point_errors(predicted: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
 def level_point_errors(oof: pd.DataFrame, samples: pd.DataFrame, view: str = LEVEL_VIEW) -> pd.DataFrame:
     """``point_errors`` of a localiser per level (its OOF rows ``series_id, level, point, relative_x, relative_y``)
     against its samples (``axial_keypoints``: point 0 is the left one, 1 the right)."""
-    truth = samples.assign(point=samples["side"].map({side: k for k, side in enumerate(SIDES)}))
+    labelled = samples[samples["labelled"].astype(bool)] if "labelled" in samples else samples  # not the estimated
+    truth = labelled.assign(point=labelled["side"].map({side: k for k, side in enumerate(SIDES)}))
     joined = oof.merge(truth, on=["series_id", "level", "point"], suffixes=("", "_true"))
     dx = (joined["relative_x"] - joined["relative_x_true"]).abs()
     dy = (joined["relative_y"] - joined["relative_y_true"]).abs()

@@ -22,13 +22,8 @@ from kaggle_utils.core.config import PreprocessConfig
 from kaggle_utils.core.labels import level_slug
 from kaggle_utils.io.dicom import SeriesError, read_slice
 from kaggle_utils.io.tables import save_table
-from kaggle_utils.preprocessing.axial_levels import (
-    Coverage,
-    build_level_table,
-    keypoints_table,
-    points_by_level,
-    stack_instances,
-)
+from kaggle_utils.preprocessing.axial_levels import Coverage, build_level_table, stack_instances
+from kaggle_utils.preprocessing.axial_samples import SampleChecks, keypoints_table, points_by_level
 from kaggle_utils.preprocessing.cache import cache_is_current, remove_partial_files, save_atomic
 from kaggle_utils.preprocessing.intensity import intensity_window, resize_slice, to_uint8
 
@@ -192,16 +187,19 @@ class TrainingTables:
     keypoints: pd.DataFrame
     coverage: Coverage
     problems: list[str]
+    checks: SampleChecks
 
 
 def prepare_training(
     paths: P.Paths, sagittal: pd.DataFrame, keypoints: pd.DataFrame, cfg: PreprocessConfig, progress: bool = True
 ) -> TrainingTables:
     """The training split's level table (from the ground-truth Sagittal T2 keypoints) and axial localiser samples,
-    saved to ``WORK_DIR/tables`` (``axial_levels``, ``axial_keypoints``), and the samples' stacks and crops (from
-    their true points) cached."""
+    saved to ``WORK_DIR/tables`` (``axial_levels``, ``axial_keypoints``, and ``axial_checks``: what the samples kept
+    and left out, per study), and the samples' stacks and crops (from their points) cached."""
     levels, coverage = build_level_table(paths, "train", sagittal, keypoints, cfg.axial_max_distance_mm, progress)
     save_table(paths, "axial_levels", levels)
-    samples = save_table(paths, "axial_keypoints", keypoints_table(paths, levels))
+    table, checks = keypoints_table(paths, levels)
+    samples = save_table(paths, "axial_keypoints", table)
+    save_table(paths, "axial_checks", checks.table)
     problems = cache_stacks(paths, "train", levels, cfg, points_by_level(samples), progress)
-    return TrainingTables(levels, samples, coverage, problems)
+    return TrainingTables(levels, samples, coverage, problems, checks)

@@ -15,9 +15,8 @@ block only (``stack_instances``): a neighbour in another block images another di
 
 ``level_table`` writes one row per axial slice (its block, the nearest level, the signed distance to that level's
 point, whether it is that level's assigned slice); ``build_level_table`` does it for every study of a split and
-reports what has no coverage: those rows keep the sagittal prediction. The axial localiser's samples are the
-assigned slices: ``keypoints_table`` pairs each with the left and right subarticular points clicked on its series
-(``train_label_coordinates.csv``); their stacks and crops are cut by ``axial_crops``.
+reports what has no coverage: those rows keep the sagittal prediction. The training samples of the assigned slices
+are ``axial_samples``'; their stacks and crops are cut by ``axial_crops``.
 """
 
 from __future__ import annotations
@@ -32,9 +31,9 @@ from tqdm.auto import tqdm
 
 from kaggle_utils.core import paths as P
 from kaggle_utils.core.config import PreprocessConfig
-from kaggle_utils.core.constants import CONDITION_TITLES, LEVEL_NAMES, SUBARTICULAR_CONDITIONS
+from kaggle_utils.core.constants import LEVEL_NAMES
 from kaggle_utils.core.views import LEVEL_VIEW, PLACING_VIEW
-from kaggle_utils.io.competition import drop_excluded, listed_series, read_csv
+from kaggle_utils.io.competition import drop_excluded, listed_series
 from kaggle_utils.io.dicom import (
     Geometry,
     SeriesError,
@@ -47,9 +46,6 @@ from kaggle_utils.io.tables import SCHEMAS, series_points
 
 ORIENTATION_DECIMALS = 3
 """Slices whose ImageOrientationPatient agree to this many decimals form one block."""
-
-SIDES = dict(zip(("L", "R"), (CONDITION_TITLES[c] for c in SUBARTICULAR_CONDITIONS), strict=True))
-"""The axial localiser's two points in output order, each with the condition naming it in the coordinates file."""
 
 BACK_OF_DISC = 1
 """Index of the point behind the disc among a Sagittal T2 level's two keypoints (front first: see labels)."""
@@ -199,7 +195,8 @@ def match_levels(
 
 
 def level_table(study_id: int, points: np.ndarray, series: list[AxialSeries], max_distance_mm: float) -> pd.DataFrame:
-    """One row per axial slice of a study: block, index, nearest level, signed distance to it, assigned or not."""
+    """One row per axial slice of a study: block, index, nearest level, signed distance to it, assigned or not, and
+    that level's point projected onto the slice (pixels)."""
     frames = []
     for s in series:
         distances = distance_matrix(points, s)
@@ -208,6 +205,7 @@ def level_table(study_id: int, points: np.ndarray, series: list[AxialSeries], ma
         for match in match_levels(points, s, max_distance_mm, distances):
             if match.assigned:
                 level_index[match.slice], assigned[match.slice] = match.level_index, True
+        projected = np.array([s.pixel(k, points[lv]) for k, lv in enumerate(level_index)]).reshape(-1, 2)
         frames.append(
             pd.DataFrame(
                 {
@@ -219,6 +217,8 @@ def level_table(study_id: int, points: np.ndarray, series: list[AxialSeries], ma
                     "level": np.asarray(LEVEL_NAMES)[level_index],
                     "distance_mm": np.round(distances[np.arange(len(s)), level_index], 3),
                     "assigned": assigned,
+                    "point_x": np.round(projected[:, 0], 3),  # the level's point on the slice, pixels
+                    "point_y": np.round(projected[:, 1], 3),
                     "rows": s.geometry.shapes[:, 0],
                     "columns": s.geometry.shapes[:, 1],
                     "row_mm": s.geometry.pixel_spacing[:, 0],
@@ -329,35 +329,7 @@ def build_level_table(
     return table, coverage
 
 
-# --- the localiser's samples ----------------------------------------------------------------------------------
-def keypoints_table(paths: P.Paths, levels: pd.DataFrame) -> pd.DataFrame:
-    """The axial localiser's training samples: each assigned (series, level) slice of ``levels`` whose series carries
-    both subarticular points of that level, the points relative to the image they were clicked on.
-
-    A level whose two points sit on different series (two series, one side labelled on each) has no sample.
-    """
-    coords = read_csv(paths, P.TRAIN_COORDINATES_CSV)
-    side_of = {condition: side for side, condition in SIDES.items()}
-    coords = coords[coords["condition"].isin(side_of)].assign(side=lambda t: t["condition"].map(side_of))
-    sizes = levels.set_index(["series_id", "instance_number"])[["rows", "columns"]]
-    coords = coords.join(sizes, on=["series_id", "instance_number"], how="inner")
-    coords["relative_x"], coords["relative_y"] = coords["x"] / coords["columns"], coords["y"] / coords["rows"]
-    complete = coords.groupby(["series_id", "level"])["side"].transform("nunique") == len(SIDES)
-    assigned = levels.loc[levels["assigned"], ["series_id", "level", "instance_number"]]
-    table = coords[complete].drop(columns="instance_number").merge(assigned, on=["series_id", "level"])
-    columns = list(SCHEMAS["axial_keypoints"])
-    return table[columns].sort_values(["study_id", "series_id", "level", "side"]).reset_index(drop=True)
-
-
-def points_by_level(keypoints: pd.DataFrame) -> dict[tuple[int, str], np.ndarray]:
-    """(series id, level) -> (2, 2) relative (x, y) of the sample's left and right points, for a whole table."""
-    out = {}
-    for (series_id, level), rows in keypoints.groupby(["series_id", "level"]):
-        by_side = rows.set_index("side")
-        out[int(series_id), str(level)] = by_side.loc[list(SIDES), ["relative_x", "relative_y"]].to_numpy(np.float64)
-    return out
-
-
+# --- a level's stack --------------------------------------------------------------------------------------
 def stack_instances(levels: pd.DataFrame, series_id: int, instance: int, cfg: PreprocessConfig) -> list[int]:
     """Instance numbers of the ``cfg.axial_stack_slices`` slices around ``instance`` in its block, top to bottom, the
     block's end slices repeated past its ends (from a level table's block and index columns)."""
