@@ -29,18 +29,19 @@ def test_a_point_is_carried_onto_another_series_slice_through_patient_coordinate
     np.testing.assert_allclose(carried, flat.pixel(k, world), atol=1e-6)
 
 
-def test_a_point_two_slices_or_a_block_away_is_not_carried() -> None:
+def test_a_point_more_than_two_slices_or_a_block_away_is_not_carried() -> None:
     two_blocks = geometry(
         [[0.0, 0.0, h] for h in (40.0, 36.0, 32.0, 28.0, 8.0, 4.0, 0.0)], [FLAT] * 4 + [tilted(8.0)] * 3, range(1, 8)
     )
     series = axial_levels.split_blocks(1, two_blocks)
     k = int(np.flatnonzero(series.instance_numbers == 1)[0])  # top of the upper block
-    assert axial_samples.carry_point(series, 2, (100.0, 100.0), series, k) is not None  # its neighbour
-    assert axial_samples.carry_point(series, 3, (100.0, 100.0), series, k) is None  # two slices away
+    assert axial_samples.carry_point(series, 3, (100.0, 100.0), series, k) is not None  # two slices away
+    assert axial_samples.carry_point(series, 4, (100.0, 100.0), series, k) is None  # three
     bottom = int(np.flatnonzero(series.block == 0)[-1])
     assert axial_samples.carry_point(series, 5, (100.0, 100.0), series, bottom) is None  # the next block's top
-    other = axial_levels.split_blocks(2, stack([40.0 - 9.0]))  # 9 mm below: more than two 4 mm slices
-    assert axial_samples.carry_point(other, 1, (100.0, 100.0), series, k) is None
+    near, far = (axial_levels.split_blocks(2, stack([40.0 - mm])) for mm in (9.0, 11.0))  # on another series
+    assert axial_samples.carry_point(near, 1, (100.0, 100.0), series, k) is not None  # nearest slice 2 away
+    assert axial_samples.carry_point(far, 1, (100.0, 100.0), series, k) is None  # nearest slice 3 away
 
 
 def test_both_passes_give_samples_with_both_sides_carried(tiny_data: Path, prepared: Paths) -> None:

@@ -5,8 +5,9 @@ In the competition's data a level's two points are often on two series (two full
 labelled on one and the right on the other), and a point's slice need not be the slice the sagittal keypoints
 assign. So a point is carried through patient coordinates: its pixel on the instance it was clicked on -> world
 mm (that slice's own geometry) -> the assigned slice's pixel. A point clicked more than ``MAX_SLICE_OFFSET`` slices
-from the assigned slice (in another block of the same series, or that far from its plane) images another part of
-the disc, or shows that the level assignment is wrong: it is left out and counted.
+from the assigned slice (or in another block of the same series; on another series: its nearest slice plane more
+than that many slice spacings away) images another part of the disc, or shows that the level assignment is wrong:
+it is left out and counted.
 
 A level with one known point is still a sample: the unknown side is placed by mirroring the known point through
 the level's projected Sagittal T2 canal point (``point_x`` of the level table), marked ``labelled = False``, and
@@ -31,7 +32,7 @@ SIDES = dict(zip(("L", "R"), (CONDITION_TITLES[c] for c in SUBARTICULAR_CONDITIO
 """The axial localiser's two points in output order, each with the condition naming it in the coordinates file."""
 
 MAX_SLICE_OFFSET = 2
-"""A labelled point this many slices (slice spacings) or more from the assigned slice is not that slice's point."""
+"""A labelled point more slices than this from the assigned slice is not that slice's point."""
 
 CHECK_COLUMNS = SCHEMAS["axial_checks"]
 """Per study: samples kept, of them with one side estimated, points left out by the slice check, samples dropped."""
@@ -58,7 +59,7 @@ class SampleChecks:
         )
         return (
             f"axial samples: {t['samples']} kept, {t['one_sided']} of them with one side estimated (its loss masked), "
-            f"{t['far_points']} labelled points more than {MAX_SLICE_OFFSET - 1} slice from the assigned one left "
+            f"{t['far_points']} labelled points more than {MAX_SLICE_OFFSET} slices from the assigned one left "
             f"out, {t['dropped']} samples dropped for it{per_study}"
         )
 
@@ -79,8 +80,8 @@ def carry_point(
     source: AxialSeries, instance: int, xy: tuple[float, float], target: AxialSeries, k: int
 ) -> np.ndarray | None:
     """(2,) pixel x, y on ``target``'s slice k of the point clicked at ``xy`` on ``source``'s ``instance``, through
-    patient coordinates; None when that instance is not in ``source`` or lies ``MAX_SLICE_OFFSET`` slices or more
-    from slice k (or in another block of the same series)."""
+    patient coordinates; None when that instance is not in ``source`` or lies more than ``MAX_SLICE_OFFSET`` slices
+    from slice k (in another block of the same series; another series': nearer another slice of k's spacing)."""
     found = np.flatnonzero(source.instance_numbers == instance)
     if not len(found):
         return None
@@ -88,9 +89,9 @@ def carry_point(
     g = source.geometry
     world = pixel_to_world(g.positions[j], g.orientations[j], g.pixel_spacing[j], xy[0], xy[1])
     if source is target:
-        if source.block[j] != source.block[k] or abs(int(source.index[j]) - int(source.index[k])) >= MAX_SLICE_OFFSET:
+        if source.block[j] != source.block[k] or abs(int(source.index[j]) - int(source.index[k])) > MAX_SLICE_OFFSET:
             return None
-    elif abs(float(target.signed_distances(world)[k])) >= MAX_SLICE_OFFSET * block_spacing(target, k):
+    elif abs(float(target.signed_distances(world)[k])) > (MAX_SLICE_OFFSET + 0.5) * block_spacing(target, k):
         return None
     return target.pixel(k, world)
 
