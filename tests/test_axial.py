@@ -74,6 +74,25 @@ def test_blocks_are_ordered_top_to_bottom_whatever_the_files_and_instance_number
     np.testing.assert_allclose(series.normals[3], [0.0, np.sin(np.deg2rad(12)), np.cos(np.deg2rad(12))], atol=1e-9)
 
 
+def test_parallel_slabs_a_disc_apart_are_two_blocks_and_a_stack_never_crosses_the_gap() -> None:
+    """One orientation, two slabs of three slices 4 mm apart, 30 mm between them: two blocks, and the bottom slice
+    of the upper slab repeats itself rather than borrow the lower slab's top slice."""
+    series = axial_levels.split_blocks(1, stack([44.0, 40.0, 36.0, 6.0, 2.0, -2.0]))
+    assert series.block.tolist() == [0, 0, 0, 1, 1, 1] and series.index.tolist() == [0, 1, 2, 0, 1, 2]
+    table = axial_levels.level_table(1, points_at([36.0, 6.0]), [series], max_distance_mm=3.0)
+    assert axial_levels.stack_instances(table, 1, 3, PreprocessConfig()) == [1, 2, 3, 3, 3]
+
+
+def test_orientations_are_grouped_by_angle_not_by_rounded_cosines() -> None:
+    """Cosines straddling a rounding step (0.1235 +- 1e-5) are one orientation; 1 degree apart are two."""
+    a = np.array([1.0, 0.0, 0.0, 0.0, np.sqrt(1 - 0.12349**2), 0.12349])
+    b = np.array([1.0, 0.0, 0.0, 0.0, np.sqrt(1 - 0.12351**2), 0.12351])
+    assert axial_levels.orientation_groups(np.stack([a, b, a])).tolist() == [0, 0, 0]
+    assert axial_levels.orientation_groups(np.stack([tilted(7.0), tilted(8.0), tilted(7.2)])).tolist() == [0, 1, 0]
+    series = axial_levels.split_blocks(1, geometry([[0, 0, h] for h in (8.0, 4.0, 0.0)], [a, b, a], [1, 2, 3]))
+    assert series.block.tolist() == [0, 0, 0] and series.instance_numbers.tolist() == [1, 2, 3]
+
+
 def test_non_axial_images_are_dropped_and_named(capsys: pytest.CaptureFixture) -> None:
     coronal = np.array([1.0, 0.0, 0.0, 0.0, 0.0, -1.0])
     g = geometry([[0, 0, 4], [0, 0, 0], [0, 0, 2]], [FLAT, FLAT, coronal], [1, 2, 99])

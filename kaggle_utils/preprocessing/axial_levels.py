@@ -1,9 +1,10 @@
 """Axial T2 series: blocks of one orientation, and which slice images each disc level.
 
 An "Axial T2" series is often several short stacks, each angled along one disc, or one long stack whose instance
-numbers run either way, with gaps. It is read from its headers into blocks (slices sharing one
-ImageOrientationPatient, rounded to ``ORIENTATION_DECIMALS``), each ordered top to bottom along its own normal,
-blocks ordered by the height of their top slice; images that are not axial (a coronal localiser stored in the
+numbers run either way, with gaps, and whose upper slabs may share one orientation a disc apart. It is read from its
+headers into blocks (slices within ``ORIENTATION_TOLERANCE_DEG`` of one orientation, cut where the step between
+neighbours exceeds ``GAP_FACTOR`` x the median step), each ordered top to bottom along its own normal, blocks ordered
+by the height of their top slice; images that are not axial (a coronal localiser stored in the
 series) are dropped with a message. Pixels are never needed for this.
 
 Levels: each level's Sagittal T2 keypoint behind the disc (ground truth in training, predicted at inference),
@@ -44,8 +45,11 @@ from kaggle_utils.io.dicom import (
 )
 from kaggle_utils.io.tables import SCHEMAS, series_points
 
-ORIENTATION_DECIMALS = 3
-"""Slices whose ImageOrientationPatient agree to this many decimals form one block."""
+ORIENTATION_TOLERANCE_DEG = 0.5
+"""Slices whose normals and row directions agree within this angle share one orientation."""
+
+GAP_FACTOR = 1.5
+"""A step between neighbouring slices of one orientation larger than this x the median step starts a new block."""
 
 BACK_OF_DISC = 1
 """Index of the point behind the disc among a Sagittal T2 level's two keypoints (front first: see labels)."""
@@ -102,17 +106,46 @@ class AxialSeries:
         return bool(0 <= xy[0] < cols and 0 <= xy[1] < rows)
 
 
+def orientation_groups(orientations: np.ndarray) -> np.ndarray:
+    """(N,) group id of each slice: slices whose normals and row directions lie within ``ORIENTATION_TOLERANCE_DEG``
+    of a group's first slice join it. (Rounding the cosines would split two equal orientations whose values
+    straddle a rounding step, and the headers' float noise does that.)"""
+    iop = np.asarray(orientations, dtype=np.float64).reshape(-1, 6)
+    normals = slice_normals(iop)
+    rows = iop[:, :3] / np.linalg.norm(iop[:, :3], axis=1, keepdims=True)
+    cosine = np.cos(np.deg2rad(ORIENTATION_TOLERANCE_DEG))
+    group, firsts = np.full(len(iop), -1), []
+    for i in range(len(iop)):
+        for g, first in enumerate(firsts):
+            if normals[i] @ normals[first] >= cosine and rows[i] @ rows[first] >= cosine:
+                group[i] = g
+                break
+        else:
+            group[i], firsts = len(firsts), [*firsts, i]
+    return group
+
+
+def split_at_gaps(heights: np.ndarray) -> list[np.ndarray]:
+    """Runs of indices into ``heights`` (ordered top to bottom) cut where the step down exceeds ``GAP_FACTOR`` x the
+    median step: parallel slabs a disc apart in one orientation are separate blocks."""
+    steps = -np.diff(np.asarray(heights, dtype=np.float64))
+    if len(steps) < 2:
+        return [np.arange(len(heights))]
+    cuts = np.flatnonzero(steps > GAP_FACTOR * np.median(steps)) + 1
+    return np.split(np.arange(len(heights)), cuts)
+
+
 def split_blocks(series_id: int, geometry: Geometry) -> AxialSeries:
-    """Blocks of one orientation, each ordered top to bottom, the blocks by the height of their top slice."""
-    keys = [tuple(row) for row in np.round(geometry.orientations, ORIENTATION_DECIMALS)]
-    groups: dict[tuple, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
+    """Blocks of one orientation (``orientation_groups``) and no gap (``split_at_gaps``), each ordered top to
+    bottom, the blocks by the height of their top slice."""
+    groups = orientation_groups(geometry.orientations)
     ordered = []
-    for members in groups.values():
-        members = np.asarray(members)
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
         part = geometry.take(members)
-        ordered.append(members[order_slices(part.positions, part.orientations[0], part.instance_numbers)])
+        members = members[order_slices(part.positions, part.orientations[0], part.instance_numbers)]
+        heights = geometry.positions[members] @ slice_normals(geometry.orientations[members[:1]])[0]
+        ordered += [members[run] for run in split_at_gaps(heights)]
     ordered.sort(key=lambda members: -geometry.positions[members[0], 2])
     order = np.concatenate(ordered)
     block = np.concatenate([np.full(len(m), b) for b, m in enumerate(ordered)])
