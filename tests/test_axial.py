@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -247,6 +248,18 @@ def test_level_crops_centre_on_the_canal_and_each_recess_and_mirror_the_right_on
     assert (profile["centre"] > 0).sum() >= 2
 
 
+def test_each_slice_is_cropped_with_its_own_size_and_spacing() -> None:
+    """A neighbour with twice the matrix at half the spacing (the same field of view) gives the same crops."""
+    coarse = np.zeros((200, 200), np.float32)
+    coarse[96:104, 126:134] = 100.0  # a 4 mm square at the left point (130, 100) of a 0.5 mm slice
+    fine = cv2.resize(coarse, (400, 400), interpolation=cv2.INTER_NEAREST)
+    points = np.array([[130.0, 100.0], [70.0, 100.0]]) / 200
+    spacing = np.array([[0.5, 0.5], [0.25, 0.25], [0.5, 0.5]])
+    cfg = PreprocessConfig(img_size=80)
+    crops = axial_crops.level_crops([coarse, fine, coarse], points, spacing, (0.0, 100.0), cfg)
+    assert np.abs(crops[:, 1].astype(int) - crops[:, 0].astype(int)).mean() < 2
+
+
 def test_training_crops_are_cut_from_the_true_points(prepared: Paths) -> None:
     levels = tables.load_table(prepared, "axial_levels")
     samples = tables.load_table(prepared, "axial_keypoints")
@@ -263,7 +276,9 @@ def test_training_crops_are_cut_from_the_true_points(prepared: Paths) -> None:
     row = levels[(levels.series_id == key[1]) & (levels.instance_number == key[3])].iloc[0]
     points = axial_samples.points_by_level(samples)[key[1], sample.level]
     window = intensity_window(stack, PreprocessConfig().percentiles)
-    expected = axial_crops.level_crops(stack, points, np.array([row.row_mm, row.column_mm]), window, PreprocessConfig())
+    spacing = axial_crops.slice_spacings(levels[levels.series_id == key[1]], instances)
+    np.testing.assert_array_equal(spacing[len(spacing) // 2], [row.row_mm, row.column_mm])
+    expected = axial_crops.level_crops(stack, points, spacing, window, PreprocessConfig())
     np.testing.assert_array_equal(crops, expected)
 
 

@@ -57,7 +57,7 @@ from kaggle_utils.inference.submission import (
 )
 from kaggle_utils.io.dicom import Series, SeriesError, read_series, read_slice
 from kaggle_utils.io.tables import points_frame
-from kaggle_utils.preprocessing.axial_crops import level_crops, level_stack
+from kaggle_utils.preprocessing.axial_crops import level_crops, level_stack, slice_spacings
 from kaggle_utils.preprocessing.axial_levels import (
     level_table,
     read_axial_series,
@@ -337,7 +337,7 @@ class Inference:
         with timed("axial_models"):
             level_points = predict_keypoints(stack, models.stage1[LEVEL_VIEW])[0]
         with timed("axial_crop"):
-            spacing = np.array([row.row_mm, row.column_mm])
+            spacing = slice_spacings(table, instances)
             crops = level_crops(slices, level_points, spacing, window, self.pre_cfg)
         where = dict(zip(AXIAL_POINT_COLUMNS, level_points.reshape(-1).tolist(), strict=True))
         where.update(level=row.level, instance_number=int(row.instance_number), distance_mm=row.distance_mm)
