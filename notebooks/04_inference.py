@@ -161,6 +161,7 @@ if paths.data_file(TEST_LABELS_CSV).exists():
     report["test_score"] = crossval.score_submission(test.submission, hidden)["score"]
     report["test_sagittal_only_score"] = crossval.score_submission(test.sagittal, hidden)["score"]
     report["test_prior_score"] = crossval.score_submission(test.baseline, hidden)["score"]
+report["test_axial_checks"] = crossval.axial_check_counts(test)
 paths.cv_json.write_text(json.dumps(report, indent=1))
 print(json.dumps(report, indent=1))
 

@@ -162,6 +162,21 @@ def test_sagittal_points_are_placed_on_the_middle_slice() -> None:
     np.testing.assert_allclose(world, expected)
 
 
+def test_the_back_of_the_disc_is_the_point_with_the_larger_patient_y() -> None:
+    """On a sagittal series whose rows run forwards, the point with the smaller image x is the posterior one."""
+    forwards = np.array([0.0, -1.0, 0.0, 0.0, 0.0, -1.0])  # rows anterior, columns down
+    g = Geometry(
+        positions=np.array([[x, 50.0, 50.0] for x in (-4.0, 0.0, 4.0)]),
+        orientations=np.tile(forwards, (3, 1)),
+        pixel_spacing=np.full((3, 2), 0.5),
+        shapes=np.full((3, 2), 200),
+        instance_numbers=np.array([1, 2, 3]),
+    )
+    keypoints = np.array([[[0.3, 0.1 * (k + 1)], [0.7, 0.1 * (k + 1)]] for k in range(5)])  # ordered by image x
+    world = axial_levels.sagittal_level_points(keypoints, g)
+    np.testing.assert_allclose(world[:, 1], 50.0 - 0.3 * 200 * 0.5)  # the smaller x: 30 mm in front of y = 50
+
+
 def test_synthetic_levels_land_on_the_labelled_axial_slices(tiny_data: Path, prepared: Paths) -> None:
     """From the ground-truth Sagittal T2 keypoints, each labelled subarticular point's series has that level
     assigned within one slice of where the reader clicked; studies without the T2 keypoints are counted."""

@@ -21,11 +21,12 @@ from kaggle_utils.core.metric import score_parts, solution_from_targets
 from kaggle_utils.core.paths import Paths
 from kaggle_utils.core.presets import FULL_PRESETS
 from kaggle_utils.core.views import LEVEL_VIEW, view_named
+from kaggle_utils.inference.axial_branch import levels_recentred
 from kaggle_utils.inference.blend import Blend, blend_rows, fit_blend
 from kaggle_utils.inference.ensemble import load_models
 from kaggle_utils.inference.run import Inference
 from kaggle_utils.inference.submission import Prediction, label_priors
-from kaggle_utils.io.dicom import read_series
+from kaggle_utils.io.dicom import read_series, stray_images
 from kaggle_utils.io.tables import load_table, points_by_series, series_points
 from kaggle_utils.preprocessing.axial_samples import SIDES
 from kaggle_utils.preprocessing.intensity import intensity_window
@@ -170,6 +171,7 @@ def evaluate(
     entries["sagittal_only_score"] = score_submission(cv.prediction.sagittal, targets)["score"]
     entries["stage1"] = stage1_report(errors)
     entries["blend"] = cv.blend.to_dict()
+    entries["axial_checks"] = axial_check_counts(cv.prediction, paths)
     submissions = {
         "sagittal only": cv.prediction.sagittal,
         "with axial (OOF)": cv.submission,
@@ -177,6 +179,23 @@ def evaluate(
         "class priors": cv.baseline,
     }
     return Evaluation(cv, errors, score_table(submissions, targets), entries)
+
+
+def axial_check_counts(prediction: Prediction, paths: Paths | None = None) -> dict[str, int]:
+    """The ``cv.json`` counts of what the real data's patterns cost: levels whose localiser points inference
+    recentred and images of another plane left out of the series it read; with ``paths``, the training samples with
+    one side estimated and those dropped by the slice check (01's ``axial_checks`` table)."""
+    counts = {}
+    if paths is not None and paths.table("axial_checks").exists():
+        checks = load_table(paths, "axial_checks")
+        counts = {
+            "one_sided_samples": int(checks["one_sided"].sum()),
+            "samples_dropped_by_slice_check": int(checks["dropped"].sum()),
+            "points_dropped_by_slice_check": int(checks["far_points"].sum()),
+        }
+    counts["levels_recentred"] = levels_recentred(prediction.axial_points)
+    counts["stray_images_dropped"] = stray_images(prediction.faults["message"].tolist())
+    return counts
 
 
 def _joined(parts: list[Prediction]) -> Prediction:

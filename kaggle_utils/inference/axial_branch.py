@@ -51,14 +51,20 @@ def axial_coverage(placed: pd.DataFrame, study_ids: list[int], axial_series: Map
     without = sum(1 for s in study_ids if not axial_series.get(s))
     return (
         f"axial branch: {len(levels)} of {len(LEVEL_NAMES) * len(study_ids)} levels of {len(study_ids)} studies on an "
-        f"axial slice, {without} of the studies without an Axial T2 series (the sagittal prediction stands elsewhere)"
+        f"axial slice, {without} of the studies without an Axial T2 series (the sagittal prediction stands elsewhere); "
+        f"{levels_recentred(placed)} assigned slices' localiser points recentred on the sagittal canal point"
     )
 
 
+def levels_recentred(placed: pd.DataFrame) -> int:
+    """How many of the placed levels (``axial_points``) had their localiser points recentred (``axial_check``)."""
+    return int(placed["recentred"].astype(bool).sum()) if "recentred" in placed else 0
+
+
 def axial_points(axial_levels: pd.DataFrame) -> pd.DataFrame:
-    """One row per axial level a series imaged: ``study_id, series_id, level, instance_number, distance_mm`` and the
-    localisers' points (``AXIAL_POINT_COLUMNS``)."""
-    columns = ["study_id", "series_id", "level", "instance_number", "distance_mm", *AXIAL_POINT_COLUMNS]
+    """One row per axial level a series imaged: ``study_id, series_id, level, instance_number, distance_mm``, the
+    localisers' points (``AXIAL_POINT_COLUMNS``) and whether they were ``recentred``."""
+    columns = ["study_id", "series_id", "level", "instance_number", "distance_mm", *AXIAL_POINT_COLUMNS, "recentred"]
     if axial_levels.empty:
         return pd.DataFrame(columns=columns)
     return axial_levels[columns].drop_duplicates(["series_id", "level", "instance_number"]).reset_index(drop=True)

@@ -23,7 +23,6 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -46,6 +45,7 @@ from kaggle_utils.inference.axial_branch import (
     merge_axial,
     split_axial,
 )
+from kaggle_utils.inference.axial_check import check_points
 from kaggle_utils.inference.blend import Blend, blend_rows, load_blend
 from kaggle_utils.inference.ensemble import ModelSet, model_routes, model_sets, predict_keypoints, predict_levels
 from kaggle_utils.inference.submission import (
@@ -59,6 +59,7 @@ from kaggle_utils.io.dicom import Series, SeriesError, read_series, read_slice
 from kaggle_utils.io.tables import points_frame
 from kaggle_utils.preprocessing.axial_crops import level_crops, level_stack, slice_spacings
 from kaggle_utils.preprocessing.axial_levels import (
+    AxialSeries,
     level_table,
     read_axial_series,
     sagittal_level_points,
@@ -315,19 +316,20 @@ class Inference:
             for line in series.geometry.dropped:
                 self.faults.report(study_id, series_id, f"axial slice left out: {line}")
             table = level_table(study_id, points, [series], self.infer_cfg.axial_max_distance_mm)
-            files = dict(zip(series.instance_numbers.tolist(), series.geometry.files, strict=True))
             for row in table[table["assigned"]].itertuples():
                 try:
-                    frames += self._predict_axial_level(series.series_id, files, table, row, models, timed)
+                    frames += self._predict_axial_level(series, table, row, models, timed)
                 except SeriesError as error:  # an unreadable slice: that level falls back, the series' others stay
                     self.faults.report(study_id, series_id, f"{row.level} not predicted on the axial slices: {error}")
         return frames
 
     def _predict_axial_level(
-        self, series_id: int, files: dict[int, Path], table: pd.DataFrame, row: Any, models: ModelSet, timed: Timed
+        self, series: AxialSeries, table: pd.DataFrame, row: Any, models: ModelSet, timed: Timed
     ) -> list[pd.DataFrame]:
-        """The axial presets' rows of one assigned level, ``row`` of the series' level ``table``, its slices read
-        from ``files`` (instance number -> file)."""
+        """The axial presets' rows of one assigned level, ``row`` of the series' level ``table``; the localisers'
+        points checked against the level's projected sagittal point (``axial_check``)."""
+        series_id = series.series_id
+        files = dict(zip(series.instance_numbers.tolist(), series.geometry.files, strict=True))
         with timed("axial_read"):
             instances = stack_instances(table, series_id, int(row.instance_number), self.pre_cfg)
             slices = [read_slice(files[i]) for i in instances]
@@ -336,11 +338,20 @@ class Inference:
             stack = level_stack(slices, self.pre_cfg.img_size, window)
         with timed("axial_models"):
             level_points = predict_keypoints(stack, models.stage1[LEVEL_VIEW])[0]
+        k = int(np.flatnonzero(series.instance_numbers == int(row.instance_number))[0])
+        level_points, recentred = check_points(
+            level_points,
+            np.array([row.point_x, row.point_y]),
+            (int(row.rows), int(row.columns)),
+            np.array([row.row_mm, row.column_mm]),
+            series.geometry.orientations[k],
+        )
         with timed("axial_crop"):
             spacing = slice_spacings(table, instances)
             crops = level_crops(slices, level_points, spacing, window, self.pre_cfg)
         where = dict(zip(AXIAL_POINT_COLUMNS, level_points.reshape(-1).tolist(), strict=True))
         where.update(level=row.level, instance_number=int(row.instance_number), distance_mm=row.distance_mm)
+        where.update(recentred=recentred)
         level_index = LEVEL_NAMES.index(row.level)
         frames = []
         for preset in models.presets_for(LEVEL_VIEW):

@@ -51,9 +51,6 @@ ORIENTATION_TOLERANCE_DEG = 0.5
 GAP_FACTOR = 1.5
 """A step between neighbouring slices of one orientation larger than this x the median step starts a new block."""
 
-BACK_OF_DISC = 1
-"""Index of the point behind the disc among a Sagittal T2 level's two keypoints (front first: see labels)."""
-
 LEVEL_COLUMNS = SCHEMAS["axial_levels"]
 """Columns of the per-slice level table (``tables/axial_levels.csv``)."""
 
@@ -178,12 +175,15 @@ def middle_slice(geometry: Geometry) -> int:
 
 def sagittal_level_points(keypoints: np.ndarray, geometry: Geometry) -> np.ndarray:
     """(5, 3) world mm of each level's back-of-disc point, from a Sagittal T2 series' (5, 2, 2) relative
-    keypoints (x by columns, y by rows of the image) placed on the series' middle slice."""
+    keypoints (x by columns, y by rows of the image) placed on the series' middle slice: of a level's two points the
+    one with the larger patient y (posterior, LPS), whichever way the image's rows run."""
     k = middle_slice(geometry)
     rows, cols = geometry.shapes[k]
-    back = np.asarray(keypoints, dtype=np.float64)[:, BACK_OF_DISC]
-    g = geometry
-    return pixel_to_world(g.positions[k], g.orientations[k], g.pixel_spacing[k], back[:, 0] * cols, back[:, 1] * rows)
+    points = np.asarray(keypoints, dtype=np.float64)
+    g, x, y = geometry, points[..., 0] * cols, points[..., 1] * rows
+    world = pixel_to_world(g.positions[k], g.orientations[k], g.pixel_spacing[k], x, y)
+    back = np.argmax(world[..., 1], axis=1)
+    return world[np.arange(len(world)), back]
 
 
 @dataclass(frozen=True)
