@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from kaggle_utils.core.constants import LEVEL_SLUGS, SEVERITY_COLUMNS, SEVERITY_WEIGHTS
+from kaggle_utils.core.metric import score_parts
 from kaggle_utils.core.paths import BLEND_FILE
 from kaggle_utils.inference.blend import (
     BLEND_FAMILIES,
@@ -167,3 +168,20 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
         Blend.load(tmp_path / "key.json")
     with pytest.raises(ValueError, match="weight"):
         FamilyBlend(weight=1.5)
+
+
+def test_the_spinal_pair_minimises_the_spinal_and_any_severe_terms_together():
+    """The fitted spinal weight and temperature are the grid's best for spinal + any-severe, scored by the metric."""
+    sagittal, axial, solution = synthetic_oof(seed=0, n_studies=40, sigma=3.0)  # the spinal term alone: (0.75, 2.5)
+    spinal = solution[solution.row_id.str.contains("spinal")]
+    weights, temperatures = (0.0, 0.25, 0.5, 0.75, 1.0), (0.5, 0.7, 1.0, 1.5, 2.5)
+    blend, _ = fit_blend(sagittal, axial, solution, weights, temperatures)
+
+    def joint(weight: float, temperature: float) -> float:
+        families = {"spinal": FamilyBlend(weight, temperature), "subarticular": FamilyBlend(0.0, 1.0)}
+        parts = score_parts(spinal, blend_rows(sagittal, axial, Blend(families)))
+        return parts["spinal"] + parts["any_severe_spinal"]
+
+    grid = {(w, t): joint(w, t) for w in weights for t in temperatures}
+    fitted = blend.families["spinal"]
+    assert grid[fitted.weight, fitted.temperature] == pytest.approx(min(grid.values()))

@@ -5,7 +5,9 @@ combined in log space, ``softmax(((1 - weight) * log p_sagittal + weight * log p
 weighted geometric mean, sharpened when ``temperature < 1`` (blends are under-confident). Optionally the 2nd-place
 team's rule follows: per study, the spinal row with the largest severe probability has it multiplied by
 ``SEVERE_BOOST`` and is renormalised, which helps the any-severe-spinal term. ``fit_blend`` picks the weights and
-temperatures by grid search on out-of-fold predictions, and keeps the boost only when it lowers the score.
+temperatures by grid search on out-of-fold predictions, and keeps the boost only when it lowers the score. The
+spinal family's pair is fit on the spinal term and the any-severe term together: both are computed from the same
+rows, and the any-severe term is a quarter of the score.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import numpy as np
 import pandas as pd
 
 from kaggle_utils.core.constants import CONDITIONS, SEVERITY_COLUMNS, condition_family
-from kaggle_utils.core.metric import EPS, score_parts, weighted_log_loss
+from kaggle_utils.core.metric import EPS, any_severe_spinal, score_parts, weighted_log_loss
 from kaggle_utils.core.paths import Paths
 
 BLEND_FAMILIES: tuple[str, ...] = ("spinal", "subarticular")
@@ -184,6 +186,21 @@ def blend_rows(sagittal: pd.DataFrame, axial: pd.DataFrame, blend: Blend) -> pd.
     return boost_max_severe(out) if blend.severe_boost else out
 
 
+@dataclass(frozen=True)
+class SevereTerm:
+    """The any-severe-spinal term of every spinal row with a sagittal prediction (``rows``: ``row_id, severe_true,
+    sample_weight``; ``sagittal``: their (n, 3) probabilities), the blended rows at positions ``blended`` replaced."""
+
+    rows: pd.DataFrame
+    sagittal: np.ndarray
+    blended: np.ndarray
+
+    def loss(self, probs: np.ndarray) -> float:
+        values = np.clip(self.sagittal / self.sagittal.sum(axis=1, keepdims=True), EPS, 1 - EPS)
+        values[self.blended] = probs
+        return any_severe_spinal(self.rows, values)
+
+
 def _grid_losses(
     sagittal: np.ndarray,
     axial: np.ndarray,
@@ -191,15 +208,26 @@ def _grid_losses(
     sample_weight: np.ndarray,
     weights: np.ndarray,
     temperatures: np.ndarray,
+    severe: SevereTerm | None = None,
 ) -> np.ndarray:
     """(len(weights), len(temperatures)) weighted log losses of the combined rule, as the metric computes them
-    (probabilities clipped to [EPS, 1 - EPS])."""
+    (probabilities clipped to [EPS, 1 - EPS]), plus the any-severe term with ``severe``."""
     losses = np.empty((len(weights), len(temperatures)))
     for i, weight in enumerate(weights):
         for j, temperature in enumerate(temperatures):
-            probs = FamilyBlend(float(weight), float(temperature)).apply(sagittal, axial)
-            losses[i, j] = weighted_log_loss(truth, np.clip(probs, EPS, 1 - EPS), sample_weight)
+            probs = np.clip(FamilyBlend(float(weight), float(temperature)).apply(sagittal, axial), EPS, 1 - EPS)
+            losses[i, j] = weighted_log_loss(truth, probs, sample_weight)
+            losses[i, j] += 0.0 if severe is None else severe.loss(probs)
     return losses
+
+
+def _severe_term(solution: pd.DataFrame, sagittal: pd.DataFrame, blended_ids: pd.Series) -> SevereTerm:
+    """The ``SevereTerm`` of the spinal rows of ``solution`` with a sagittal prediction, ``blended_ids`` blended."""
+    spinal = solution.merge(sagittal, on="row_id")
+    rows = spinal[["row_id", "sample_weight"]].assign(severe_true=spinal[SEVERITY_COLUMNS[2]].to_numpy(float))
+    position = pd.Series(np.arange(len(spinal)), index=spinal["row_id"])
+    probs = spinal[[f"{c}_sag" for c in SEVERITY_COLUMNS]].to_numpy(float)
+    return SevereTerm(rows, probs, position.loc[blended_ids].to_numpy(int))
 
 
 def _fit_family(
@@ -220,8 +248,10 @@ def _fit_family(
     ax = merged[[f"{c}_ax" for c in columns]].to_numpy(float)
     sample_weight = merged["sample_weight"].to_numpy(float)
 
-    losses = _grid_losses(sag, ax, truth, sample_weight, weights, temperatures)
+    severe = _severe_term(solution, sagittal, merged["row_id"]) if family == "spinal" else None
+    losses = _grid_losses(sag, ax, truth, sample_weight, weights, temperatures, severe)
     i, j = np.unravel_index(np.argmin(losses), losses.shape)
+    losses = _grid_losses(sag, ax, truth, sample_weight, weights[i : i + 1], temperatures[j : j + 1])  # family term
     ends = _grid_losses(sag, ax, truth, sample_weight, np.array([0.0, 1.0]), np.array([1.0]))[:, 0]
     fitted = FamilyBlend(weight=float(weights[i]), temperature=float(temperatures[j]))
     return fitted, {
@@ -231,7 +261,7 @@ def _fit_family(
         "temperature": fitted.temperature,
         "sagittal_loss": float(ends[0]),
         "axial_loss": float(ends[1]),
-        "blended_loss": float(losses[i, j]),
+        "blended_loss": float(losses[0, 0]),
     }
 
 
