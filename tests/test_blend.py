@@ -18,6 +18,7 @@ from kaggle_utils.inference.blend import (
     FamilyBlend,
     blend_rows,
     boost_max_severe,
+    distance_shrink,
     fit_blend,
 )
 
@@ -185,3 +186,18 @@ def test_the_spinal_pair_minimises_the_spinal_and_any_severe_terms_together():
     grid = {(w, t): joint(w, t) for w in weights for t in temperatures}
     fitted = blend.families["spinal"]
     assert grid[fitted.weight, fitted.temperature] == pytest.approx(min(grid.values()))
+
+
+def test_the_axial_weight_shrinks_with_the_distance_to_the_slice_plane():
+    """Whole up to the training limit (3 mm), nothing from inference's (5 mm): a 4.9 mm match counts for little."""
+    np.testing.assert_allclose(distance_shrink(np.array([0.5, 3.0, 4.0, 4.9, 6.0]), (3.0, 5.0)), [1, 1, 0.5, 0.05, 0])
+    assert distance_shrink(np.array([4.9]), None) is None
+    ids = ["1_spinal_canal_stenosis_l4_l5", "1_spinal_canal_stenosis_l5_s1"]
+    sagittal = frame(ids, [[0.7, 0.2, 0.1]] * 2)
+    axial = frame(ids, [[0.1, 0.2, 0.7]] * 2).assign(distance_mm=[0.5, 4.9])
+    families = {"spinal": FamilyBlend(0.8, 1.0), "subarticular": FamilyBlend(0.5, 1.0)}
+    near, far = blend_rows(sagittal, axial, Blend(families, distance_mm=(3.0, 5.0)))[COLUMNS].to_numpy()
+    sag, ax = sagittal[COLUMNS].to_numpy()[:1], axial[COLUMNS].to_numpy()[:1]
+    np.testing.assert_allclose(near, FamilyBlend(0.8, 1.0).apply(sag, ax)[0])
+    np.testing.assert_allclose(far, FamilyBlend(0.8 * 0.05, 1.0).apply(sag, ax)[0])
+    assert Blend.from_dict(Blend(families, distance_mm=(3.0, 5.0)).to_dict()).distance_mm == (3.0, 5.0)

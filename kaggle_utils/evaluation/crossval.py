@@ -133,7 +133,11 @@ def cross_validate(
             oracles.append(oracle.predict(*run, desc=f"oracle fold {fold}"))
     joined = _joined(parts)
     print("out of fold: " + joined.summary())
-    blend, report = fit_blend(joined.sagittal, joined.axial, _solution_for(joined.sagittal, targets))
+    # the axial weight whole where the axial models were trained (01's limit), nothing at inference's limit
+    limits = (pre_cfg.axial_max_distance_mm, infer_cfg.axial_max_distance_mm)
+    limits = limits if limits[0] < limits[1] else None
+    solution = _solution_for(joined.sagittal, targets)
+    blend, report = fit_blend(joined.sagittal, joined.axial, solution, distance_mm=limits)
     joined.submission = blend_rows(joined.sagittal, joined.axial, blend)
     oracle = _joined(oracles) if oracles else None
     blended_oracle = None if oracle is None else blend_rows(oracle.sagittal, oracle.axial, blend)

@@ -34,14 +34,17 @@ def axial_series_ids(paths: Paths, split: str) -> dict[int, list[int]]:
 
 def merge_axial(levels: pd.DataFrame, routes: dict[str, dict[str, int]]) -> pd.DataFrame:
     """One axial prediction per row id: each preset's mean over the series (and blocks) imaging the row's level,
-    weighted by distance (``AXIAL_DISTANCE_SCALE_MM``), then the presets routed as ``route`` does."""
+    weighted by distance (``AXIAL_DISTANCE_SCALE_MM``), then the presets routed as ``route`` does; ``distance_mm``
+    is the nearest of those slices' distances to the level's point (the blend shrinks the axial weight with it)."""
     if levels.empty:
-        return pd.DataFrame(columns=["row_id", *SEVERITY_COLUMNS])
+        return pd.DataFrame(columns=["row_id", *SEVERITY_COLUMNS, "distance_mm"])
     weight = np.exp(-levels["distance_mm"].abs().to_numpy(float) / AXIAL_DISTANCE_SCALE_MM)
     weighted = levels[list(SEVERITY_COLUMNS)].mul(weight, axis=0).assign(weight=weight)
     sums = weighted.groupby([levels["row_id"], levels["preset"]]).sum()
     per_preset = sums[list(SEVERITY_COLUMNS)].div(sums["weight"], axis=0).reset_index()
-    return route(per_preset, routes)
+    nearest = levels["distance_mm"].abs().groupby(levels["row_id"]).min()
+    routed = route(per_preset, routes)
+    return routed.assign(distance_mm=routed["row_id"].map(nearest).to_numpy(float))
 
 
 def axial_coverage(placed: pd.DataFrame, study_ids: list[int], axial_series: Mapping[int, list[int]]) -> str:
