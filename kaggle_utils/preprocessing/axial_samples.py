@@ -118,7 +118,9 @@ class _SeriesCache:
         return self.read[series_id]
 
 
-def _sample_rows(row: pd.Series, target: AxialSeries, k: int, clicked: pd.DataFrame, cache: _SeriesCache) -> tuple:
+def _sample_rows(
+    row: pd.Series, target: AxialSeries, k: int, clicked: pd.DataFrame, cache: _SeriesCache
+) -> tuple[list[tuple], int]:
     """The rows of one assigned slice (none when no point is known) and how many of its points were too far."""
     rows_px, cols_px = target.geometry.shapes[k]
     known, far = {}, 0
