@@ -22,7 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -30,9 +30,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from kaggle_utils.core.config import InferConfig, PreprocessConfig
-from kaggle_utils.core.constants import (
-    LEVEL_NAMES,
-)
+from kaggle_utils.core.constants import LEVEL_NAMES, SEVERITY_COLUMNS
 from kaggle_utils.core.faults import FaultLog
 from kaggle_utils.core.labels import condition_rows, level_frame
 from kaggle_utils.core.paths import Paths
@@ -46,8 +44,15 @@ from kaggle_utils.inference.axial_branch import (
     split_axial,
 )
 from kaggle_utils.inference.axial_check import check_points
-from kaggle_utils.inference.blend import Blend, blend_rows, load_blend
-from kaggle_utils.inference.ensemble import ModelSet, model_routes, model_sets, predict_keypoints, predict_levels
+from kaggle_utils.inference.blend import Blend, blend_rows, boost_max_severe, load_blend
+from kaggle_utils.inference.ensemble import (
+    ModelSet,
+    fold_banks,
+    model_routes,
+    model_sets,
+    predict_keypoints,
+    predict_levels,
+)
 from kaggle_utils.inference.submission import (
     Prediction,
     complete_submission,
@@ -157,14 +162,12 @@ class Inference:
         split = str(series["split"].iloc[0]) if len(series) else "test"
         axial_series = axial_series_ids(self.paths, split)
         keypoints, levels = self.predict_table(series, axial_series, desc)
-        routes = model_routes(self.models)
         sagittal_levels, axial_levels = split_axial(levels, self.models)
-        sagittal, axial = route(sagittal_levels, routes), merge_axial(axial_levels, routes)
         placed = axial_points(axial_levels)
         if self.sets[0].presets_for(LEVEL_VIEW):
             print(axial_coverage(placed, study_ids, axial_series))
-        blend = blend or (load_blend(self.paths) if len(axial) else Blend())
-        blended = blend_rows(sagittal, axial, blend)
+        blend = blend or (load_blend(self.paths) if len(axial_levels) else Blend())
+        sagittal, axial, blended = blend_folds(levels, self.models, blend)
         return Prediction(
             submission=complete_submission(blended, study_ids, priors),
             baseline=prior_submission(study_ids, priors),
@@ -277,11 +280,12 @@ class Inference:
             crops = stage2_crops(volume_series, points, row.view, self.pre_cfg, window)
         levels = []
         for preset in models.presets_for(row.view):
-            bank = models.stage2[preset]
-            with timed("classify"):
-                probs = predict_levels(crops, bank, self.infer_cfg.tta_angles)
-            frame = level_frame([row.study_id], [row.series_id], probs[None], condition_rows(bank[0].cfg.condition))
-            levels.append(frame.assign(preset=preset))
+            rows = condition_rows(models.stage2[preset][0].cfg.condition)
+            for fold, bank in fold_banks(models.stage2[preset]).items():
+                with timed("classify"):
+                    probs = predict_levels(crops, bank, self.infer_cfg.tta_angles)
+                frame = level_frame([row.study_id], [row.series_id], probs[None], rows)
+                levels.append(frame.assign(preset=preset, fold=fold))
         return keypoints, levels, (volume_series, points)
 
     # --- the axial branch -----------------------------------------------------------------------------------
@@ -355,13 +359,44 @@ class Inference:
         level_index = LEVEL_NAMES.index(row.level)
         frames = []
         for preset in models.presets_for(LEVEL_VIEW):
-            bank = models.stage2[preset]
-            with timed("axial_models"):
-                probs = predict_levels(crops, bank, self.infer_cfg.tta_angles)
-            rows = condition_rows(bank[0].cfg.condition)
-            frame = level_frame([row.study_id], [series_id], probs[None], rows, [level_index])
-            frames.append(frame.assign(preset=preset, **where))
+            rows = condition_rows(models.stage2[preset][0].cfg.condition)
+            for fold, bank in fold_banks(models.stage2[preset]).items():
+                with timed("axial_models"):
+                    probs = predict_levels(crops, bank, self.infer_cfg.tta_angles)
+                frame = level_frame([row.study_id], [series_id], probs[None], rows, [level_index])
+                frames.append(frame.assign(preset=preset, fold=fold, **where))
         return frames
+
+
+def blend_folds(
+    levels: pd.DataFrame, models: ModelSet | list[ModelSet], blend: Blend
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The sagittal, the axial and the blended prediction per row id of ``predict_table``'s level rows: each fold's
+    models routed and blended on their own, as the blend was fit (on one fold's out-of-fold rows), then the folds
+    averaged; the severe boost, when the blend keeps it, on the average."""
+    routes = model_routes(models)
+    folds = sorted(levels["fold"].unique()) if "fold" in levels and len(levels) else [None]
+    parts = []
+    for fold in folds:
+        part = levels if fold is None else levels[levels["fold"] == fold]
+        sagittal_levels, axial_levels = split_axial(part, models)
+        sagittal, axial = route(sagittal_levels, routes), merge_axial(axial_levels, routes)
+        parts.append((sagittal, axial, blend_rows(sagittal, axial, replace(blend, severe_boost=False))))
+    sagittal, axial, blended = (mean_rows([p[k] for p in parts]) for k in range(3))
+    return sagittal, axial, boost_max_severe(blended) if blend.severe_boost else blended
+
+
+def mean_rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per row id the mean of the frames' probabilities (and ``distance_mm`` where they have it), rows in the order
+    they first appear, each summing to one."""
+    joined = pd.concat(frames, ignore_index=True)
+    columns = [c for c in (*SEVERITY_COLUMNS, "distance_mm") if c in joined]
+    if joined.empty:
+        return joined
+    mean = joined.groupby("row_id", sort=False)[columns].mean().reset_index()
+    probs = mean[list(SEVERITY_COLUMNS)].to_numpy(float)
+    mean[list(SEVERITY_COLUMNS)] = probs / probs.sum(axis=1, keepdims=True)
+    return mean
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:
