@@ -102,6 +102,7 @@ prepared = axial_crops.prepare_training(paths, series, keypoints, cfg)
 axial_levels = prepared.levels
 n_samples = len(prepared.keypoints.groupby(["series_id", "level"]))
 print(f"{prepared.coverage}\n{n_samples} axial localiser samples, {len(prepared.problems)} series failed")
+print(prepared.checks)
 axial_levels[axial_levels["assigned"]].groupby("level").size().rename("series with the level").to_frame().transpose()
 
 # %%

@@ -158,9 +158,12 @@ test.submission.head(10)
 # %%
 if paths.data_file(TEST_LABELS_CSV).exists():
     hidden = competition.targets_table(competition.read_csv(paths, TEST_LABELS_CSV))
-    report["test_score"] = crossval.score_submission(test.submission, hidden)["score"]
-    report["test_sagittal_only_score"] = crossval.score_submission(test.sagittal, hidden)["score"]
+    report["test_terms"] = crossval.score_submission(test.submission, hidden)  # each term, to see what axial adds
+    report["test_sagittal_only_terms"] = crossval.score_submission(test.sagittal, hidden)
+    report["test_score"] = report["test_terms"]["score"]
+    report["test_sagittal_only_score"] = report["test_sagittal_only_terms"]["score"]
     report["test_prior_score"] = crossval.score_submission(test.baseline, hidden)["score"]
+report["test_axial_checks"] = crossval.axial_check_counts(test)
 paths.cv_json.write_text(json.dumps(report, indent=1))
 print(json.dumps(report, indent=1))
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import cv2
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
@@ -18,7 +19,7 @@ from kaggle_utils.evaluation import viz
 from kaggle_utils.io import tables
 from kaggle_utils.io.dicom import Geometry, read_slice
 from kaggle_utils.io.tables import load_table
-from kaggle_utils.preprocessing import axial_crops, axial_levels
+from kaggle_utils.preprocessing import axial_crops, axial_levels, axial_samples
 from kaggle_utils.preprocessing.intensity import intensity_window, resize_slice, to_uint8
 
 SPACING = 0.5  # mm per pixel
@@ -72,6 +73,25 @@ def test_blocks_are_ordered_top_to_bottom_whatever_the_files_and_instance_number
     assert series.instance_numbers.tolist() == [6, 5, 4, 3, 2, 1]  # top to bottom, not by instance number
     assert series.geometry.files[0] == Path("6.dcm")
     np.testing.assert_allclose(series.normals[3], [0.0, np.sin(np.deg2rad(12)), np.cos(np.deg2rad(12))], atol=1e-9)
+
+
+def test_parallel_slabs_a_disc_apart_are_two_blocks_and_a_stack_never_crosses_the_gap() -> None:
+    """One orientation, two slabs of three slices 4 mm apart, 30 mm between them: two blocks, and the bottom slice
+    of the upper slab repeats itself rather than borrow the lower slab's top slice."""
+    series = axial_levels.split_blocks(1, stack([44.0, 40.0, 36.0, 6.0, 2.0, -2.0]))
+    assert series.block.tolist() == [0, 0, 0, 1, 1, 1] and series.index.tolist() == [0, 1, 2, 0, 1, 2]
+    table = axial_levels.level_table(1, points_at([36.0, 6.0]), [series], max_distance_mm=3.0)
+    assert axial_levels.stack_instances(table, 1, 3, PreprocessConfig()) == [1, 2, 3, 3, 3]
+
+
+def test_orientations_are_grouped_by_angle_not_by_rounded_cosines() -> None:
+    """Cosines straddling a rounding step (0.1235 +- 1e-5) are one orientation; 1 degree apart are two."""
+    a = np.array([1.0, 0.0, 0.0, 0.0, np.sqrt(1 - 0.12349**2), 0.12349])
+    b = np.array([1.0, 0.0, 0.0, 0.0, np.sqrt(1 - 0.12351**2), 0.12351])
+    assert axial_levels.orientation_groups(np.stack([a, b, a])).tolist() == [0, 0, 0]
+    assert axial_levels.orientation_groups(np.stack([tilted(7.0), tilted(8.0), tilted(7.2)])).tolist() == [0, 1, 0]
+    series = axial_levels.split_blocks(1, geometry([[0, 0, h] for h in (8.0, 4.0, 0.0)], [a, b, a], [1, 2, 3]))
+    assert series.block.tolist() == [0, 0, 0] and series.instance_numbers.tolist() == [1, 2, 3]
 
 
 def test_non_axial_images_are_dropped_and_named(capsys: pytest.CaptureFixture) -> None:
@@ -140,6 +160,21 @@ def test_sagittal_points_are_placed_on_the_middle_slice() -> None:
     world = axial_levels.sagittal_level_points(keypoints, g)
     expected = [[0.0, -50.0 + 0.5 * 200 * 0.5, 50.0 - 0.1 * (k + 1) * 200 * 0.5] for k in range(5)]
     np.testing.assert_allclose(world, expected)
+
+
+def test_the_back_of_the_disc_is_the_point_with_the_larger_patient_y() -> None:
+    """On a sagittal series whose rows run forwards, the point with the smaller image x is the posterior one."""
+    forwards = np.array([0.0, -1.0, 0.0, 0.0, 0.0, -1.0])  # rows anterior, columns down
+    g = Geometry(
+        positions=np.array([[x, 50.0, 50.0] for x in (-4.0, 0.0, 4.0)]),
+        orientations=np.tile(forwards, (3, 1)),
+        pixel_spacing=np.full((3, 2), 0.5),
+        shapes=np.full((3, 2), 200),
+        instance_numbers=np.array([1, 2, 3]),
+    )
+    keypoints = np.array([[[0.3, 0.1 * (k + 1)], [0.7, 0.1 * (k + 1)]] for k in range(5)])  # ordered by image x
+    world = axial_levels.sagittal_level_points(keypoints, g)
+    np.testing.assert_allclose(world[:, 1], 50.0 - 0.3 * 200 * 0.5)  # the smaller x: 30 mm in front of y = 50
 
 
 def test_synthetic_levels_land_on_the_labelled_axial_slices(tiny_data: Path, prepared: Paths) -> None:
@@ -228,6 +263,18 @@ def test_level_crops_centre_on_the_canal_and_each_recess_and_mirror_the_right_on
     assert (profile["centre"] > 0).sum() >= 2
 
 
+def test_each_slice_is_cropped_with_its_own_size_and_spacing() -> None:
+    """A neighbour with twice the matrix at half the spacing (the same field of view) gives the same crops."""
+    coarse = np.zeros((200, 200), np.float32)
+    coarse[96:104, 126:134] = 100.0  # a 4 mm square at the left point (130, 100) of a 0.5 mm slice
+    fine = cv2.resize(coarse, (400, 400), interpolation=cv2.INTER_NEAREST)
+    points = np.array([[130.0, 100.0], [70.0, 100.0]]) / 200
+    spacing = np.array([[0.5, 0.5], [0.25, 0.25], [0.5, 0.5]])
+    cfg = PreprocessConfig(img_size=80)
+    crops = axial_crops.level_crops([coarse, fine, coarse], points, spacing, (0.0, 100.0), cfg)
+    assert np.abs(crops[:, 1].astype(int) - crops[:, 0].astype(int)).mean() < 2
+
+
 def test_training_crops_are_cut_from_the_true_points(prepared: Paths) -> None:
     levels = tables.load_table(prepared, "axial_levels")
     samples = tables.load_table(prepared, "axial_keypoints")
@@ -242,9 +289,11 @@ def test_training_crops_are_cut_from_the_true_points(prepared: Paths) -> None:
     folder = prepared.series_dir("train", key[0], key[1])
     stack = [read_slice(folder / f"{i}.dcm") for i in instances]
     row = levels[(levels.series_id == key[1]) & (levels.instance_number == key[3])].iloc[0]
-    points = axial_levels.points_by_level(samples)[key[1], sample.level]
+    points = axial_samples.points_by_level(samples)[key[1], sample.level]
     window = intensity_window(stack, PreprocessConfig().percentiles)
-    expected = axial_crops.level_crops(stack, points, np.array([row.row_mm, row.column_mm]), window, PreprocessConfig())
+    spacing = axial_crops.slice_spacings(levels[levels.series_id == key[1]], instances)
+    np.testing.assert_array_equal(spacing[len(spacing) // 2], [row.row_mm, row.column_mm])
+    expected = axial_crops.level_crops(stack, points, spacing, window, PreprocessConfig())
     np.testing.assert_array_equal(crops, expected)
 
 

@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 
 from kaggle_utils.core.constants import LEVEL_SLUGS, SEVERITY_COLUMNS, SEVERITY_WEIGHTS
+from kaggle_utils.core.metric import score_parts
 from kaggle_utils.core.paths import BLEND_FILE
 from kaggle_utils.inference.blend import (
     BLEND_FAMILIES,
@@ -17,6 +18,7 @@ from kaggle_utils.inference.blend import (
     FamilyBlend,
     blend_rows,
     boost_max_severe,
+    distance_shrink,
     fit_blend,
 )
 
@@ -167,3 +169,35 @@ def test_save_load_round_trip_and_bad_files(tmp_path):
         Blend.load(tmp_path / "key.json")
     with pytest.raises(ValueError, match="weight"):
         FamilyBlend(weight=1.5)
+
+
+def test_the_spinal_pair_minimises_the_spinal_and_any_severe_terms_together():
+    """The fitted spinal weight and temperature are the grid's best for spinal + any-severe, scored by the metric."""
+    sagittal, axial, solution = synthetic_oof(seed=0, n_studies=40, sigma=3.0)  # the spinal term alone: (0.75, 2.5)
+    spinal = solution[solution.row_id.str.contains("spinal")]
+    weights, temperatures = (0.0, 0.25, 0.5, 0.75, 1.0), (0.5, 0.7, 1.0, 1.5, 2.5)
+    blend, _ = fit_blend(sagittal, axial, solution, weights, temperatures)
+
+    def joint(weight: float, temperature: float) -> float:
+        families = {"spinal": FamilyBlend(weight, temperature), "subarticular": FamilyBlend(0.0, 1.0)}
+        parts = score_parts(spinal, blend_rows(sagittal, axial, Blend(families)))
+        return parts["spinal"] + parts["any_severe_spinal"]
+
+    grid = {(w, t): joint(w, t) for w in weights for t in temperatures}
+    fitted = blend.families["spinal"]
+    assert grid[fitted.weight, fitted.temperature] == pytest.approx(min(grid.values()))
+
+
+def test_the_axial_weight_shrinks_with_the_distance_to_the_slice_plane():
+    """Whole up to the training limit (3 mm), nothing from inference's (5 mm): a 4.9 mm match counts for little."""
+    np.testing.assert_allclose(distance_shrink(np.array([0.5, 3.0, 4.0, 4.9, 6.0]), (3.0, 5.0)), [1, 1, 0.5, 0.05, 0])
+    assert distance_shrink(np.array([4.9]), None) is None
+    ids = ["1_spinal_canal_stenosis_l4_l5", "1_spinal_canal_stenosis_l5_s1"]
+    sagittal = frame(ids, [[0.7, 0.2, 0.1]] * 2)
+    axial = frame(ids, [[0.1, 0.2, 0.7]] * 2).assign(distance_mm=[0.5, 4.9])
+    families = {"spinal": FamilyBlend(0.8, 1.0), "subarticular": FamilyBlend(0.5, 1.0)}
+    near, far = blend_rows(sagittal, axial, Blend(families, distance_mm=(3.0, 5.0)))[COLUMNS].to_numpy()
+    sag, ax = sagittal[COLUMNS].to_numpy()[:1], axial[COLUMNS].to_numpy()[:1]
+    np.testing.assert_allclose(near, FamilyBlend(0.8, 1.0).apply(sag, ax)[0])
+    np.testing.assert_allclose(far, FamilyBlend(0.8 * 0.05, 1.0).apply(sag, ax)[0])
+    assert Blend.from_dict(Blend(families, distance_mm=(3.0, 5.0)).to_dict()).distance_mm == (3.0, 5.0)

@@ -226,6 +226,7 @@ def test_an_image_of_another_plane_is_left_out_by_the_majority(tmp_path: Path) -
     assert series.dropped == (f"{tmp_path / 'series' / '1.dcm'}: an image in the axial plane among sagittal slices",)
     geometry = dicom.read_geometry(tmp_path / "series")
     assert len(geometry) == 5 and geometry.dropped == series.dropped
+    assert dicom.stray_images([*series.dropped, f"{tmp_path}/2.dcm: an empty file"]) == 1  # counted apart
 
 
 def test_a_series_with_no_image_is_refused(tmp_path: Path) -> None:

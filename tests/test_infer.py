@@ -22,7 +22,7 @@ from kaggle_utils.core.presets import FULL_PRESETS, preset_routes
 from kaggle_utils.dev import bench_infer
 from kaggle_utils.inference import axial_branch, ensemble, run
 from kaggle_utils.inference.axial_branch import AXIAL_DISTANCE_SCALE_MM, merge_axial
-from kaggle_utils.inference.blend import Blend
+from kaggle_utils.inference.blend import Blend, FamilyBlend
 from kaggle_utils.inference.ensemble import load_models_on
 from kaggle_utils.inference.run import Inference, StageTimer, split_by_study
 from kaggle_utils.inference.submission import (
@@ -196,10 +196,34 @@ def test_axial_rows_of_several_series_are_averaged_by_distance() -> None:
     ]
     merged = merge_axial(pd.DataFrame(rows), preset_routes([FULL_PRESETS["ax"]])).set_index("row_id")
     near, far = 1.0, np.exp(-2.0 / AXIAL_DISTANCE_SCALE_MM)  # the nearer slice counts e times more
-    spinal = merged.loc["1_spinal_canal_stenosis_l4_l5"].tolist()
+    spinal = merged.loc["1_spinal_canal_stenosis_l4_l5", list(SEVERITY_COLUMNS)].tolist()
     assert spinal == pytest.approx([near / (near + far), far / (near + far), 0.0])
-    assert merged.loc["1_left_subarticular_stenosis_l4_l5"].tolist() == pytest.approx([0.0, 0.0, 1.0])
+    assert merged.loc["1_left_subarticular_stenosis_l4_l5", list(SEVERITY_COLUMNS)].tolist() == pytest.approx([0, 0, 1])
+    assert merged["distance_mm"].sort_index().tolist() == [4.0, 0.0]  # the nearest slice's, for the blend
     assert merge_axial(pd.DataFrame(), {}).empty
+
+
+def test_each_fold_is_blended_before_the_folds_are_averaged() -> None:
+    """The blend is fit on one fold's rows: the test ensemble blends each fold's sagittal and axial rows, then
+    averages, which differs from blending the averages when the temperature is not 1."""
+    fake = {name: FULL_PRESETS[name] for name in ("sp1", "ax")}
+    models = ensemble.ModelSet(
+        stage2={name: [ensemble.LoadedModel(None, cfg, None, fold) for fold in (0, 1)] for name, cfg in fake.items()}
+    )
+    spinal = "spinal_canal_stenosis_l4_l5"
+    per_fold = {0: ((0.8, 0.1, 0.1), (0.2, 0.2, 0.6)), 1: ((0.3, 0.4, 0.3), (0.6, 0.3, 0.1))}
+    rows = []
+    for fold, (sagittal, axial) in per_fold.items():
+        rows.append({**level_rows("sp1", spinal, sagittal), "fold": fold})
+        rows.append({**level_rows("ax", spinal, axial), "fold": fold, "distance_mm": 0.0})
+    blend = Blend({"spinal": FamilyBlend(0.5, 0.7), "subarticular": FamilyBlend(0.5, 1.0)})
+    sagittal, axial, blended = run.blend_folds(pd.DataFrame(rows), models, blend)
+    expected = np.mean([FamilyBlend(0.5, 0.7).apply(np.array([s]), np.array([a]))[0] for s, a in per_fold.values()], 0)
+    np.testing.assert_allclose(blended[list(SEVERITY_COLUMNS)].to_numpy()[0], expected)
+    np.testing.assert_allclose(sagittal[list(SEVERITY_COLUMNS)].to_numpy()[0], [0.55, 0.25, 0.2])
+    columns = list(SEVERITY_COLUMNS)
+    averaged = FamilyBlend(0.5, 0.7).apply(sagittal[columns].to_numpy(), axial[columns].to_numpy())
+    assert not np.allclose(averaged[0], expected)  # blending the averages would give something else
 
 
 def test_a_study_without_axial_series_keeps_its_sagittal_rows(tiny_data: Path, tmp_path: Path) -> None:

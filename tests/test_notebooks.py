@@ -91,6 +91,15 @@ def test_pipeline_runs_end_to_end(tiny_data, tmp_path):
         "sagittal_only_score",
     ):
         assert np.isfinite(report[key]), key
+    counts = {
+        "one_sided_samples",
+        "samples_dropped_by_slice_check",
+        "points_dropped_by_slice_check",
+        "levels_recentred",
+        "stray_images_dropped",
+    }
+    assert set(report["axial_checks"]) == counts and set(report["test_axial_checks"]) < counts
+    assert report["axial_checks"]["one_sided_samples"] >= 1  # a level of the two-pass study lacks one grade
     for view in ("t1", "t2", "axial"):  # the localisers on the held-out folds, as other tools read them
         assert set(report["stage1"][view]) == {"mean_px", "within_5px", "within_1pct", "within_5pct"}
     assert (work / "figures" / "worst_localisation.png").exists()

@@ -62,7 +62,7 @@ def score_parts(
         if rows.any():
             parts[family] = weighted_log_loss(truth[rows], probs[rows], weights[rows])
     if "spinal" in parts:
-        parts["any_severe_spinal"] = any_severe_scalar * _any_severe_spinal(
+        parts["any_severe_spinal"] = any_severe_scalar * any_severe_spinal(
             merged[families == "spinal"], probs[families == "spinal"], row_id_column_name
         )
     parts["score"] = float(np.mean(list(parts.values())))
@@ -92,7 +92,9 @@ def weighted_log_loss(truth: np.ndarray, probs: np.ndarray, weights: np.ndarray)
     return float((weights * per_row).sum() / weights.sum())
 
 
-def _any_severe_spinal(spinal: pd.DataFrame, probs: np.ndarray, row_id_column_name: str) -> float:
+def any_severe_spinal(spinal: pd.DataFrame, probs: np.ndarray, row_id_column_name: str = "row_id") -> float:
+    """The any-severe-spinal term of ``spinal`` rows (``row_id``, ``severe_true``, ``sample_weight``) under their
+    (rows, 3) probabilities: per study, "any level is Severe" against the largest severe probability."""
     study = spinal[row_id_column_name].str.split("_").str[0].to_numpy()
     frame = pd.DataFrame(
         {

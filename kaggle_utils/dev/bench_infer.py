@@ -38,7 +38,7 @@ from kaggle_utils.io import competition, tables
 from kaggle_utils.io.dicom import read_header
 from kaggle_utils.models.checkpoints import half_precision_copy, save_checkpoint
 from kaggle_utils.models.networks import build_model
-from kaggle_utils.preprocessing import axial_levels
+from kaggle_utils.preprocessing import axial_levels, axial_samples
 
 # --- inference benchmark -------------------------------------------------------------------------
 STAGES: dict[str, str] = {
@@ -275,7 +275,7 @@ def _mean_points(keypoints: pd.DataFrame) -> np.ndarray:
 def _mean_axial_points(data_paths: Paths, series: pd.DataFrame, truth: pd.DataFrame) -> np.ndarray:
     """(2, 2) mean left and right subarticular points of the levels the true Sagittal T2 keypoints assign."""
     levels, _ = axial_levels.build_level_table(data_paths, "train", series, truth, 3.0, progress=False)
-    samples = axial_levels.points_by_level(axial_levels.keypoints_table(data_paths, levels))
+    samples = axial_samples.points_by_level(axial_samples.keypoints_table(data_paths, levels)[0])
     return np.mean(list(samples.values()), axis=0) if samples else np.array([[0.55, 0.5], [0.45, 0.5]])
 
 

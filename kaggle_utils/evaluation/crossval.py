@@ -21,13 +21,14 @@ from kaggle_utils.core.metric import score_parts, solution_from_targets
 from kaggle_utils.core.paths import Paths
 from kaggle_utils.core.presets import FULL_PRESETS
 from kaggle_utils.core.views import LEVEL_VIEW, view_named
+from kaggle_utils.inference.axial_branch import levels_recentred
 from kaggle_utils.inference.blend import Blend, blend_rows, fit_blend
 from kaggle_utils.inference.ensemble import load_models
 from kaggle_utils.inference.run import Inference
 from kaggle_utils.inference.submission import Prediction, label_priors
-from kaggle_utils.io.dicom import read_series
+from kaggle_utils.io.dicom import read_series, stray_images
 from kaggle_utils.io.tables import load_table, points_by_series, series_points
-from kaggle_utils.preprocessing.axial_levels import SIDES
+from kaggle_utils.preprocessing.axial_samples import SIDES
 from kaggle_utils.preprocessing.intensity import intensity_window
 from kaggle_utils.preprocessing.sagittal import stage1_volume, stage2_crops
 
@@ -141,7 +142,11 @@ def cross_validate(
             oracles.append(oracle.predict(*run, desc=f"oracle fold {fold}"))
     joined = _joined(parts)
     print("out of fold: " + joined.summary())
-    blend, report = fit_blend(joined.sagittal, joined.axial, _solution_for(joined.sagittal, targets))
+    # the axial weight whole where the axial models were trained (01's limit), nothing at inference's limit
+    limits = (pre_cfg.axial_max_distance_mm, infer_cfg.axial_max_distance_mm)
+    limits = limits if limits[0] < limits[1] else None
+    solution = _solution_for(joined.sagittal, targets)
+    blend, report = fit_blend(joined.sagittal, joined.axial, solution, distance_mm=limits)
     joined.submission = blend_rows(joined.sagittal, joined.axial, blend)
     oracle = _joined(oracles) if oracles else None
     blended_oracle = None if oracle is None else blend_rows(oracle.sagittal, oracle.axial, blend)
@@ -184,6 +189,7 @@ def evaluate(
         name: side_terms(submission, targets)
         for name, submission in (("model", cv.submission), ("oracle", cv.oracle), ("priors", cv.baseline))
     }
+    entries["axial_checks"] = axial_check_counts(cv.prediction, paths)
     submissions = {
         "sagittal only": cv.prediction.sagittal,
         "with axial (OOF)": cv.submission,
@@ -191,6 +197,23 @@ def evaluate(
         "class priors": cv.baseline,
     }
     return Evaluation(cv, errors, score_table(submissions, targets), entries)
+
+
+def axial_check_counts(prediction: Prediction, paths: Paths | None = None) -> dict[str, int]:
+    """The ``cv.json`` counts of what the real data's patterns cost: levels whose localiser points inference
+    recentred and images of another plane left out of the series it read; with ``paths``, the training samples with
+    one side estimated and those dropped by the slice check (01's ``axial_checks`` table)."""
+    counts = {}
+    if paths is not None and paths.table("axial_checks").exists():
+        checks = load_table(paths, "axial_checks")
+        counts = {
+            "one_sided_samples": int(checks["one_sided"].sum()),
+            "samples_dropped_by_slice_check": int(checks["dropped"].sum()),
+            "points_dropped_by_slice_check": int(checks["far_points"].sum()),
+        }
+    counts["levels_recentred"] = levels_recentred(prediction.axial_points)
+    counts["stray_images_dropped"] = stray_images(prediction.faults["message"].tolist())
+    return counts
 
 
 def _joined(parts: list[Prediction]) -> Prediction:
@@ -218,7 +241,8 @@ def point_errors(predicted: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
 def level_point_errors(oof: pd.DataFrame, samples: pd.DataFrame, view: str = LEVEL_VIEW) -> pd.DataFrame:
     """``point_errors`` of a localiser per level (its OOF rows ``series_id, level, point, relative_x, relative_y``)
     against its samples (``axial_keypoints``: point 0 is the left one, 1 the right)."""
-    truth = samples.assign(point=samples["side"].map({side: k for k, side in enumerate(SIDES)}))
+    labelled = samples[samples["labelled"].astype(bool)] if "labelled" in samples else samples  # not the estimated
+    truth = labelled.assign(point=labelled["side"].map({side: k for k, side in enumerate(SIDES)}))
     joined = oof.merge(truth, on=["series_id", "level", "point"], suffixes=("", "_true"))
     dx = (joined["relative_x"] - joined["relative_x_true"]).abs()
     dy = (joined["relative_y"] - joined["relative_y_true"]).abs()

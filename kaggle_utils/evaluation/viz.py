@@ -26,11 +26,11 @@ from kaggle_utils.preprocessing.axial_levels import (
     axial_series_table,
     match_levels,
     middle_slice,
-    points_by_level,
     sagittal_level_points,
     study_axial_series,
     t2_series_with_points,
 )
+from kaggle_utils.preprocessing.axial_samples import points_by_level
 
 if TYPE_CHECKING:  # viz draws what crossval gathers; it needs its types only
     from kaggle_utils.evaluation.crossval import MissedSeries

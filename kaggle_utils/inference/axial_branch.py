@@ -34,14 +34,17 @@ def axial_series_ids(paths: Paths, split: str) -> dict[int, list[int]]:
 
 def merge_axial(levels: pd.DataFrame, routes: dict[str, dict[str, int]]) -> pd.DataFrame:
     """One axial prediction per row id: each preset's mean over the series (and blocks) imaging the row's level,
-    weighted by distance (``AXIAL_DISTANCE_SCALE_MM``), then the presets routed as ``route`` does."""
+    weighted by distance (``AXIAL_DISTANCE_SCALE_MM``), then the presets routed as ``route`` does; ``distance_mm``
+    is the nearest of those slices' distances to the level's point (the blend shrinks the axial weight with it)."""
     if levels.empty:
-        return pd.DataFrame(columns=["row_id", *SEVERITY_COLUMNS])
+        return pd.DataFrame(columns=["row_id", *SEVERITY_COLUMNS, "distance_mm"])
     weight = np.exp(-levels["distance_mm"].abs().to_numpy(float) / AXIAL_DISTANCE_SCALE_MM)
     weighted = levels[list(SEVERITY_COLUMNS)].mul(weight, axis=0).assign(weight=weight)
     sums = weighted.groupby([levels["row_id"], levels["preset"]]).sum()
     per_preset = sums[list(SEVERITY_COLUMNS)].div(sums["weight"], axis=0).reset_index()
-    return route(per_preset, routes)
+    nearest = levels["distance_mm"].abs().groupby(levels["row_id"]).min()
+    routed = route(per_preset, routes)
+    return routed.assign(distance_mm=routed["row_id"].map(nearest).to_numpy(float))
 
 
 def axial_coverage(placed: pd.DataFrame, study_ids: list[int], axial_series: Mapping[int, list[int]]) -> str:
@@ -51,14 +54,20 @@ def axial_coverage(placed: pd.DataFrame, study_ids: list[int], axial_series: Map
     without = sum(1 for s in study_ids if not axial_series.get(s))
     return (
         f"axial branch: {len(levels)} of {len(LEVEL_NAMES) * len(study_ids)} levels of {len(study_ids)} studies on an "
-        f"axial slice, {without} of the studies without an Axial T2 series (the sagittal prediction stands elsewhere)"
+        f"axial slice, {without} of the studies without an Axial T2 series (the sagittal prediction stands elsewhere); "
+        f"{levels_recentred(placed)} assigned slices' localiser points recentred on the sagittal canal point"
     )
 
 
+def levels_recentred(placed: pd.DataFrame) -> int:
+    """How many of the placed levels (``axial_points``) had their localiser points recentred (``axial_check``)."""
+    return int(placed["recentred"].astype(bool).sum()) if "recentred" in placed else 0
+
+
 def axial_points(axial_levels: pd.DataFrame) -> pd.DataFrame:
-    """One row per axial level a series imaged: ``study_id, series_id, level, instance_number, distance_mm`` and the
-    localisers' points (``AXIAL_POINT_COLUMNS``)."""
-    columns = ["study_id", "series_id", "level", "instance_number", "distance_mm", *AXIAL_POINT_COLUMNS]
+    """One row per axial level a series imaged: ``study_id, series_id, level, instance_number, distance_mm``, the
+    localisers' points (``AXIAL_POINT_COLUMNS``) and whether they were ``recentred``."""
+    columns = ["study_id", "series_id", "level", "instance_number", "distance_mm", *AXIAL_POINT_COLUMNS, "recentred"]
     if axial_levels.empty:
         return pd.DataFrame(columns=columns)
     return axial_levels[columns].drop_duplicates(["series_id", "level", "instance_number"]).reset_index(drop=True)

@@ -148,6 +148,15 @@ def predict_levels(crops: np.ndarray, models: list[LoadedModel], angles: tuple[f
     return np.mean(predictions, axis=0)
 
 
+def fold_banks(models: list[LoadedModel]) -> dict[int, list[LoadedModel]]:
+    """A preset's models grouped by fold, folds in order: each fold's prediction is blended before they are averaged
+    (the blend is fit on one fold's out-of-fold rows)."""
+    banks: dict[int, list[LoadedModel]] = {}
+    for loaded in sorted(models, key=lambda m: m.fold):
+        banks.setdefault(loaded.fold, []).append(loaded)
+    return banks
+
+
 def model_routes(models: ModelSet | Sequence[ModelSet]) -> dict[str, dict[str, int]]:
     """The routing of a model set's stage-2 presets, from the configs their sidecars hold."""
     return preset_routes(bank[0].cfg for bank in model_sets(models)[0].stage2.values())

@@ -22,8 +22,7 @@ from collections import defaultdict
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import AbstractContextManager, contextmanager
-from dataclasses import dataclass, field
-from pathlib import Path
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -31,9 +30,7 @@ import pandas as pd
 from tqdm.auto import tqdm
 
 from kaggle_utils.core.config import InferConfig, PreprocessConfig
-from kaggle_utils.core.constants import (
-    LEVEL_NAMES,
-)
+from kaggle_utils.core.constants import LEVEL_NAMES, SEVERITY_COLUMNS
 from kaggle_utils.core.faults import FaultLog
 from kaggle_utils.core.labels import condition_rows, level_frame
 from kaggle_utils.core.paths import Paths
@@ -46,8 +43,16 @@ from kaggle_utils.inference.axial_branch import (
     merge_axial,
     split_axial,
 )
-from kaggle_utils.inference.blend import Blend, blend_rows, load_blend
-from kaggle_utils.inference.ensemble import ModelSet, model_routes, model_sets, predict_keypoints, predict_levels
+from kaggle_utils.inference.axial_check import check_points
+from kaggle_utils.inference.blend import Blend, blend_rows, boost_max_severe, load_blend
+from kaggle_utils.inference.ensemble import (
+    ModelSet,
+    fold_banks,
+    model_routes,
+    model_sets,
+    predict_keypoints,
+    predict_levels,
+)
 from kaggle_utils.inference.submission import (
     Prediction,
     complete_submission,
@@ -57,8 +62,9 @@ from kaggle_utils.inference.submission import (
 )
 from kaggle_utils.io.dicom import Series, SeriesError, read_series, read_slice
 from kaggle_utils.io.tables import points_frame
-from kaggle_utils.preprocessing.axial_crops import level_crops, level_stack
+from kaggle_utils.preprocessing.axial_crops import level_crops, level_stack, slice_spacings
 from kaggle_utils.preprocessing.axial_levels import (
+    AxialSeries,
     level_table,
     read_axial_series,
     sagittal_level_points,
@@ -156,14 +162,12 @@ class Inference:
         split = str(series["split"].iloc[0]) if len(series) else "test"
         axial_series = axial_series_ids(self.paths, split)
         keypoints, levels = self.predict_table(series, axial_series, desc)
-        routes = model_routes(self.models)
         sagittal_levels, axial_levels = split_axial(levels, self.models)
-        sagittal, axial = route(sagittal_levels, routes), merge_axial(axial_levels, routes)
         placed = axial_points(axial_levels)
         if self.sets[0].presets_for(LEVEL_VIEW):
             print(axial_coverage(placed, study_ids, axial_series))
-        blend = blend or (load_blend(self.paths) if len(axial) else Blend())
-        blended = blend_rows(sagittal, axial, blend)
+        blend = blend or (load_blend(self.paths) if len(axial_levels) else Blend())
+        sagittal, axial, blended = blend_folds(levels, self.models, blend)
         return Prediction(
             submission=complete_submission(blended, study_ids, priors),
             baseline=prior_submission(study_ids, priors),
@@ -276,11 +280,12 @@ class Inference:
             crops = stage2_crops(volume_series, points, row.view, self.pre_cfg, window)
         levels = []
         for preset in models.presets_for(row.view):
-            bank = models.stage2[preset]
-            with timed("classify"):
-                probs = predict_levels(crops, bank, self.infer_cfg.tta_angles)
-            frame = level_frame([row.study_id], [row.series_id], probs[None], condition_rows(bank[0].cfg.condition))
-            levels.append(frame.assign(preset=preset))
+            rows = condition_rows(models.stage2[preset][0].cfg.condition)
+            for fold, bank in fold_banks(models.stage2[preset]).items():
+                with timed("classify"):
+                    probs = predict_levels(crops, bank, self.infer_cfg.tta_angles)
+                frame = level_frame([row.study_id], [row.series_id], probs[None], rows)
+                levels.append(frame.assign(preset=preset, fold=fold))
         return keypoints, levels, (volume_series, points)
 
     # --- the axial branch -----------------------------------------------------------------------------------
@@ -315,19 +320,20 @@ class Inference:
             for line in series.geometry.dropped:
                 self.faults.report(study_id, series_id, f"axial slice left out: {line}")
             table = level_table(study_id, points, [series], self.infer_cfg.axial_max_distance_mm)
-            files = dict(zip(series.instance_numbers.tolist(), series.geometry.files, strict=True))
             for row in table[table["assigned"]].itertuples():
                 try:
-                    frames += self._predict_axial_level(series.series_id, files, table, row, models, timed)
+                    frames += self._predict_axial_level(series, table, row, models, timed)
                 except SeriesError as error:  # an unreadable slice: that level falls back, the series' others stay
                     self.faults.report(study_id, series_id, f"{row.level} not predicted on the axial slices: {error}")
         return frames
 
     def _predict_axial_level(
-        self, series_id: int, files: dict[int, Path], table: pd.DataFrame, row: Any, models: ModelSet, timed: Timed
+        self, series: AxialSeries, table: pd.DataFrame, row: Any, models: ModelSet, timed: Timed
     ) -> list[pd.DataFrame]:
-        """The axial presets' rows of one assigned level, ``row`` of the series' level ``table``, its slices read
-        from ``files`` (instance number -> file)."""
+        """The axial presets' rows of one assigned level, ``row`` of the series' level ``table``; the localisers'
+        points checked against the level's projected sagittal point (``axial_check``)."""
+        series_id = series.series_id
+        files = dict(zip(series.instance_numbers.tolist(), series.geometry.files, strict=True))
         with timed("axial_read"):
             instances = stack_instances(table, series_id, int(row.instance_number), self.pre_cfg)
             slices = [read_slice(files[i]) for i in instances]
@@ -336,21 +342,61 @@ class Inference:
             stack = level_stack(slices, self.pre_cfg.img_size, window)
         with timed("axial_models"):
             level_points = predict_keypoints(stack, models.stage1[LEVEL_VIEW])[0]
+        k = int(np.flatnonzero(series.instance_numbers == int(row.instance_number))[0])
+        level_points, recentred = check_points(
+            level_points,
+            np.array([row.point_x, row.point_y]),
+            (int(row.rows), int(row.columns)),
+            np.array([row.row_mm, row.column_mm]),
+            series.geometry.orientations[k],
+        )
         with timed("axial_crop"):
-            spacing = np.array([row.row_mm, row.column_mm])
+            spacing = slice_spacings(table, instances)
             crops = level_crops(slices, level_points, spacing, window, self.pre_cfg)
         where = dict(zip(AXIAL_POINT_COLUMNS, level_points.reshape(-1).tolist(), strict=True))
         where.update(level=row.level, instance_number=int(row.instance_number), distance_mm=row.distance_mm)
+        where.update(recentred=recentred)
         level_index = LEVEL_NAMES.index(row.level)
         frames = []
         for preset in models.presets_for(LEVEL_VIEW):
-            bank = models.stage2[preset]
-            with timed("axial_models"):
-                probs = predict_levels(crops, bank, self.infer_cfg.tta_angles)
-            rows = condition_rows(bank[0].cfg.condition)
-            frame = level_frame([row.study_id], [series_id], probs[None], rows, [level_index])
-            frames.append(frame.assign(preset=preset, **where))
+            rows = condition_rows(models.stage2[preset][0].cfg.condition)
+            for fold, bank in fold_banks(models.stage2[preset]).items():
+                with timed("axial_models"):
+                    probs = predict_levels(crops, bank, self.infer_cfg.tta_angles)
+                frame = level_frame([row.study_id], [series_id], probs[None], rows, [level_index])
+                frames.append(frame.assign(preset=preset, fold=fold, **where))
         return frames
+
+
+def blend_folds(
+    levels: pd.DataFrame, models: ModelSet | list[ModelSet], blend: Blend
+) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    """The sagittal, the axial and the blended prediction per row id of ``predict_table``'s level rows: each fold's
+    models routed and blended on their own, as the blend was fit (on one fold's out-of-fold rows), then the folds
+    averaged; the severe boost, when the blend keeps it, on the average."""
+    routes = model_routes(models)
+    folds = sorted(levels["fold"].unique()) if "fold" in levels and len(levels) else [None]
+    parts = []
+    for fold in folds:
+        part = levels if fold is None else levels[levels["fold"] == fold]
+        sagittal_levels, axial_levels = split_axial(part, models)
+        sagittal, axial = route(sagittal_levels, routes), merge_axial(axial_levels, routes)
+        parts.append((sagittal, axial, blend_rows(sagittal, axial, replace(blend, severe_boost=False))))
+    sagittal, axial, blended = (mean_rows([p[k] for p in parts]) for k in range(3))
+    return sagittal, axial, boost_max_severe(blended) if blend.severe_boost else blended
+
+
+def mean_rows(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    """Per row id the mean of the frames' probabilities (and ``distance_mm`` where they have it), rows in the order
+    they first appear, each summing to one."""
+    joined = pd.concat(frames, ignore_index=True)
+    columns = [c for c in (*SEVERITY_COLUMNS, "distance_mm") if c in joined]
+    if joined.empty:
+        return joined
+    mean = joined.groupby("row_id", sort=False)[columns].mean().reset_index()
+    probs = mean[list(SEVERITY_COLUMNS)].to_numpy(float)
+    mean[list(SEVERITY_COLUMNS)] = probs / probs.sum(axis=1, keepdims=True)
+    return mean
 
 
 def _concat(frames: list[pd.DataFrame]) -> pd.DataFrame:

@@ -40,6 +40,7 @@ __all__ = [
     "read_series",
     "read_slice",
     "slice_normal",
+    "stray_images",
     "world_to_pixel",
 ]
 
@@ -53,6 +54,10 @@ PLANE_NAMES = ("sagittal", "coronal", "axial")
 _MIN_SINE = 0.5
 """ImageOrientationPatient's row and column directions must be this far from parallel (sine of their angle; they
 should be perpendicular): below it the orientation places the slice nowhere."""
+
+
+_OFF_PLANE = "plane among"
+"""The words naming, in a series' ``dropped`` lines, an image of another plane than the series' majority."""
 
 
 class SeriesError(RuntimeError):
@@ -367,9 +372,14 @@ def majority_plane(orientations: Sequence[np.ndarray], files: Sequence[Path]) ->
     keep = np.array([p == majority for p in planes], dtype=bool)
     pairs = zip(files, planes, strict=True)
     lines = [
-        f"{file}: an image in the {plane} plane among {majority} slices" for file, plane in pairs if plane != majority
+        f"{file}: an image in the {plane} {_OFF_PLANE} {majority} slices" for file, plane in pairs if plane != majority
     ]
     return keep, lines
+
+
+def stray_images(lines: Sequence[str]) -> int:
+    """How many of some ``dropped`` lines (or fault messages quoting them) name an image of another plane."""
+    return sum(_OFF_PLANE in str(line) for line in lines)
 
 
 def read_series(folder: Path) -> Series:

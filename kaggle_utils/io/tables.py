@@ -37,9 +37,32 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     "targets": ("study_id", *LABEL_COLUMNS),
     "keypoints": ("study_id", "series_id", "view", "level", "side", "relative_x", "relative_y", "source"),
     # one row per Axial T2 slice (kaggle_utils/axial.py): the nearest level and whether it is that level's slice
-    "axial_levels": ("study_id", "series_id", "instance_number", "block", "index", "level", "distance_mm", "assigned"),
-    # the axial localiser's samples: a level's assigned slice and the two subarticular points clicked on that series
-    "axial_keypoints": ("study_id", "series_id", "level", "instance_number", "side", "relative_x", "relative_y"),
+    "axial_levels": (
+        "study_id",
+        "series_id",
+        "instance_number",
+        "block",
+        "index",
+        "level",
+        "distance_mm",
+        "assigned",
+        "point_x",
+        "point_y",
+    ),
+    # the axial samples: a level's assigned slice and its two subarticular points carried onto it (labelled False: the
+    # side estimated from the other one, see preprocessing/axial_samples.py)
+    "axial_keypoints": (
+        "study_id",
+        "series_id",
+        "level",
+        "instance_number",
+        "side",
+        "relative_x",
+        "relative_y",
+        "labelled",
+    ),
+    # per study, what the axial samples kept and left out (preprocessing/axial_samples.py)
+    "axial_checks": ("study_id", "samples", "one_sided", "far_points", "dropped"),
     # round 2 (kaggle_utils/denoise.py, notebooks/05_denoise)
     "noisy_labels": ("study_id", "row_id", "condition", "level", "label", "prob_label", "suggested", "score", "noisy"),
     "pseudo_labels": ("study_id", "row_id", *SEVERITY_COLUMNS),

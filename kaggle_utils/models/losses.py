@@ -45,9 +45,14 @@ def pseudo_label_loss(
     return (1.0 - pseudo_weight) * label_loss + pseudo_weight * weighted_soft_cross_entropy(logits, pseudo)
 
 
-def keypoint_l1(pred: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """Mean absolute error between predicted and true relative keypoints (any shapes with equal size)."""
-    return F.l1_loss(pred.float(), target.reshape(pred.shape).float())
+def keypoint_l1(pred: torch.Tensor, target: torch.Tensor, known: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean absolute error between predicted and true relative keypoints (any shapes with equal size); with ``known``
+    ((B, K) bool, the points as (B, K, 2)) only over the known points (0 when none is)."""
+    if known is None:
+        return F.l1_loss(pred.float(), target.reshape(pred.shape).float())
+    error = (pred.float() - target.reshape(pred.shape).float()).abs().reshape(*known.shape, -1)
+    weight = known.to(error.dtype).unsqueeze(-1).expand_as(error)
+    return (error * weight).sum() / weight.sum().clamp(min=1.0)
 
 
 def gaussian_heatmaps(points: torch.Tensor, shape: tuple[int, int], stride: int, sigma: float) -> torch.Tensor:
@@ -63,10 +68,16 @@ def gaussian_heatmaps(points: torch.Tensor, shape: tuple[int, int], stride: int,
     return (gy.unsqueeze(-1) + gx.unsqueeze(-2)).flatten(-2).softmax(-1).view(*points.shape[:-1], h, w)
 
 
-def heatmap_divergence(logits: torch.Tensor, points: torch.Tensor, stride: int, sigma: float) -> torch.Tensor:
+def heatmap_divergence(
+    logits: torch.Tensor, points: torch.Tensor, stride: int, sigma: float, known: torch.Tensor | None = None
+) -> torch.Tensor:
     """Mean KL divergence from the Gaussian target heatmaps of ``points`` (B, K, 2) to the softmax of the heatmap
     ``logits`` (B, K, h, w): it pulls the whole map to one peak at the point, which the L1 on the soft-argmax alone
-    does not (a spread-out map can have the right mean)."""
+    does not (a spread-out map can have the right mean). With ``known`` ((B, K) bool) only over the known points."""
     target = gaussian_heatmaps(points, logits.shape[-2:], stride, sigma).flatten(-2)
     log_probs = F.log_softmax(logits.float().flatten(-2), dim=-1)
-    return F.kl_div(log_probs, target, reduction="none").sum(-1).mean()
+    divergence = F.kl_div(log_probs, target, reduction="none").sum(-1)
+    if known is None:
+        return divergence.mean()
+    weight = known.to(divergence.dtype)
+    return (divergence * weight).sum() / weight.sum().clamp(min=1.0)

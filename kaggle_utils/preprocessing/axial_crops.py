@@ -22,13 +22,8 @@ from kaggle_utils.core.config import PreprocessConfig
 from kaggle_utils.core.labels import level_slug
 from kaggle_utils.io.dicom import SeriesError, read_slice
 from kaggle_utils.io.tables import save_table
-from kaggle_utils.preprocessing.axial_levels import (
-    Coverage,
-    build_level_table,
-    keypoints_table,
-    points_by_level,
-    stack_instances,
-)
+from kaggle_utils.preprocessing.axial_levels import Coverage, build_level_table, stack_instances
+from kaggle_utils.preprocessing.axial_samples import SampleChecks, keypoints_table, points_by_level
 from kaggle_utils.preprocessing.cache import cache_is_current, remove_partial_files, save_atomic
 from kaggle_utils.preprocessing.intensity import intensity_window, resize_slice, to_uint8
 
@@ -54,18 +49,31 @@ def level_crops(
     cfg: PreprocessConfig,
 ) -> np.ndarray:
     """(3, n, size, size) uint8: the centre, left and (mirrored) right crops of every slice of a level's stack, from
-    its left and right points (2, 2), relative to the assigned slice's image; their sides in mm and their size in
-    pixels are ``cfg``'s (``axial_canal_crop_mm``, ``axial_recess_crop_mm``, ``img_size``)."""
-    rows, cols = slices[len(slices) // 2].shape
-    left, right = np.asarray(points, np.float64) * (cols, rows)
+    its left and right points (2, 2), relative to the image (x by columns, y by rows); each slice is cut with its own
+    size and PixelSpacing (``spacing``: (n, 2) row, column mm, or one (2,) for all), so a neighbour with another
+    matrix shows the same millimetres. The crops' sides in mm and their size in pixels are ``cfg``'s
+    (``axial_canal_crop_mm``, ``axial_recess_crop_mm``, ``img_size``)."""
+    spacings = np.broadcast_to(np.asarray(spacing, np.float64), (len(slices), 2))
+    left, right = np.asarray(points, np.float64)
     canal, recess = cfg.axial_canal_crop_mm, cfg.axial_recess_crop_mm
     boxes = ((left + right) / 2, canal), (left, recess), (right, recess)
     size = cfg.img_size
+
+    def cut(image: np.ndarray, mm_per_px: np.ndarray, centre: np.ndarray, mm: float) -> np.ndarray:
+        scale = np.array([image.shape[1], image.shape[0]], np.float64)
+        return square_crop(image, centre * scale, mm, mm_per_px, size)
+
     crops = np.stack(
-        [np.stack([square_crop(image, centre, mm, spacing, size) for image in slices]) for centre, mm in boxes]
+        [np.stack([cut(image, px, c, mm) for image, px in zip(slices, spacings, strict=True)]) for c, mm in boxes]
     )
     crops[2] = crops[2][..., ::-1].copy()  # the right recess mirrored onto the left one's side
     return to_uint8(crops, window)
+
+
+def slice_spacings(levels: pd.DataFrame, instances: list[int]) -> np.ndarray:
+    """(n, 2) PixelSpacing (row, column mm) of the slices ``instances`` of one series' level table."""
+    by_instance = levels.drop_duplicates("instance_number").set_index("instance_number")
+    return by_instance.loc[list(instances), ["row_mm", "column_mm"]].to_numpy(np.float64)
 
 
 def level_stack(slices: list[np.ndarray], size: int, window: tuple[float, float]) -> np.ndarray:
@@ -76,7 +84,8 @@ def level_stack(slices: list[np.ndarray], size: int, window: tuple[float, float]
 @dataclass(frozen=True)
 class LevelJob:
     """One assigned level of an axial series: its slices (instances, top to bottom), where its stack goes, and, with
-    its two points (relative, left then right), where its crops go and the slices' PixelSpacing (row, column)."""
+    its two points (relative, left then right), where its crops go and each slice's PixelSpacing ((n, 2) row,
+    column)."""
 
     instances: tuple[int, ...]
     stack_out: Path | None
@@ -146,13 +155,14 @@ def plan_stacks(
             need_stack = not (current[P.AXIAL_STACKS] and stack.exists())
             need_crops = level_points is not None and not (current[P.AXIAL_CROPS] and crops.exists())
             if need_stack or need_crops:
+                instances = stack_instances(series_levels, int(series_id), int(row.instance_number), cfg)
                 todo.append(
                     LevelJob(
-                        instances=tuple(stack_instances(series_levels, int(series_id), int(row.instance_number), cfg)),
+                        instances=tuple(instances),
                         stack_out=stack if need_stack else None,
                         crops_out=crops if need_crops else None,
                         points=level_points,
-                        spacing=np.array([row.row_mm, row.column_mm]),
+                        spacing=slice_spacings(series_levels, instances),
                     )
                 )
         if todo:
@@ -192,16 +202,19 @@ class TrainingTables:
     keypoints: pd.DataFrame
     coverage: Coverage
     problems: list[str]
+    checks: SampleChecks
 
 
 def prepare_training(
     paths: P.Paths, sagittal: pd.DataFrame, keypoints: pd.DataFrame, cfg: PreprocessConfig, progress: bool = True
 ) -> TrainingTables:
     """The training split's level table (from the ground-truth Sagittal T2 keypoints) and axial localiser samples,
-    saved to ``WORK_DIR/tables`` (``axial_levels``, ``axial_keypoints``), and the samples' stacks and crops (from
-    their true points) cached."""
+    saved to ``WORK_DIR/tables`` (``axial_levels``, ``axial_keypoints``, and ``axial_checks``: what the samples kept
+    and left out, per study), and the samples' stacks and crops (from their points) cached."""
     levels, coverage = build_level_table(paths, "train", sagittal, keypoints, cfg.axial_max_distance_mm, progress)
     save_table(paths, "axial_levels", levels)
-    samples = save_table(paths, "axial_keypoints", keypoints_table(paths, levels))
+    table, checks = keypoints_table(paths, levels)
+    samples = save_table(paths, "axial_keypoints", table)
+    save_table(paths, "axial_checks", checks.table)
     problems = cache_stacks(paths, "train", levels, cfg, points_by_level(samples), progress)
-    return TrainingTables(levels, samples, coverage, problems)
+    return TrainingTables(levels, samples, coverage, problems, checks)

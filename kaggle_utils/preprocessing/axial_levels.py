@@ -1,9 +1,10 @@
 """Axial T2 series: blocks of one orientation, and which slice images each disc level.
 
 An "Axial T2" series is often several short stacks, each angled along one disc, or one long stack whose instance
-numbers run either way, with gaps. It is read from its headers into blocks (slices sharing one
-ImageOrientationPatient, rounded to ``ORIENTATION_DECIMALS``), each ordered top to bottom along its own normal,
-blocks ordered by the height of their top slice; images that are not axial (a coronal localiser stored in the
+numbers run either way, with gaps, and whose upper slabs may share one orientation a disc apart. It is read from its
+headers into blocks (slices within ``ORIENTATION_TOLERANCE_DEG`` of one orientation, cut where the step between
+neighbours exceeds ``GAP_FACTOR`` x the median step), each ordered top to bottom along its own normal, blocks ordered
+by the height of their top slice; images that are not axial (a coronal localiser stored in the
 series) are dropped with a message. Pixels are never needed for this.
 
 Levels: each level's Sagittal T2 keypoint behind the disc (ground truth in training, predicted at inference),
@@ -15,9 +16,8 @@ block only (``stack_instances``): a neighbour in another block images another di
 
 ``level_table`` writes one row per axial slice (its block, the nearest level, the signed distance to that level's
 point, whether it is that level's assigned slice); ``build_level_table`` does it for every study of a split and
-reports what has no coverage: those rows keep the sagittal prediction. The axial localiser's samples are the
-assigned slices: ``keypoints_table`` pairs each with the left and right subarticular points clicked on its series
-(``train_label_coordinates.csv``); their stacks and crops are cut by ``axial_crops``.
+reports what has no coverage: those rows keep the sagittal prediction. The training samples of the assigned slices
+are ``axial_samples``'; their stacks and crops are cut by ``axial_crops``.
 """
 
 from __future__ import annotations
@@ -32,9 +32,9 @@ from tqdm.auto import tqdm
 
 from kaggle_utils.core import paths as P
 from kaggle_utils.core.config import PreprocessConfig
-from kaggle_utils.core.constants import CONDITION_TITLES, LEVEL_NAMES, SUBARTICULAR_CONDITIONS
+from kaggle_utils.core.constants import LEVEL_NAMES
 from kaggle_utils.core.views import LEVEL_VIEW, PLACING_VIEW
-from kaggle_utils.io.competition import drop_excluded, listed_series, read_csv
+from kaggle_utils.io.competition import drop_excluded, listed_series
 from kaggle_utils.io.dicom import (
     Geometry,
     SeriesError,
@@ -45,14 +45,11 @@ from kaggle_utils.io.dicom import (
 )
 from kaggle_utils.io.tables import SCHEMAS, series_points
 
-ORIENTATION_DECIMALS = 3
-"""Slices whose ImageOrientationPatient agree to this many decimals form one block."""
+ORIENTATION_TOLERANCE_DEG = 0.5
+"""Slices whose normals and row directions agree within this angle share one orientation."""
 
-SIDES = dict(zip(("L", "R"), (CONDITION_TITLES[c] for c in SUBARTICULAR_CONDITIONS), strict=True))
-"""The axial localiser's two points in output order, each with the condition naming it in the coordinates file."""
-
-BACK_OF_DISC = 1
-"""Index of the point behind the disc among a Sagittal T2 level's two keypoints (front first: see labels)."""
+GAP_FACTOR = 1.5
+"""A step between neighbouring slices of one orientation larger than this x the median step starts a new block."""
 
 LEVEL_COLUMNS = SCHEMAS["axial_levels"]
 """Columns of the per-slice level table (``tables/axial_levels.csv``)."""
@@ -106,17 +103,46 @@ class AxialSeries:
         return bool(0 <= xy[0] < cols and 0 <= xy[1] < rows)
 
 
+def orientation_groups(orientations: np.ndarray) -> np.ndarray:
+    """(N,) group id of each slice: slices whose normals and row directions lie within ``ORIENTATION_TOLERANCE_DEG``
+    of a group's first slice join it. (Rounding the cosines would split two equal orientations whose values
+    straddle a rounding step, and the headers' float noise does that.)"""
+    iop = np.asarray(orientations, dtype=np.float64).reshape(-1, 6)
+    normals = slice_normals(iop)
+    rows = iop[:, :3] / np.linalg.norm(iop[:, :3], axis=1, keepdims=True)
+    cosine = np.cos(np.deg2rad(ORIENTATION_TOLERANCE_DEG))
+    group, firsts = np.full(len(iop), -1), []
+    for i in range(len(iop)):
+        for g, first in enumerate(firsts):
+            if normals[i] @ normals[first] >= cosine and rows[i] @ rows[first] >= cosine:
+                group[i] = g
+                break
+        else:
+            group[i], firsts = len(firsts), [*firsts, i]
+    return group
+
+
+def split_at_gaps(heights: np.ndarray) -> list[np.ndarray]:
+    """Runs of indices into ``heights`` (ordered top to bottom) cut where the step down exceeds ``GAP_FACTOR`` x the
+    median step: parallel slabs a disc apart in one orientation are separate blocks."""
+    steps = -np.diff(np.asarray(heights, dtype=np.float64))
+    if len(steps) < 2:
+        return [np.arange(len(heights))]
+    cuts = np.flatnonzero(steps > GAP_FACTOR * np.median(steps)) + 1
+    return np.split(np.arange(len(heights)), cuts)
+
+
 def split_blocks(series_id: int, geometry: Geometry) -> AxialSeries:
-    """Blocks of one orientation, each ordered top to bottom, the blocks by the height of their top slice."""
-    keys = [tuple(row) for row in np.round(geometry.orientations, ORIENTATION_DECIMALS)]
-    groups: dict[tuple, list[int]] = {}
-    for i, key in enumerate(keys):
-        groups.setdefault(key, []).append(i)
+    """Blocks of one orientation (``orientation_groups``) and no gap (``split_at_gaps``), each ordered top to
+    bottom, the blocks by the height of their top slice."""
+    groups = orientation_groups(geometry.orientations)
     ordered = []
-    for members in groups.values():
-        members = np.asarray(members)
+    for g in np.unique(groups):
+        members = np.flatnonzero(groups == g)
         part = geometry.take(members)
-        ordered.append(members[order_slices(part.positions, part.orientations[0], part.instance_numbers)])
+        members = members[order_slices(part.positions, part.orientations[0], part.instance_numbers)]
+        heights = geometry.positions[members] @ slice_normals(geometry.orientations[members[:1]])[0]
+        ordered += [members[run] for run in split_at_gaps(heights)]
     ordered.sort(key=lambda members: -geometry.positions[members[0], 2])
     order = np.concatenate(ordered)
     block = np.concatenate([np.full(len(m), b) for b, m in enumerate(ordered)])
@@ -149,12 +175,15 @@ def middle_slice(geometry: Geometry) -> int:
 
 def sagittal_level_points(keypoints: np.ndarray, geometry: Geometry) -> np.ndarray:
     """(5, 3) world mm of each level's back-of-disc point, from a Sagittal T2 series' (5, 2, 2) relative
-    keypoints (x by columns, y by rows of the image) placed on the series' middle slice."""
+    keypoints (x by columns, y by rows of the image) placed on the series' middle slice: of a level's two points the
+    one with the larger patient y (posterior, LPS), whichever way the image's rows run."""
     k = middle_slice(geometry)
     rows, cols = geometry.shapes[k]
-    back = np.asarray(keypoints, dtype=np.float64)[:, BACK_OF_DISC]
-    g = geometry
-    return pixel_to_world(g.positions[k], g.orientations[k], g.pixel_spacing[k], back[:, 0] * cols, back[:, 1] * rows)
+    points = np.asarray(keypoints, dtype=np.float64)
+    g, x, y = geometry, points[..., 0] * cols, points[..., 1] * rows
+    world = pixel_to_world(g.positions[k], g.orientations[k], g.pixel_spacing[k], x, y)
+    back = np.argmax(world[..., 1], axis=1)
+    return world[np.arange(len(world)), back]
 
 
 @dataclass(frozen=True)
@@ -199,7 +228,8 @@ def match_levels(
 
 
 def level_table(study_id: int, points: np.ndarray, series: list[AxialSeries], max_distance_mm: float) -> pd.DataFrame:
-    """One row per axial slice of a study: block, index, nearest level, signed distance to it, assigned or not."""
+    """One row per axial slice of a study: block, index, nearest level, signed distance to it, assigned or not, and
+    that level's point projected onto the slice (pixels)."""
     frames = []
     for s in series:
         distances = distance_matrix(points, s)
@@ -208,6 +238,7 @@ def level_table(study_id: int, points: np.ndarray, series: list[AxialSeries], ma
         for match in match_levels(points, s, max_distance_mm, distances):
             if match.assigned:
                 level_index[match.slice], assigned[match.slice] = match.level_index, True
+        projected = np.array([s.pixel(k, points[lv]) for k, lv in enumerate(level_index)]).reshape(-1, 2)
         frames.append(
             pd.DataFrame(
                 {
@@ -219,6 +250,8 @@ def level_table(study_id: int, points: np.ndarray, series: list[AxialSeries], ma
                     "level": np.asarray(LEVEL_NAMES)[level_index],
                     "distance_mm": np.round(distances[np.arange(len(s)), level_index], 3),
                     "assigned": assigned,
+                    "point_x": np.round(projected[:, 0], 3),  # the level's point on the slice, pixels
+                    "point_y": np.round(projected[:, 1], 3),
                     "rows": s.geometry.shapes[:, 0],
                     "columns": s.geometry.shapes[:, 1],
                     "row_mm": s.geometry.pixel_spacing[:, 0],
@@ -329,35 +362,7 @@ def build_level_table(
     return table, coverage
 
 
-# --- the localiser's samples ----------------------------------------------------------------------------------
-def keypoints_table(paths: P.Paths, levels: pd.DataFrame) -> pd.DataFrame:
-    """The axial localiser's training samples: each assigned (series, level) slice of ``levels`` whose series carries
-    both subarticular points of that level, the points relative to the image they were clicked on.
-
-    A level whose two points sit on different series (two series, one side labelled on each) has no sample.
-    """
-    coords = read_csv(paths, P.TRAIN_COORDINATES_CSV)
-    side_of = {condition: side for side, condition in SIDES.items()}
-    coords = coords[coords["condition"].isin(side_of)].assign(side=lambda t: t["condition"].map(side_of))
-    sizes = levels.set_index(["series_id", "instance_number"])[["rows", "columns"]]
-    coords = coords.join(sizes, on=["series_id", "instance_number"], how="inner")
-    coords["relative_x"], coords["relative_y"] = coords["x"] / coords["columns"], coords["y"] / coords["rows"]
-    complete = coords.groupby(["series_id", "level"])["side"].transform("nunique") == len(SIDES)
-    assigned = levels.loc[levels["assigned"], ["series_id", "level", "instance_number"]]
-    table = coords[complete].drop(columns="instance_number").merge(assigned, on=["series_id", "level"])
-    columns = list(SCHEMAS["axial_keypoints"])
-    return table[columns].sort_values(["study_id", "series_id", "level", "side"]).reset_index(drop=True)
-
-
-def points_by_level(keypoints: pd.DataFrame) -> dict[tuple[int, str], np.ndarray]:
-    """(series id, level) -> (2, 2) relative (x, y) of the sample's left and right points, for a whole table."""
-    out = {}
-    for (series_id, level), rows in keypoints.groupby(["series_id", "level"]):
-        by_side = rows.set_index("side")
-        out[int(series_id), str(level)] = by_side.loc[list(SIDES), ["relative_x", "relative_y"]].to_numpy(np.float64)
-    return out
-
-
+# --- a level's stack --------------------------------------------------------------------------------------
 def stack_instances(levels: pd.DataFrame, series_id: int, instance: int, cfg: PreprocessConfig) -> list[int]:
     """Instance numbers of the ``cfg.axial_stack_slices`` slices around ``instance`` in its block, top to bottom, the
     block's end slices repeated past its ends (from a level table's block and index columns)."""

@@ -22,7 +22,7 @@ from kaggle_utils.core.labels import condition_rows, left_right_pairs_of, level_
 from kaggle_utils.core.paths import STAGE2, Paths
 from kaggle_utils.io.frames import array_shape, read_frames
 from kaggle_utils.io.tables import series_points
-from kaggle_utils.preprocessing.axial_levels import points_by_level
+from kaggle_utils.preprocessing.axial_samples import SIDES, points_by_level
 
 
 def one_hot_targets(labels: np.ndarray) -> np.ndarray:
@@ -123,7 +123,9 @@ class LevelKeypointDataset(_ArrayDataset):
     middle frames and the level's points (``axial_levels.keypoints_table``).
 
     A sample is as ``KeypointDataset``'s, with ``level_index`` (into ``LEVEL_NAMES``) beside ``series_id``; the target
-    is (2, 2): the left, then the right point. Without points (inference) the target is zeros.
+    is (2, 2): the left, then the right point, and ``point_mask`` (2,) bool says which were labelled (a side estimated
+    from the other, ``labelled`` False in the table, is left out of the loss; its target is the image centre). Without
+    points (inference) the target is zeros.
     """
 
     def __init__(
@@ -142,7 +144,7 @@ class LevelKeypointDataset(_ArrayDataset):
         ]
         self.paths, self.n_frames, self.train = paths, n_frames, train
         self.flip = train and flip
-        points = points_by_level(keypoints) if keypoints is not None else {}
+        points = points_by_level(keypoints, labelled_only=True) if keypoints is not None else {}
         self.targets = [points.get((series_id, level), np.zeros((2, 2))) for _, series_id, level, _ in self.records]
 
     def __len__(self) -> int:
@@ -156,9 +158,12 @@ class LevelKeypointDataset(_ArrayDataset):
         # Reversing axial slices runs them upwards: the points stay where they are and keep their sides.
         mask = read_frames(self._path(index), self.n_frames, image, reverse=self.flip and rng.random() < 0.5)
         study_id, series_id, level, _ = self.records[index]
+        target = self.targets[index].astype(np.float32)
+        known = ~np.isnan(target).any(axis=1)
         return {
             "mask": mask,
-            "target": self.targets[index].astype(np.float32),
+            "target": np.where(known[:, None], target, 0.5).astype(np.float32),
+            "point_mask": known,
             "study_id": study_id,
             "series_id": series_id,
             "level_index": LEVEL_NAMES.index(level),
@@ -252,7 +257,9 @@ class AxialCropDataset(_ArrayDataset):
     ``image`` (3, F, S, S) uint8 (canal, left recess, mirrored right recess), ``mask`` (F,) bool, ``target`` (1, 3, 3)
     one-hot (the rows of ``labels.CONDITION_ROWS["axial"]``: spinal, left and right subarticular), ``study_id``,
     ``series_id`` and ``level`` (index into ``LEVEL_SLUGS``); with a ``pseudo`` table (``soft_targets``) also ``pseudo``
-    (1, 3, 3), flipped with the labels. Training flips a level horizontally with probability 1/2:
+    (1, 3, 3), flipped with the labels. The label of a side whose point was estimated (``labelled`` False in the
+    samples: its recess crop is placed by mirroring the other point) is ignored. Training flips a level horizontally
+    with probability 1/2:
     the canal crop mirrored, the two recess crops and their labels swapped (each recess crop is already on the left
     side of its image); reversing the slices is free (it keeps the sides).
     """
@@ -279,6 +286,10 @@ class AxialCropDataset(_ArrayDataset):
             for (study_id, *_, level), group in kept.groupby(keys, sort=True)
         ]
         self.labels = self._labels(targets)
+        guessed = samples[~samples["labelled"].astype(bool)] if "labelled" in samples else samples.iloc[:0]
+        self.estimated: dict[tuple[int, str], list[int]] = {}
+        for r in guessed.itertuples():  # the row of that side in ``rows``: 1 left, 2 right
+            self.estimated.setdefault((int(r.series_id), r.level), []).append(1 + list(SIDES).index(r.side))
 
     def _labels(self, targets: pd.DataFrame | None) -> dict[tuple[int, str], np.ndarray]:
         if targets is None:
@@ -305,6 +316,7 @@ class AxialCropDataset(_ArrayDataset):
         mask = read_frames(self._path(index, choice), self.n_frames, image, reverse=self.flip and rng.random() < 0.5)
         unlabelled = np.full((1, len(self.rows), 3), IGNORE_INDEX, np.float32)
         targets = {"target": self.labels.get((study_id, level), unlabelled).copy()}
+        targets["target"][:, self.estimated.get((stacks[choice][0], level), [])] = IGNORE_INDEX
         if self.pseudo is not None:
             per_level = self.pseudo.get(study_id)
             targets["pseudo"] = unlabelled.copy() if per_level is None else per_level[[LEVEL_NAMES.index(level)]]

@@ -55,14 +55,16 @@ class KeypointTask:
 
     def loss(self, model: nn.Module, batch: dict, train: bool) -> tuple[torch.Tensor, dict]:
         """L1 on the relative points; the heatmap head adds ``heatmap_weight`` x its heatmaps' divergence from
-        Gaussians at the (augmented) targets."""
+        Gaussians at the (augmented) targets. Points whose ``point_mask`` is False (not labelled) add nothing."""
         image, mask, target = self.inputs(batch, train)
+        known = batch.get("point_mask")
+        known = None if known is None else known.to(self.device)
         if self.cfg.model != "keypoint_heatmap":
             pred = model(image, mask)
-            return keypoint_l1(pred.float(), target), {"pred": pred.detach().float(), "target": target}
+            return keypoint_l1(pred.float(), target, known), {"pred": pred.detach().float(), "target": target}
         pred, logits = model(image, mask, return_heatmaps=True)
-        divergence = heatmap_divergence(logits, target, self.cfg.heatmap_stride, self.cfg.heatmap_sigma)
-        loss = keypoint_l1(pred.float(), target) + self.cfg.heatmap_weight * divergence
+        divergence = heatmap_divergence(logits, target, self.cfg.heatmap_stride, self.cfg.heatmap_sigma, known)
+        loss = keypoint_l1(pred.float(), target, known) + self.cfg.heatmap_weight * divergence
         return loss, {"pred": pred.detach().float(), "target": target}
 
     def predict(self, model: nn.Module, batch: dict) -> torch.Tensor:
@@ -72,14 +74,15 @@ class KeypointTask:
     def evaluate(self, model: nn.Module, loader: Any) -> tuple[dict[str, float], pd.DataFrame]:
         """The ``keypoint_metrics`` of the loader's batches, and the predictions per series."""
         model.eval()
-        preds, targets, series, levels = [], [], [], []
+        preds, targets, known, series, levels = [], [], [], [], []
         for batch in loader:
             preds.append(self.predict(model, batch).cpu())
             targets.append(batch["target"].cpu())
+            known.append(batch.get("point_mask", torch.ones(targets[-1].shape[:-1], dtype=torch.bool)).cpu())
             series += [int(s) for s in batch["series_id"]]
             levels += [int(lv) for lv in batch.get("level_index", [])]
-        pred, target = torch.cat(preds), torch.cat(targets)
-        return keypoint_metrics(pred, target), keypoint_frame(series, pred, levels or None)
+        pred, target, labelled = torch.cat(preds), torch.cat(targets), torch.cat(known)
+        return keypoint_metrics(pred[labelled], target[labelled]), keypoint_frame(series, pred, levels or None)
 
 
 def keypoint_metrics(pred: torch.Tensor, target: torch.Tensor) -> dict[str, float]:

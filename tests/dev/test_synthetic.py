@@ -293,3 +293,51 @@ def test_flip_labels_draws_among_labelled_cells_only() -> None:
     )
     with pytest.raises(ValueError, match="label_noise"):
         make_dataset(Path("unused"), n_train=1, label_noise=1.5)
+
+
+def _axial_headers(data_dir: Path, study_id: int) -> dict[int, list[pydicom.Dataset]]:
+    series = _csv(data_dir, TRAIN_SERIES_CSV)
+    axial = series[(series.study_id == study_id) & (series.series_description == AXIAL_T2)]
+    folder = data_dir / "train_images" / str(study_id)
+    return {
+        int(s): [pydicom.dcmread(p, stop_before_pixels=True) for p in (folder / str(s)).glob("*.dcm")]
+        for s in axial.series_id
+    }
+
+
+def test_first_study_has_two_axial_passes_with_one_side_on_each(data_dir: Path) -> None:
+    study = int(_csv(data_dir, TRAIN_CSV).study_id.iloc[0])
+    assert len(_axial_headers(data_dir, study)) == 2
+    coords = _csv(data_dir, TRAIN_COORDINATES_CSV)
+    subarticular = coords[(coords.study_id == study) & coords.condition.str.contains("Subarticular")]
+    sides_per_series = subarticular.groupby("series_id").condition.nunique()
+    assert len(sides_per_series) == 2 and (sides_per_series == 1).all()
+    levels = subarticular.groupby("series_id")["level"].apply(frozenset)
+    assert len(levels.iloc[0] & levels.iloc[1]) >= 3  # both passes image the same levels (a grade may be missing)
+
+
+def test_second_study_has_parallel_upper_slabs_a_disc_apart(data_dir: Path) -> None:
+    """Two slabs with one ImageOrientationPatient, their slices far further apart across the gap than inside."""
+    study = int(_csv(data_dir, TRAIN_CSV).study_id.iloc[1])
+    (headers,) = _axial_headers(data_dir, study).values()
+    groups: dict[tuple, list[float]] = {}
+    for h in headers:
+        iop = np.asarray(h.ImageOrientationPatient, dtype=float)
+        normal = np.cross(iop[:3], iop[3:])
+        groups.setdefault(tuple(iop), []).append(float(np.asarray(h.ImagePositionPatient, dtype=float) @ normal))
+    gaps = [np.diff(np.sort(heights)) for heights in groups.values() if len(heights) > 2]
+    assert any(g.max() > 3 * np.median(g) for g in gaps)
+
+
+def test_third_study_has_a_localiser_as_first_instance_of_its_sagittal_t2(data_dir: Path) -> None:
+    series = _csv(data_dir, TRAIN_SERIES_CSV)
+    study = int(_csv(data_dir, TRAIN_CSV).study_id.iloc[2])
+    (t2,) = series[(series.study_id == study) & (series.series_description == SAGITTAL_T2)].series_id
+    folder = data_dir / "train_images" / str(study) / str(t2)
+    first = pydicom.dcmread(folder / "1.dcm", stop_before_pixels=True)
+    normal = np.cross(*np.reshape(np.asarray(first.ImageOrientationPatient, dtype=float), (2, 3)))
+    assert np.argmax(np.abs(normal)) != 0  # not sagittal: coronal or axial
+    loaded = read_series(folder)
+    assert loaded.n_slices == len(list(folder.glob("*.dcm"))) - 1 and len(loaded.dropped) == 1
+    coords = _csv(data_dir, TRAIN_COORDINATES_CSV)
+    assert (coords[coords.series_id == t2].instance_number > 1).all()  # no point is clicked on the localiser

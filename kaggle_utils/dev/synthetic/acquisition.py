@@ -1,7 +1,8 @@
 """Acquisition: the ``SeriesPlan`` of one series (matrix, slice positions and orientations, bit depth, noise),
-``sagittal_plan`` and ``axial_plan`` that place a series around a ``Phantom`` the way scanners do,
-``axial_coverage`` (how many axial series a study has and which levels and sides each carries), and the
-writing of every rendered slice as a DICOM file with Rician noise.
+``sagittal_plan`` and ``axial_plan`` that place a series around a ``Phantom`` the way scanners do (with the
+competition's oddities: a localiser stored as a sagittal series' first instance, upper axial slabs sharing one
+orientation), ``axial_coverage`` (how many axial series a study has and which levels and sides each carries), and
+the writing of every rendered slice as a DICOM file with Rician noise.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class SeriesPlan:
     bits_stored: int
     max_value: float
     noise: float
-    blocks: np.ndarray | None = None  # (N,) axial block of each slice (one orientation each), -1: not axial
+    blocks: np.ndarray | None = None  # (N,) slab of each slice (axial: one per disc or stack), -1: a stray image
 
     def pixel_grid(self, k: int) -> np.ndarray:
         """World coordinates (rows, cols, 3) of the pixel centres of slice k."""
@@ -52,7 +53,7 @@ class SeriesPlan:
         return self.positions[k].astype(np.float32) + along_col[:, None, :] + along_row[None, :, :]
 
     def nearest_slice(self, world: np.ndarray) -> int:
-        """Index of the slice (an axial one, in an axial series) whose plane is closest to a world point."""
+        """Index of the slice (not a stray image) whose plane is closest to a world point."""
         offsets = np.array(
             [abs(float((world - p) @ slice_normal(o))) for p, o in zip(self.positions, self.orientations, strict=True)]
         )
@@ -132,6 +133,26 @@ def sagittal_plan(rng: np.random.Generator, ph: Phantom, series_id: int, descrip
     )
 
 
+STRAY_LOCALISER = 0.04  # a coronal or axial localiser stored as the first instance of a sagittal series
+_LOCALISER_ORIENTATIONS = (np.array([1.0, 0.0, 0.0, 0.0, 0.0, -1.0]), np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0]))
+
+
+def with_stray_localiser(rng: np.random.Generator, plan: SeriesPlan) -> SeriesPlan:
+    """``plan`` with a coronal or axial localiser image through its centre stored as instance 1 (the series' own
+    slices renumbered after it), as some competition sagittal series hold one; ``blocks`` marks it -1."""
+    iop = _LOCALISER_ORIENTATIONS[int(rng.integers(len(_LOCALISER_ORIENTATIONS)))]
+    centre = plan.pixel_grid(len(plan.positions) // 2)[plan.rows // 2, plan.cols // 2].astype(np.float64)
+    spacing = float(plan.pixel_spacing[0])
+    first = np.round(_top_left(centre, iop, spacing, plan.rows, plan.cols), 4)
+    n = len(plan.positions)
+    blocks = np.zeros(n, dtype=np.int64) if plan.blocks is None else plan.blocks
+    plan.positions = np.concatenate([first[None], plan.positions])
+    plan.orientations = np.concatenate([iop[None], plan.orientations])
+    plan.instance_numbers = np.concatenate([[1], plan.instance_numbers - plan.instance_numbers.min() + 2])
+    plan.blocks = np.concatenate([[-1], blocks])
+    return plan
+
+
 # --- axial series -------------------------------------------------------------------------------------------
 # How often the competition's training studies have 0-3 Axial T2 series (none lack one there; a few do here, so
 # the pipeline's fallback is exercised), how two series share the levels, and how series are numbered and angled.
@@ -139,6 +160,7 @@ AXIAL_SERIES_COUNTS = {0: 0.03, 1: 0.81, 2: 0.145, 3: 0.015}
 TWO_SERIES_PATTERNS = {"same_levels": 0.42, "disjoint": 0.35, "overlap": 0.23}
 UPPER_LEVEL_UNCOVERED = 0.08  # L1/L2 lies above every axial series; in half of those L2/L3 too
 PER_DISC_BLOCKS = 0.45  # short stacks each angled along its disc (else one contiguous stack)
+PARALLEL_UPPER_SLABS = 0.3  # of those: the upper slabs share one orientation (only the lower ones were angled)
 REVERSED_INSTANCES = 0.12  # instance numbers increase upwards (usually they increase caudally)
 NUMBERING_GAP = 0.15  # instance numbers skip a few somewhere in the series
 LATE_START = 0.3  # instance numbers start above 1
@@ -158,14 +180,17 @@ def _split_levels(rng: np.random.Generator, levels: list[int], parts: int) -> li
     return [list(chunk) for chunk in np.split(np.asarray(levels), cuts)]
 
 
-def axial_coverage(rng: np.random.Generator) -> list[AxialCoverage]:
+def axial_coverage(rng: np.random.Generator, two_passes: bool = False, n: int | None = None) -> list[AxialCoverage]:
     """Draw how many axial series a study has and which (level, side) points each carries.
 
     As in the competition's data: one series mostly; with two, either both image the same levels and each
     carries one side's points, or they split the levels, or they overlap (an overlapping level's points are on
     one of them: a point is never labelled twice); the upper levels are sometimes imaged by no series.
+    ``two_passes`` makes it two series imaging the same levels, one side's points on each; ``n`` fixes the number
+    of series.
     """
-    n = int(rng.choice(list(AXIAL_SERIES_COUNTS), p=list(AXIAL_SERIES_COUNTS.values())))
+    drawn = int(rng.choice(list(AXIAL_SERIES_COUNTS), p=list(AXIAL_SERIES_COUNTS.values())))
+    n = 2 if two_passes else drawn if n is None else n
     first = 0
     if rng.random() < UPPER_LEVEL_UNCOVERED:
         first = 1 + int(rng.random() < 0.5)
@@ -176,6 +201,7 @@ def axial_coverage(rng: np.random.Generator) -> list[AxialCoverage]:
     if n == 1:
         return [AxialCoverage(tuple(levels), dict.fromkeys(levels, both))]
     pattern = rng.choice(list(TWO_SERIES_PATTERNS), p=list(TWO_SERIES_PATTERNS.values())) if n == 2 else "disjoint"
+    pattern = "same_levels" if two_passes else pattern
     if pattern == "same_levels":
         sides = (LEFT, RIGHT) if rng.random() < 0.5 else (RIGHT, LEFT)
         return [AxialCoverage(tuple(levels), dict.fromkeys(levels, (side,))) for side in sides]
@@ -227,13 +253,15 @@ def _contiguous_stack(
 
 
 def _per_disc_blocks(
-    rng: np.random.Generator, ph: Phantom, discs: np.ndarray, row_hint: np.ndarray, gap: float
+    rng: np.random.Generator, ph: Phantom, discs: np.ndarray, row_hint: np.ndarray, gap: float, parallel: int
 ) -> tuple[list[np.ndarray], list[np.ndarray], list[int]]:
-    """Three to five slices through each disc, each block angled along its own disc, top to bottom."""
+    """Three to five slices through each disc, each slab angled along its own disc, top to bottom; the top
+    ``parallel`` slabs share the orientation of the first (one disc apart, one orientation: one block by angle)."""
     centres, orientations, blocks = [], [], []
+    shared = _axial_orientation(_tilted(rng, ph.disc_up[discs[: max(parallel, 1)]].mean(axis=0), 3.0), row_hint)
     for block, disc in enumerate(discs):
         up = _tilted(rng, ph.disc_up[disc], 3.0)
-        iop = _axial_orientation(up, row_hint)
+        iop = shared if block < parallel else _axial_orientation(up, row_hint)
         k = int(rng.integers(3, 6))
         for height in (np.arange(k)[::-1] - (k - 1) / 2) * gap:
             centres.append(ph.landmark(disc, ph.posterior_wall(disc) + 5.0, float(height), 0.0))
@@ -253,10 +281,16 @@ def _instance_numbers(rng: np.random.Generator, n: int) -> np.ndarray:
 
 
 def axial_plan(
-    rng: np.random.Generator, ph: Phantom, series_id: int, number: int, levels: tuple[int, ...]
+    rng: np.random.Generator,
+    ph: Phantom,
+    series_id: int,
+    number: int,
+    levels: tuple[int, ...],
+    parallel_slabs: bool = False,
 ) -> SeriesPlan:
-    """One Axial T2 series imaging ``levels``: a contiguous stack or per-disc blocks (``blocks`` numbers them;
-    -1 marks a coronal image stored in the series, as some real series hold one)."""
+    """One Axial T2 series imaging ``levels``: a contiguous stack or per-disc slabs (``blocks`` numbers them;
+    -1 marks a coronal image stored in the series, as some real series hold one), sometimes the upper slabs in one
+    orientation (``parallel_slabs`` makes it so, with at least two of them)."""
     rows, cols = _AXIAL_MATRICES[rng.integers(len(_AXIAL_MATRICES))]
     fov = rng.uniform(170, 220)
     spacing_px = round(fov / cols, 6)
@@ -264,9 +298,13 @@ def axial_plan(
     row_hint = np.array([np.cos(twist), np.sin(twist), 0.0])
     shift = np.array([rng.uniform(-0.12, 0.12) * fov, rng.uniform(-0.12, 0.12) * fov, 0.0])  # the canal off centre
     discs = LABELLED_DISCS[list(levels)]
-    if rng.random() < PER_DISC_BLOCKS:
+    per_disc = rng.random() < PER_DISC_BLOCKS
+    parallel = rng.random() < PARALLEL_UPPER_SLABS
+    if per_disc or parallel_slabs:
         gap = float(rng.uniform(3.0, 4.0))
-        centres, orientations, blocks = _per_disc_blocks(rng, ph, discs, row_hint, gap)
+        upper = min(len(discs), int(rng.integers(2, max(3, len(discs)))))  # at least one lower slab when 3+
+        shared = upper if (parallel or parallel_slabs) and len(discs) > 1 else 0
+        centres, orientations, blocks = _per_disc_blocks(rng, ph, discs, row_hint, gap, shared)
     else:
         gap = float(rng.uniform(3.5, 5.0))
         centres, orientations, blocks = _contiguous_stack(rng, ph, discs, row_hint, gap)

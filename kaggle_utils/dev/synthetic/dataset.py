@@ -44,11 +44,13 @@ from kaggle_utils.core.paths import (
     Paths,
 )
 from kaggle_utils.dev.synthetic.acquisition import (
+    STRAY_LOCALISER,
     AxialCoverage,
     SeriesPlan,
     axial_coverage,
     axial_plan,
     sagittal_plan,
+    with_stray_localiser,
     write_series,
 )
 from kaggle_utils.dev.synthetic.anatomy import (
@@ -143,6 +145,14 @@ class StudyTask:
     spare_axial_ids: tuple[int, ...]  # ids of a second and third axial series, when the study has them
     seed: int
     seed_sequence: np.random.SeedSequence
+    showcase: str = ""  # one of SHOWCASES: this study has that rare pattern for sure
+
+
+SHOWCASES = ("two_passes", "parallel_slabs", "stray_localiser")
+"""Rare patterns of the competition's data that the first training studies carry for sure (each is also drawn at
+about its real rate elsewhere), so that even the tests' few studies have each: two axial passes with the left
+points on one series and the right on the other; upper axial slabs sharing one orientation; a localiser stored as
+the first instance of the Sagittal T2 series."""
 
 
 @dataclass
@@ -265,12 +275,18 @@ def make_study(task: StudyTask) -> StudyRecord:
         SAGITTAL_T1: sagittal_plan(plan_rng, ph, all_ids.get(SAGITTAL_T1, 0), SAGITTAL_T1, 1),
         SAGITTAL_T2: sagittal_plan(plan_rng, ph, all_ids.get(SAGITTAL_T2, 0), SAGITTAL_T2, 2),
     }
+    for description, plan in plans.items():
+        stray = plan_rng.random() < STRAY_LOCALISER
+        if stray or (task.showcase == "stray_localiser" and description == SAGITTAL_T2):
+            plans[description] = with_stray_localiser(plan_rng, plan)
     # Axial series are drawn after the sagittal ones, from the same stream, so the sagittal series of a seed
     # do not depend on how the axial ones are laid out.
-    coverage = axial_coverage(plan_rng) if AXIAL_T2 in all_ids else []
+    showcase = {"two_passes": {"two_passes": True}, "parallel_slabs": {"n": 1}}.get(task.showcase, {})
+    coverage = axial_coverage(plan_rng, **showcase) if AXIAL_T2 in all_ids else []
     axial_ids = (all_ids.get(AXIAL_T2, 0), *task.spare_axial_ids)
+    parallel = task.showcase == "parallel_slabs"
     axial = [
-        (axial_plan(plan_rng, ph, series_id, 3 + i, c.levels), c)
+        (axial_plan(plan_rng, ph, series_id, 3 + i, c.levels, parallel_slabs=parallel), c)
         for i, (series_id, c) in enumerate(zip(axial_ids, coverage, strict=False))
     ]
     missing |= _uncovered_subarticular(coverage)
@@ -333,7 +349,8 @@ def _tasks(out_dir: Path, n_train: int, n_test: int, seed: int, missing_series_f
         if split == TEST and drop_rng.random() < missing_series_fraction:
             del series[(SAGITTAL_T1, SAGITTAL_T2)[int(drop_rng.integers(2))]]
         spare = tuple(ids[first + 4 : first + _IDS_PER_STUDY])
-        tasks.append(StudyTask(out_dir, split, ids[first], series, spare, seed, sequences[i]))
+        showcase = SHOWCASES[i] if i < min(n_train, len(SHOWCASES)) else ""
+        tasks.append(StudyTask(out_dir, split, ids[first], series, spare, seed, sequences[i], showcase))
     return tasks
 
 
