@@ -266,7 +266,8 @@ def test_two_processes_under_torchrun_train_the_same_model_as_one(prepared: Path
     expected, got = _weights(one), _weights(two)
     assert expected.keys() == got.keys()
     for name in expected:
-        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=1e-5, msg=name)
+        # Gradients summed across processes in another order: a weight may differ by a few 1e-5 after two epochs.
+        torch.testing.assert_close(got[name], expected[name], rtol=1e-4, atol=5e-5, msg=name)
     points = [_validation_points(prepared, checkpoint) for checkpoint in (one, two)]
     torch.testing.assert_close(points[1], points[0], rtol=0, atol=1e-5)  # what the models compute agrees too
     initial = prepare_model(preset("stage1_t2", "smoke", DDP_SETTINGS), CPU).state_dict()
