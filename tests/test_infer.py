@@ -292,7 +292,7 @@ def test_the_models_used_are_listed_and_unfinished_missing_or_broken_runs_named(
     series = series[series["study_id"] == series["study_id"].iloc[0]]
     paths = Paths(tiny_data, tmp_path / "work")
     bench_infer.write_bench_models(paths, data, series, "smoke", n_folds=2)
-    (paths.models_dir / "fo-f1-s42.pt").unlink()
+    (paths.models_dir / "fs-f1-s42.pt").unlink()
     (paths.models_dir / "sp2-f1-s42.pt").rename(paths.models_dir / "sp2-f1-s42.state.pt")  # an interrupted run
     (paths.models_dir / "su-f1-s42.pt").write_bytes(b"not a checkpoint")
     with pytest.warns(UserWarning) as warned:
@@ -300,10 +300,10 @@ def test_the_models_used_are_listed_and_unfinished_missing_or_broken_runs_named(
     said = [str(w.message) for w in warned]
     assert any("su-f1-s42.pt cannot be loaded and is left out of the ensemble" in m for m in said)
     assert any("sp2-f1-s42.state.pt: an unfinished run of sp2 fold 1, not used" in m for m in said)
-    assert any("fo has no model for fold(s) [1], which others have" in m for m in said)
+    assert any("fs has no model for fold(s) [1], which others have" in m for m in said)
     assert any("su has no model for fold(s) [1]" in m for m in said)
     listed = capsys.readouterr().out
-    assert "stage1 t1 [0, 1]" in listed and "fo [0]" in listed and "sp1 [0, 1]" in listed
+    assert "stage1 t1 [0, 1]" in listed and "fs [0]" in listed and "sp1 [0, 1]" in listed
     assert [m.fold for m in models.stage2["sp1"]] == [0, 1]
     with pytest.warns(UserWarning, match="unfinished run of sp2 fold 1"):
         ensemble.load_models(paths, [1], torch.device("cpu"))  # the CV of fold 1: its unfinished run is named too
