@@ -274,11 +274,6 @@ def side_halves(
     return left, right
 
 
-def is_pair(group: Sequence[str]) -> bool:
-    """Whether a head's rows are one condition's left and right, in that order."""
-    return len(group) == 2 and group[0].startswith("left_") and group[1] == group[0].replace("left_", "right_", 1)
-
-
 class SagittalNet(nn.Module):
     """Stage 2: level crop sequences (B, 5, F, 1, S, S) with mask (B, F) -> logits (B, 5, R, 3).
 
@@ -309,7 +304,7 @@ class SagittalNet(nn.Module):
         self.halved = frozenset(
             family
             for family, group in zip(self.families, self.groups, strict=True)
-            if cfg.side_halves and is_pair(group)
+            if cfg.side_halves and left_right_pairs_of(group) == ((0, 1),)  # rows [left, right] of one condition
         )
         self.fcs = nn.ModuleDict(
             {
