@@ -73,6 +73,7 @@ import json
 import warnings
 
 from kaggle_utils.core import config, devices, parameters
+from kaggle_utils.core.faults import FaultLog
 from kaggle_utils.core.paths import TEST_LABELS_CSV, TRAIN_CSV, Paths, is_kaggle
 from kaggle_utils.evaluation import crossval, viz
 from kaggle_utils.inference import ensemble, run, submission
@@ -140,12 +141,13 @@ if run_cv and len(cv.prediction.axial_points):
 # ## Test studies: every fold's models, averaged
 
 # %%
-test_series = competition.series_table(paths, "test")
+faults = FaultLog()  # what each study lost, from the listing on: the summary at the end reads it
+test_series = competition.series_table(paths, "test", faults)
 study_ids = competition.study_ids(paths, "test")
 cards = devices.inference_devices()  # both cards of a "T4 x2": the studies are split over them
 models = ensemble.load_models_on(paths, cards)
 print(f"{len(study_ids)} test studies on {', '.join(map(str, cards))}")
-test = run.Inference(paths, models, pre_cfg, infer_cfg).predict(
+test = run.Inference(paths, models, pre_cfg, infer_cfg, faults=faults).predict(
     test_series, study_ids, submission.label_priors(targets)
 )
 submission.write_submission(test.submission, paths.submission_csv)

@@ -60,7 +60,8 @@ class Faults:
         self.data = data
         self.listing = pd.read_csv(data / "test_series_descriptions.csv")
         self.studies = sorted(self.listing["study_id"].unique())
-        self.named: list[str] = []
+        self.named: list[str] = []  # said on the console when found
+        self.summed_up: list[str] = []  # said again in the summary at the end
 
     def series(self, study: int, description: str) -> tuple[int, Path]:
         rows = self.listing[(self.listing["study_id"] == study) & (self.listing["series_description"] == description)]
@@ -108,6 +109,7 @@ def _inject(data: Path) -> Faults:
         "line 2: empty line",
         f"study {c} series {t1_c} 'Coronal T1'",
     ]
+    faults.summed_up += [f"study {c}", f"series {t1_c}: not read: 'Coronal T1' is no known view"]
     # d: a T1 series with no image; e: a T1 series of two slices
     t1_d, folder = faults.series(d, SAGITTAL_T1)
     for path in folder.glob("*.dcm"):
@@ -152,3 +154,6 @@ def test_faults_in_the_test_data_cost_only_their_studies_and_each_is_named(kerne
     for text in faults.named:
         assert text in console, text
     assert "7 studies: " in console and "not at all: study 999" in console
+    summary = console[console.index("7 studies: ") :]
+    for text in faults.summed_up:
+        assert text in summary, text

@@ -12,6 +12,7 @@ import pytest
 
 from kaggle_utils.core.config import PreprocessConfig
 from kaggle_utils.core.constants import CONDITION_TITLES, CONDITIONS, LEVEL_NAMES
+from kaggle_utils.core.faults import FaultLog
 from kaggle_utils.core.paths import COORDS_IMPROVED_CSV, COORDS_V7_CSV, SOLUTION_METADATA_CSV, Paths
 from kaggle_utils.io import competition, tables
 
@@ -223,6 +224,24 @@ def test_descriptions_are_read_leniently_and_an_unknown_one_is_named(tmp_path: P
         [31, "t2", "Sagittal T2/STIR"],
     ]
     assert "2 series descriptions read as their view's: study 2 series 20 'sagittal t2 stir'" in capsys.readouterr().out
+
+
+def test_the_listings_faults_are_kept_for_their_studies_summary(tmp_path: Path) -> None:
+    paths = _listing(
+        tmp_path,
+        "study_id,series_id,series_description\n1,10,Sagittal T1\n2,20,Coronal T2\n3,31,Sagittal T2/STIR\n"
+        "3,33,Sagittal T1\n",  # study 3's T1 has no image folder
+    )
+    faults = FaultLog()
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        series = competition.series_table(paths, "test", faults)
+    assert series["series_id"].tolist() == [10, 31]
+    assert faults.frame().to_numpy().tolist() == [
+        [2, 20, "not read: 'Coronal T2' is no known view"],
+        [3, 33, "not read: listed, but it has no image folder"],
+    ]
+    assert len(said) == 2  # each kind said once, as before; the log adds no warning of its own
 
 
 def test_labels_are_matched_leniently_and_an_unknown_one_is_named() -> None:

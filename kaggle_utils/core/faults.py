@@ -39,10 +39,13 @@ class FaultLog:
 
     def report(self, study_id: int, series_id: int | None, message: str) -> None:
         """Say a fault now (a ``UserWarning``) and keep it for the summary."""
-        fault = Fault(int(study_id), -1 if series_id is None else int(series_id), message)
-        warnings.warn(str(fault), stacklevel=2)
+        warnings.warn(str(Fault(int(study_id), -1 if series_id is None else int(series_id), message)), stacklevel=2)
+        self.keep(study_id, series_id, message)
+
+    def keep(self, study_id: int, series_id: int | None, message: str) -> None:
+        """Keep a fault for the summary that was already said (in a warning naming several at once)."""
         with self._lock:
-            self._faults.append(fault)
+            self._faults.append(Fault(int(study_id), -1 if series_id is None else int(series_id), message))
 
     def __len__(self) -> int:
         return len(self._faults)

@@ -17,6 +17,7 @@ import pandas as pd
 
 from kaggle_utils.core import paths as P
 from kaggle_utils.core.constants import EXCLUDED_SERIES, EXCLUDED_STUDIES, IGNORE_INDEX, LABEL_COLUMNS, SEVERITIES
+from kaggle_utils.core.faults import FaultLog
 from kaggle_utils.core.views import VIEW_OF_DESCRIPTION, view_named, view_of_description
 
 
@@ -174,15 +175,18 @@ def series_csv(split: str) -> str:
     return P.TRAIN_SERIES_CSV if split == "train" else P.TEST_SERIES_CSV
 
 
-def listed_series(paths: P.Paths, split: str) -> pd.DataFrame:
+def listed_series(paths: P.Paths, split: str, faults: FaultLog | None = None) -> pd.DataFrame:
     """Every series a split's descriptions list, with its view (``views.view_of_description``; descriptions matched
-    leniently are said, unknown ones are named and left out) and its description written as the view's."""
+    leniently are said, unknown ones are named, left out and kept in ``faults``) and its description written as the
+    view's."""
     table = read_csv(paths, series_csv(split))
     table["view"] = table["series_description"].map(view_of_description)
     unknown = table[table["view"].isna()]
     if len(unknown):
         named = _named_series(unknown, with_description=True)
         _say_once(f"{series_csv(split)}: {len(unknown)} series of no known view are not read: {named}")
+        for row in unknown.itertuples() if faults is not None else ():
+            faults.keep(row.study_id, row.series_id, f"not read: {row.series_description!r} is no known view")
     table = table.dropna(subset=["view"])
     canonical = table["view"].map(lambda name: view_named(name).description)
     lenient = table[table["series_description"] != canonical]
@@ -201,9 +205,11 @@ def _named_series(table: pd.DataFrame, with_description: bool = False) -> str:
     return ", ".join(named) + (f" and {len(table) - _SHOWN_PROBLEMS} more" if len(table) > _SHOWN_PROBLEMS else "")
 
 
-def series_table(paths: P.Paths, split: str) -> pd.DataFrame:
-    """Sagittal series of a split (``train`` or ``test``); training drops the known bad ids, saying why."""
-    table = listed_series(paths, split)
+def series_table(paths: P.Paths, split: str, faults: FaultLog | None = None) -> pd.DataFrame:
+    """Sagittal series of a split (``train`` or ``test``); training drops the known bad ids, saying why. A listed
+    series of no known view or without an image folder is named and left out, and kept in ``faults`` (a run's log,
+    whose summary then says what its study lost)."""
+    table = listed_series(paths, split, faults)
     table = table[table["view"].isin(VIEW_OF_DESCRIPTION.values())].copy()
     if split == "train":
         table = drop_excluded(table)
@@ -218,6 +224,8 @@ def series_table(paths: P.Paths, split: str) -> pd.DataFrame:
             f"{len(absent)} {split} series have no image folder and are skipped: {_named_series(absent)}",
             stacklevel=2,
         )
+        for row in absent.itertuples() if faults is not None else ():
+            faults.keep(row.study_id, row.series_id, "not read: listed, but it has no image folder")
         table = table[np.array(present)]
     return table[["study_id", "series_id", "series_description", "view", "split", "fold"]].reset_index(drop=True)
 
