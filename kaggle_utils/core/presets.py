@@ -127,13 +127,14 @@ PROFILE_PRESET_DELTAS: dict[str, dict[str, dict[str, Any]]] = {
         # 60 epochs 3.0 px and 87 %, 80 epochs 2.4 px and 90 %; T2 2.3 px and 88 % at 40 and 60, 1.8 px and 94 % at 80
         # Half the decoder's channels (64) trains 1.6 times faster on 2 cores for the same accuracy: at 80 epochs T1
         # 2.15 px and 92.5 % within 5 px (2.01 px and 92.5 % with 128), T2 1.67 px and 95.8 % (1.70 px, 95.0 %);
-        # the heatmap at stride 8 instead would halve the time but cost 3.5 px on both.
+        # the heatmap at stride 8 instead would halve the time but cost 3.5 px on both. T2 at 112 px: 1.81 px and
+        # 95.8 % in 30 % less time; T1 at 112 px lost more (2.71 px, 86 %), as did T2 on the middle 5 slices (2.09 px).
         "stage1_t1": dict(img_size=128, epochs=80, scale_limit=0.25, decoder_dim=64),
-        "stage1_t2": dict(img_size=128, epochs=80, scale_limit=0.25, decoder_dim=64),
+        "stage1_t2": dict(img_size=112, epochs=80, scale_limit=0.25, decoder_dim=64),
         "stage1_axial": dict(img_size=96, epochs=6),  # the synthetic canal is easy to find: 1.8 px after 6 epochs
         "fo": dict(img_size=64, n_frames=16),
         "fs": dict(img_size=64, n_frames=16),
-        "sp1": dict(img_size=64),
+        "sp1": dict(img_size=64, epochs=14),  # its validation loss is flat from epoch 14 of 20 on
         "sp2": dict(img_size=96),
         "su": dict(img_size=64, n_frames=16),
         "ax": dict(img_size=64, epochs=12),
