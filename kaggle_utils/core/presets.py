@@ -134,7 +134,7 @@ PROFILE_PRESET_DELTAS: dict[str, dict[str, dict[str, Any]]] = {
         "stage1_axial": dict(img_size=96, epochs=6),  # the synthetic canal is easy to find: 1.8 px after 6 epochs
         "fo": dict(img_size=64, n_frames=16),
         "fs": dict(img_size=64, n_frames=16),
-        "sp1": dict(img_size=64, epochs=14),  # its validation loss is flat from epoch 14 of 20 on
+        "sp1": dict(img_size=64),
         "sp2": dict(img_size=96),
         "su": dict(img_size=64, n_frames=16),
         "ax": dict(img_size=64, epochs=12),

@@ -3,10 +3,12 @@ their last state; wrong parameters stop it before the first notebook."""
 
 from __future__ import annotations
 
+import subprocess
 from pathlib import Path
 
 import pytest
 
+from kaggle_utils.core.paths import REPO_ROOT
 from kaggle_utils.dev import runner
 
 NOISY = """# %%
@@ -49,3 +51,10 @@ def test_a_wrong_parameter_stops_the_run_before_the_first_notebook(tmp_path: Pat
         runner.main([str(source), "--set", 'TRAIN_OVERRIDES={"epochs": 0}'])
     assert "epochs=0: expected a whole number >= 1" in capsys.readouterr().err
     assert not (tmp_path / "ran.txt").exists()
+
+
+@pytest.mark.parametrize(("profile", "infer_overrides"), [("demo", '{"tta_angles": [0]}'), ("full", "{}")])
+def test_make_demo_predicts_without_the_tta_only_on_the_cpu_demo(profile: str, infer_overrides: str) -> None:
+    make = ["make", "-C", str(REPO_ROOT), "--no-print-directory", "-n", "-o", "install", "DATA_DIR=/data"]
+    dry = subprocess.run([*make, f"PROFILE={profile}", "demo"], capture_output=True, text=True)
+    assert dry.returncode == 0 and f"--set 'INFER_OVERRIDES={infer_overrides}'" in dry.stdout
