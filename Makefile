@@ -31,7 +31,7 @@ TRAIN_OVERRIDES ?= {}
 # INFER_OVERRIDES='{}' restores it. Every other profile, and the kernel, uses all 9 rotations.
 INFER_OVERRIDES ?= $(if $(filter demo,$(PROFILE)),{"tta_angles": [0]},{})
 # make train-all: the solution's full recipe (every preset x 4 folds) from DATA_DIR (default: the synthetic data)
-# The default list is config.STAGE1_PRESETS + STAGE2_PRESETS (asked when used, so `make install` comes first).
+# The default list is presets.RECIPE_PRESETS (asked when used, so `make install` comes first).
 TRAIN_PRESETS ?= $(shell $(PY) -m kaggle_utils.core.presets presets)
 TRAIN_FOLDS ?= 0 1 2 3
 TRAIN_PROFILE ?= auto
@@ -74,11 +74,13 @@ data: install ## Write the synthetic competition dataset to SYNTHETIC_DIR (N_TRA
 	@if [ -f $(SYNTHETIC_DIR)/train.csv ]; then echo "$(SYNTHETIC_DIR) exists (make clean to redo)"; \
 	else $(PY) -m kaggle_utils.dev.synthetic $(SYNTHETIC_DIR) --train $(N_TRAIN) --test $(N_TEST) --seed $(SEED); fi
 
+# The notebooks' parameters, as make demo and make denoise give them to the headless runner
+NOTEBOOK_PARAMS = --set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR) --set PROFILE=$(PROFILE) \
+	--set 'FOLDS=$(FOLDS)' --set 'PRESETS=$(PRESETS)' --set 'TRAIN_OVERRIDES=$(TRAIN_OVERRIDES)' \
+	--set 'INFER_OVERRIDES=$(INFER_OVERRIDES)'
+
 demo: $(DEMO_DEPS) ## Run the four notebooks headless on DATA_DIR (default: the synthetic data) into WORK_DIR
-	$(PY) -m kaggle_utils.dev.runner $(DEMO_NOTEBOOKS) --out $(WORK_DIR)/executed \
-		--set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR) --set PROFILE=$(PROFILE) \
-		--set 'FOLDS=$(FOLDS)' --set 'PRESETS=$(PRESETS)' --set 'TRAIN_OVERRIDES=$(TRAIN_OVERRIDES)' \
-		--set 'INFER_OVERRIDES=$(INFER_OVERRIDES)'
+	$(PY) -m kaggle_utils.dev.runner $(DEMO_NOTEBOOKS) --out $(WORK_DIR)/executed $(NOTEBOOK_PARAMS)
 	@echo "submission: $(WORK_DIR)/submission.csv   scores: $(WORK_DIR)/cv.json   pictures: $(WORK_DIR)/figures"
 
 train-all: $(DEMO_DEPS) ## Preprocess, train TRAIN_PRESETS x TRAIN_FOLDS (GPUS=N: torchrun; ROUNDS=2: denoised round too); resumable
@@ -96,9 +98,7 @@ endif
 
 denoise: $(DEMO_DEPS) ## Round 2 from WORK_DIR's round-1 OOF (notebook 05: noisy labels out, pseudo labels in), then 04 on it
 	$(PY) -m kaggle_utils.dev.runner notebooks/05_denoise.py notebooks/04_inference.py --out $(WORK_DIR)/$(DENOISE_RUN)/executed \
-		--set DATA_DIR=$(DEMO_DATA) --set WORK_DIR=$(WORK_DIR) --set PROFILE=$(PROFILE) \
-		--set 'FOLDS=$(FOLDS)' --set 'PRESETS=$(PRESETS)' --set 'TRAIN_OVERRIDES=$(TRAIN_OVERRIDES)' --set RUN=$(DENOISE_RUN) \
-		--set 'INFER_OVERRIDES=$(INFER_OVERRIDES)'
+		$(NOTEBOOK_PARAMS) --set RUN=$(DENOISE_RUN)
 	@echo "report: $(WORK_DIR)/$(DENOISE_RUN)/denoise.json   scores: $(WORK_DIR)/$(DENOISE_RUN)/cv.json"
 
 test: install ## Run the test suite (unit tests and every notebook on a tiny synthetic dataset)

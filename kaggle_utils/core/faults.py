@@ -39,13 +39,14 @@ class FaultLog:
 
     def report(self, study_id: int, series_id: int | None, message: str) -> None:
         """Say a fault now (a ``UserWarning``) and keep it for the summary."""
-        warnings.warn(str(Fault(int(study_id), -1 if series_id is None else int(series_id), message)), stacklevel=2)
-        self.keep(study_id, series_id, message)
+        warnings.warn(str(self.keep(study_id, series_id, message)), stacklevel=2)
 
-    def keep(self, study_id: int, series_id: int | None, message: str) -> None:
-        """Keep a fault for the summary that was already said (in a warning naming several at once)."""
+    def keep(self, study_id: int, series_id: int | None, message: str) -> Fault:
+        """Keep a fault for the summary (one already said, in a warning naming several at once, or by ``report``)."""
+        fault = Fault(int(study_id), -1 if series_id is None else int(series_id), message)
         with self._lock:
-            self._faults.append(Fault(int(study_id), -1 if series_id is None else int(series_id), message))
+            self._faults.append(fault)
+        return fault
 
     def __len__(self) -> int:
         return len(self._faults)

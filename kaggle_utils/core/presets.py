@@ -79,6 +79,8 @@ STAGE2_PRESETS: tuple[str, ...] = tuple(
     n for n, c in FULL_PRESETS.items() if c.stage == 2 and n not in OPTIONAL_PRESETS
 )
 """The default preset lists of the notebooks and the Makefile (``python -m kaggle_utils.core.presets presets``)."""
+RECIPE_PRESETS: tuple[str, ...] = STAGE1_PRESETS + STAGE2_PRESETS
+"""The default recipe: every localiser and classifier that training, preflight and inference run unless told."""
 ALL_STAGE2_PRESETS: tuple[str, ...] = tuple(n for n, c in FULL_PRESETS.items() if c.stage == 2)
 """Every stage-2 preset a notebook's ``PRESETS`` may name."""
 
@@ -209,4 +211,4 @@ if __name__ == "__main__":  # `python -m kaggle_utils.core.presets presets`: the
 
     if sys.argv[1:] != ["presets"]:
         sys.exit("usage: python -m kaggle_utils.core.presets presets")
-    print(" ".join(STAGE1_PRESETS + STAGE2_PRESETS))
+    print(" ".join(RECIPE_PRESETS))

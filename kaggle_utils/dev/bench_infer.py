@@ -30,7 +30,7 @@ import torch
 from kaggle_utils.core.config import InferConfig, PreprocessConfig, TrainConfig, apply_overrides
 from kaggle_utils.core.constants import LEVEL_SLUGS, TTA_ANGLES
 from kaggle_utils.core.paths import Paths
-from kaggle_utils.core.presets import FULL_PRESETS, STAGE1_PRESETS, STAGE2_PRESETS, preset
+from kaggle_utils.core.presets import FULL_PRESETS, RECIPE_PRESETS, preset
 from kaggle_utils.core.views import LEVEL_VIEW, view_named
 from kaggle_utils.dev.bench_preprocess import bench_data
 from kaggle_utils.inference import axial_branch, ensemble, run
@@ -112,7 +112,7 @@ KAGGLE_SETUPS = (GpuAssumptions("fp16"), GpuAssumptions("fp32"), GpuAssumptions(
 """The projected set-ups: one T4 as the kernel runs it (fp16), in fp32, and both cards of a T4 x2."""
 
 
-INFERENCE_PRESETS = STAGE1_PRESETS + STAGE2_PRESETS
+INFERENCE_PRESETS = RECIPE_PRESETS
 """The presets inference runs by default: the localisers (T1, T2, axial) and the classifiers (fs, sp1, sp2, su, ax)."""
 
 

@@ -218,7 +218,7 @@ def inference_lines(plan: Plan, data_dir: Path, work: Path) -> list[Line]:
     series = series[series["study_id"].isin(sorted(series["study_id"].unique())[: plan.infer_studies])]
     write_bench_models(paths, paths, series, plan.profile, plan.infer_folds)
     precision = {torch.bfloat16: "bf16", torch.float16: "fp16", None: "fp32"}[autocast_dtype(device, True)]
-    shape = f"{len(presets.STAGE1_PRESETS + presets.STAGE2_PRESETS)} presets x {plan.infer_folds} folds"
+    shape = f"{len(presets.RECIPE_PRESETS)} presets x {plan.infer_folds} folds"
     here = f"inference, {'this card' if device.type == 'cuda' else 'CPU'}"
     try:
         timing = time_inference(paths, series, device, PreprocessConfig(), plan.infer_cfg, None, True, here)
@@ -288,7 +288,7 @@ def card_memory(device: torch.device, memory_gib: float | None) -> tuple[str, fl
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description="Whether the full recipe fits this card, and how long it takes.")
-    parser.add_argument("--presets", nargs="+", default=list(presets.STAGE1_PRESETS + presets.STAGE2_PRESETS))
+    parser.add_argument("--presets", nargs="+", default=list(presets.RECIPE_PRESETS))
     parser.add_argument("--folds", nargs="+", type=int, default=[0, 1, 2, 3], help="folds the recipe trains")
     parser.add_argument("--studies", type=int, default=COMPETITION_STUDIES, help="training studies of the recipe")
     parser.add_argument("--profile", default="auto", help="full on a GPU, smoke on the CPU (default)")

@@ -185,8 +185,7 @@ def listed_series(paths: P.Paths, split: str, faults: FaultLog | None = None) ->
     if len(unknown):
         named = _named_series(unknown, with_description=True)
         _say_once(f"{series_csv(split)}: {len(unknown)} series of no known view are not read: {named}")
-        for row in unknown.itertuples() if faults is not None else ():
-            faults.keep(row.study_id, row.series_id, f"not read: {row.series_description!r} is no known view")
+        _keep_faults(faults, unknown, "not read: {description!r} is no known view")
     table = table.dropna(subset=["view"])
     canonical = table["view"].map(lambda name: view_named(name).description)
     lenient = table[table["series_description"] != canonical]
@@ -203,6 +202,12 @@ def _named_series(table: pd.DataFrame, with_description: bool = False) -> str:
         for r in rows
     ]
     return ", ".join(named) + (f" and {len(table) - _SHOWN_PROBLEMS} more" if len(table) > _SHOWN_PROBLEMS else "")
+
+
+def _keep_faults(faults: FaultLog | None, series: pd.DataFrame, message: str) -> None:
+    """Each listed series of ``series`` kept in ``faults`` (if given) with ``message`` (``{description}`` filled)."""
+    for row in series.itertuples() if faults is not None else ():
+        faults.keep(row.study_id, row.series_id, message.format(description=row.series_description))
 
 
 def series_table(paths: P.Paths, split: str, faults: FaultLog | None = None) -> pd.DataFrame:
@@ -224,8 +229,7 @@ def series_table(paths: P.Paths, split: str, faults: FaultLog | None = None) -> 
             f"{len(absent)} {split} series have no image folder and are skipped: {_named_series(absent)}",
             stacklevel=2,
         )
-        for row in absent.itertuples() if faults is not None else ():
-            faults.keep(row.study_id, row.series_id, "not read: listed, but it has no image folder")
+        _keep_faults(faults, absent, "not read: listed, but it has no image folder")
         table = table[np.array(present)]
     return table[["study_id", "series_id", "series_description", "view", "split", "fold"]].reset_index(drop=True)
 
