@@ -1,5 +1,5 @@
 """The package's layout: each stage a sub-package that imports only from the stages before it, with empty
-``__init__.py`` files; the repository found by its marker file."""
+``__init__.py`` files; modules and functions of a readable length; the repository found by its marker file."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from kaggle_utils.core import paths
 PACKAGE = Path(__file__).resolve().parent.parent / "kaggle_utils"
 STAGES = ("core", "io", "preprocessing", "models", "inference", "evaluation", "training")
 """The sub-packages in import order; ``dev`` (never shipped) may import any of them."""
+MAX_MODULE_LINES, MAX_FUNCTION_LINES = 450, 60
 
 
 def _imports(path: Path) -> list[tuple[int, str]]:
@@ -48,6 +49,21 @@ def test_every_module_lives_in_a_stage_and_imports_only_from_the_stages_before_i
             if target not in STAGES or STAGES.index(target) > STAGES.index(stage):
                 wrong.append(f"{path.relative_to(PACKAGE.parent)}:{line} ({stage}) imports {module}")
     assert not wrong, "imports against the stage order:\n" + "\n".join(wrong)
+
+
+def test_modules_and_functions_stay_short_enough_to_read() -> None:
+    """A module longer than a sitting's read splits along its concerns; a function longer than a screen, too."""
+    long = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        name = path.relative_to(PACKAGE.parent)
+        text = path.read_text()
+        if (lines := len(text.splitlines())) > MAX_MODULE_LINES:
+            long.append(f"{name}: {lines} lines (at most {MAX_MODULE_LINES})")
+        functions = [n for n in ast.walk(ast.parse(text)) if isinstance(n, ast.FunctionDef | ast.AsyncFunctionDef)]
+        for node in functions:
+            if (lines := node.end_lineno - node.lineno + 1) > MAX_FUNCTION_LINES:
+                long.append(f"{name}:{node.lineno} {node.name}: {lines} lines (at most {MAX_FUNCTION_LINES})")
+    assert not long, "too long:\n" + "\n".join(long)
 
 
 def test_the_sub_packages_init_files_hold_their_docstring_only() -> None:

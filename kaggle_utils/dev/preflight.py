@@ -43,6 +43,7 @@ from kaggle_utils.core.config import InferConfig, PreprocessConfig, TrainConfig,
 from kaggle_utils.core.devices import autocast_dtype
 from kaggle_utils.core.paths import NOTEBOOKS_DIR, Paths
 from kaggle_utils.core.presets import preset
+from kaggle_utils.dev.bench_arrays import CACHED_SLICES, CachedArrays
 from kaggle_utils.dev.bench_infer import (
     INFERENCE_PRESETS,
     KAGGLE_SETUPS,
@@ -52,8 +53,6 @@ from kaggle_utils.dev.bench_infer import (
     write_bench_models,
 )
 from kaggle_utils.dev.bench_train import (
-    CACHED_SLICES,
-    CachedArrays,
     Stepper,
     batch_shape,
     median_ms,

@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from kaggle_utils.core.presets import preset
-from kaggle_utils.dev import bench_train
+from kaggle_utils.dev import bench_arrays, bench_train
 
 
 def test_cached_arrays_have_the_real_shapes_and_feed_both_stages(tmp_path: Path) -> None:
-    data = bench_train.CachedArrays.write(tmp_path, n_studies=2, n_slices=5)
+    data = bench_arrays.CachedArrays.write(tmp_path, n_studies=2, n_slices=5)
     assert np.load(data.paths.stage2_array(1, 11)).shape == (5, 5, 256, 256)
     for name, shape in (("stage1_t1", (2, 8, 256, 256)), ("su", (2, 5, 8, 256, 256))):
         cfg = preset(name, "smoke", {"batch_size": 2})
@@ -47,7 +47,7 @@ def test_overheads_are_over_the_pure_compute_step() -> None:
 
 
 def test_the_host_fill_writes_every_sample_of_the_batch(tmp_path: Path) -> None:
-    data = bench_train.CachedArrays.write(tmp_path, n_studies=3, n_slices=5)
+    data = bench_arrays.CachedArrays.write(tmp_path, n_studies=3, n_slices=5)
     cfg = preset("stage1_t1", "smoke", {"batch_size": 4, "num_workers": 2})
     batches = bench_train.loader(data.training_set(cfg), cfg, train=True)
     ms, shape = bench_train.host_fill_ms(batches, 4, repeats=2)
@@ -59,20 +59,20 @@ def test_the_host_fill_writes_every_sample_of_the_batch(tmp_path: Path) -> None:
 
 
 def test_studies_beyond_the_distinct_ones_share_their_arrays(tmp_path: Path) -> None:
-    data = bench_train.CachedArrays.write(tmp_path, n_studies=5, n_slices=3, distinct=2)
+    data = bench_arrays.CachedArrays.write(tmp_path, n_studies=5, n_slices=3, distinct=2)
     assert data.series["view"].value_counts().to_dict() == {"axial": 5 * 5, "t1": 5, "t2": 5}  # 5 levels an axial
     for study, twin in ((3, 1), (4, 2), (5, 1)):
         for view in (0, 1):
             ours = np.load(data.paths.stage2_array(study, 10 * study + view))
             np.testing.assert_array_equal(ours, np.load(data.paths.stage2_array(twin, 10 * twin + view)))
-        stack = data.paths.axial_stack(study, 10 * study + 2, "l4_l5", bench_train.AXIAL_INSTANCE)
-        twin_stack = data.paths.axial_stack(twin, 10 * twin + 2, "l4_l5", bench_train.AXIAL_INSTANCE)
+        stack = data.paths.axial_stack(study, 10 * study + 2, "l4_l5", bench_arrays.AXIAL_INSTANCE)
+        twin_stack = data.paths.axial_stack(twin, 10 * twin + 2, "l4_l5", bench_arrays.AXIAL_INSTANCE)
         np.testing.assert_array_equal(np.load(stack), np.load(twin_stack))
     assert not np.array_equal(np.load(data.paths.stage1_array(1, 10)), np.load(data.paths.stage1_array(2, 20)))
 
 
 def test_the_axial_localiser_is_fed_a_levels_stack(tmp_path: Path) -> None:
-    data = bench_train.CachedArrays.write(tmp_path, n_studies=2, n_slices=3)
+    data = bench_arrays.CachedArrays.write(tmp_path, n_studies=2, n_slices=3)
     cfg = preset("stage1_axial", "smoke", {"batch_size": 4, "num_workers": 0})
     batch = data.first_batch(cfg, torch.device("cpu"))
     assert tuple(batch["image"].shape) == (4, cfg.n_frames, 256, 256) and batch["mask"].all()
@@ -80,7 +80,7 @@ def test_the_axial_localiser_is_fed_a_levels_stack(tmp_path: Path) -> None:
 
 
 def test_the_axial_classifier_is_fed_a_levels_three_crops(tmp_path: Path) -> None:
-    data = bench_train.CachedArrays.write(tmp_path, n_studies=2, n_slices=3)
+    data = bench_arrays.CachedArrays.write(tmp_path, n_studies=2, n_slices=3)
     cfg = preset("ax", "smoke", {"batch_size": 4, "num_workers": 0})
     batch = data.first_batch(cfg, torch.device("cpu"))
     assert tuple(batch["image"].shape) == (4, 3, cfg.n_frames, 256, 256)
@@ -90,7 +90,7 @@ def test_the_axial_classifier_is_fed_a_levels_three_crops(tmp_path: Path) -> Non
 
 
 def test_the_loader_timing_asks_for_one_epoch_of_batches(tmp_path: Path) -> None:
-    data = bench_train.CachedArrays.write(tmp_path, n_studies=4, n_slices=3)
+    data = bench_arrays.CachedArrays.write(tmp_path, n_studies=4, n_slices=3)
     cfg = preset("stage1_t1", "smoke", {"batch_size": 2, "num_workers": 0})
     batches = bench_train.loader(data.training_set(cfg), cfg, train=True)
     with pytest.raises(ValueError, match=r"has 2 batches; the loader timing needs 3 \(raise --studies"):

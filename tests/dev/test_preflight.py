@@ -11,7 +11,7 @@ import torch
 from kaggle_utils.core.paths import PREFLIGHT_JSON, PREFLIGHT_PNG
 from kaggle_utils.core.presets import preset
 from kaggle_utils.dev import preflight
-from kaggle_utils.dev.bench_train import CachedArrays
+from kaggle_utils.dev.bench_arrays import CachedArrays
 from kaggle_utils.dev.preflight_report import END_TO_END, FAILS, INFERENCE, RUNS, SKIPPED, TRAIN
 from kaggle_utils.dev.preflight_search import FITS, FITS_WITH, NO_FIT, Attempt, Fit, Measurement
 from kaggle_utils.dev.preflight_time import StepTimes, recipe_hours
