@@ -181,7 +181,7 @@ def test_ids_stay_whole_numbers_and_a_row_that_does_not_parse_is_named_by_line_a
     )
     message = (
         r"4 rows left out: line 3 \(study 2\): series_id '' is not an id; line 4: empty line; "
-        r"line 6: 4 fields where the header has 3; line 7: study_id 'x3' is not an id"
+        r"line 6 \(study 3\): 4 fields where the header has 3; line 7: study_id 'x3' is not an id"
     )
     with pytest.warns(UserWarning, match=message):
         table = competition.read_csv(paths, "test_series_descriptions.csv")
@@ -242,6 +242,21 @@ def test_the_listings_faults_are_kept_for_their_studies_summary(tmp_path: Path) 
         [3, 33, "not read: listed, but it has no image folder"],
     ]
     assert len(said) == 2  # each kind said once, as before; the log adds no warning of its own
+
+
+def test_a_listing_row_left_out_is_kept_for_its_studys_summary(tmp_path: Path) -> None:
+    paths = _listing(
+        tmp_path,
+        "study_id,series_id,series_description\n1,10,Sagittal T1\n2,,Sagittal T2/STIR\n3,31,Axial T2,extra\n"
+        "\nx4,40,Sagittal T1\n",
+    )
+    faults = FaultLog()
+    with pytest.warns(UserWarning, match="4 rows left out"):
+        competition.series_table(paths, "test", faults)
+    assert faults.frame().to_numpy().tolist() == [
+        [2, -1, "test_series_descriptions.csv line 3 not read: series_id '' is not an id"],
+        [3, 31, "test_series_descriptions.csv line 4 not read: 4 fields where the header has 3"],
+    ]  # the empty line and "x4" name no study: said in the warning, kept for none
 
 
 def test_labels_are_matched_leniently_and_an_unknown_one_is_named() -> None:

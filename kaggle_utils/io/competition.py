@@ -32,6 +32,9 @@ cannot turn a whole column into floats (and every folder name into "123.0")."""
 NUMBER_COLUMNS = ("x", "y")
 """Columns of the competition's CSVs that hold coordinates."""
 
+Origin = tuple[int | None, int | None]
+"""(study, series) a CSV line names; None where the field is absent or not an id."""
+
 _SHOWN_PROBLEMS = 10
 """Rows named in full in a warning about a file; the others are counted."""
 
@@ -58,13 +61,13 @@ COLUMNS: dict[str, tuple[str, ...]] = {
 """The columns the pipeline reads from each competition file: without one the whole file is unusable."""
 
 
-def read_csv(paths: P.Paths, name: str) -> pd.DataFrame:
+def read_csv(paths: P.Paths, name: str, faults: FaultLog | None = None) -> pd.DataFrame:
     """A file of the competition folder (``read_checked_csv``); a missing one says where it was looked for, and one
     without the columns the pipeline reads (``COLUMNS``) says which it lacks."""
     path = paths.data_file(name)
     if not path.exists():
         raise FileNotFoundError(f"{path} not found: is {paths.data_dir} a folder in the competition layout?")
-    table = read_checked_csv(path)
+    table = read_checked_csv(path, faults)
     missing = [c for c in COLUMNS.get(name, ()) if c not in table]
     if missing:
         found = ", ".join(map(str, table.columns[:12]))
@@ -72,11 +75,12 @@ def read_csv(paths: P.Paths, name: str) -> pd.DataFrame:
     return table
 
 
-def read_checked_csv(path: Path) -> pd.DataFrame:
+def read_checked_csv(path: Path, faults: FaultLog | None = None) -> pd.DataFrame:
     """A competition CSV with its ids (``ID_COLUMNS``) as int64 and its coordinates (``NUMBER_COLUMNS``) as floats.
 
     A row that does not fit (a field count other than the header's, an id that is not a whole number, a coordinate
-    that is not a number, an empty line) is left out, and one warning names each such row by file, line and study.
+    that is not a number, an empty line) is left out, and one warning names each such row by file, line and study;
+    each such row whose study can be read is kept in ``faults`` (if given) against that study.
     """
     ids = ID_COLUMNS
     header, rows, lines, problems = _csv_rows(path)
@@ -99,7 +103,9 @@ def read_checked_csv(path: Path) -> pd.DataFrame:
         keep &= ~values.isna()
         table[column] = values
     if problems:
-        _warn_rows(path, table, problems)
+        origin = _row_origins(path, header)
+        _warn_rows(path, origin, problems)
+        _keep_row_faults(faults, path, origin, problems)
     table = table[keep].astype({c: "int64" for c in ids if c in table})
     return table.reset_index(drop=True)
 
@@ -125,14 +131,37 @@ def _csv_rows(path: Path) -> tuple[list[str], list[list[str]], list[int], list[t
     return header, rows, lines, problems
 
 
-def _warn_rows(path: Path, table: pd.DataFrame, problems: list[tuple[int, str]]) -> None:
-    studies = table["study_id"] if "study_id" in table else pd.Series(dtype=str)
+def _row_origins(path: Path, header: list[str]) -> dict[int, Origin]:
+    """(study, series) of each line of a CSV whose fields name them (None where a field is absent or not an id), the
+    lines with a wrong field count included: a row too short or too long still says whose it was."""
+    columns = [header.index(c) if c in header else None for c in ("study_id", "series_id")]
+    reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig", errors="replace")))
+    next(reader, None)  # the header
+    origins = {}
+    for fields in reader:
+        origins[reader.line_num] = tuple(
+            _whole(fields[k]) if k is not None and k < len(fields) else None for k in columns
+        )
+    return origins
+
+
+def _warn_rows(path: Path, origin: dict[int, Origin], problems: list[tuple[int, str]]) -> None:
     named = []
     for line, why in sorted(problems)[:_SHOWN_PROBLEMS]:
-        study = studies.get(line, "")
-        named.append(f"line {line}" + (f" (study {study})" if str(study).isdigit() else "") + f": {why}")
+        study = origin.get(line, (None, None))[0]
+        named.append(f"line {line}" + (f" (study {study})" if study is not None else "") + f": {why}")
     more = f"; and {len(problems) - _SHOWN_PROBLEMS} more" if len(problems) > _SHOWN_PROBLEMS else ""
     _say_once(f"{path}: {len(problems)} rows left out: {'; '.join(named)}{more}")
+
+
+def _keep_row_faults(
+    faults: FaultLog | None, path: Path, origin: dict[int, Origin], problems: list[tuple[int, str]]
+) -> None:
+    """Each left-out row whose study can be read, kept in ``faults`` against its study (and series, where readable)."""
+    for line, why in sorted(problems) if faults is not None else ():
+        study, series = origin.get(line, (None, None))
+        if study is not None:
+            faults.keep(study, series, f"{path.name} line {line} not read: {why}")
 
 
 def study_ids(paths: P.Paths, split: str) -> list[int]:
@@ -179,7 +208,7 @@ def listed_series(paths: P.Paths, split: str, faults: FaultLog | None = None) ->
     """Every series a split's descriptions list, with its view (``views.view_of_description``; descriptions matched
     leniently are said, unknown ones are named, left out and kept in ``faults``) and its description written as the
     view's."""
-    table = read_csv(paths, series_csv(split))
+    table = read_csv(paths, series_csv(split), faults)
     table["view"] = table["series_description"].map(view_of_description)
     unknown = table[table["view"].isna()]
     if len(unknown):
