@@ -1,5 +1,6 @@
 """The axial training samples: points carried through patient coordinates from whichever series they were clicked
-on, far points left out and counted, one-sided levels kept with the other side estimated and masked."""
+on, far points left out and counted, points on an absent instance named, one-sided levels kept with the other side
+estimated and masked."""
 
 from __future__ import annotations
 
@@ -75,6 +76,21 @@ def test_a_one_sided_level_is_a_sample_with_the_other_side_mirrored(prepared: Pa
     left, right = table[["relative_x", "relative_y"]].to_numpy() * [row.columns, row.rows]
     np.testing.assert_allclose((left[0] + right[0]) / 2, row.point_x, atol=1e-6)  # mirrored through the canal point
     assert right[1] == left[1] and checks.totals()["one_sided"] == 1
+
+
+def test_a_point_on_an_instance_its_series_lacks_is_named_not_counted_as_far(prepared: Paths) -> None:
+    levels = tables.load_table(prepared, "axial_levels")
+    clicks = pd.read_csv(prepared.data_file(TRAIN_COORDINATES_CSV))
+    row = levels[levels.assigned].iloc[0]
+    level_clicks = clicks[
+        (clicks.study_id == row.study_id) & (clicks.level == row.level) & clicks.condition.str.contains("Subarticular")
+    ].copy()
+    level_clicks["instance_number"] = 9999  # no such file in the series
+    table, checks = axial_samples.keypoints_table(prepared, levels[levels.index == row.name], clicks=level_clicks)
+    assert table.empty and checks.totals()["far_points"] == 0 and checks.totals()["dropped"] == 1
+    first = level_clicks.iloc[0]
+    assert f"study {row.study_id} series {first.series_id} instance 9999" in checks.absent[0]
+    assert f"{len(level_clicks)} labelled points left out because their series" in str(checks)
 
 
 def test_a_missing_side_is_masked_in_the_localiser_loss() -> None:

@@ -34,6 +34,9 @@ SIDES = dict(zip(("L", "R"), (CONDITION_TITLES[c] for c in SUBARTICULAR_CONDITIO
 MAX_SLICE_OFFSET = 2
 """A labelled point more slices than this from the assigned slice is not that slice's point."""
 
+_SHOWN = 10
+"""Absent points named in full in the checks' summary; the others are counted."""
+
 CHECK_COLUMNS = SCHEMAS["axial_checks"]
 """Per study: samples kept, of them with one side estimated, points left out by the slice check, samples dropped."""
 
@@ -43,6 +46,7 @@ class SampleChecks:
     """What the sample table kept and left out, per study (``table``) and in all (``totals``)."""
 
     rows: list[dict] = field(default_factory=list)
+    absent: list[str] = field(default_factory=list)  # labelled points whose instance their series does not have
 
     @property
     def table(self) -> pd.DataFrame:
@@ -57,10 +61,17 @@ class SampleChecks:
         per_study = "".join(
             f"\n  study {r.study_id}: {r.far_points} points, {r.dropped} samples" for r in far.itertuples()
         )
+        absent = ""
+        if self.absent:
+            more = f" and {len(self.absent) - _SHOWN} more" if len(self.absent) > _SHOWN else ""
+            absent = (
+                f"\n{len(self.absent)} labelled points left out because their series (unreadable) or instance "
+                f"(no such file) is not there: {', '.join(self.absent[:_SHOWN])}{more}"
+            )
         return (
             f"axial samples: {t['samples']} kept, {t['one_sided']} of them with one side estimated (its loss masked), "
             f"{t['far_points']} labelled points more than {MAX_SLICE_OFFSET} slices from the assigned one left "
-            f"out, {t['dropped']} samples dropped for it{per_study}"
+            f"out, {t['dropped']} samples dropped for it or for absent points{per_study}{absent}"
         )
 
 
@@ -119,16 +130,20 @@ class _SeriesCache:
 
 
 def _sample_rows(
-    row: pd.Series, target: AxialSeries, k: int, clicked: pd.DataFrame, cache: _SeriesCache
+    row: pd.Series, target: AxialSeries, k: int, clicked: pd.DataFrame, cache: _SeriesCache, absent: list[str]
 ) -> tuple[list[tuple], int]:
-    """The rows of one assigned slice (none when no point is known) and how many of its points were too far."""
+    """The rows of one assigned slice (none when no point is known) and how many of its points were too far; a
+    point whose series cannot be read or lacks its instance is named in ``absent`` instead."""
     rows_px, cols_px = target.geometry.shapes[k]
     known, far = {}, 0
     for side in SIDES:
         for click in clicked[clicked["side"] == side].itertuples():
             source = cache.get(int(click.study_id), int(click.series_id))
             instance = int(click.instance_number)
-            xy = None if source is None else carry_point(source, instance, (click.x, click.y), target, k)
+            if source is None or instance not in source.instance_numbers:
+                absent.append(f"study {click.study_id} series {click.series_id} instance {instance} ({side})")
+                continue
+            xy = carry_point(source, instance, (click.x, click.y), target, k)
             if xy is None:
                 far += 1
             else:
@@ -163,9 +178,10 @@ def keypoints_table(
             if clicked is None or target is None:
                 continue
             k = int(np.flatnonzero(target.instance_numbers == row["instance_number"])[0])
-            sample, far = _sample_rows(row, target, k, clicked, cache)
+            n_absent = len(checks.absent)
+            sample, far = _sample_rows(row, target, k, clicked, cache, checks.absent)
             counts["far_points"] += far
-            counts["dropped"] += int(not sample and far > 0)
+            counts["dropped"] += int(not sample and (far > 0 or len(checks.absent) > n_absent))
             counts["samples"] += int(bool(sample))
             counts["one_sided"] += int(bool(sample) and not all(r[-1] for r in sample))
             rows += sample
