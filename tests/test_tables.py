@@ -13,7 +13,13 @@ import pytest
 from kaggle_utils.core.config import PreprocessConfig
 from kaggle_utils.core.constants import CONDITION_TITLES, CONDITIONS, LEVEL_NAMES
 from kaggle_utils.core.faults import FaultLog
-from kaggle_utils.core.paths import COORDS_IMPROVED_CSV, COORDS_V7_CSV, SOLUTION_METADATA_CSV, Paths
+from kaggle_utils.core.paths import (
+    COORDS_IMPROVED_CSV,
+    COORDS_V7_CSV,
+    SOLUTION_METADATA_CSV,
+    TRAIN_COORDINATES_CSV,
+    Paths,
+)
 from kaggle_utils.io import competition, tables
 
 
@@ -62,6 +68,32 @@ def test_without_the_corrected_coordinates_the_keypoints_come_with_a_warning(tin
     assert (keypoints.groupby("series_id").size() == 2 * len(LEVEL_NAMES)).all()
     t2 = keypoints[keypoints["view"] == "t2"].pivot_table("relative_x", ["series_id", "level"], "side")
     assert (t2["L"] < t2["R"]).all()  # the derived front-of-disc point lies in front of the canal
+
+
+def test_a_series_whose_labelled_files_cannot_be_read_is_named_and_the_others_keep_their_keypoints(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / COORDS_V7_CSV).unlink()
+    paths = Paths(data_dir=data, work_dir=tmp_path / "work")
+    series = competition.series_table(paths, "train")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        clean = tables.keypoints_table(paths, series)
+    coords = pd.read_csv(data / TRAIN_COORDINATES_CSV)
+    t1 = clean.loc[clean["view"] == "t1", ["study_id", "series_id"]].iloc[0]
+    t2 = clean.loc[clean["view"] == "t2", ["study_id", "series_id"]].iloc[0]
+    for (study, series_id), every in ((t1, False), (t2, True)):
+        labelled = coords.loc[coords["series_id"] == series_id, "instance_number"].unique()
+        for instance in labelled if every else labelled[:1]:  # T1: its first labelled file; T2: all of them
+            (paths.series_dir("train", study, series_id) / f"{instance}.dcm").write_bytes(b"not a DICOM file")
+    with pytest.warns(UserWarning, match=rf"1 series have labelled points but none .*: study {t2.study_id} series"):
+        found = tables.keypoints_table(paths, series)
+    assert t2.series_id not in set(found["series_id"])
+    pd.testing.assert_frame_equal(
+        found.reset_index(drop=True), clean[clean["series_id"] != t2.series_id].reset_index(drop=True)
+    )  # T1 read its size from its next labelled file: the same points
 
 
 # --- the solution's metadata files -------------------------------------------------------------------

@@ -29,7 +29,7 @@ from kaggle_utils.core.constants import (
 from kaggle_utils.core.labels import sort_level_points
 from kaggle_utils.core.views import VIEWS, view_named
 from kaggle_utils.io.competition import TableError, drop_excluded, read_csv, series_table, targets_table
-from kaggle_utils.io.dicom import read_header
+from kaggle_utils.io.dicom import SeriesError, read_header
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "series": ("study_id", "series_id", "series_description", "view", "split", "fold"),
@@ -258,14 +258,33 @@ def _from_corrected(coords: pd.DataFrame, series: pd.DataFrame, source: str) -> 
 
 def _from_competition(paths: P.Paths, coords: pd.DataFrame, series: pd.DataFrame) -> pd.DataFrame:
     coords = coords.merge(series[["study_id", "series_id", "view"]], on=["study_id", "series_id"])
-    rows = []
+    rows, unread = [], []
     for (study_id, series_id, view), group in coords.groupby(["study_id", "series_id", "view"]):
-        first = group.iloc[0]
-        header = read_header(paths.series_dir("train", study_id, series_id) / f"{int(first.instance_number)}.dcm")
-        width, height = int(header.Columns), int(header.Rows)
-        rows += _series_points(group, view, width, height, study_id, series_id)
+        size = _labelled_image_size(paths.series_dir("train", study_id, series_id), group["instance_number"])
+        if size is None:
+            unread.append(f"study {study_id} series {series_id}")
+            continue
+        rows += _series_points(group, view, *size, study_id, series_id)
+    if unread:
+        warnings.warn(
+            f"{len(unread)} series have labelled points but none of their labelled instances can be read, so no "
+            f"keypoints (and no localiser sample): {', '.join(unread[:10])}" + (" ..." if len(unread) > 10 else ""),
+            stacklevel=2,
+        )
     table = pd.DataFrame(rows, columns=list(SCHEMAS["keypoints"]))
     return table.sort_values(["series_id", "level", "side"]).reset_index(drop=True)
+
+
+def _labelled_image_size(folder: Path, instances: pd.Series) -> tuple[int, int] | None:
+    """(width, height) of the first labelled instance of a series whose header can be read; None when none can (a
+    missing, empty or corrupt file: the coordinates are relative to that image, so no other file will do)."""
+    for instance in dict.fromkeys(int(i) for i in instances):
+        try:
+            header = read_header(folder / f"{instance}.dcm")
+            return int(header.Columns), int(header.Rows)
+        except (SeriesError, AttributeError, TypeError, ValueError):
+            continue
+    return None
 
 
 def _series_points(group: pd.DataFrame, view: str, width: int, height: int, study_id: int, series_id: int) -> list:
