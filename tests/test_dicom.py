@@ -50,6 +50,7 @@ def _write_slice(
     rescale: tuple[float, float] | None = None,
     bits_stored: int = 16,
     signed: bool = False,
+    photometric: str = "MONOCHROME2",
 ) -> None:
     meta = FileMetaDataset()
     meta.MediaStorageSOPClassUID = MRImageStorage
@@ -67,7 +68,7 @@ def _write_slice(
     ds.PixelSpacing = [0.8, 0.7]
     ds.Rows, ds.Columns = pixels.shape
     ds.SamplesPerPixel = 1
-    ds.PhotometricInterpretation = "MONOCHROME2"
+    ds.PhotometricInterpretation = photometric
     ds.BitsAllocated = 16
     ds.BitsStored = bits_stored
     ds.HighBit = bits_stored - 1
@@ -130,6 +131,17 @@ def test_read_series_applies_rescale_slope_and_intercept(tmp_path: Path) -> None
     series = read_series(tmp_path / "series")
     assert [float(s[0, 0]) for s in series.slices] == [2 * 2.5 - 100, 1 * 2.5 - 100, 0 * 2.5 - 100]
     assert all(s.dtype == np.float32 for s in series.slices)
+
+
+def test_an_inverted_grey_scale_reads_the_right_way_round(tmp_path: Path) -> None:
+    """MONOCHROME1 (white is low) is read negated: after the series' window, bright tissue is bright again."""
+    pixels = np.arange(30, dtype=np.uint16).reshape(6, 5)
+    for name, photometric in (("plain", "MONOCHROME2"), ("inverted", "MONOCHROME1")):
+        (tmp_path / name).mkdir()
+        stored = pixels if photometric == "MONOCHROME2" else 29 - pixels  # the same image in either grey scale
+        _write_slice(tmp_path / name / "1.dcm", np.zeros(3), SAGITTAL_IOP, 1, stored, photometric=photometric)
+    plain, inverted = (read_series(tmp_path / name).slices[0] for name in ("plain", "inverted"))
+    np.testing.assert_array_equal(inverted, plain - 29)  # an offset only, which the window removes
 
 
 def test_pixel_world_round_trip_and_nearest_slice(tmp_path: Path) -> None:

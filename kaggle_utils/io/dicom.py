@@ -243,7 +243,11 @@ def _pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
         raise SeriesError(f"{path}: cannot decode pixel data ({syntax}): {err}") from err
     if pixels.ndim != 2:
         raise SeriesError(f"{path}: expected one 2-D grey frame, got pixel array of shape {pixels.shape}")
-    return pixels.astype(np.float32, copy=False)
+    pixels = pixels.astype(np.float32, copy=False)
+    if str(getattr(ds, "PhotometricInterpretation", "")).strip().upper() == "MONOCHROME1":
+        # Low values are white here: negated, the series' percentile window shows it as every other series.
+        pixels = -pixels
+    return pixels
 
 
 @dataclass
