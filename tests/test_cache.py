@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 
 from kaggle_utils.core.config import PreprocessConfig
@@ -107,6 +108,31 @@ def test_a_series_with_too_few_slices_is_not_cached(paths: Paths) -> None:
         file.unlink()
     _, _, problems = _planned_and_run(paths)
     assert len(problems) == 1 and "2 usable slices" in problems[0] and "needs 3" in problems[0]
+
+
+def _set_tags(folder: Path, **tags: object) -> None:
+    for file in folder.glob("*.dcm"):
+        ds = pydicom.dcmread(file)
+        for tag, value in tags.items():
+            setattr(ds, tag, value)
+        ds.save_as(file)
+
+
+def test_a_series_whose_slices_are_not_in_its_views_plane_is_not_cached(paths: Paths) -> None:
+    """A "Sagittal T1" whose images are axial (a description that does not match its images) is refused."""
+    wrong = _sagittal(paths).iloc[0]
+    _set_tags(paths.series_dir("train", wrong.study_id, wrong.series_id), ImageOrientationPatient=[1, 0, 0, 0, 1, 0])
+    _, _, problems = _planned_and_run(paths)
+    assert len(problems) == 1 and f"series {wrong.series_id}: not cached: " in problems[0]
+    assert f"listed as {wrong.series_description}, but its slices are axial, not sagittal" in problems[0]
+
+
+def test_slices_that_claim_one_position_are_cached_in_instance_order_with_a_warning(paths: Paths) -> None:
+    same = _sagittal(paths).iloc[0]
+    _set_tags(paths.series_dir("train", same.study_id, same.series_id), ImagePositionPatient=[0.0, 0.0, 0.0])
+    with pytest.warns(UserWarning, match=rf"series {same.series_id}: its \d+ slices claim one position"):
+        _, _, problems = _planned_and_run(paths)
+    assert problems == [] and paths.stage1_array(same.study_id, same.series_id).exists()
 
 
 def test_an_interrupted_run_resumes_with_only_the_missing_work(paths: Paths) -> None:

@@ -12,7 +12,7 @@ import pandas as pd
 import pydicom
 import pytest
 
-from kaggle_utils.core.constants import LABEL_COLUMNS, SAGITTAL_T1, SAGITTAL_T2, SEVERITY_COLUMNS
+from kaggle_utils.core.constants import AXIAL_T2, LABEL_COLUMNS, SAGITTAL_T1, SAGITTAL_T2, SEVERITY_COLUMNS
 from kaggle_utils.core.faults import FaultLog
 from kaggle_utils.core.paths import Paths
 from kaggle_utils.dev import bench_infer
@@ -125,6 +125,21 @@ def _inject(data: Path) -> Faults:
         f"study {e} series {t1_e}: not used: ",
         "2 usable",
     ]
+    # b: its T2 listed as sagittal, its images axial; d: its axial series' images sagittal; e: its T2 slices at one
+    # position (each study's other faults above stay as they are)
+    t2_b, folder = faults.series(b, SAGITTAL_T2)
+    for path in folder.glob("*.dcm"):
+        faults.edit_slice(path, ImageOrientationPatient=[1.0, 0.0, 0.0, 0.0, 1.0, 0.0])
+    faults.named += [f"study {b} series {t2_b}: not used: ", "but its slices are axial, not sagittal: not read as one"]
+    axial_d, folder = faults.series(d, AXIAL_T2)
+    for path in folder.glob("*.dcm"):
+        faults.edit_slice(path, ImageOrientationPatient=[0.0, 1.0, 0.0, 0.0, 0.0, -1.0])
+    faults.named += [f"study {d} series {axial_d}: axial series not used: none of its images is axial"]
+    t2_e, folder = faults.series(e, SAGITTAL_T2)
+    for path in folder.glob("*.dcm"):
+        faults.edit_slice(path, ImagePositionPatient=[0.0, 0.0, 0.0])
+    faults.named += [f"study {e} series {t2_e}: its "]
+    faults.summed_up += [f"series {t2_e}: its ", "slices claim one position"]
     # a study the sample submission expects that no series lists
     with (data / "sample_submission.csv").open("a") as handle:
         handle.write("999_spinal_canal_stenosis_l1_l2,0.3,0.3,0.4\n")

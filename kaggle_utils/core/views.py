@@ -61,6 +61,7 @@ class View:
     # Fewer usable slices and a series of this view is not read: a sagittal series needs the middle and both sides
     # (the solution's series have 15 or more; 1 or 2 slices cannot show both foramina)
     min_slices: int = 3
+    plane: str = "sagittal"  # the plane its slices lie in (``dicom.PLANE_NAMES``): a series in another is not read
 
 
 VIEWS: dict[str, View] = {
@@ -95,6 +96,7 @@ VIEWS: dict[str, View] = {
         flip_swaps_sides=False,  # reversing axial slices runs them upwards: left stays left
         conditions="axial",
         localised_per="level",
+        plane="axial",
     ),
 }
 """The views read, by name; their order is the order of the pictures."""

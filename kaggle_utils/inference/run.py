@@ -71,7 +71,7 @@ from kaggle_utils.preprocessing.axial_levels import (
     stack_instances,
 )
 from kaggle_utils.preprocessing.intensity import intensity_window
-from kaggle_utils.preprocessing.sagittal import check_slice_count, stage1_volume, stage2_crops
+from kaggle_utils.preprocessing.sagittal import check_series, stage1_volume, stage2_crops
 
 
 class StageTimer:
@@ -268,7 +268,8 @@ class Inference:
             volume_series = read_series(self.paths.series_dir(row.split, row.study_id, row.series_id))
         for line in volume_series.dropped:
             self.faults.report(row.study_id, row.series_id, f"slice left out: {line}")
-        check_slice_count(volume_series, row.view)
+        for note in check_series(volume_series, row.view):
+            self.faults.report(row.study_id, row.series_id, note)
         given = None if self.given_points is None else self.given_points.get(row.series_id)
         with timed("volume"):
             window = intensity_window(volume_series.slices, self.pre_cfg.percentiles)  # shared with the crops
@@ -316,6 +317,7 @@ class Inference:
                 self.faults.report(study_id, series_id, f"axial series not used: {error}")
                 continue
             if series is None:
+                self.faults.report(study_id, series_id, "axial series not used: none of its images is axial")
                 continue
             for line in series.geometry.dropped:
                 self.faults.report(study_id, series_id, f"axial slice left out: {line}")

@@ -101,6 +101,17 @@ class Series:
     def normal(self) -> np.ndarray:
         return slice_normal(self.orientation)
 
+    @property
+    def plane(self) -> str:
+        """The ``PLANE_NAMES`` entry its slices lie in (those of another plane were left out on reading)."""
+        return plane_of(self.orientation)
+
+    def span_mm(self) -> float:
+        """Distance between its outermost slices along the normal: 0 when every slice claims one position, and
+        the left-to-right order then comes from the instance numbers alone."""
+        heights = self.positions @ self.normal
+        return float(heights.max() - heights.min()) if len(heights) else 0.0
+
     def volume(self) -> np.ndarray:
         """(N, H, W) float32 stack; all slices must have the same size."""
         shapes = set(self.shapes)

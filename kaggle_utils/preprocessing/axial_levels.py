@@ -23,7 +23,7 @@ are ``axial_samples``'; their stacks and crops are cut by ``axial_crops``.
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -40,6 +40,7 @@ from kaggle_utils.io.dicom import (
     SeriesError,
     order_slices,
     pixel_to_world,
+    plane_of,
     read_geometry,
     world_to_pixel,
 )
@@ -156,13 +157,19 @@ def read_axial_series(folder: Path, series_id: int) -> AxialSeries | None:
 
 
 def axial_from_geometry(series_id: int, geometry: Geometry) -> AxialSeries | None:
-    """The series' axial slices in blocks; non-axial images are dropped with a message; None when none is axial."""
+    """The series' axial slices in blocks; each image of another plane (a localiser stored with the series) is
+    left out and named in the geometry's ``dropped``; None when none is axial."""
     axial = is_axial(geometry.orientations)
-    if not axial.all():
-        dropped = geometry.instance_numbers[~axial].tolist()
-        print(f"series {series_id}: {len(dropped)} non-axial images dropped (instances {dropped[:5]})")
     if not axial.any():
         return None
+    if not axial.all():
+        files = geometry.files or [f"instance {i}" for i in geometry.instance_numbers]
+        off = tuple(
+            f"{getattr(files[i], 'name', files[i])}: an image in the {plane_of(geometry.orientations[i])} plane among "
+            "axial slices"
+            for i in np.flatnonzero(~axial)
+        )
+        geometry = replace(geometry, dropped=geometry.dropped + off)
     return split_blocks(series_id, geometry.take(np.flatnonzero(axial)))
 
 
@@ -311,6 +318,8 @@ def study_axial_series(
             if coverage is not None:
                 coverage.unreadable.append(f"{series_id}: {err}")
             continue
+        if series is None and coverage is not None:
+            coverage.unreadable.append(f"{series_id}: none of its images is axial")
         for line in [] if series is None else series.geometry.dropped:
             warnings.warn(f"study {study_id} axial series {series_id}: slice left out: {line}", stacklevel=2)
         if series is not None:

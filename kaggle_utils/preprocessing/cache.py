@@ -24,7 +24,7 @@ from kaggle_utils.core.config import PreprocessConfig
 from kaggle_utils.core.paths import STAGE1, STAGE2, Paths
 from kaggle_utils.io.dicom import SeriesError, read_series
 from kaggle_utils.preprocessing.intensity import intensity_window
-from kaggle_utils.preprocessing.sagittal import check_slice_count, stage1_volume, stage2_crops
+from kaggle_utils.preprocessing.sagittal import check_series, stage1_volume, stage2_crops
 
 
 def save_atomic(path: Path, array: np.ndarray) -> None:
@@ -109,19 +109,20 @@ class SeriesJob:
 
 @dataclass(frozen=True)
 class JobReport:
-    """What a job could not do: why its series was not cached (None: it was), and the files it left out."""
+    """What a job could not do: why its series was not cached (None: it was), and what it has to say (the files it
+    left out, an order it could only take from the instance numbers)."""
 
     failure: str | None = None
-    dropped: tuple[str, ...] = ()
+    said: tuple[str, ...] = ()
 
 
 def run_job(job: SeriesJob, cfg: PreprocessConfig) -> JobReport:
     """Preprocess one series; a failure is reported instead of raised, so one bad series never stops a run, and a
-    file left out of the series (``Series.dropped``) is named."""
+    file left out of the series (``Series.dropped``) or anything odd ``check_series`` notes is named."""
     where = f"study {job.study_id} series {job.series_id}"
     try:
         series = read_series(job.folder)
-        check_slice_count(series, job.view)
+        notes = check_series(series, job.view)
         window = intensity_window(series.slices, cfg.percentiles)  # once for both stages
         if job.stage1_out is not None:
             save_atomic(job.stage1_out, stage1_volume(series, cfg, window))
@@ -131,7 +132,8 @@ def run_job(job: SeriesJob, cfg: PreprocessConfig) -> JobReport:
             save_atomic(out, stage2_crops(series, points, job.view, cfg, window))
     except (SeriesError, ValueError, cv2.error) as error:
         return JobReport(failure=f"{where}: not cached: {error}")
-    return JobReport(dropped=tuple(f"{where}: slice left out: {line}" for line in series.dropped))
+    said = [f"{where}: slice left out: {line}" for line in series.dropped] + [f"{where}: {note}" for note in notes]
+    return JobReport(said=tuple(said))
 
 
 def run_jobs(jobs: list[SeriesJob], cfg: PreprocessConfig, desc: str = "preprocess") -> list[str]:
@@ -143,7 +145,7 @@ def run_jobs(jobs: list[SeriesJob], cfg: PreprocessConfig, desc: str = "preproce
             reports = list(tqdm(pool.map(worker, jobs, chunksize=1), total=len(jobs), desc=desc))
     else:
         reports = [worker(job) for job in tqdm(jobs, desc=desc)]
-    for line in (line for report in reports for line in report.dropped):
+    for line in (line for report in reports for line in report.said):
         warnings.warn(line, stacklevel=2)
     problems = [report.failure for report in reports if report.failure]
     for line in problems:

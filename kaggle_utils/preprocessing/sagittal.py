@@ -31,15 +31,25 @@ from kaggle_utils.preprocessing.intensity import intensity_window, resize_slice,
 
 
 # --- stage 1 -------------------------------------------------------------------------------------
-def check_slice_count(series: Series, view: str) -> None:
-    """Refuse a series with fewer usable slices than its view needs (``View.min_slices``), saying why."""
-    needed = view_named(view).min_slices
-    if series.n_slices < needed:
+def check_series(series: Series, view: str) -> list[str]:
+    """Refuse a series that cannot be read as its view (its slices in another plane: a description that does not
+    match its images; fewer usable slices than ``View.min_slices``), saying why; return what is odd but usable (every
+    slice at one position: ordered by instance number)."""
+    spec = view_named(view)
+    if series.plane != spec.plane:
+        raise SeriesError(
+            f"{series.folder}: listed as {spec.description}, but its slices are {series.plane}, not {spec.plane}: "
+            "not read as one"
+        )
+    if series.n_slices < spec.min_slices:
         dropped = f" ({len(series.dropped)} files left out)" if series.dropped else ""
         raise SeriesError(
-            f"{series.folder}: {series.n_slices} usable slices{dropped}; a {view_named(view).description} series needs "
-            f"{needed} to show the canal and both sides"
+            f"{series.folder}: {series.n_slices} usable slices{dropped}; a {spec.description} series needs "
+            f"{spec.min_slices} to show the canal and both sides"
         )
+    if series.span_mm() < 1.0:
+        return [f"its {series.n_slices} slices claim one position (ImagePositionPatient): ordered by instance number"]
+    return []
 
 
 def stage1_volume(series: Series, cfg: PreprocessConfig, window: tuple[float, float] | None = None) -> np.ndarray:
