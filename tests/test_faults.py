@@ -36,9 +36,9 @@ def test_a_fault_is_said_at_once_and_kept_for_the_summary() -> None:
 
 @pytest.fixture(scope="module")
 def kernel_inputs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
-    """Six test studies in the competition layout and a models folder of small untrained checkpoints."""
+    """Seven test studies in the competition layout and a models folder of small untrained checkpoints."""
     root = tmp_path_factory.mktemp("kernel")
-    data = make_dataset(root / "clean", n_train=4, n_test=6, seed=5, workers=1, progress=False)
+    data = make_dataset(root / "clean", n_train=4, n_test=7, seed=5, workers=1, progress=False)
     bench = Paths(data, root / "bench")
     bench_infer.write_bench_models(bench, bench, competition.series_table(bench, "train"), "smoke")
     return data, bench.models_dir
@@ -81,7 +81,7 @@ class Faults:
 
 def _inject(data: Path) -> Faults:
     faults = Faults(data)
-    a, b, c, d, e, _untouched = faults.studies
+    a, b, c, d, e, f, _untouched = faults.studies
     # a: one T2 slice whose orientation places it nowhere; one zero-byte T1 file
     _, t2 = faults.series(a, SAGITTAL_T2)
     victim = sorted(t2.glob("*.dcm"))[3]
@@ -94,11 +94,17 @@ def _inject(data: Path) -> Faults:
     t1_c, _ = faults.series(c, SAGITTAL_T1)
     t2_c, _ = faults.series(c, SAGITTAL_T2)
 
+    # f: its T1 and T2 listed under each other's description, which their headers' timings undo
+    t1_f, _ = faults.series(f, SAGITTAL_T1)
+    t2_f, _ = faults.series(f, SAGITTAL_T2)
+
     def listing(lines: list[str]) -> list[str]:
         edited = [
             line.replace(f",{t1_b},", ",,")
             .replace(f"{t1_c},{SAGITTAL_T1}", f"{t1_c},Coronal T1")
             .replace(f"{t2_c},{SAGITTAL_T2}", f"{t2_c},sagittal t2 stir")
+            .replace(f"{t1_f},{SAGITTAL_T1}", f"{t1_f},{SAGITTAL_T2}")
+            .replace(f"{t2_f},{SAGITTAL_T2}", f"{t2_f},{SAGITTAL_T1}")
             for line in lines
         ]
         return [edited[0], "", *edited[1:]]
@@ -110,6 +116,11 @@ def _inject(data: Path) -> Faults:
         f"study {c} series {t1_c} 'Coronal T1'",
     ]
     faults.summed_up += [f"study {c}", f"series {t1_c}: not read: 'Coronal T1' is no known view"]
+    faults.named += [
+        f"study {f} series {t1_f}: listed as {SAGITTAL_T2}, but its header's timings (TR 600 ms, TE 12 ms) are "
+        f"T1-weighted: read as {SAGITTAL_T1}",
+        f"study {f} series {t2_f}: listed as {SAGITTAL_T1}, but its header's timings",
+    ]
     # d: a T1 series with no image; e: a T1 series of two slices
     t1_d, folder = faults.series(d, SAGITTAL_T1)
     for path in folder.glob("*.dcm"):
@@ -166,9 +177,11 @@ def test_faults_in_the_test_data_cost_only_their_studies_and_each_is_named(kerne
     pd.testing.assert_frame_equal(faulty.loc[untouched], clean.loc[untouched])  # the same text, to the last digit
     lenient = [r for r in clean.index if r.startswith(f"{faults.studies[2]}_spinal")]  # its T2 read as before
     pd.testing.assert_frame_equal(faulty.loc[lenient], clean.loc[lenient])
+    swapped = [r for r in clean.index if r.startswith(f"{faults.studies[5]}_")]  # read as its headers say
+    pd.testing.assert_frame_equal(faulty.loc[swapped], clean.loc[swapped])
     for text in faults.named:
         assert text in console, text
-    assert "7 studies: " in console and "not at all: study 999" in console
-    summary = console[console.index("7 studies: ") :]
+    assert "8 studies: " in console and "not at all: study 999" in console
+    summary = console[console.index("8 studies: ") :]
     for text in faults.summed_up:
         assert text in summary, text

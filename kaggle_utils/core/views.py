@@ -62,6 +62,7 @@ class View:
     # (the solution's series have 15 or more; 1 or 2 slices cannot show both foramina)
     min_slices: int = 3
     plane: str = "sagittal"  # the plane its slices lie in (``dicom.PLANE_NAMES``): a series in another is not read
+    weighting: str = "t2"  # the contrast its series are acquired with ("t1", "t2": STIR counts as T2)
 
 
 VIEWS: dict[str, View] = {
@@ -74,6 +75,7 @@ VIEWS: dict[str, View] = {
         crop="upright",
         flip_swaps_sides=True,
         conditions="foraminal",
+        weighting="t1",
     ),
     "t2": View(
         name="t2",

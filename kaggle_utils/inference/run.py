@@ -71,7 +71,7 @@ from kaggle_utils.preprocessing.axial_levels import (
     stack_instances,
 )
 from kaggle_utils.preprocessing.intensity import intensity_window
-from kaggle_utils.preprocessing.sagittal import check_series, stage1_volume, stage2_crops
+from kaggle_utils.preprocessing.sagittal import check_series, header_view, stage1_volume, stage2_crops
 
 
 class StageTimer:
@@ -252,7 +252,7 @@ class Inference:
                 continue
             found.keypoints.append(keypoints)
             found.levels += levels
-            if axial_ready and view_named(row.view).places_levels:
+            if axial_ready and placing is not None:
                 axial_ready = False  # the study's first Sagittal T2 series places its levels
                 try:
                     found.levels += self.predict_axial(row.split, study_id, *placing, axial_ids, models, timed)
@@ -262,14 +262,19 @@ class Inference:
 
     def _predict_sagittal(
         self, row: Any, models: ModelSet, timed: Timed
-    ) -> tuple[pd.DataFrame, list[pd.DataFrame], tuple[Series, np.ndarray]]:
-        """One sagittal series: its keypoint rows, each preset's level rows, and the series with its keypoints."""
+    ) -> tuple[pd.DataFrame, list[pd.DataFrame], tuple[Series, np.ndarray] | None]:
+        """One sagittal series, read as the view its header states (``header_view``): its keypoint rows, each
+        preset's level rows, and, when it places the axial levels, the series with its keypoints."""
         with timed("read"):
             volume_series = read_series(self.paths.series_dir(row.split, row.study_id, row.series_id))
         for line in volume_series.dropped:
             self.faults.report(row.study_id, row.series_id, f"slice left out: {line}")
-        for note in check_series(volume_series, row.view):
+        view, why = header_view(volume_series, row.view)
+        if view not in models.stage1:
+            raise SeriesError(f"{why}, for which no models are loaded")
+        for note in ([why] if why else []) + check_series(volume_series, view):
             self.faults.report(row.study_id, row.series_id, note)
+        row = row._replace(view=view)
         given = None if self.given_points is None else self.given_points.get(row.series_id)
         with timed("volume"):
             window = intensity_window(volume_series.slices, self.pre_cfg.percentiles)  # shared with the crops
@@ -287,7 +292,7 @@ class Inference:
                     probs = predict_levels(crops, bank, self.infer_cfg.tta_angles)
                 frame = level_frame([row.study_id], [row.series_id], probs[None], rows)
                 levels.append(frame.assign(preset=preset, fold=fold))
-        return keypoints, levels, (volume_series, points)
+        return keypoints, levels, (volume_series, points) if view_named(view).places_levels else None
 
     # --- the axial branch -----------------------------------------------------------------------------------
     def predict_axial(

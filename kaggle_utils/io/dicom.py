@@ -26,6 +26,8 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut, get_decoder
 
+from kaggle_utils.io.weighting import timings, weighting_of
+
 __all__ = [
     "Geometry",
     "PLANE_NAMES",
@@ -76,6 +78,8 @@ class Series:
     description: str
     folder: Path
     dropped: tuple[str, ...] = ()  # "file: why" of each file left out (``read_series``)
+    weighting: str | None = None  # "t1" / "t2" where its first slice's header timings say so clearly, else None
+    timings: str = ""  # those timings, as quoted in a message
 
     @property
     def geometry(self) -> Geometry:
@@ -361,6 +365,8 @@ class _Slice:
     instance: int
     description: str
     path: Path
+    weighting: str | None = None  # what its header's timings say (``weighting.weighting_of``)
+    timings: str = ""
 
 
 def _dataset(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
@@ -376,7 +382,8 @@ def _read_file(path: Path) -> _Slice:
     ds = _dataset(path)
     position, orientation, spacing = _geometry(ds, path)
     description = str(getattr(ds, "SeriesDescription", "") or "")
-    return _Slice(_pixels(ds, path), position, orientation, spacing, _instance_number(ds), description, path)
+    pixels, instance = _pixels(ds, path), _instance_number(ds)
+    return _Slice(pixels, position, orientation, spacing, instance, description, path, weighting_of(ds), timings(ds))
 
 
 def majority_plane(orientations: Sequence[np.ndarray], files: Sequence[Path]) -> tuple[np.ndarray, list[str]]:
@@ -428,4 +435,6 @@ def read_series(folder: Path) -> Series:
         description=next((s.description for s in read if s.description), ""),
         folder=folder,
         dropped=tuple(dropped),
+        weighting=read[order[0]].weighting,
+        timings=read[order[0]].timings,
     )

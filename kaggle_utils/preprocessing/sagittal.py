@@ -25,7 +25,7 @@ import numpy as np
 
 from kaggle_utils.core.config import PreprocessConfig
 from kaggle_utils.core.labels import sort_level_points
-from kaggle_utils.core.views import view_named
+from kaggle_utils.core.views import VIEWS, view_named
 from kaggle_utils.io.dicom import Series, SeriesError
 from kaggle_utils.preprocessing.intensity import intensity_window, resize_slice, to_uint8
 
@@ -50,6 +50,23 @@ def check_series(series: Series, view: str) -> list[str]:
     if series.span_mm() < 1.0:
         return [f"its {series.n_slices} slices claim one position (ImagePositionPatient): ordered by instance number"]
     return []
+
+
+def header_view(series: Series, view: str) -> tuple[str, str | None]:
+    """The view to read a series as, and why when it is not the view it is listed as: the sagittal view of the
+    weighting its header's timings clearly state (``weighting``), where that differs from the listed one (a
+    description that does not match the images); otherwise the listed view and None."""
+    listed = view_named(view)
+    if series.weighting is None or series.weighting == listed.weighting:
+        return view, None
+    same_plane = [v for v in VIEWS.values() if v.plane == listed.plane and v.localised_per == listed.localised_per]
+    other = next((v for v in same_plane if v.weighting == series.weighting), None)
+    if other is None:
+        return view, None
+    return other.name, (
+        f"listed as {listed.description}, but its header's timings ({series.timings}) are "
+        f"{series.weighting.upper()}-weighted: read as {other.description}"
+    )
 
 
 def stage1_volume(series: Series, cfg: PreprocessConfig, window: tuple[float, float] | None = None) -> np.ndarray:

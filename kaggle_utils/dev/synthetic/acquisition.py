@@ -343,6 +343,10 @@ def _pixels(plan: SeriesPlan, ph: Phantom, k: int, rng: np.random.Generator) -> 
     return np.clip(np.rint(magnitude * plan.max_value), 0, top).astype(np.uint16)
 
 
+TIMINGS_MS = {T1: (600.0, 12.0), T2: (3500.0, 100.0)}
+"""(RepetitionTime, EchoTime) in the headers: a T1- and a T2-weighted fast spin echo's."""
+
+
 def _uid(seed: int, *parts: object) -> str:
     return generate_uid(entropy_srcs=[str(seed), *map(str, parts)])
 
@@ -372,6 +376,7 @@ def _write_slice(path: Path, plan: SeriesPlan, k: int, pixels: np.ndarray, study
     ds.ImagePositionPatient = [float(v) for v in plan.positions[k]]
     ds.ImageOrientationPatient = [float(v) for v in plan.orientations[k]]
     ds.PixelSpacing = [float(v) for v in plan.pixel_spacing]
+    ds.RepetitionTime, ds.EchoTime = TIMINGS_MS[plan.weighting]
     ds.SliceThickness = plan.thickness
     ds.SpacingBetweenSlices = plan.spacing
     ds.Rows, ds.Columns = plan.rows, plan.cols
