@@ -29,6 +29,10 @@ from kaggle_utils.core.views import VIEWS, view_named
 from kaggle_utils.io.dicom import Series, SeriesError
 from kaggle_utils.preprocessing.intensity import intensity_window, resize_slice, to_uint8
 
+MIN_SPAN_MM = 1.0
+"""Outermost slices of a sagittal series closer than this along the normal claim one position (a series spans
+tens of mm): their order can only come from the instance numbers."""
+
 
 # --- stage 1 -------------------------------------------------------------------------------------
 def check_series(series: Series, view: str) -> list[str]:
@@ -47,7 +51,7 @@ def check_series(series: Series, view: str) -> list[str]:
             f"{series.folder}: {series.n_slices} usable slices{dropped}; a {spec.description} series needs "
             f"{spec.min_slices} to show the canal and both sides"
         )
-    if series.span_mm() < 1.0:
+    if series.span_mm() < MIN_SPAN_MM:
         return [f"its {series.n_slices} slices claim one position (ImagePositionPatient): ordered by instance number"]
     return []
 
