@@ -64,13 +64,17 @@ def test_both_passes_give_samples_with_both_sides_carried(tiny_data: Path, prepa
     assert checks.loc[study, "samples"] == len(by_side)
 
 
-def test_a_one_sided_level_is_a_sample_with_the_other_side_mirrored(prepared: Paths) -> None:
+def _first_level(prepared: Paths, condition: str) -> tuple[pd.DataFrame, pd.Series, pd.DataFrame]:
+    """The level table, its first assigned level, and that level's clicks whose condition holds ``condition``."""
     levels = tables.load_table(prepared, "axial_levels")
     clicks = pd.read_csv(prepared.data_file(TRAIN_COORDINATES_CSV))
     row = levels[levels.assigned].iloc[0]
-    level_clicks = clicks[
-        (clicks.study_id == row.study_id) & (clicks.level == row.level) & clicks.condition.str.startswith("Left Sub")
-    ]
+    mine = (clicks.study_id == row.study_id) & (clicks.level == row.level) & clicks.condition.str.contains(condition)
+    return levels, row, clicks[mine].copy()
+
+
+def test_a_one_sided_level_is_a_sample_with_the_other_side_mirrored(prepared: Paths) -> None:
+    levels, row, level_clicks = _first_level(prepared, "Left Subarticular")
     table, checks = axial_samples.keypoints_table(prepared, levels[levels.index == row.name], clicks=level_clicks)
     assert list(table.side) == ["L", "R"] and list(table.labelled) == [True, False]
     left, right = table[["relative_x", "relative_y"]].to_numpy() * [row.columns, row.rows]
@@ -79,12 +83,7 @@ def test_a_one_sided_level_is_a_sample_with_the_other_side_mirrored(prepared: Pa
 
 
 def test_a_point_on_an_instance_its_series_lacks_is_named_not_counted_as_far(prepared: Paths) -> None:
-    levels = tables.load_table(prepared, "axial_levels")
-    clicks = pd.read_csv(prepared.data_file(TRAIN_COORDINATES_CSV))
-    row = levels[levels.assigned].iloc[0]
-    level_clicks = clicks[
-        (clicks.study_id == row.study_id) & (clicks.level == row.level) & clicks.condition.str.contains("Subarticular")
-    ].copy()
+    levels, row, level_clicks = _first_level(prepared, "Subarticular")
     level_clicks["instance_number"] = 9999  # no such file in the series
     table, checks = axial_samples.keypoints_table(prepared, levels[levels.index == row.name], clicks=level_clicks)
     assert table.empty and checks.totals()["far_points"] == 0 and checks.totals()["dropped"] == 1
