@@ -83,7 +83,7 @@ def read_checked_csv(path: Path, faults: FaultLog | None = None) -> pd.DataFrame
     each such row whose study can be read is kept in ``faults`` (if given) against that study.
     """
     ids = ID_COLUMNS
-    header, rows, lines, problems = _csv_rows(path)
+    header, rows, lines, problems, left_out = _csv_rows(path)
     buffer = io.StringIO()
     csv.writer(buffer).writerows([header, *rows])
     buffer.seek(0)
@@ -103,46 +103,47 @@ def read_checked_csv(path: Path, faults: FaultLog | None = None) -> pd.DataFrame
         keep &= ~values.isna()
         table[column] = values
     if problems:
-        origin = _row_origins(path, header)
+        origin = _row_origins(header, {**dict(zip(lines, rows, strict=True)), **left_out}, [p[0] for p in problems])
         _warn_rows(path, origin, problems)
         _keep_row_faults(faults, path, origin, problems)
     table = table[keep].astype({c: "int64" for c in ids if c in table})
     return table.reset_index(drop=True)
 
 
-def _csv_rows(path: Path) -> tuple[list[str], list[list[str]], list[int], list[tuple[int, str]]]:
-    """The header, the rows with as many fields as the header and their line numbers, and the other lines."""
+def _csv_rows(
+    path: Path,
+) -> tuple[list[str], list[list[str]], list[int], list[tuple[int, str]], dict[int, list[str]]]:
+    """The header, the rows with as many fields as the header and their line numbers, why each other line is left
+    out, and the fields of those lines."""
     try:
         reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig", errors="replace")))
         header = next(reader, None)
         if not header:
             raise TableError(f"{path}: the file is empty, it has no header line")
-        rows, lines, problems = [], [], []
+        rows, lines, problems, left_out = [], [], [], {}
         for fields in reader:
-            if not any(f.strip() for f in fields):
-                problems.append((reader.line_num, "empty line"))
-            elif len(fields) != len(header):
-                problems.append((reader.line_num, f"{len(fields)} fields where the header has {len(header)}"))
-            else:
+            blank = not any(f.strip() for f in fields)
+            if not blank and len(fields) == len(header):
                 rows.append(fields)
                 lines.append(reader.line_num)
+                continue
+            left_out[reader.line_num] = fields
+            why = "empty line" if blank else f"{len(fields)} fields where the header has {len(header)}"
+            problems.append((reader.line_num, why))
     except csv.Error as error:
         raise TableError(f"{path}: not a readable CSV ({error})") from error
-    return header, rows, lines, problems
+    return header, rows, lines, problems, left_out
 
 
-def _row_origins(path: Path, header: list[str]) -> dict[int, Origin]:
-    """(study, series) of each line of a CSV whose fields name them (None where a field is absent or not an id), the
+def _row_origins(header: list[str], fields_of: dict[int, list[str]], lines: list[int]) -> dict[int, Origin]:
+    """(study, series) that each of ``lines`` names in its fields (None where a field is absent or not an id), the
     lines with a wrong field count included: a row too short or too long still says whose it was."""
     columns = [header.index(c) if c in header else None for c in ("study_id", "series_id")]
-    reader = csv.reader(io.StringIO(path.read_text(encoding="utf-8-sig", errors="replace")))
-    next(reader, None)  # the header
-    origins = {}
-    for fields in reader:
-        origins[reader.line_num] = tuple(
-            _whole(fields[k]) if k is not None and k < len(fields) else None for k in columns
-        )
-    return origins
+
+    def named(fields: list[str]) -> Origin:
+        return tuple(_whole(fields[k]) if k is not None and k < len(fields) else None for k in columns)
+
+    return {line: named(fields_of[line]) for line in lines}
 
 
 def _warn_rows(path: Path, origin: dict[int, Origin], problems: list[tuple[int, str]]) -> None:

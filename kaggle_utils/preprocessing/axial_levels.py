@@ -163,10 +163,9 @@ def axial_from_geometry(series_id: int, geometry: Geometry) -> AxialSeries | Non
     if not axial.any():
         return None
     if not axial.all():
-        files = geometry.files or [f"instance {i}" for i in geometry.instance_numbers]
+        names = [f.name for f in geometry.files] or [f"instance {i}" for i in geometry.instance_numbers]
         off = tuple(
-            f"{getattr(files[i], 'name', files[i])}: an image in the {plane_of(geometry.orientations[i])} plane among "
-            "axial slices"
+            f"{names[i]}: an image in the {plane_of(geometry.orientations[i])} plane among axial slices"
             for i in np.flatnonzero(~axial)
         )
         geometry = replace(geometry, dropped=geometry.dropped + off)
@@ -318,12 +317,13 @@ def study_axial_series(
             if coverage is not None:
                 coverage.unreadable.append(f"{series_id}: {err}")
             continue
-        if series is None and coverage is not None:
-            coverage.unreadable.append(f"{series_id}: none of its images is axial")
-        for line in [] if series is None else series.geometry.dropped:
+        if series is None:
+            if coverage is not None:
+                coverage.unreadable.append(f"{series_id}: none of its images is axial")
+            continue
+        for line in series.geometry.dropped:
             warnings.warn(f"study {study_id} axial series {series_id}: slice left out: {line}", stacklevel=2)
-        if series is not None:
-            found.append(series)
+        found.append(series)
     return found
 
 

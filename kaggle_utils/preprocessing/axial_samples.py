@@ -130,12 +130,12 @@ class _SeriesCache:
 
 
 def _sample_rows(
-    row: pd.Series, target: AxialSeries, k: int, clicked: pd.DataFrame, cache: _SeriesCache, absent: list[str]
-) -> tuple[list[tuple], int]:
-    """The rows of one assigned slice (none when no point is known) and how many of its points were too far; a
-    point whose series cannot be read or lacks its instance is named in ``absent`` instead."""
+    row: pd.Series, target: AxialSeries, k: int, clicked: pd.DataFrame, cache: _SeriesCache
+) -> tuple[list[tuple], int, list[str]]:
+    """The rows of one assigned slice (none when no point is known), how many of its points were too far, and the
+    points whose series cannot be read or lacks their instance, named."""
     rows_px, cols_px = target.geometry.shapes[k]
-    known, far = {}, 0
+    known, far, absent = {}, 0, []
     for side in SIDES:
         for click in clicked[clicked["side"] == side].itertuples():
             source = cache.get(int(click.study_id), int(click.series_id))
@@ -149,7 +149,7 @@ def _sample_rows(
             else:
                 known[side] = xy
     if not known:
-        return [], far
+        return [], far, absent
     carried = set(known)
     if len(known) == 1:  # the other side mirrored through the sagittal canal point, left to right only
         ((side, xy),) = known.items()
@@ -157,7 +157,7 @@ def _sample_rows(
         known[other] = np.array([2 * float(row["point_x"]) - xy[0], xy[1]])
     keys = (row["study_id"], row["series_id"], row["level"], row["instance_number"])
     relative = {side: (float(known[side][0]) / cols_px, float(known[side][1]) / rows_px) for side in SIDES}
-    return [(*keys, side, *relative[side], side in carried) for side in SIDES], far
+    return [(*keys, side, *relative[side], side in carried) for side in SIDES], far, absent
 
 
 def keypoints_table(
@@ -178,10 +178,10 @@ def keypoints_table(
             if clicked is None or target is None:
                 continue
             k = int(np.flatnonzero(target.instance_numbers == row["instance_number"])[0])
-            n_absent = len(checks.absent)
-            sample, far = _sample_rows(row, target, k, clicked, cache, checks.absent)
+            sample, far, absent = _sample_rows(row, target, k, clicked, cache)
+            checks.absent += absent
             counts["far_points"] += far
-            counts["dropped"] += int(not sample and (far > 0 or len(checks.absent) > n_absent))
+            counts["dropped"] += int(not sample and (far > 0 or bool(absent)))
             counts["samples"] += int(bool(sample))
             counts["one_sided"] += int(bool(sample) and not all(r[-1] for r in sample))
             rows += sample

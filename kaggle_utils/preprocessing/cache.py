@@ -24,7 +24,7 @@ from kaggle_utils.core.config import PreprocessConfig
 from kaggle_utils.core.paths import STAGE1, STAGE2, Paths
 from kaggle_utils.io.dicom import SeriesError, read_series
 from kaggle_utils.preprocessing.intensity import intensity_window
-from kaggle_utils.preprocessing.sagittal import check_series, header_view, stage1_volume, stage2_crops
+from kaggle_utils.preprocessing.sagittal import check_series, stage1_volume, stage2_crops, weighting_mismatch
 
 
 def save_atomic(path: Path, array: np.ndarray) -> None:
@@ -123,8 +123,8 @@ def run_job(job: SeriesJob, cfg: PreprocessConfig) -> JobReport:
     try:
         series = read_series(job.folder)
         notes = check_series(series, job.view)
-        if (why := header_view(series, job.view)[1]) is not None:
-            notes.append(why.replace("read as", "trained as listed all the same, not as"))
+        if (mismatch := weighting_mismatch(series, job.view)) is not None:
+            notes.append(f"{mismatch[1]}: trained as listed all the same")
         window = intensity_window(series.slices, cfg.percentiles)  # once for both stages
         if job.stage1_out is not None:
             save_atomic(job.stage1_out, stage1_volume(series, cfg, window))

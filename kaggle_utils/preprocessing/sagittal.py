@@ -56,21 +56,28 @@ def check_series(series: Series, view: str) -> list[str]:
     return []
 
 
-def header_view(series: Series, view: str) -> tuple[str, str | None]:
-    """The view to read a series as, and why when it is not the view it is listed as: the sagittal view of the
-    weighting its header's timings clearly state (``weighting``), where that differs from the listed one (a
-    description that does not match the images); otherwise the listed view and None."""
+def weighting_mismatch(series: Series, view: str) -> tuple[str, str] | None:
+    """(the view of the weighting its header's timings clearly state, and what its header says) where that is not
+    ``view``, the view it is listed as (a description that does not match the images); None otherwise, and where no
+    view of the same kind has that weighting."""
     listed = view_named(view)
     if series.weighting is None or series.weighting == listed.weighting:
-        return view, None
-    same_plane = [v for v in VIEWS.values() if v.plane == listed.plane and v.localised_per == listed.localised_per]
-    other = next((v for v in same_plane if v.weighting == series.weighting), None)
+        return None
+    same_kind = [v for v in VIEWS.values() if v.plane == listed.plane and v.localised_per == listed.localised_per]
+    other = next((v for v in same_kind if v.weighting == series.weighting), None)
     if other is None:
+        return None
+    said = f"listed as {listed.description}, but its header's timings ({series.timings}) are "
+    return other.name, said + f"{series.weighting.upper()}-weighted"
+
+
+def header_view(series: Series, view: str) -> tuple[str, str | None]:
+    """The view to read a series as (``weighting_mismatch``'s where there is one, else ``view``), and why."""
+    mismatch = weighting_mismatch(series, view)
+    if mismatch is None:
         return view, None
-    return other.name, (
-        f"listed as {listed.description}, but its header's timings ({series.timings}) are "
-        f"{series.weighting.upper()}-weighted: read as {other.description}"
-    )
+    other, said = mismatch
+    return other, f"{said}: read as {view_named(other).description}"
 
 
 def stage1_volume(series: Series, cfg: PreprocessConfig, window: tuple[float, float] | None = None) -> np.ndarray:
