@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -239,6 +240,69 @@ def test_an_image_of_another_plane_is_left_out_by_the_majority(tmp_path: Path) -
     geometry = dicom.read_geometry(tmp_path / "series")
     assert len(geometry) == 5 and geometry.dropped == series.dropped
     assert dicom.stray_images([*series.dropped, f"{tmp_path}/2.dcm: an empty file"]) == 1  # counted apart
+
+
+def test_a_second_copy_of_a_file_is_left_out_and_named(tmp_path: Path) -> None:
+    """A file stored twice under two names counts once; two images at one position with their own numbers stay."""
+    folder = tmp_path / "series"
+    positions = _shuffled_series(folder, n=5)
+    first = sorted(folder.glob("*.dcm"))[0]
+    shutil.copy(first, folder / "999.dcm")
+    series = read_series(folder)
+    assert series.n_slices == 5
+    assert series.dropped == (
+        f"{folder / '999.dcm'}: a copy of {first.name} (the same SOPInstanceUID, position and number)",
+    )
+    geometry = dicom.read_geometry(folder)
+    assert len(geometry) == 5 and geometry.dropped == series.dropped
+
+    _write_slice(folder / "998.dcm", positions[2], _oblique_sagittal(), 42, np.full((6, 5), 7, dtype=np.uint16))
+    assert read_series(folder).n_slices == 6 and len(dicom.read_geometry(folder)) == 6
+
+
+def test_orientation_directions_are_read_at_unit_length(tmp_path: Path) -> None:
+    """Directions written 1.5 times too long place every pixel where unit ones do; near-unit ones stay as written."""
+    _shuffled_series(tmp_path / "unit", n=4)
+    shutil.copytree(tmp_path / "unit", tmp_path / "long")
+    for path in (tmp_path / "long").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        ds.ImageOrientationPatient = [1.5 * float(v) for v in ds.ImageOrientationPatient]
+        ds.save_as(path)
+    unit, long = read_series(tmp_path / "unit"), read_series(tmp_path / "long")
+    np.testing.assert_allclose(long.orientation, unit.orientation, atol=1e-12)
+    np.testing.assert_allclose(long.pixel_to_world(1, 5.0, 4.0), unit.pixel_to_world(1, 5.0, 4.0), atol=1e-9)
+    np.testing.assert_allclose(dicom.read_geometry(tmp_path / "long").orientations[0], unit.orientation, atol=1e-12)
+    written = np.array([0.0, 0.9999, 0.0, 0.0, 0.0, -1.0])  # within the tolerance: kept bit for bit
+    assert dicom.unit_directions(written) is written
+
+
+def test_a_series_stored_mirrored_reads_as_one_stored_the_usual_way(tmp_path: Path) -> None:
+    """A sagittal series stored facing the other way and upside down, its header true of it, reads as the usual
+    one: the same pixels, positions and orientation; its axial-style geometry read agrees."""
+    _shuffled_series(tmp_path / "usual", n=4)
+    shutil.copytree(tmp_path / "usual", tmp_path / "turned")
+    for path in (tmp_path / "turned").glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        pixels, iop = ds.pixel_array, np.asarray(ds.ImageOrientationPatient, float)
+        rows, cols = pixels.shape
+        spacing = np.asarray(ds.PixelSpacing, float)
+        corner = np.asarray(ds.ImagePositionPatient, float) + (cols - 1) * spacing[1] * iop[:3]
+        ds.ImagePositionPatient = list(corner + (rows - 1) * spacing[0] * iop[3:])
+        ds.ImageOrientationPatient = list(-iop)
+        ds.PixelData = np.ascontiguousarray(pixels[::-1, ::-1] + np.arange(cols, dtype=np.uint16)).tobytes()
+        ds.save_as(path)
+    usual, turned = read_series(tmp_path / "usual"), read_series(tmp_path / "turned")
+    for a, b in zip(usual.slices, turned.slices, strict=True):
+        np.testing.assert_array_equal(b, a + np.arange(a.shape[1])[::-1])  # the column ramp, turned back
+    np.testing.assert_allclose(turned.positions, usual.positions, atol=1e-9)
+    np.testing.assert_allclose(turned.orientation, usual.orientation, atol=1e-12)
+    geometry = dicom.read_geometry(tmp_path / "turned")
+    assert all(t.flip_x and t.flip_y for t in geometry.turns)
+    np.testing.assert_allclose(np.sort(geometry.positions, axis=0), np.sort(usual.positions, axis=0), atol=1e-9)
+    np.testing.assert_array_equal(
+        dicom.read_slice(geometry.files[0]),
+        turned.slices[list(turned.instance_numbers).index(geometry.instance_numbers[0])],
+    )
 
 
 def test_a_series_with_no_image_is_refused(tmp_path: Path) -> None:

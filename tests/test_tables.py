@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import pydicom
 import pytest
 
 from kaggle_utils.core.config import PreprocessConfig
@@ -21,6 +22,8 @@ from kaggle_utils.core.paths import (
     Paths,
 )
 from kaggle_utils.io import competition, tables
+from kaggle_utils.io.dicom import Turn
+from kaggle_utils.preprocessing import axial_crops
 
 
 def _canal_rows(points: np.ndarray) -> pd.DataFrame:
@@ -30,7 +33,7 @@ def _canal_rows(points: np.ndarray) -> pd.DataFrame:
 
 
 def _fronts_and_backs(points: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    rows = tables._series_points(_canal_rows(points), "t2", 100, 100, study_id=1, series_id=2)
+    rows = tables._series_points(_canal_rows(points), "t2", Turn(100, 100), study_id=1, series_id=2)
     xy = np.array([(r[5], r[6]) for r in rows]) * 100
     return xy[0::2], xy[1::2]  # "L" (front) and "R" (canal) rows alternate
 
@@ -319,3 +322,70 @@ def test_a_listing_without_the_columns_read_is_named_with_its_header(tmp_path: P
     paths = _listing(tmp_path, "study,series,description\n1,10,Sagittal T1\n")
     with pytest.raises(competition.TableError, match="lacks the columns study_id, series_id, series_description"):
         competition.series_table(paths, "test")
+
+
+def test_labelled_points_follow_their_image_when_it_is_turned() -> None:
+    """A point clicked on a T1 image stored facing the other way lands where the turned image shows it."""
+    title = CONDITION_TITLES[CONDITIONS[1]]
+    group = pd.DataFrame({"condition": title, "level": LEVEL_NAMES[:1], "x": [10.0], "y": [30.0]})
+    (stored,) = tables._series_points(group, "t1", Turn(100, 80), study_id=1, series_id=2)
+    (turned,) = tables._series_points(group, "t1", Turn(100, 80, flip_x=True), study_id=1, series_id=2)
+    assert stored[5:7] == (10 / 80, 30 / 100)
+    assert turned[5:7] == (69 / 80, 30 / 100)
+
+
+def _store_turned(data: Path, study_id: int) -> None:
+    """A study's series stored turned, their headers true of the stored pixels, and every label (competition
+    coordinates and the corrected file) clicked on the stored images: T1 and axial facing the other way, T2 also
+    upside down."""
+    listing = pd.read_csv(data / "train_series_descriptions.csv")
+    labels, corrected = pd.read_csv(data / TRAIN_COORDINATES_CSV), pd.read_csv(data / COORDS_V7_CSV)
+    for row in listing[listing["study_id"] == study_id].itertuples():
+        upside_down = row.series_description == "Sagittal T2/STIR"
+        for path in (data / "train_images" / str(study_id) / str(row.series_id)).glob("*.dcm"):
+            ds = pydicom.dcmread(path)
+            pixels, iop = ds.pixel_array, np.asarray(ds.ImageOrientationPatient, float)
+            (rows, cols), spacing = pixels.shape, np.asarray(ds.PixelSpacing, float)
+            position = np.asarray(ds.ImagePositionPatient, float) + (cols - 1) * spacing[1] * iop[:3]
+            iop[:3] *= -1
+            if upside_down:
+                position, iop[3:] = position + (rows - 1) * spacing[0] * iop[3:], -iop[3:]
+            ds.ImagePositionPatient, ds.ImageOrientationPatient = list(position), list(iop)
+            ds.PixelData = np.ascontiguousarray(pixels[:: -1 if upside_down else 1, ::-1]).tobytes()
+            ds.save_as(path)
+            clicked = (labels["series_id"] == row.series_id) & (labels["instance_number"] == ds.InstanceNumber)
+            labels.loc[clicked, "x"] = cols - 1 - labels.loc[clicked, "x"]
+            if upside_down:
+                labels.loc[clicked, "y"] = rows - 1 - labels.loc[clicked, "y"]
+        mine = corrected["series_id"] == row.series_id
+        corrected.loc[mine, "relative_x"] = (cols - 1) / cols - corrected.loc[mine, "relative_x"]
+        if upside_down:
+            corrected.loc[mine, "relative_y"] = (rows - 1) / rows - corrected.loc[mine, "relative_y"]
+    labels.to_csv(data / TRAIN_COORDINATES_CSV, index=False)
+    corrected.to_csv(data / COORDS_V7_CSV, index=False)
+
+
+@pytest.mark.parametrize("corrected", [True, False])
+def test_training_tables_are_the_same_whichever_way_the_images_are_stored(
+    tiny_data: Path, tmp_path: Path, corrected: bool
+) -> None:
+    """Images stored turned are read turned back, and so are the points clicked on them: keypoints, axial levels
+    and axial localiser samples equal those of the same study stored the usual way."""
+    built = {}
+    for name in ("usual", "turned"):
+        data = tmp_path / name
+        shutil.copytree(tiny_data, data)
+        if name == "turned":
+            _store_turned(data, int(pd.read_csv(data / "train.csv")["study_id"].iloc[0]))
+        if not corrected:
+            (data / COORDS_V7_CSV).unlink()
+        paths = Paths(data, tmp_path / f"work_{name}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            tables_ = tables.build_training_tables(paths, PreprocessConfig())
+            axial = axial_crops.prepare_training(
+                paths, tables_["series"], tables_["keypoints"], PreprocessConfig(), False
+            )
+        built[name] = (tables_["keypoints"], axial.levels, axial.keypoints)
+    for usual, turned in zip(built["usual"], built["turned"], strict=True):
+        pd.testing.assert_frame_equal(turned, usual, atol=1e-9)

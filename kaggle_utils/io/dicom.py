@@ -5,15 +5,16 @@ projected on the slice normal and sorted in descending order. The normal is sign
 largest component is positive, so for a sagittal series index 0 is the patient's left-most slice
 (DICOM LPS: +x = patient left), the order the solution's stage-2 models assume.
 
-Pixel <-> world: pixel (x = column, y = row) of a slice with ImagePositionPatient ``ipp``,
-ImageOrientationPatient ``(row_cos, col_cos)`` and PixelSpacing ``(row spacing, column spacing)``
-lies at ``ipp + x * col_spacing * row_cos + y * row_spacing * col_cos`` (mm).
+Every image is read turned to its plane's usual orientation, and its geometry with it (``geometry.Turn``; where a
+slice lies, pixel <-> world: ``geometry``).
 
 A file that cannot be used (unreadable header or pixels, geometry that places it nowhere: a degenerate
 orientation, a position that is not a number, a spacing that is not positive) costs its slice, not its series:
 it is left out and named in the series' ``dropped`` list, and so is an image of another plane stored in the
-series (a localiser), found against the plane of the series' majority. Only a folder with no usable file, or
-whose slices hold no image at all (every pixel equal), is a ``SeriesError``.
+series (a localiser), found against the plane of the series' majority, and a second copy of a file (the same
+SOPInstanceUID, position and InstanceNumber under another name). Only a folder with no usable file, or whose slices
+hold no image at all (every pixel equal), is a ``SeriesError``. ImageOrientationPatient's two directions are scaled
+to unit length where a header writes them longer or shorter (``geometry.unit_directions``).
 """
 
 from __future__ import annotations
@@ -26,6 +27,19 @@ import numpy as np
 import pydicom
 from pydicom.pixels import apply_modality_lut, get_decoder
 
+from kaggle_utils.io.geometry import (
+    _TIE_TOLERANCE_MM,
+    PLANE_NAMES,
+    Geometry,
+    Turn,
+    order_slices,
+    pixel_to_world,
+    plane_of,
+    slice_normal,
+    turn_of,
+    unit_directions,
+    world_to_pixel,
+)
 from kaggle_utils.io.weighting import timings, weighting_of
 
 __all__ = [
@@ -34,7 +48,9 @@ __all__ = [
     "majority_plane",
     "Series",
     "SeriesError",
+    "Turn",
     "check_decodable",
+    "header_turn",
     "order_slices",
     "pixel_to_world",
     "read_geometry",
@@ -45,13 +61,6 @@ __all__ = [
     "stray_images",
     "world_to_pixel",
 ]
-
-# Ties in the projection closer than this (mm) count as equal and fall back to InstanceNumber, so
-# that float noise in the headers cannot shuffle slices that share a position.
-_TIE_TOLERANCE_MM = 1e-3
-
-PLANE_NAMES = ("sagittal", "coronal", "axial")
-"""The plane of a slice by the largest component of its normal (patient x, y, z)."""
 
 _MIN_SINE = 0.5
 """ImageOrientationPatient's row and column directions must be this far from parallel (sine of their angle; they
@@ -137,66 +146,6 @@ class Series:
         return int(np.argmin(np.abs(offsets)))
 
 
-def slice_normal(orientation: Sequence[float] | np.ndarray) -> np.ndarray:
-    """Unit normal ``row_cos x col_cos``, flipped so that its largest-magnitude component is positive.
-
-    The fixed sign makes the order independent of how the scanner chose its row and column
-    directions: sagittal normals point to patient left (+x), axial ones to superior (+z).
-    """
-    iop = np.asarray(orientation, dtype=np.float64).reshape(6)
-    normal = np.cross(iop[:3], iop[3:])
-    length = np.linalg.norm(normal)
-    if length < 1e-6:
-        raise ValueError(f"degenerate ImageOrientationPatient {iop.tolist()}: row and column directions are parallel")
-    normal /= length
-    if normal[np.argmax(np.abs(normal))] < 0:
-        normal = -normal
-    return normal
-
-
-def plane_of(orientation: Sequence[float] | np.ndarray) -> str:
-    """``PLANE_NAMES`` entry of a slice: the patient axis its normal mostly follows."""
-    return PLANE_NAMES[int(np.argmax(np.abs(slice_normal(orientation))))]
-
-
-def order_slices(
-    positions: np.ndarray, orientation: Sequence[float] | np.ndarray, instance_numbers: np.ndarray | None = None
-) -> np.ndarray:
-    """Indices that sort slices by descending projection on :func:`slice_normal`, ties by instance number."""
-    positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
-    projection = np.round(positions @ slice_normal(orientation) / _TIE_TOLERANCE_MM)
-    tie_break = np.arange(len(positions)) if instance_numbers is None else np.asarray(instance_numbers)
-    return np.lexsort((tie_break, -projection))  # last key is the primary one
-
-
-def pixel_to_world(
-    position: np.ndarray,
-    orientation: Sequence[float] | np.ndarray,
-    pixel_spacing: Sequence[float] | np.ndarray,
-    x: np.ndarray | float,
-    y: np.ndarray | float,
-) -> np.ndarray:
-    """World mm (..., 3) of pixel (x = column, y = row) on the slice at ``position``."""
-    iop = np.asarray(orientation, dtype=np.float64).reshape(6)
-    row_spacing, col_spacing = np.asarray(pixel_spacing, dtype=np.float64)
-    x = np.asarray(x, dtype=np.float64)[..., None]
-    y = np.asarray(y, dtype=np.float64)[..., None]
-    return np.asarray(position, dtype=np.float64) + x * col_spacing * iop[:3] + y * row_spacing * iop[3:]
-
-
-def world_to_pixel(
-    position: np.ndarray,
-    orientation: Sequence[float] | np.ndarray,
-    pixel_spacing: Sequence[float] | np.ndarray,
-    world: np.ndarray,
-) -> np.ndarray:
-    """Pixel x (column), y (row) as (..., 2) of world point(s) projected onto the slice at ``position``."""
-    iop = np.asarray(orientation, dtype=np.float64).reshape(6)
-    row_spacing, col_spacing = np.asarray(pixel_spacing, dtype=np.float64)
-    offset = np.asarray(world, dtype=np.float64) - np.asarray(position, dtype=np.float64)
-    return np.stack([offset @ iop[:3] / col_spacing, offset @ iop[3:] / row_spacing], axis=-1)
-
-
 def read_header(path: Path) -> pydicom.Dataset:
     """The header of one file, without its pixels (fast on the ~0.5 MB RSNA slices)."""
     return _dataset(path, stop_before_pixels=True)
@@ -215,7 +164,30 @@ def _geometry(ds: pydicom.Dataset, path: Path) -> tuple[np.ndarray, np.ndarray, 
     except (AttributeError, ValueError, TypeError) as err:
         raise SeriesError(f"{path}: missing or malformed geometry tag ({err})") from err
     check_geometry(position, orientation, spacing, path)
-    return position, orientation, spacing
+    return position, unit_directions(orientation), spacing
+
+
+def _turned_geometry(
+    ds: pydicom.Dataset, path: Path, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, Turn]:
+    """A file's geometry once its ``shape`` (rows, cols) image is turned to its plane's usual orientation, and the
+    turn (``geometry.turn_of``)."""
+    position, orientation, spacing = _geometry(ds, path)
+    turn = turn_of(orientation, *shape)
+    return (*turn.geometry(position, orientation, spacing), turn)
+
+
+def header_turn(ds: pydicom.Dataset, path: Path) -> Turn:
+    """How a file's image is turned on reading, from its header alone (``Turn(rows, cols)``, no turn, where its
+    orientation cannot be read)."""
+    try:
+        return _turned_geometry(ds, path, _header_shape(ds))[3]
+    except (SeriesError, ValueError):
+        return Turn(*_header_shape(ds))
+
+
+def _header_shape(ds: pydicom.Dataset) -> tuple[int, int]:
+    return int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)
 
 
 def check_geometry(position: np.ndarray, orientation: np.ndarray, spacing: np.ndarray, path: Path) -> None:
@@ -265,35 +237,6 @@ def _pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
     return pixels
 
 
-@dataclass
-class Geometry:
-    """Where every slice of a series lies, from its headers alone, in file order (``order_slices`` sorts it)."""
-
-    positions: np.ndarray  # (N, 3) ImagePositionPatient, mm
-    orientations: np.ndarray  # (N, 6) ImageOrientationPatient of each slice (blocks of an axial series differ)
-    pixel_spacing: np.ndarray  # (N, 2) row spacing, column spacing, mm
-    shapes: np.ndarray  # (N, 2) Rows, Columns
-    instance_numbers: np.ndarray  # (N,)
-    files: tuple[Path, ...] = ()  # empty for the geometry of a series read in full (``Series.geometry``)
-    dropped: tuple[str, ...] = ()  # "file: why" of each file whose header could not be used (``read_geometry``)
-
-    def __len__(self) -> int:
-        return len(self.positions)
-
-    def take(self, index: np.ndarray) -> Geometry:
-        """The slices at ``index``, in that order."""
-        index = np.asarray(index, dtype=np.int64)
-        return Geometry(
-            self.positions[index],
-            self.orientations[index],
-            self.pixel_spacing[index],
-            self.shapes[index],
-            self.instance_numbers[index],
-            tuple(self.files[i] for i in index) if self.files else (),
-            self.dropped,
-        )
-
-
 def _dicom_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
         raise SeriesError(f"{folder}: series folder does not exist")
@@ -307,20 +250,23 @@ def read_geometry(folder: Path) -> Geometry:
     """The geometry of every ``*.dcm`` in a series folder, read from the headers without decoding pixels; a file
     whose header cannot be used is left out and named in ``dropped`` (none usable: ``SeriesError``)."""
     files = _dicom_files(Path(folder))
-    positions, orientations, spacings, shapes, instances, kept, dropped = [], [], [], [], [], [], []
+    positions, orientations, spacings, shapes, instances, kept, dropped, turns = [], [], [], [], [], [], [], []
+    copies = _Copies()
     for path in files:
         try:
             ds = read_header(path)
-            position, orientation, spacing = _geometry(ds, path)
+            position, orientation, spacing, turn = _turned_geometry(ds, path, _header_shape(ds))
+            copies.check(ds, position, path)
         except SeriesError as err:
             dropped.append(str(err))
             continue
         positions.append(position)
         orientations.append(orientation)
         spacings.append(spacing)
-        shapes.append((int(getattr(ds, "Rows", 0) or 0), int(getattr(ds, "Columns", 0) or 0)))
+        shapes.append(turn.shape)
         instances.append(_instance_number(ds))
         kept.append(path)
+        turns.append(turn)
     if not kept:
         raise SeriesError(f"{folder}: none of its {len(files)} files can be used ({_first(dropped)})")
     on_plane, off_plane = majority_plane(orientations, kept)
@@ -332,6 +278,7 @@ def read_geometry(folder: Path) -> Geometry:
         np.asarray(instances, dtype=np.int64),
         tuple(kept),
         tuple(dropped + off_plane),
+        tuple(turns),
     )
     return geometry.take(np.flatnonzero(on_plane))
 
@@ -350,8 +297,10 @@ def _first(dropped: list[str]) -> str:
 
 
 def read_slice(path: Path) -> np.ndarray:
-    """The pixels of one file as a 2-D float32 image (modality LUT applied)."""
-    return _pixels(_dataset(path), path)
+    """The pixels of one file as a 2-D float32 image (modality LUT applied), turned as ``read_geometry`` places it."""
+    ds = _dataset(path)
+    pixels = _pixels(ds, path)
+    return _turned_geometry(ds, path, pixels.shape)[3].image(pixels)
 
 
 @dataclass(frozen=True)
@@ -378,12 +327,31 @@ def _dataset(path: Path, stop_before_pixels: bool = False) -> pydicom.Dataset:
         raise SeriesError(f"{path}: {'an empty file' if empty else f'cannot read DICOM file ({err})'}") from err
 
 
-def _read_file(path: Path) -> _Slice:
-    ds = _dataset(path)
-    position, orientation, spacing = _geometry(ds, path)
+def _read_file(ds: pydicom.Dataset, path: Path) -> _Slice:
+    pixels = _pixels(ds, path)
+    position, orientation, spacing, turn = _turned_geometry(ds, path, pixels.shape)
     description = str(getattr(ds, "SeriesDescription", "") or "")
-    pixels, instance = _pixels(ds, path), _instance_number(ds)
+    pixels, instance = turn.image(pixels), _instance_number(ds)
     return _Slice(pixels, position, orientation, spacing, instance, description, path, weighting_of(ds), timings(ds))
+
+
+class _Copies:
+    """The files of a series read so far, by what makes a file a second copy of another: its SOPInstanceUID, its
+    position and its InstanceNumber all equal (a file copied under another name; distinct slices that share a
+    position keep their instance numbers, and an anonymiser that blanks the UIDs leaves them apart too)."""
+
+    def __init__(self) -> None:
+        self.first: dict[tuple, Path] = {}
+
+    def check(self, ds: pydicom.Dataset, position: np.ndarray, path: Path) -> None:
+        """Remember ``path``, or fail naming the earlier file it copies."""
+        uid = str(getattr(ds, "SOPInstanceUID", "") or "")
+        key = (uid, *np.round(position / _TIE_TOLERANCE_MM).astype(np.int64).tolist(), _instance_number(ds))
+        if key in self.first:
+            raise SeriesError(
+                f"{path}: a copy of {self.first[key].name} (the same SOPInstanceUID, position and number)"
+            )
+        self.first[key] = path
 
 
 def majority_plane(orientations: Sequence[np.ndarray], files: Sequence[Path]) -> tuple[np.ndarray, list[str]]:
@@ -410,9 +378,13 @@ def read_series(folder: Path) -> Series:
     folder = Path(folder)
     files = _dicom_files(folder)
     read, dropped = [], []
+    copies = _Copies()
     for path in files:
         try:
-            read.append(_read_file(path))
+            ds = _dataset(path)
+            file = _read_file(ds, path)
+            copies.check(ds, file.position, path)
+            read.append(file)
         except SeriesError as err:
             dropped.append(str(err))
     keep, off_plane = majority_plane([s.orientation for s in read], [s.path for s in read])

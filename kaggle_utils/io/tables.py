@@ -5,6 +5,8 @@ The solution read these from a metadata dataset it did not build; here they are 
 competition files and written to ``WORK_DIR/tables``. The solution's own metadata files are read by their
 names and columns when present (``coords_v7.csv`` or ``coords_rsna_improved.csv`` for corrected keypoints,
 ``metadata.csv`` for its folds, when asked), and a file with other columns is named with the columns expected.
+Keypoints are given on the stored images; where a series' images are turned on reading (``geometry.Turn``), its
+keypoints are turned with them.
 """
 
 from __future__ import annotations
@@ -29,7 +31,7 @@ from kaggle_utils.core.constants import (
 from kaggle_utils.core.labels import sort_level_points
 from kaggle_utils.core.views import VIEWS, view_named
 from kaggle_utils.io.competition import TableError, drop_excluded, read_csv, series_table, targets_table
-from kaggle_utils.io.dicom import SeriesError, read_header
+from kaggle_utils.io.dicom import SeriesError, Turn, header_turn, read_header
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "series": ("study_id", "series_id", "series_description", "view", "split", "fold"),
@@ -200,7 +202,7 @@ def keypoints_table(paths: P.Paths, series: pd.DataFrame, keypoints_file: str = 
     complete set of 10 points are left out with a warning."""
     source = corrected_keypoints_file(paths, keypoints_file)
     if source is not None:
-        table = _from_corrected(read_keypoint_file(source), series, source.name)
+        table = _turned(paths, _from_corrected(read_keypoint_file(source), series, source.name))
     else:
         warnings.warn(
             f"no {' or '.join(KEYPOINT_FILES)} in {paths.data_dir} or an attached dataset: keypoints come from "
@@ -256,15 +258,45 @@ def _from_corrected(coords: pd.DataFrame, series: pd.DataFrame, source: str) -> 
     return table[list(SCHEMAS["keypoints"])].sort_values(["series_id", "level", "side"]).reset_index(drop=True)
 
 
+def _turned(paths: P.Paths, table: pd.DataFrame) -> pd.DataFrame:
+    """Relative keypoints of a corrected file, given on the stored images, moved to the turned ones where a series'
+    images are turned on reading (``dicom.Turn``; the others stay as written)."""
+    table = table.copy()
+    for series_id, rows in table.groupby("series_id").groups.items():
+        study_id = int(table.at[rows[0], "study_id"])
+        turn = _series_turn(paths.series_dir("train", study_id, int(series_id)))
+        if turn is None or turn.none:
+            continue
+        stored_x = table.loc[rows, "relative_x"].to_numpy(float) * turn.cols
+        stored_y = table.loc[rows, "relative_y"].to_numpy(float) * turn.rows
+        x, y = turn.point(stored_x, stored_y)
+        height, width = turn.shape
+        table.loc[rows, "relative_x"], table.loc[rows, "relative_y"] = x / width, y / height
+    return table
+
+
+def _series_turn(folder: Path) -> Turn | None:
+    """How a series' images are turned on reading, from the header of its middle file (a stray localiser stored as
+    the first instance is not it), else of the first other one that can be read; None when none can."""
+    files = sorted(folder.glob("*.dcm"), key=lambda f: (not f.stem.isdigit(), int(f.stem) if f.stem.isdigit() else 0))
+    middle = len(files) // 2
+    for path in files[middle:] + files[:middle]:
+        try:
+            return header_turn(read_header(path), path)
+        except (SeriesError, AttributeError, TypeError, ValueError):
+            continue
+    return None
+
+
 def _from_competition(paths: P.Paths, coords: pd.DataFrame, series: pd.DataFrame) -> pd.DataFrame:
     coords = coords.merge(series[["study_id", "series_id", "view"]], on=["study_id", "series_id"])
     rows, unread = [], []
     for (study_id, series_id, view), group in coords.groupby(["study_id", "series_id", "view"]):
-        size = _labelled_image_size(paths.series_dir("train", study_id, series_id), group["instance_number"])
-        if size is None:
+        turn = _labelled_turn(paths.series_dir("train", study_id, series_id), group["instance_number"])
+        if turn is None:
             unread.append(f"study {study_id} series {series_id}")
             continue
-        rows += _series_points(group, view, *size, study_id, series_id)
+        rows += _series_points(group, view, turn, study_id, series_id)
     if unread:
         warnings.warn(
             f"{len(unread)} series have labelled points but none of their labelled instances can be read, so no "
@@ -275,20 +307,26 @@ def _from_competition(paths: P.Paths, coords: pd.DataFrame, series: pd.DataFrame
     return table.sort_values(["series_id", "level", "side"]).reset_index(drop=True)
 
 
-def _labelled_image_size(folder: Path, instances: pd.Series) -> tuple[int, int] | None:
-    """(width, height) of the first labelled instance of a series whose header can be read; None when none can (a
-    missing, empty or corrupt file: the coordinates are relative to that image, so no other file will do)."""
+def _labelled_turn(folder: Path, instances: pd.Series) -> Turn | None:
+    """How the first labelled instance of a series whose header can be read is turned on reading (``dicom.Turn``:
+    its stored size, and the turn to its plane's usual orientation); None when none can be read (a missing, empty or
+    corrupt file: the coordinates are of that image, so no other file will do)."""
     for instance in dict.fromkeys(int(i) for i in instances):
+        path = folder / f"{instance}.dcm"
         try:
-            header = read_header(folder / f"{instance}.dcm")
-            return int(header.Columns), int(header.Rows)
+            header = read_header(path)
+            return header_turn(header, path)
         except (SeriesError, AttributeError, TypeError, ValueError):
             continue
     return None
 
 
-def _series_points(group: pd.DataFrame, view: str, width: int, height: int, study_id: int, series_id: int) -> list:
+def _series_points(group: pd.DataFrame, view: str, turn: Turn, study_id: int, series_id: int) -> list:
+    """A series' keypoint rows from its labelled points, turned as its images are (relative to the turned size)."""
     source = P.TRAIN_COORDINATES_CSV
+    x, y = turn.point(group["x"].to_numpy(float), group["y"].to_numpy(float))
+    group = group.assign(x=x, y=y)
+    height, width = turn.shape
     if view_named(view).keypoints_from == "foramina":
         sides = {CONDITION_TITLES[CONDITIONS[1]]: "L", CONDITION_TITLES[CONDITIONS[2]]: "R"}
         found = group[group["condition"].isin(sides)]

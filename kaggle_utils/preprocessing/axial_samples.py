@@ -4,7 +4,8 @@ points, wherever in the study they were clicked.
 In the competition's data a level's two points are often on two series (two full axial passes, the left points
 labelled on one and the right on the other), and a point's slice need not be the slice the sagittal keypoints
 assign. So a point is carried through patient coordinates: its pixel on the instance it was clicked on -> world
-mm (that slice's own geometry) -> the assigned slice's pixel. A point clicked more than ``MAX_SLICE_OFFSET`` slices
+mm (that slice's own geometry, the stored image's pixel turned as the image is on reading) -> the assigned slice's
+pixel. A point clicked more than ``MAX_SLICE_OFFSET`` slices
 from the assigned slice (or in another block of the same series; on another series: its nearest slice plane more
 than that many slice spacings away) images another part of the disc, or shows that the level assignment is wrong:
 it is left out and counted.
@@ -98,7 +99,8 @@ def carry_point(
         return None
     j = int(found[0])
     g = source.geometry
-    world = pixel_to_world(g.positions[j], g.orientations[j], g.pixel_spacing[j], xy[0], xy[1])
+    x, y = g.stored_point(j, *xy)  # clicked on the stored image; the geometry is of the turned one
+    world = pixel_to_world(g.positions[j], g.orientations[j], g.pixel_spacing[j], x, y)
     if source is target:
         if source.block[j] != source.block[k] or abs(int(source.index[j]) - int(source.index[k])) > MAX_SLICE_OFFSET:
             return None
