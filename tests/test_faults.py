@@ -107,7 +107,7 @@ def _inject(data: Path) -> Faults:
             .replace(f"{t2_f},{SAGITTAL_T2}", f"{t2_f},{SAGITTAL_T1}")
             for line in lines
         ]
-        return [edited[0], "", *edited[1:]]
+        return [edited[0], "", *edited[1:], f"998,4242,{AXIAL_T2}"]  # 998: an Axial T2 series alone
 
     faults.write_listing(listing)
     faults.named += [
@@ -116,6 +116,17 @@ def _inject(data: Path) -> Faults:
         f"study {c} series {t1_c} 'Coronal T1'",
     ]
     faults.summed_up += [f"study {c}", f"series {t1_c}: not read: 'Coronal T1' is no known view"]
+    faults.summed_up += ["not at all: study 998", "no sagittal series to read"]
+    # c: a T2 slice stored twice; f: its T2's orientation directions written 1.5 times too long (both read as before)
+    t2_c_folder = faults.series(c, SAGITTAL_T2)[1]
+    copied = sorted(t2_c_folder.glob("*.dcm"))[2]
+    shutil.copy(copied, t2_c_folder / "9999.dcm")
+    faults.named += [f"{t2_c_folder / '9999.dcm'}: a copy of {copied.name}"]
+    for path in faults.series(f, SAGITTAL_T2)[1].glob("*.dcm"):
+        ds = pydicom.dcmread(path)
+        faults.edit_slice(path, ImageOrientationPatient=[1.5 * float(v) for v in ds.ImageOrientationPatient])
+    for path in faults.series(f, SAGITTAL_T1)[1].glob("*.dcm"):  # and its T1 stored facing the other way
+        _store_mirrored(path)
     faults.named += [
         f"study {f} series {t1_f}: listed as {SAGITTAL_T2}, but its header's timings (TR 600 ms, TE 12 ms) are "
         f"T1-weighted: read as {SAGITTAL_T1}",
@@ -160,6 +171,18 @@ def _inject(data: Path) -> Faults:
     return faults
 
 
+def _store_mirrored(path: Path) -> None:
+    """A slice stored with its columns the other way round, its header's geometry true of the stored pixels."""
+    ds = pydicom.dcmread(path)
+    orientation, spacing = np.asarray(ds.ImageOrientationPatient, float), np.asarray(ds.PixelSpacing, float)
+    pixels = ds.pixel_array
+    position = np.asarray(ds.ImagePositionPatient, float) + (pixels.shape[1] - 1) * spacing[1] * orientation[:3]
+    ds.ImagePositionPatient = [float(v) for v in position]
+    ds.ImageOrientationPatient = [float(v) for v in np.r_[-orientation[:3], orientation[3:]]]
+    ds.PixelData = np.ascontiguousarray(pixels[:, ::-1]).tobytes()
+    ds.save_as(path)
+
+
 @pytest.mark.slow
 def test_faults_in_the_test_data_cost_only_their_studies_and_each_is_named(kernel_inputs, tmp_path: Path, capsys):
     data, models = kernel_inputs
@@ -168,7 +191,7 @@ def test_faults_in_the_test_data_cost_only_their_studies_and_each_is_named(kerne
     faults = _inject(tmp_path / "faulty")
     faulty, console = _kernel(tmp_path / "faulty", tmp_path / "work", models, capsys)
 
-    studies = [*faults.studies, 999]
+    studies = [*faults.studies, 998, 999]
     assert sorted(faulty["row_id"]) == sorted(f"{s}_{c}" for s in studies for c in LABEL_COLUMNS)
     values = faulty[list(SEVERITY_COLUMNS)].astype(float).to_numpy()
     assert np.isfinite(values).all() and np.allclose(values.sum(axis=1), 1)
@@ -181,7 +204,7 @@ def test_faults_in_the_test_data_cost_only_their_studies_and_each_is_named(kerne
     pd.testing.assert_frame_equal(faulty.loc[swapped], clean.loc[swapped])
     for text in faults.named:
         assert text in console, text
-    assert "8 studies: " in console and "not at all: study 999" in console
-    summary = console[console.index("8 studies: ") :]
+    assert "9 studies: " in console and "not at all: study 999" in console
+    summary = console[console.index("9 studies: ") :]
     for text in faults.summed_up:
         assert text in summary, text

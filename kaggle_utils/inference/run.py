@@ -73,6 +73,9 @@ from kaggle_utils.preprocessing.axial_levels import (
 from kaggle_utils.preprocessing.intensity import intensity_window
 from kaggle_utils.preprocessing.sagittal import check_series, header_view, stage1_volume, stage2_crops
 
+_UNPLACED = "no Sagittal T2 series of the study placed its levels"
+"""Why a study's Axial T2 series go unused: its levels are found on them from the Sagittal T2 keypoints."""
+
 
 class StageTimer:
     """Wall seconds per inference stage, summed over series: ``with timer("crop"): ...``.
@@ -162,6 +165,7 @@ class Inference:
         split = str(series["split"].iloc[0]) if len(series) else "test"
         axial_series = axial_series_ids(self.paths, split)
         keypoints, levels = self.predict_table(series, axial_series, desc)
+        self._report_unlisted(series, study_ids, axial_series)
         sagittal_levels, axial_levels = split_axial(levels, self.models)
         placed = axial_points(axial_levels)
         if self.sets[0].presets_for(LEVEL_VIEW):
@@ -258,7 +262,20 @@ class Inference:
                     found.levels += self.predict_axial(row.split, study_id, *placing, axial_ids, models, timed)
                 except Exception as error:
                     self.faults.report(study_id, None, f"axial branch not used after {type(error).__name__}: {error}")
+        if axial_ready and axial_ids:
+            self.faults.report(study_id, None, f"axial series not used: {_UNPLACED}")
         return found
+
+    def _report_unlisted(
+        self, series: pd.DataFrame, study_ids: list[int], axial_series: Mapping[int, list[int]]
+    ) -> None:
+        """Each study that no sagittal series of ``series`` names (none listed, or none with an image folder), said
+        with what that costs its Axial T2 series."""
+        axial_models = bool(self.sets[0].presets_for(LEVEL_VIEW))
+        for study_id in sorted(set(study_ids) - set(series["study_id"].astype("int64"))):
+            axial = ", ".join(map(str, axial_series.get(study_id, []) if axial_models else []))
+            cost = f": its Axial T2 series {axial} not used ({_UNPLACED})" if axial else ""
+            self.faults.report(study_id, None, f"no sagittal series to read{cost}")
 
     def _predict_sagittal(
         self, row: Any, models: ModelSet, timed: Timed

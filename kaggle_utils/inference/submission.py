@@ -151,5 +151,5 @@ class Prediction:
 
 def _short(message: str) -> str:
     """A fault's message with its file's folders left out (the summary names the study and the series)."""
-    without_folders = re.sub(r"\S*/(?=[^/\s]+\.dcm\b)", "", message)  # a file: its name
+    without_folders = re.sub(r"[^\s(]*/(?=[^/\s]+\.dcm\b)", "", message)  # a file: its name
     return re.sub(r"\S*/\d+/\d+: ", "", without_folders)  # a series folder: named by the summary already
