@@ -28,8 +28,8 @@ import pydicom
 from pydicom.pixels import apply_modality_lut, get_decoder
 
 from kaggle_utils.io.geometry import (
-    _TIE_TOLERANCE_MM,
     PLANE_NAMES,
+    TIE_TOLERANCE_MM,
     Geometry,
     Turn,
     order_slices,
@@ -346,7 +346,7 @@ class _Copies:
     def check(self, ds: pydicom.Dataset, position: np.ndarray, path: Path) -> None:
         """Remember ``path``, or fail naming the earlier file it copies."""
         uid = str(getattr(ds, "SOPInstanceUID", "") or "")
-        key = (uid, *np.round(position / _TIE_TOLERANCE_MM).astype(np.int64).tolist(), _instance_number(ds))
+        key = (uid, *np.round(position / TIE_TOLERANCE_MM).astype(np.int64).tolist(), _instance_number(ds))
         if key in self.first:
             raise SeriesError(
                 f"{path}: a copy of {self.first[key].name} (the same SOPInstanceUID, position and number)"

@@ -30,7 +30,7 @@ import numpy as np
 
 # Ties in the projection closer than this (mm) count as equal and fall back to InstanceNumber, so
 # that float noise in the headers cannot shuffle slices that share a position.
-_TIE_TOLERANCE_MM = 1e-3
+TIE_TOLERANCE_MM = 1e-3
 
 PLANE_NAMES = ("sagittal", "coronal", "axial")
 """The plane of a slice by the largest component of its normal (patient x, y, z)."""
@@ -68,7 +68,7 @@ def order_slices(
 ) -> np.ndarray:
     """Indices that sort slices by descending projection on :func:`slice_normal`, ties by instance number."""
     positions = np.asarray(positions, dtype=np.float64).reshape(-1, 3)
-    projection = np.round(positions @ slice_normal(orientation) / _TIE_TOLERANCE_MM)
+    projection = np.round(positions @ slice_normal(orientation) / TIE_TOLERANCE_MM)
     tie_break = np.arange(len(positions)) if instance_numbers is None else np.asarray(instance_numbers)
     return np.lexsort((tie_break, -projection))  # last key is the primary one
 
@@ -117,7 +117,7 @@ class Geometry:
     positions: np.ndarray  # (N, 3) ImagePositionPatient, mm
     orientations: np.ndarray  # (N, 6) ImageOrientationPatient of each slice (blocks of an axial series differ)
     pixel_spacing: np.ndarray  # (N, 2) row spacing, column spacing, mm
-    shapes: np.ndarray  # (N, 2) Rows, Columns
+    shapes: np.ndarray  # (N, 2) rows, columns of each image as read (turned: ``turns``)
     instance_numbers: np.ndarray  # (N,)
     files: tuple[Path, ...] = ()  # empty for the geometry of a series read in full (``Series.geometry``)
     dropped: tuple[str, ...] = ()  # "file: why" of each file whose header could not be used (``read_geometry``)
