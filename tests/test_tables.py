@@ -389,3 +389,13 @@ def test_training_tables_are_the_same_whichever_way_the_images_are_stored(
         built[name] = (tables_["keypoints"], axial.levels, axial.keypoints)
     for usual, turned in zip(built["usual"], built["turned"], strict=True):
         pd.testing.assert_frame_equal(turned, usual, atol=1e-9)
+
+
+def test_a_labelled_study_without_sagittal_series_is_named(tiny_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    labels = pd.read_csv(data / "train.csv")
+    pd.concat([labels, labels.iloc[[0]].assign(study_id=123)]).to_csv(data / "train.csv", index=False)
+    with pytest.warns(UserWarning, match=r"1 studies of train.csv have no sagittal series to read .*: \[123\]"):
+        built = tables.build_training_tables(Paths(data, tmp_path / "work"), PreprocessConfig())
+    assert 123 not in set(built["targets"]["study_id"])

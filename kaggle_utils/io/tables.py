@@ -183,6 +183,14 @@ def build_training_tables(paths: P.Paths, cfg: PreprocessConfig) -> dict[str, pd
     """
     series = series_table(paths, "train")
     labels = drop_excluded(read_csv(paths, P.TRAIN_CSV))
+    unseen = sorted(set(labels["study_id"]) - set(series["study_id"]))
+    if unseen:
+        warnings.warn(
+            f"{len(unseen)} studies of {P.TRAIN_CSV} have no sagittal series to read (none listed in "
+            f"{P.TRAIN_SERIES_CSV}, or none with an image folder) and are left out of training: {unseen[:10]}"
+            + (" ..." if len(unseen) > 10 else ""),
+            stacklevel=2,
+        )
     targets = targets_table(labels[labels["study_id"].isin(series["study_id"])])
     if cfg.folds_file:
         source = metadata_path(paths, cfg.folds_file, "folds_file")
