@@ -22,6 +22,7 @@ from kaggle_utils.evaluation.crossval import (
     worst_localised,
 )
 from kaggle_utils.evaluation.viz import localisation_figure
+from kaggle_utils.io.point_gaps import ESTIMATED
 from kaggle_utils.io.tables import load_table, points_by_series, points_frame, series_points
 
 
@@ -95,6 +96,14 @@ def test_keypoint_errors_count_pixels_on_the_grid_and_coordinates_in_shares_of_t
     assert t2.tolist() == [0.0, 1.0, 1.0, 1.0]
     report = stage1_report(errors)
     assert set(report) == {"t1", "t2"} and set(report["t1"]) == {"mean_px", "within_5px", "within_1pct", "within_5pct"}
+
+
+def test_a_series_with_an_estimated_true_point_is_not_scored():
+    points = np.stack([np.c_[np.full(5, 0.4), np.linspace(0.3, 0.7, 5)]] * 2, 1) + [[0.0, 0.0], [0.2, 0.0]]
+    truth = pd.concat([_keypoints(9, "t1", points), _keypoints(8, "t1", points)], ignore_index=True)
+    truth.loc[truth.index[truth["series_id"] == 8][:1], "source"] = "test" + ESTIMATED
+    errors = crossval.point_errors(pd.concat([_keypoints(9, "t1", points), _keypoints(8, "t1", points)]), truth)
+    assert set(errors["series_id"]) == {9}
 
 
 def test_a_per_level_localiser_is_scored_by_side_against_its_samples():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import shutil
 import warnings
 from pathlib import Path
@@ -23,6 +24,7 @@ from kaggle_utils.core.paths import (
 )
 from kaggle_utils.io import competition, tables
 from kaggle_utils.io.dicom import Turn
+from kaggle_utils.io.point_gaps import estimated_series
 from kaggle_utils.preprocessing import axial_crops
 
 
@@ -61,14 +63,16 @@ def test_without_the_corrected_coordinates_the_keypoints_come_with_a_warning(tin
     (data / COORDS_V7_CSV).unlink()
     paths = Paths(data_dir=data, work_dir=tmp_path / "work")
     series = competition.series_table(paths, "train")
-    # the synthetic labels, like the real ones, miss a level here and there: those series are left out
+    # the synthetic labels, like the real ones, miss a level here and there: those points are estimated and said
     with (
-        pytest.warns(UserWarning, match="without 10 keypoints are left out"),
+        pytest.warns(UserWarning, match=r"series miss \d+ points in train_label_coordinates.csv: estimated"),
         pytest.warns(UserWarning, match=COORDS_V7_CSV),
     ):
         keypoints = tables.keypoints_table(paths, series)
-    assert set(keypoints["series_id"]) < set(series["series_id"]) and keypoints["series_id"].nunique() >= 12
+    assert set(keypoints["series_id"]) == set(series["series_id"])
     assert (keypoints.groupby("series_id").size() == 2 * len(LEVEL_NAMES)).all()
+    guessed = estimated_series(keypoints)
+    assert guessed and guessed < set(series["series_id"])
     t2 = keypoints[keypoints["view"] == "t2"].pivot_table("relative_x", ["series_id", "level"], "side")
     assert (t2["L"] < t2["R"]).all()  # the derived front-of-disc point lies in front of the canal
 
@@ -327,11 +331,11 @@ def test_a_listing_without_the_columns_read_is_named_with_its_header(tmp_path: P
 def test_labelled_points_follow_their_image_when_it_is_turned() -> None:
     """A point clicked on a T1 image stored facing the other way lands where the turned image shows it."""
     title = CONDITION_TITLES[CONDITIONS[1]]
-    group = pd.DataFrame({"condition": title, "level": LEVEL_NAMES[:1], "x": [10.0], "y": [30.0]})
-    (stored,) = tables._series_points(group, "t1", Turn(100, 80), study_id=1, series_id=2)
-    (turned,) = tables._series_points(group, "t1", Turn(100, 80, flip_x=True), study_id=1, series_id=2)
-    assert stored[5:7] == (10 / 80, 30 / 100)
-    assert turned[5:7] == (69 / 80, 30 / 100)
+    group = pd.DataFrame({"condition": title, "level": LEVEL_NAMES[:2], "x": [10.0, 12.0], "y": [30.0, 40.0]})
+    stored = tables._series_points(group, "t1", Turn(100, 80), study_id=1, series_id=2)
+    turned = tables._series_points(group, "t1", Turn(100, 80, flip_x=True), study_id=1, series_id=2)
+    assert stored[0][3:7] == (LEVEL_NAMES[0], "L", 10 / 80, 30 / 100)
+    assert turned[0][3:7] == (LEVEL_NAMES[0], "L", 69 / 80, 30 / 100)
 
 
 def _store_turned(data: Path, study_id: int) -> None:
@@ -399,3 +403,24 @@ def test_a_labelled_study_without_sagittal_series_is_named(tiny_data: Path, tmp_
     with pytest.warns(UserWarning, match=r"1 studies of train.csv have no sagittal series to read .*: \[123\]"):
         built = tables.build_training_tables(Paths(data, tmp_path / "work"), PreprocessConfig())
     assert 123 not in set(built["targets"]["study_id"])
+
+
+def test_a_labelled_point_outside_its_image_is_named_and_estimated(tiny_data: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    shutil.copytree(tiny_data, data)
+    (data / COORDS_V7_CSV).unlink()
+    coords = pd.read_csv(data / TRAIN_COORDINATES_CSV)
+    paths = Paths(data, tmp_path / "work")
+    series = competition.series_table(paths, "train")
+    t1 = coords[coords["series_id"].isin(series.loc[series["view"] == "t1", "series_id"])].index[0]
+    coords.loc[t1, "y"] = 5000.0
+    coords.to_csv(data / TRAIN_COORDINATES_CSV, index=False)
+    row = coords.loc[t1]
+    named = f"study {row.study_id} series {row.series_id} {row.level} \\({row.condition}\\)"
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        keypoints = tables.keypoints_table(paths, series)
+    text = "\n".join(str(w.message) for w in said)
+    assert re.search(f"labelled points lie outside their image .*{named}", text), text
+    assert row.series_id in estimated_series(keypoints)
+    assert keypoints["relative_y"].between(0, 1).all()

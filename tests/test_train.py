@@ -21,6 +21,7 @@ from kaggle_utils.core.paths import Paths, resume_state
 from kaggle_utils.core.presets import preset
 from kaggle_utils.evaluation import crossval
 from kaggle_utils.inference import ensemble
+from kaggle_utils.io.point_gaps import ESTIMATED
 from kaggle_utils.models.checkpoints import load_checkpoint
 from kaggle_utils.training import train
 from kaggle_utils.training.engine import fit, prepare_model
@@ -324,3 +325,14 @@ def test_a_series_that_01_could_not_cache_is_left_out_and_named(prepared: Paths,
     kept = train.training_samples(paths, cfg)
     assert len(kept) == len(every) - 1 and victim.series_id not in set(kept["series_id"])
     assert f"stage1_t1: 1 series without cached arrays are left out: {victim.series_id}" in capsys.readouterr().out
+
+
+def test_a_series_with_an_estimated_point_trains_stage_2_but_not_its_localiser(prepared: Paths, tmp_path: Path) -> None:
+    paths = _copy_work(prepared, tmp_path)
+    keypoints = pd.read_csv(paths.table("keypoints"))
+    victim = int(keypoints.loc[keypoints["view"] == "t1", "series_id"].iloc[0])
+    first = keypoints.index[keypoints["series_id"] == victim][0]
+    keypoints.loc[first, "source"] += ESTIMATED
+    keypoints.to_csv(paths.table("keypoints"), index=False)
+    assert victim not in set(train.training_samples(paths, preset("stage1_t1", "smoke"))["series_id"])
+    assert victim in set(train.training_samples(paths, preset("fs", "smoke"))["series_id"])

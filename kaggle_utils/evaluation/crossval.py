@@ -27,6 +27,7 @@ from kaggle_utils.inference.ensemble import load_models
 from kaggle_utils.inference.run import Inference
 from kaggle_utils.inference.submission import Prediction, label_priors
 from kaggle_utils.io.dicom import read_series, stray_images
+from kaggle_utils.io.point_gaps import estimated_series
 from kaggle_utils.io.tables import load_table, points_by_series, series_points
 from kaggle_utils.preprocessing.axial_samples import SIDES
 from kaggle_utils.preprocessing.intensity import intensity_window
@@ -228,7 +229,7 @@ def point_errors(predicted: pd.DataFrame, truth: pd.DataFrame) -> pd.DataFrame:
     (on the 256 grid) and ``dx, dy`` (absolute, in shares of the image). Points are matched per series and level
     after ordering each level's pair by x."""
     rows = []
-    known = set(truth["series_id"])
+    known = set(truth["series_id"]) - estimated_series(truth)  # an estimated point is no truth to score against
     for series_id, group in predicted.groupby("series_id"):
         if series_id not in known:
             continue

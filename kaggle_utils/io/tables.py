@@ -32,6 +32,7 @@ from kaggle_utils.core.labels import sort_level_points
 from kaggle_utils.core.views import VIEWS, view_named
 from kaggle_utils.io.competition import TableError, drop_excluded, read_csv, series_table, targets_table
 from kaggle_utils.io.dicom import SeriesError, Turn, header_turn, read_header
+from kaggle_utils.io.point_gaps import ESTIMATED, estimated_series, fill_foramina, fill_levels
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "series": ("study_id", "series_id", "series_description", "view", "split", "fold"),
@@ -298,21 +299,43 @@ def _series_turn(folder: Path) -> Turn | None:
 
 def _from_competition(paths: P.Paths, coords: pd.DataFrame, series: pd.DataFrame) -> pd.DataFrame:
     coords = coords.merge(series[["study_id", "series_id", "view"]], on=["study_id", "series_id"])
-    rows, unread = [], []
+    rows, problems = [], {kind: [] for kind in _PROBLEMS}
     for (study_id, series_id, view), group in coords.groupby(["study_id", "series_id", "view"]):
+        named = f"study {study_id} series {series_id}"
         turn = _labelled_turn(paths.series_dir("train", study_id, series_id), group["instance_number"])
         if turn is None:
-            unread.append(f"study {study_id} series {series_id}")
+            problems["unread"].append(named)
             continue
-        rows += _series_points(group, view, turn, study_id, series_id)
-    if unread:
+        inside = group["x"].between(0, turn.cols) & group["y"].between(0, turn.rows)
+        problems["outside"] += [f"{named} {r.level} ({r.condition})" for r in group[~inside].itertuples()]
+        found = _series_points(group[inside], view, turn, study_id, series_id)
+        if not found:
+            problems["few"].append(named)
+        rows += found
+    for kind, names in problems.items():
+        if names:
+            more = " ..." if len(names) > 10 else ""
+            warnings.warn(f"{len(names)} {_PROBLEMS[kind]}: {', '.join(names[:10])}{more}", stacklevel=2)
+    table = pd.DataFrame(rows, columns=list(SCHEMAS["keypoints"]))
+    guessed = estimated_series(table)
+    if guessed:
+        n_points = int(table["source"].str.endswith(ESTIMATED).sum())
         warnings.warn(
-            f"{len(unread)} series have labelled points but none of their labelled instances can be read, so no "
-            f"keypoints (and no localiser sample): {', '.join(unread[:10])}" + (" ..." if len(unread) > 10 else ""),
+            f"{len(guessed)} series miss {n_points} points in {P.TRAIN_COORDINATES_CSV}: estimated from their other "
+            "points (a foramen from the other side's, a level from its neighbours; io/point_gaps.py), so that stage 2 "
+            f"crops them; the localisers neither train nor are scored on them: {sorted(guessed)[:10]}",
             stacklevel=2,
         )
-    table = pd.DataFrame(rows, columns=list(SCHEMAS["keypoints"]))
     return table.sort_values(["series_id", "level", "side"]).reset_index(drop=True)
+
+
+_PROBLEMS = {
+    "unread": "series have labelled points but none of their labelled instances can be read, so no keypoints (and "
+    "no localiser sample)",
+    "outside": "labelled points lie outside their image and are left out (estimated as missing ones are)",
+    "few": "series have labelled points at fewer than two levels, too few to place the others, so no keypoints",
+}
+"""What ``_from_competition`` says of the series whose labelled points it cannot use as they are."""
 
 
 def _labelled_turn(folder: Path, instances: pd.Series) -> Turn | None:
@@ -330,28 +353,41 @@ def _labelled_turn(folder: Path, instances: pd.Series) -> Turn | None:
 
 
 def _series_points(group: pd.DataFrame, view: str, turn: Turn, study_id: int, series_id: int) -> list:
-    """A series' keypoint rows from its labelled points, turned as its images are (relative to the turned size)."""
-    source = P.TRAIN_COORDINATES_CSV
+    """A series' keypoint rows from its labelled points, turned as its images are (relative to the turned size), the
+    points it misses estimated (``point_gaps``); none when fewer than two of its levels are labelled."""
     x, y = turn.point(group["x"].to_numpy(float), group["y"].to_numpy(float))
-    group = group.assign(x=x, y=y)
-    height, width = turn.shape
+    group = group.assign(x=x, y=y).drop_duplicates(["condition", "level"])
+    group = group[group["level"].isin(LEVEL_NAMES)]
     if view_named(view).keypoints_from == "foramina":
-        sides = {CONDITION_TITLES[CONDITIONS[1]]: "L", CONDITION_TITLES[CONDITIONS[2]]: "R"}
-        found = group[group["condition"].isin(sides)]
-        return [
-            (study_id, series_id, view, r.level, sides[r.condition], r.x / width, r.y / height, source)
-            for r in found.itertuples()
-        ]
-    spinal = group[group["condition"] == CONDITION_TITLES[CONDITIONS[0]]].sort_values("level")
-    if len(spinal) < 2:
+        labelled = np.stack([_by_level(group, CONDITION_TITLES[c]) for c in CONDITIONS[1:3]], axis=1)  # L, R
+        points = fill_foramina(labelled)
+    else:
+        canal = _by_level(group, CONDITION_TITLES[CONDITIONS[0]])
+        labelled = np.stack([canal, canal], axis=1)
+        known = fill_levels(canal)
+        fronts = None if known is None else known + DISC_DEPTH * _level_spacing(known) * _anterior_normals(known)
+        points = None if known is None else np.stack([fronts, known], axis=1)  # L: front of the disc, R: canal
+    if points is None:
         return []
-    canal = spinal[["x", "y"]].to_numpy(float)
-    fronts = canal + DISC_DEPTH * _level_spacing(canal) * _anterior_normals(canal)
-    rows = []
-    for level, (fx, fy), (bx, by) in zip(spinal["level"], fronts, canal, strict=True):
-        rows.append((study_id, series_id, view, level, "L", fx / width, fy / height, source))
-        rows.append((study_id, series_id, view, level, "R", bx / width, by / height, source))
-    return rows
+    height, width = turn.shape
+    missing = ~np.isfinite(labelled).all(axis=2)
+    return [
+        (study_id, series_id, view, level, side, px / width, py / height, _source(gap))
+        for level, pair, gaps in zip(LEVEL_NAMES, points, missing, strict=True)
+        for side, (px, py), gap in zip(("L", "R"), pair, gaps, strict=True)
+    ]
+
+
+def _source(estimated: bool) -> str:
+    return P.TRAIN_COORDINATES_CSV + (ESTIMATED if estimated else "")
+
+
+def _by_level(group: pd.DataFrame, condition: str) -> np.ndarray:
+    """(n_levels, 2) pixel x, y of one condition's points, NaN where a level has none."""
+    points = np.full((len(LEVEL_NAMES), 2), np.nan)
+    for row in group[group["condition"] == condition].itertuples():
+        points[LEVEL_NAMES.index(row.level)] = (row.x, row.y)
+    return points
 
 
 DISC_DEPTH = 0.9

@@ -18,6 +18,7 @@ from kaggle_utils.core.config import TrainConfig
 from kaggle_utils.core.labels import condition_rows, level_slug
 from kaggle_utils.core.paths import Paths
 from kaggle_utils.core.views import view_named
+from kaggle_utils.io.point_gaps import estimated_series
 from kaggle_utils.io.tables import load_table
 from kaggle_utils.training import denoise, stage1_error
 from kaggle_utils.training.data import AxialCropDataset, CropDataset, KeypointDataset, LevelKeypointDataset
@@ -39,11 +40,13 @@ class StageKind:
 
 # --- samples ----------------------------------------------------------------------------------------
 def series_samples(paths: Paths, cfg: TrainConfig) -> pd.DataFrame:
-    """Training series of the preset's view that have keypoints and the cached arrays of the config's stage; a series
-    01 could not cache is left out and named."""
+    """Training series of the preset's view that have keypoints (for a localiser, none of them estimated:
+    ``point_gaps``) and the cached arrays of the config's stage; a series 01 could not cache is left out and named."""
     series = load_table(paths, "series")
     keypoints = load_table(paths, "keypoints")
     series = series[(series["view"] == cfg.view) & series["series_id"].isin(keypoints["series_id"])]
+    if cfg.stage == 1:  # a localiser learns only from labelled points
+        series = series[~series["series_id"].isin(estimated_series(keypoints))]
     array = paths.stage1_array if cfg.stage == 1 else paths.stage2_array
     exists = np.array([array(r.study_id, r.series_id).exists() for r in series.itertuples()], dtype=bool)
     if not exists.all():  # 01 could not cache them (it named each and why)
