@@ -283,6 +283,20 @@ def test_the_listings_faults_are_kept_for_their_studies_summary(tmp_path: Path) 
     assert len(said) == 2  # each kind said once, as before; the log adds no warning of its own
 
 
+def test_a_missing_images_folder_is_said_once_beside_its_series(tmp_path: Path) -> None:
+    paths = _listing(tmp_path, "study_id,series_id,series_description\n1,10,Sagittal T1\n2,20,Sagittal T2/STIR\n")
+    shutil.rmtree(paths.images_dir("test"))
+    with warnings.catch_warnings(record=True) as said:
+        warnings.simplefilter("always")
+        assert competition.series_table(paths, "test").empty
+    messages = [str(w.message) for w in said]
+    assert messages[0] == (
+        f"{paths.images_dir('test')} does not exist, so no test series can be read: is {paths.data_dir} the "
+        "competition's folder?"
+    )
+    assert messages[1].startswith("2 test series have no image folder")
+
+
 def test_a_listing_row_left_out_is_kept_for_its_studys_summary(tmp_path: Path) -> None:
     paths = _listing(
         tmp_path,

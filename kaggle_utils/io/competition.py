@@ -250,6 +250,12 @@ def series_table(paths: P.Paths, split: str, faults: FaultLog | None = None) -> 
         table = drop_excluded(table)
     table["split"] = split
     table["fold"] = -1
+    if len(table) and not paths.images_dir(split).is_dir():
+        warnings.warn(
+            f"{paths.images_dir(split)} does not exist, so no {split} series can be read: is {paths.data_dir} the "
+            "competition's folder?",
+            stacklevel=2,
+        )
     present = [
         paths.series_dir(split, s, r).is_dir() for s, r in zip(table["study_id"], table["series_id"], strict=True)
     ]
