@@ -50,7 +50,9 @@ __all__ = [
     "SeriesError",
     "Turn",
     "check_decodable",
-    "header_turn",
+    "dicom_files",
+    "file_turn",
+    "in_plane",
     "order_slices",
     "pixel_to_world",
     "read_geometry",
@@ -177,9 +179,10 @@ def _turned_geometry(
     return (*turn.geometry(position, orientation, spacing), turn)
 
 
-def header_turn(ds: pydicom.Dataset, path: Path) -> Turn:
+def file_turn(path: Path) -> Turn:
     """How a file's image is turned on reading, from its header alone (``Turn(rows, cols)``, no turn, where its
-    orientation cannot be read)."""
+    geometry cannot be used); a ``SeriesError`` when the file cannot be read."""
+    ds = read_header(path)
     try:
         return _turned_geometry(ds, path, _header_shape(ds))[3]
     except (SeriesError, ValueError):
@@ -237,7 +240,9 @@ def _pixels(ds: pydicom.Dataset, path: Path) -> np.ndarray:
     return pixels
 
 
-def _dicom_files(folder: Path) -> list[Path]:
+def dicom_files(folder: Path) -> list[Path]:
+    """The ``*.dcm`` files of a series folder, numeric names in numeric order (a ``SeriesError`` when there are
+    none, or no folder)."""
     if not folder.is_dir():
         raise SeriesError(f"{folder}: series folder does not exist")
     files = sorted(folder.glob("*.dcm"), key=_file_sort_key)
@@ -249,7 +254,7 @@ def _dicom_files(folder: Path) -> list[Path]:
 def read_geometry(folder: Path) -> Geometry:
     """The geometry of every ``*.dcm`` in a series folder, read from the headers without decoding pixels; a file
     whose header cannot be used is left out and named in ``dropped`` (none usable: ``SeriesError``)."""
-    files = _dicom_files(Path(folder))
+    files = dicom_files(Path(folder))
     positions, orientations, spacings, shapes, instances, kept, dropped, turns = [], [], [], [], [], [], [], []
     copies = _Copies()
     for path in files:
@@ -355,16 +360,21 @@ class _Copies:
 
 
 def majority_plane(orientations: Sequence[np.ndarray], files: Sequence[Path]) -> tuple[np.ndarray, list[str]]:
-    """(N,) bool: the slices in the plane most of them lie in (ties: the first file's), and a line naming each of
-    the others (a localiser stored in the series, say)."""
+    """``in_plane`` of the plane most of the slices lie in (ties: the first file's)."""
     planes = [plane_of(o) for o in orientations]
     majority = max(dict.fromkeys(planes), key=planes.count) if planes else ""
-    keep = np.array([p == majority for p in planes], dtype=bool)
+    return in_plane(orientations, files, majority)
+
+
+def in_plane(
+    orientations: Sequence[np.ndarray], files: Sequence[Path | str], plane: str
+) -> tuple[np.ndarray, list[str]]:
+    """(N,) bool: the slices in ``plane``, and a line naming each of the others (a localiser stored in the series,
+    say; counted by ``stray_images``)."""
+    planes = [plane_of(o) for o in orientations]
     pairs = zip(files, planes, strict=True)
-    lines = [
-        f"{file}: an image in the {plane} {_OFF_PLANE} {majority} slices" for file, plane in pairs if plane != majority
-    ]
-    return keep, lines
+    lines = [f"{file}: an image in the {other} {_OFF_PLANE} {plane} slices" for file, other in pairs if other != plane]
+    return np.array([p == plane for p in planes], dtype=bool), lines
 
 
 def stray_images(lines: Sequence[str]) -> int:
@@ -376,7 +386,7 @@ def read_series(folder: Path) -> Series:
     """Read every ``*.dcm`` of a series folder, ordered left to right (sagittal) / top to bottom (axial); files
     that cannot be used are left out and listed in ``Series.dropped`` (see the module doc)."""
     folder = Path(folder)
-    files = _dicom_files(folder)
+    files = dicom_files(folder)
     read, dropped = [], []
     copies = _Copies()
     for path in files:

@@ -12,6 +12,7 @@ keypoints are turned with them.
 from __future__ import annotations
 
 import warnings
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +32,7 @@ from kaggle_utils.core.constants import (
 from kaggle_utils.core.labels import sort_level_points
 from kaggle_utils.core.views import VIEWS, view_named
 from kaggle_utils.io.competition import TableError, drop_excluded, read_csv, series_table, targets_table
-from kaggle_utils.io.dicom import SeriesError, Turn, header_turn, read_header
+from kaggle_utils.io.dicom import SeriesError, Turn, dicom_files, file_turn
 from kaggle_utils.io.point_gaps import ESTIMATED, estimated_series, fill_foramina, fill_levels
 
 SCHEMAS: dict[str, tuple[str, ...]] = {
@@ -285,14 +286,22 @@ def _turned(paths: P.Paths, table: pd.DataFrame) -> pd.DataFrame:
 
 
 def _series_turn(folder: Path) -> Turn | None:
-    """How a series' images are turned on reading, from the header of its middle file (a stray localiser stored as
-    the first instance is not it), else of the first other one that can be read; None when none can."""
-    files = sorted(folder.glob("*.dcm"), key=lambda f: (not f.stem.isdigit(), int(f.stem) if f.stem.isdigit() else 0))
+    """How a series' images are turned on reading, from its middle file (a stray localiser stored as the first
+    instance is not it), else the first other one that can be read; None when none can."""
+    try:
+        files = dicom_files(folder)
+    except SeriesError:
+        return None
     middle = len(files) // 2
-    for path in files[middle:] + files[:middle]:
+    return _first_turn(files[middle:] + files[:middle])
+
+
+def _first_turn(files: Iterable[Path]) -> Turn | None:
+    """``dicom.file_turn`` of the first of ``files`` that can be read; None when none can."""
+    for path in files:
         try:
-            return header_turn(read_header(path), path)
-        except (SeriesError, AttributeError, TypeError, ValueError):
+            return file_turn(path)
+        except SeriesError:
             continue
     return None
 
@@ -339,17 +348,10 @@ _PROBLEMS = {
 
 
 def _labelled_turn(folder: Path, instances: pd.Series) -> Turn | None:
-    """How the first labelled instance of a series whose header can be read is turned on reading (``dicom.Turn``:
-    its stored size, and the turn to its plane's usual orientation); None when none can be read (a missing, empty or
-    corrupt file: the coordinates are of that image, so no other file will do)."""
-    for instance in dict.fromkeys(int(i) for i in instances):
-        path = folder / f"{instance}.dcm"
-        try:
-            header = read_header(path)
-            return header_turn(header, path)
-        except (SeriesError, AttributeError, TypeError, ValueError):
-            continue
-    return None
+    """How the first labelled instance of a series that can be read is turned on reading (``dicom.Turn``: its stored
+    size, and the turn to its plane's usual orientation); None when none can be read (a missing, empty or corrupt
+    file: the coordinates are of that image, so no other file will do)."""
+    return _first_turn(folder / f"{instance}.dcm" for instance in dict.fromkeys(int(i) for i in instances))
 
 
 def _series_points(group: pd.DataFrame, view: str, turn: Turn, study_id: int, series_id: int) -> list:

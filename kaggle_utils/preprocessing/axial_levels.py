@@ -38,9 +38,9 @@ from kaggle_utils.io.competition import drop_excluded, listed_series
 from kaggle_utils.io.dicom import (
     Geometry,
     SeriesError,
+    in_plane,
     order_slices,
     pixel_to_world,
-    plane_of,
     read_geometry,
     world_to_pixel,
 )
@@ -63,11 +63,6 @@ def slice_normals(orientations: np.ndarray) -> np.ndarray:
     normals = np.cross(iop[:, :3], iop[:, 3:])
     normals /= np.linalg.norm(normals, axis=1, keepdims=True)
     return normals * np.where(normals[:, 2:] < 0, -1.0, 1.0)
-
-
-def is_axial(orientations: np.ndarray) -> np.ndarray:
-    """(N,) bool: the slice's normal is mostly superior-inferior (its largest component is z)."""
-    return np.argmax(np.abs(slice_normals(orientations)), axis=1) == 2
 
 
 @dataclass
@@ -159,16 +154,11 @@ def read_axial_series(folder: Path, series_id: int) -> AxialSeries | None:
 def axial_from_geometry(series_id: int, geometry: Geometry) -> AxialSeries | None:
     """The series' axial slices in blocks; each image of another plane (a localiser stored with the series) is
     left out and named in the geometry's ``dropped``; None when none is axial."""
-    axial = is_axial(geometry.orientations)
+    names = [f.name for f in geometry.files] or [f"instance {i}" for i in geometry.instance_numbers]
+    axial, off = in_plane(geometry.orientations, names, "axial")
     if not axial.any():
         return None
-    if not axial.all():
-        names = [f.name for f in geometry.files] or [f"instance {i}" for i in geometry.instance_numbers]
-        off = tuple(
-            f"{names[i]}: an image in the {plane_of(geometry.orientations[i])} plane among axial slices"
-            for i in np.flatnonzero(~axial)
-        )
-        geometry = replace(geometry, dropped=geometry.dropped + off)
+    geometry = replace(geometry, dropped=geometry.dropped + tuple(off))
     return split_blocks(series_id, geometry.take(np.flatnonzero(axial)))
 
 
